@@ -1,0 +1,388 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults of the edge, one place each. README's schema table quotes them.
+const (
+	DefaultListen            = ":8080"
+	DefaultAdmin             = "127.0.0.1:9901" // Envoy's admin port; 9090 is Prometheus's
+	DefaultHealthPath        = "/ping"
+	DefaultHealthInterval    = 2 * time.Second // HAProxy's inter
+	DefaultHealthTimeout     = 500 * time.Millisecond
+	DefaultHealthRise        = 2 // HAProxy's rise
+	DefaultHealthFall        = 3 // HAProxy's fall
+	DefaultConnectTimeout    = time.Second
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultReadBodyTimeout   = 30 * time.Second
+	DefaultUpstreamTimeout   = 10 * time.Second
+	DefaultIdleTimeout       = 60 * time.Second
+	DefaultMaxHeaderBytes    = 16 << 10 // fasthttp's read buffer, and so the header limit
+	DefaultMaxBodyBytes      = 64 << 10 // a purchase body is under 200 bytes
+	DefaultMaxConnsPerHost   = 1024
+	DefaultUpstreamIdleConn  = 30 * time.Second // below the origin's idle timeout, so the edge closes first
+	DefaultAccessLogSample   = 1.0
+	DefaultBalancerAlgorithm = "least_conn"
+	DefaultRouteName         = "default"
+)
+
+// DefaultStaticUpstreams is what `podium edge` proxies to with no config
+// and no -upstream flag: the three origins `make demo` starts.
+var DefaultStaticUpstreams = []string{"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"}
+
+// DefaultTrustedProxies is empty: no peer may set X-Forwarded-For or
+// X-Request-ID for us unless the operator says so.
+var DefaultTrustedProxies []string
+
+// Edge is the whole edge configuration. The zero value is not useful: start
+// from DefaultEdge, or Load a file, which starts from it.
+//
+// An Edge is treated as immutable once loaded; it may be shared by
+// goroutines that only read it.
+type Edge struct {
+	Listen         string         `yaml:"listen"`
+	Admin          string         `yaml:"admin"`
+	Discovery      Discovery      `yaml:"discovery"`
+	Balancer       Balancer       `yaml:"balancer"`
+	HealthCheck    HealthCheck    `yaml:"healthcheck"`
+	Routes         []Route        `yaml:"routes"`
+	TrustedProxies []string       `yaml:"trusted_proxies"`
+	Timeouts       Timeouts       `yaml:"timeouts"`
+	Limits         Limits         `yaml:"limits"`
+	UpstreamPool   UpstreamPool   `yaml:"upstream_pool"`
+	AccessLog      AccessLog      `yaml:"access_log"`
+	trusted        []netip.Prefix // parsed TrustedProxies
+}
+
+// Discovery says where upstreams come from.
+type Discovery struct {
+	// Static is a fixed list of upstreams, each "host:port" or
+	// {addr: "host:port", weight: 2}.
+	Static []StaticUpstream `yaml:"static"`
+}
+
+// StaticUpstream is one entry of discovery.static.
+type StaticUpstream struct {
+	Addr   string `yaml:"addr"`
+	Weight int    `yaml:"weight"`
+}
+
+// UnmarshalYAML accepts both the short form "host:port" and the mapping.
+func (s *StaticUpstream) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*s = StaticUpstream{Addr: n.Value, Weight: 1}
+		return nil
+	}
+	type plain StaticUpstream
+	p := plain{Weight: 1}
+	if err := n.Decode(&p); err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i].Value; k != "addr" && k != "weight" {
+			return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: unknown key %s in discovery.static entry (allowed: addr, weight)", n.Content[i].Line, k)}}
+		}
+	}
+	*s = StaticUpstream(p)
+	return nil
+}
+
+// Balancer chooses among healthy upstreams.
+type Balancer struct {
+	// Algorithm is least_conn, the only one: in-flight requests ÷ weight,
+	// ties broken at random.
+	Algorithm string `yaml:"algorithm"`
+	// SlowStart ramps a newly healthy upstream's weight from 10% to 100%
+	// over this period. Zero turns it off.
+	SlowStart Duration `yaml:"slow_start"`
+}
+
+// HealthCheck is the active /ping prober.
+type HealthCheck struct {
+	Path     string   `yaml:"path"`
+	Interval Duration `yaml:"interval"`
+	Timeout  Duration `yaml:"timeout"`
+	Rise     int      `yaml:"rise"`
+	Fall     int      `yaml:"fall"`
+}
+
+// Route matches requests and names them for metrics and logs.
+type Route struct {
+	// Name labels the route in metrics; it defaults to the match written
+	// out ("/api/games/*/buy").
+	Name  string `yaml:"name"`
+	Match Match  `yaml:"match"`
+}
+
+// Match selects requests. Path is exact, where "*" stands for one whole
+// path segment ("/api/games/*/buy"); PathPrefix matches on segment
+// boundaries ("/api" matches /api and /api/x, not /apix). Methods empty
+// means any method.
+type Match struct {
+	Path       string   `yaml:"path"`
+	PathPrefix string   `yaml:"path_prefix"`
+	Methods    []string `yaml:"methods"`
+}
+
+// Timeouts bound every wait.
+type Timeouts struct {
+	Connect    Duration `yaml:"connect"`     // dialling an upstream; failure → 502
+	ReadHeader Duration `yaml:"read_header"` // a client sending its request headers
+	ReadBody   Duration `yaml:"read_body"`   // a client sending its body, after the headers
+	Upstream   Duration `yaml:"upstream"`    // an upstream's whole response; → 504
+	Idle       Duration `yaml:"idle"`        // a client keep-alive connection between requests
+}
+
+// Limits bound what a client may send.
+type Limits struct {
+	MaxHeaderBytes int `yaml:"max_header_bytes"` // → 431
+	MaxBodyBytes   int `yaml:"max_body_bytes"`   // → 413
+}
+
+// UpstreamPool tunes the keep-alive pool to each upstream.
+type UpstreamPool struct {
+	MaxConns    int      `yaml:"max_conns"`     // per upstream; excess waits, then 503
+	MaxIdleTime Duration `yaml:"max_idle_time"` // close pooled connections idle this long
+}
+
+// AccessLog controls the per-request JSON log line. Errors (status >= 500,
+// and rejected requests) are always logged; Sample is the share of the
+// others that are.
+type AccessLog struct {
+	Enabled bool    `yaml:"enabled"`
+	Sample  float64 `yaml:"sample"`
+}
+
+// DefaultEdge returns the embedded default configuration.
+func DefaultEdge() *Edge {
+	static := make([]StaticUpstream, len(DefaultStaticUpstreams))
+	for i, a := range DefaultStaticUpstreams {
+		static[i] = StaticUpstream{Addr: a, Weight: 1}
+	}
+	return &Edge{
+		Listen:    DefaultListen,
+		Admin:     DefaultAdmin,
+		Discovery: Discovery{Static: static},
+		Balancer:  Balancer{Algorithm: DefaultBalancerAlgorithm},
+		HealthCheck: HealthCheck{
+			Path:     DefaultHealthPath,
+			Interval: Duration(DefaultHealthInterval),
+			Timeout:  Duration(DefaultHealthTimeout),
+			Rise:     DefaultHealthRise,
+			Fall:     DefaultHealthFall,
+		},
+		Routes:         []Route{{Name: DefaultRouteName, Match: Match{PathPrefix: "/"}}},
+		TrustedProxies: DefaultTrustedProxies,
+		Timeouts: Timeouts{
+			Connect:    Duration(DefaultConnectTimeout),
+			ReadHeader: Duration(DefaultReadHeaderTimeout),
+			ReadBody:   Duration(DefaultReadBodyTimeout),
+			Upstream:   Duration(DefaultUpstreamTimeout),
+			Idle:       Duration(DefaultIdleTimeout),
+		},
+		Limits:       Limits{MaxHeaderBytes: DefaultMaxHeaderBytes, MaxBodyBytes: DefaultMaxBodyBytes},
+		UpstreamPool: UpstreamPool{MaxConns: DefaultMaxConnsPerHost, MaxIdleTime: Duration(DefaultUpstreamIdleConn)},
+		AccessLog:    AccessLog{Enabled: true, Sample: DefaultAccessLogSample},
+	}
+}
+
+// LoadFile reads and validates an edge config file.
+func LoadFile(path string) (*Edge, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Load(path, data)
+}
+
+// Load parses data (named file in errors) over the defaults and validates
+// the result. A config that fails validation is rejected whole.
+func Load(file string, data []byte) (*Edge, error) {
+	cfg := DefaultEdge()
+	root, err := decodeStrict(file, data, cfg)
+	if err != nil {
+		return nil, err
+	}
+	v := &validator{root: root}
+	cfg.validate(v)
+	if len(v.problems) > 0 {
+		return nil, &Error{File: file, Problems: v.problems}
+	}
+	return cfg, nil
+}
+
+// TrustedPrefixes returns the parsed trusted_proxies.
+func (c *Edge) TrustedPrefixes() []netip.Prefix { return c.trusted }
+
+func (c *Edge) validate(v *validator) {
+	checkAddr(v, "listen", c.Listen)
+	checkAddr(v, "admin", c.Admin)
+
+	if len(c.Discovery.Static) == 0 {
+		v.addf("discovery.static", "must list at least one upstream (host:port)")
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Discovery.Static {
+		key := fmt.Sprintf("discovery.static[%d]", i)
+		if _, _, err := net.SplitHostPort(u.Addr); err != nil || !validPort(u.Addr) {
+			v.addf(key, "must be host:port, got %q", u.Addr)
+		}
+		if u.Weight < 1 || u.Weight > 1000 {
+			v.addf(key, "weight must be 1..1000, got %d", u.Weight)
+		}
+		if seen[u.Addr] {
+			v.addf(key, "%s is listed twice", u.Addr)
+		}
+		seen[u.Addr] = true
+	}
+
+	if c.Balancer.Algorithm != "least_conn" {
+		v.addf("balancer.algorithm", "must be least_conn, got %q", c.Balancer.Algorithm)
+	}
+	if c.Balancer.SlowStart < 0 {
+		v.addf("balancer.slow_start", "must be >= 0, got %s", c.Balancer.SlowStart)
+	}
+
+	hc := c.HealthCheck
+	if !strings.HasPrefix(hc.Path, "/") {
+		v.addf("healthcheck.path", "must start with /, got %q", hc.Path)
+	}
+	if hc.Interval <= 0 {
+		v.addf("healthcheck.interval", "must be > 0, got %s", hc.Interval)
+	}
+	if hc.Timeout <= 0 {
+		v.addf("healthcheck.timeout", "must be > 0, got %s", hc.Timeout)
+	} else if hc.Interval > 0 && hc.Timeout > hc.Interval {
+		v.addf("healthcheck.timeout", "must not exceed healthcheck.interval (%s), got %s", hc.Interval, hc.Timeout)
+	}
+	if hc.Rise < 1 {
+		v.addf("healthcheck.rise", "must be >= 1, got %d", hc.Rise)
+	}
+	if hc.Fall < 1 {
+		v.addf("healthcheck.fall", "must be >= 1, got %d", hc.Fall)
+	}
+
+	if len(c.Routes) == 0 {
+		v.addf("routes", "must list at least one route; add {match: {path_prefix: /}} to proxy everything")
+	}
+	names := map[string]bool{}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		key := fmt.Sprintf("routes[%d]", i)
+		m := r.Match
+		switch {
+		case m.Path == "" && m.PathPrefix == "":
+			v.addf(key+".match", "needs path or path_prefix")
+		case m.Path != "" && m.PathPrefix != "":
+			v.addf(key+".match", "has both path and path_prefix; use one")
+		case m.Path != "" && !strings.HasPrefix(m.Path, "/"):
+			v.addf(key+".match.path", "must start with /, got %q", m.Path)
+		case m.PathPrefix != "" && !strings.HasPrefix(m.PathPrefix, "/"):
+			v.addf(key+".match.path_prefix", "must start with /, got %q", m.PathPrefix)
+		case strings.Contains(m.PathPrefix, "*"):
+			v.addf(key+".match.path_prefix", "may not contain *; use path for wildcards")
+		}
+		for j, meth := range m.Methods {
+			if !validMethod(meth) {
+				v.addf(fmt.Sprintf("%s.match.methods[%d]", key, j), "must be an upper-case HTTP method such as GET or POST, got %q", meth)
+			}
+		}
+		if r.Name == "" {
+			r.Name = m.Path + m.PathPrefix
+		}
+		if names[r.Name] {
+			v.addf(key+".name", "%q is used by an earlier route; names label metrics and must be unique", r.Name)
+		}
+		names[r.Name] = true
+	}
+
+	c.trusted = c.trusted[:0]
+	for i, s := range c.TrustedProxies {
+		p, err := parsePrefix(s)
+		if err != nil {
+			v.addf(fmt.Sprintf("trusted_proxies[%d]", i), "must be a CIDR such as 10.0.0.0/8 or an address, got %q", s)
+			continue
+		}
+		c.trusted = append(c.trusted, p)
+	}
+
+	t := c.Timeouts
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"timeouts.connect", t.Connect}, {"timeouts.read_header", t.ReadHeader}, {"timeouts.read_body", t.ReadBody}, {"timeouts.upstream", t.Upstream}, {"timeouts.idle", t.Idle}} {
+		if d.v <= 0 {
+			v.addf(d.key, "must be > 0, got %s", d.v)
+		}
+	}
+
+	if c.Limits.MaxHeaderBytes < 1024 || c.Limits.MaxHeaderBytes > 1<<20 {
+		v.addf("limits.max_header_bytes", "must be 1024..1048576, got %d", c.Limits.MaxHeaderBytes)
+	}
+	if c.Limits.MaxBodyBytes < 0 || c.Limits.MaxBodyBytes > 64<<20 {
+		v.addf("limits.max_body_bytes", "must be 0..67108864, got %d", c.Limits.MaxBodyBytes)
+	}
+	if c.UpstreamPool.MaxConns < 1 {
+		v.addf("upstream_pool.max_conns", "must be >= 1, got %d", c.UpstreamPool.MaxConns)
+	}
+	if c.UpstreamPool.MaxIdleTime <= 0 {
+		v.addf("upstream_pool.max_idle_time", "must be > 0, got %s", c.UpstreamPool.MaxIdleTime)
+	}
+	if c.AccessLog.Sample < 0 || c.AccessLog.Sample > 1 {
+		v.addf("access_log.sample", "must be between 0 and 1, got %g", c.AccessLog.Sample)
+	}
+}
+
+func checkAddr(v *validator, key, addr string) {
+	if _, _, err := net.SplitHostPort(addr); err != nil || !validPort(addr) {
+		v.addf(key, "must be host:port or :port, got %q", addr)
+	}
+}
+
+func validPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535
+}
+
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for _, r := range m {
+		if r < 'A' || r > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// parsePrefix accepts a CIDR or a bare address (a /32 or /128).
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// Redacted returns the config as YAML for /config. Nothing in the edge
+// config is secret yet; a discovery token, when one exists, is elided here.
+func (c *Edge) Redacted() ([]byte, error) {
+	return yaml.Marshal(c)
+}

@@ -1,0 +1,154 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadFileBad(t *testing.T) {
+	// Each bad file must be refused with an error that names the file, the
+	// line (where the key is present) and the key, and says what is allowed.
+	tests := []struct {
+		file string
+		want []string
+	}{
+		{"zero-interval.bad.yaml", []string{"zero-interval.bad.yaml:4: healthcheck.interval: must be > 0, got 0s"}},
+		{"unknown-key.bad.yaml", []string{"line 3", "unknown key intreval"}},
+		{"broken.bad.yaml", []string{"parsing YAML file testdata/broken.bad.yaml", "line 1: did not find expected key"}},
+		{"bare-number.bad.yaml", []string{"line 2", `"2" is not a duration`}},
+		{"timeout-over-interval.bad.yaml", []string{":3: healthcheck.timeout: must not exceed healthcheck.interval (1s), got 2s"}},
+		{"zero-weight.bad.yaml", []string{":4: discovery.static[1]: weight must be 1..1000, got 0"}},
+		{"no-port.bad.yaml", []string{"discovery.static[0]: must be host:port", `"localhost"`}},
+		{"no-upstreams.bad.yaml", []string{":2: discovery.static: must list at least one upstream"}},
+		{"path-and-prefix.bad.yaml", []string{"routes[0].match: has both path and path_prefix"}},
+		{"lower-method.bad.yaml", []string{"routes[0].match.methods[0]: must be an upper-case HTTP method", `"get"`}},
+		{"bad-cidr.bad.yaml", []string{":1: trusted_proxies[0]: must be a CIDR"}},
+		{"tiny-header-limit.bad.yaml", []string{":2: limits.max_header_bytes: must be 1024..1048576, got 100"}},
+		{"listen-no-colon.bad.yaml", []string{":1: listen: must be host:port or :port"}},
+		{"algorithm.bad.yaml", []string{"balancer.algorithm: must be least_conn", "round_robin"}},
+		{"dup-route.bad.yaml", []string{":3: routes[1].name:", "used by an earlier route"}},
+		{"rise-string.bad.yaml", []string{"line 2", "cannot unmarshal"}},
+	}
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		seen[tt.file] = true
+		t.Run(tt.file, func(t *testing.T) {
+			cfg, err := LoadFile(filepath.Join("testdata", tt.file))
+			if err == nil {
+				t.Fatalf("LoadFile(%s) = %+v, want an error", tt.file, cfg)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q\n does not contain %q", err, w)
+				}
+			}
+		})
+	}
+	// Every testdata/*.bad.yaml must be in the table, so none is forgotten.
+	files, _ := filepath.Glob("testdata/*.bad.yaml")
+	for _, f := range files {
+		if !seen[filepath.Base(f)] {
+			t.Errorf("%s has no case in the table", f)
+		}
+	}
+}
+
+func TestLoadReportsEveryProblem(t *testing.T) {
+	_, err := Load("e.yaml", []byte("healthcheck: {interval: 0s, rise: 0}\nlimits: {max_body_bytes: -1}\n"))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want *config.Error", err)
+	}
+	var keys []string
+	for _, p := range ce.Problems {
+		keys = append(keys, p.Key)
+	}
+	got, want := strings.Join(keys, ","), "healthcheck.interval,healthcheck.rise,limits.max_body_bytes"
+	if got != want {
+		t.Errorf("problem keys = %s, want %s", got, want)
+	}
+}
+
+func TestLoadFileGood(t *testing.T) {
+	cfg, err := LoadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", cfg.Listen, "127.0.0.1:18080"},
+		{"static[1].weight", cfg.Discovery.Static[1].Weight, 2},
+		{"static[0].weight", cfg.Discovery.Static[0].Weight, 1},
+		{"slow_start", cfg.Balancer.SlowStart.D(), 10 * time.Second},
+		{"hc.timeout", cfg.HealthCheck.Timeout.D(), 250 * time.Millisecond},
+		{"route name default", cfg.Routes[1].Name, "/api/games"},
+		{"route name given", cfg.Routes[0].Name, "buy"},
+		{"trusted", len(cfg.TrustedPrefixes()), 2},
+		{"::1 is a /128", cfg.TrustedPrefixes()[1].Bits(), 128},
+		{"read_body", cfg.Timeouts.ReadBody.D(), 5 * time.Second},
+		{"max_conns", cfg.UpstreamPool.MaxConns, 64},
+		{"access_log", cfg.AccessLog.Enabled, false},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestEmptyFileIsDefaults(t *testing.T) {
+	cfg, err := Load("empty.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := DefaultEdge()
+	if cfg.Listen != def.Listen || cfg.HealthCheck != def.HealthCheck || len(cfg.Discovery.Static) != len(DefaultStaticUpstreams) {
+		t.Errorf("empty config = %+v, want the defaults", cfg)
+	}
+}
+
+func TestDefaultsValidate(t *testing.T) {
+	// The embedded default must itself pass validation.
+	v := &validator{}
+	DefaultEdge().validate(v)
+	if len(v.problems) > 0 {
+		t.Fatalf("DefaultEdge does not validate: %+v", v.problems)
+	}
+}
+
+func TestRedactedRoundTrips(t *testing.T) {
+	cfg, err := LoadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cfg.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Load("redacted.yaml", out)
+	if err != nil {
+		t.Fatalf("the /config output does not load back: %v\n%s", err, out)
+	}
+	if again.HealthCheck != cfg.HealthCheck || again.Timeouts != cfg.Timeouts {
+		t.Errorf("round trip changed the config:\n%s", out)
+	}
+}
+
+func TestExampleConfigsLoad(t *testing.T) {
+	// Every example config shipped in deploy/ must load.
+	files, _ := filepath.Glob("../deploy/edge/*.yaml")
+	for _, f := range files {
+		if _, err := LoadFile(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	if _, err := os.Stat("../deploy/edge/edge.yaml"); err != nil {
+		t.Errorf("the documented example deploy/edge/edge.yaml is missing: %v", err)
+	}
+}
