@@ -1,0 +1,216 @@
+// Package balancer owns the upstream pool and the least-connections picker.
+//
+// The pool is an immutable snapshot of hosts swapped atomically when
+// discovery changes the set; Pick reads it without a lock and allocates
+// nothing. Per-host runtime state (in-flight count, health) lives in
+// atomics on the Host, which survives from one snapshot to the next while
+// its ID stays in the set, so an update never resets counters or health.
+package balancer
+
+import (
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is one upstream as the pool is told of it.
+type Config struct {
+	ID     string // stable identity across updates; the address if empty
+	Addr   string // host:port
+	Weight int    // share under least connections; < 1 means 1
+}
+
+// Host is one upstream and its shared runtime state.
+//
+// A Host is safe for concurrent use and must not be copied after it is
+// published in a pool.
+type Host struct {
+	ID     string
+	Addr   string
+	Weight int
+
+	// Transport is opaque per-host data that the pool's owner attaches when
+	// the host is added (the proxy's connection pool). It is set before the
+	// host is published and never changed after.
+	Transport any
+
+	inflight     atomic.Int64
+	healthy      atomic.Bool
+	healthySince atomic.Int64 // unix nanoseconds of the last down→up flip, for slow start
+	removed      atomic.Bool
+}
+
+// InFlight returns the requests now in flight to h.
+func (h *Host) InFlight() int64 { return h.inflight.Load() }
+
+// Acquire counts a request to h; call Release when it ends.
+func (h *Host) Acquire() { h.inflight.Add(1) }
+
+// Release ends a request counted by Acquire.
+func (h *Host) Release() { h.inflight.Add(-1) }
+
+// Healthy reports whether the active health check holds h up.
+func (h *Host) Healthy() bool { return h.healthy.Load() }
+
+// SetHealthy sets h's health and reports whether that changed it, so the
+// caller logs a transition exactly once (compare-and-swap, as Caddy does).
+func (h *Host) SetHealthy(up bool, now time.Time) bool {
+	if !h.healthy.CompareAndSwap(!up, up) {
+		return false
+	}
+	if up {
+		h.healthySince.Store(now.UnixNano())
+	}
+	return true
+}
+
+// Removed reports whether discovery has dropped h from the pool; in-flight
+// requests finish, new ones never pick it.
+func (h *Host) Removed() bool { return h.removed.Load() }
+
+// snapshot is an immutable host list.
+type snapshot struct {
+	hosts []*Host
+	byID  map[string]*Host
+}
+
+// Pool is the set of upstreams. The zero value is an empty pool with slow
+// start off, ready to use.
+//
+// A Pool is safe for concurrent use; it must not be copied after first use.
+type Pool struct {
+	// SlowStart ramps a newly healthy host's effective weight from 10% to
+	// 100% over this period (HAProxy's slowstart). Zero turns it off. Set
+	// it before the pool is shared.
+	SlowStart time.Duration
+
+	// OnAdd, if set, is called for each new host before it is published,
+	// so the owner can attach its Transport. OnRemove is called after a
+	// host leaves the published set. Set both before the pool is shared.
+	OnAdd    func(*Host)
+	OnRemove func(*Host)
+
+	mu   sync.Mutex // serialises Update; readers never take it
+	snap atomic.Pointer[snapshot]
+}
+
+// Update replaces the set with cfgs. Hosts whose ID stays keep their state;
+// new hosts start down until the health checker marks them up.
+func (p *Pool) Update(cfgs []Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.snap.Load()
+	next := &snapshot{hosts: make([]*Host, 0, len(cfgs)), byID: make(map[string]*Host, len(cfgs))}
+	for _, c := range cfgs {
+		id := c.ID
+		if id == "" {
+			id = c.Addr
+		}
+		if _, dup := next.byID[id]; dup {
+			continue
+		}
+		w := max(c.Weight, 1)
+		var h *Host
+		if old != nil {
+			if prev := old.byID[id]; prev != nil && prev.Addr == c.Addr && prev.Weight == w {
+				h = prev
+			}
+		}
+		if h == nil {
+			h = &Host{ID: id, Addr: c.Addr, Weight: w}
+			if old != nil {
+				// A changed weight keeps the health state: it is the same
+				// instance, and it should not drop out of rotation.
+				if prev := old.byID[id]; prev != nil && prev.Addr == c.Addr {
+					h.healthy.Store(prev.healthy.Load())
+					h.healthySince.Store(prev.healthySince.Load())
+				}
+			}
+			if p.OnAdd != nil {
+				p.OnAdd(h)
+			}
+		}
+		next.hosts = append(next.hosts, h)
+		next.byID[id] = h
+	}
+	p.snap.Store(next)
+	if old == nil {
+		return
+	}
+	for _, h := range old.hosts {
+		if next.byID[h.ID] != h {
+			h.removed.Store(true)
+			if p.OnRemove != nil {
+				p.OnRemove(h)
+			}
+		}
+	}
+}
+
+// Hosts returns the current hosts. The slice is shared and must not be
+// modified.
+func (p *Pool) Hosts() []*Host {
+	s := p.snap.Load()
+	if s == nil {
+		return nil
+	}
+	return s.hosts
+}
+
+// Pick returns the healthy host with the fewest in-flight requests per unit
+// of weight, or nil when none is healthy. Ties are broken uniformly at
+// random, so equal hosts share evenly even at low concurrency (a fixed
+// order would send every request of an idle pool to the first host).
+//
+// Pick does not count the request: the caller calls Acquire on the result.
+// Two concurrent picks may choose the same host; as in HAProxy's leastconn
+// the error is one request and corrects itself on the next pick.
+func (p *Pool) Pick() *Host {
+	s := p.snap.Load()
+	if s == nil {
+		return nil
+	}
+	var now int64
+	if p.SlowStart > 0 {
+		now = time.Now().UnixNano()
+	}
+	var best *Host
+	bestScore := math.Inf(1)
+	ties := 0
+	for _, h := range s.hosts {
+		if !h.healthy.Load() {
+			continue
+		}
+		score := float64(h.inflight.Load()+1) / p.effectiveWeight(h, now)
+		switch {
+		case score < bestScore:
+			best, bestScore, ties = h, score, 1
+		case score == bestScore:
+			// Reservoir sampling over the tied hosts: each is kept with
+			// probability 1/ties, so the choice is uniform in one pass.
+			ties++
+			if rand.IntN(ties) == 0 {
+				best = h
+			}
+		}
+	}
+	return best
+}
+
+// effectiveWeight applies slow start: a host that came up within SlowStart
+// gets a share that grows linearly from 10% of its weight.
+func (p *Pool) effectiveWeight(h *Host, now int64) float64 {
+	w := float64(h.Weight)
+	if p.SlowStart <= 0 {
+		return w
+	}
+	since := h.healthySince.Load()
+	elapsed := time.Duration(now - since)
+	if since == 0 || elapsed >= p.SlowStart {
+		return w
+	}
+	frac := float64(elapsed) / float64(p.SlowStart)
+	return w * max(0.1, frac)
+}

@@ -1,0 +1,157 @@
+package balancer
+
+import (
+	"fmt"
+	"math"
+	"testing"
+	"time"
+)
+
+func newPool(t testing.TB, weights ...int) *Pool {
+	t.Helper()
+	p := &Pool{}
+	var cfgs []Config
+	for i, w := range weights {
+		cfgs = append(cfgs, Config{Addr: fmt.Sprintf("127.0.0.1:%d", 9001+i), Weight: w})
+	}
+	p.Update(cfgs)
+	for _, h := range p.Hosts() {
+		h.SetHealthy(true, time.Now().Add(-time.Hour))
+	}
+	return p
+}
+
+func TestPickEmptyAndAllDown(t *testing.T) {
+	var p Pool
+	if h := p.Pick(); h != nil {
+		t.Fatalf("empty pool picked %s", h.Addr)
+	}
+	p.Update([]Config{{Addr: "127.0.0.1:1"}})
+	if h := p.Pick(); h != nil {
+		t.Fatalf("a host that never passed a check was picked: %s", h.Addr)
+	}
+}
+
+func TestPickTiesAreUniform(t *testing.T) {
+	// With nothing in flight every host ties; a fixed order would send all
+	// of them to the first host.
+	p := newPool(t, 1, 1, 1)
+	counts := map[string]int{}
+	const n = 30000
+	for range n {
+		counts[p.Pick().Addr]++
+	}
+	for addr, c := range counts {
+		if share := float64(c) / n; math.Abs(share-1.0/3) > 0.02 {
+			t.Errorf("%s got %.3f of picks, want 1/3 ± 0.02", addr, share)
+		}
+	}
+	if len(counts) != 3 {
+		t.Errorf("picked %d hosts, want 3", len(counts))
+	}
+}
+
+func TestPickLeastInFlight(t *testing.T) {
+	p := newPool(t, 1, 1, 1)
+	hs := p.Hosts()
+	hs[0].inflight.Store(5)
+	hs[1].inflight.Store(2)
+	hs[2].inflight.Store(3)
+	for range 100 {
+		if got := p.Pick(); got != hs[1] {
+			t.Fatalf("picked %s with %d in flight, want %s with 2", got.Addr, got.InFlight(), hs[1].Addr)
+		}
+	}
+}
+
+func TestPickWeighted(t *testing.T) {
+	// Simulate steady concurrency: hold 300 requests open, each pick
+	// acquiring; the weight-2 host must end with twice the share.
+	p := newPool(t, 1, 2, 1)
+	for range 300 {
+		p.Pick().Acquire()
+	}
+	hs := p.Hosts()
+	got := []int64{hs[0].InFlight(), hs[1].InFlight(), hs[2].InFlight()}
+	if got[1] < 2*got[0]-2 || got[1] > 2*got[0]+2 || got[0]-got[2] > 1 || got[2]-got[0] > 1 {
+		t.Errorf("in flight = %v, want about 75/150/75", got)
+	}
+}
+
+func TestPickSkipsDownAndRemoved(t *testing.T) {
+	p := newPool(t, 1, 1)
+	hs := p.Hosts()
+	if !hs[0].SetHealthy(false, time.Now()) {
+		t.Fatal("up→down did not report a transition")
+	}
+	if hs[0].SetHealthy(false, time.Now()) {
+		t.Fatal("down→down reported a transition")
+	}
+	for range 50 {
+		if got := p.Pick(); got != hs[1] {
+			t.Fatalf("picked %v, want the only healthy host", got)
+		}
+	}
+	p.Update([]Config{{Addr: hs[0].Addr}})
+	if !hs[1].Removed() {
+		t.Error("a host dropped by Update is not marked removed")
+	}
+	if got := p.Pick(); got != nil {
+		t.Errorf("picked %v after the healthy host was removed, want nil", got.Addr)
+	}
+}
+
+func TestUpdateKeepsState(t *testing.T) {
+	var added, removed []string
+	p := &Pool{OnAdd: func(h *Host) { added = append(added, h.Addr) }, OnRemove: func(h *Host) { removed = append(removed, h.Addr) }}
+	p.Update([]Config{{Addr: "a:1"}, {Addr: "b:1"}})
+	a := p.Hosts()[0]
+	a.SetHealthy(true, time.Now())
+	a.Acquire()
+	p.Update([]Config{{Addr: "a:1"}, {Addr: "c:1"}})
+	if p.Hosts()[0] != a || a.InFlight() != 1 || !a.Healthy() {
+		t.Errorf("host a lost its state across an update")
+	}
+	if fmt.Sprint(added) != "[a:1 b:1 c:1]" || fmt.Sprint(removed) != "[b:1]" {
+		t.Errorf("added %v removed %v, want [a:1 b:1 c:1] and [b:1]", added, removed)
+	}
+	// A new weight for the same instance keeps it in rotation.
+	p.Update([]Config{{Addr: "a:1", Weight: 3}})
+	if h := p.Hosts()[0]; h.Weight != 3 || !h.Healthy() {
+		t.Errorf("reweighted host = weight %d healthy %v, want 3 true", h.Weight, h.Healthy())
+	}
+}
+
+func TestSlowStart(t *testing.T) {
+	p := &Pool{SlowStart: 10 * time.Second}
+	p.Update([]Config{{Addr: "old:1"}, {Addr: "new:1"}})
+	now := time.Now()
+	p.Hosts()[0].SetHealthy(true, now.Add(-time.Hour))
+	p.Hosts()[1].SetHealthy(true, now) // just came up: 10% weight
+	for range 100 {
+		p.Pick().Acquire()
+	}
+	if got := p.Hosts()[1].InFlight(); got > 15 {
+		t.Errorf("a host in slow start took %d of 100 concurrent requests, want about 10", got)
+	}
+}
+
+func BenchmarkPick(b *testing.B) {
+	for _, n := range []int{3, 16} {
+		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
+			ws := make([]int, n)
+			for i := range ws {
+				ws[i] = 1
+			}
+			p := newPool(b, ws...)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					h := p.Pick()
+					h.Acquire()
+					h.Release()
+				}
+			})
+		})
+	}
+}
