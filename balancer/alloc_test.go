@@ -13,4 +13,3 @@ func TestPickAllocs(t *testing.T) {
 		t.Errorf("Pick allocates %v times per call, want 0", n)
 	}
 }
-
