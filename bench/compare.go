@@ -1,0 +1,864 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+
+	"github.com/podium-edge/podium/deploy/haproxy"
+	"github.com/podium-edge/podium/deploy/nginx"
+	"github.com/valyala/fasthttp"
+)
+
+//go:embed podium-edge.yaml.tmpl
+var podiumTemplate string
+
+// Target names, in the order the comparison runs them.
+const (
+	TargetDirect  = "direct"
+	TargetPodium  = "podium"
+	TargetHAProxy = "haproxy"
+	TargetNginx   = "nginx"
+)
+
+// AllTargets is the default target list.
+var AllTargets = []string{TargetDirect, TargetPodium, TargetHAProxy, TargetNginx}
+
+// CompareScenario is one named row group of the comparison report. A
+// scenario with Pending set is listed in the report with that reason and
+// not run: the hook for comparisons whose Podium side has not landed yet.
+type CompareScenario struct {
+	Name  string
+	Title string
+	// Pending, when not empty, says what the scenario waits for.
+	Pending string
+	// args returns the `bench run` arguments for the measured phase.
+	args func(o *CompareOptions) []string
+}
+
+// CompareScenarios are the comparison's scenarios, in report order.
+var CompareScenarios = []CompareScenario{
+	{
+		Name:  "proxied-get",
+		Title: "Proxied GET, 2 KiB body from the synthetic upstream, 64 connections, closed loop (maximum throughput)",
+		args: func(o *CompareOptions) []string {
+			return []string{"-scenario", "proxied-get", "-mode", "closed", "-connections", strconv.Itoa(o.Connections)}
+		},
+	},
+	{
+		Name:  "proxied-get-paced",
+		Title: "Proxied GET, 2 KiB body, 64 connections, open loop at a fixed rate every target sustains (latency at equal load)",
+		args: func(o *CompareOptions) []string {
+			return []string{"-scenario", "proxied-get", "-mode", "open", "-connections", strconv.Itoa(o.Connections),
+				"-rate", strconv.FormatFloat(o.PacedRate, 'f', -1, 64), "-ramp", "0"}
+		},
+	},
+	{
+		Name:    "cached-listing",
+		Title:   "Cached listing: GET /api/games served from the edge cache (nginx proxy_cache + proxy_cache_lock)",
+		Pending: "waits for the edge's listing cache and the origin's /api/games",
+	},
+	{
+		Name:    "ticket-drop-origin",
+		Title:   "ticket-drop through the real origin (podium origin on MariaDB)",
+		Pending: "waits for `podium origin` and its database setup script",
+	},
+}
+
+// CompareOptions configures a comparison. Zero values take the defaults
+// named on each field.
+type CompareOptions struct {
+	// Exe is the command prefix that runs bench subcommands in a child
+	// process: default [this executable, "bench"]. Env is added to those
+	// children's environment (tests re-exec themselves with it).
+	Exe []string
+	Env []string
+	// Podium, HAProxy, Nginx are the binaries under test: default this
+	// executable, "haproxy", "nginx" (looked up in PATH and /usr/sbin).
+	Podium, HAProxy, Nginx string
+	// Taskset pins processes: default "taskset". LoadCPU runs the
+	// generator and upstreams, ProxyCPU the proxy: default "0" and "1".
+	Taskset           string
+	LoadCPU, ProxyCPU string
+	// ResultsDir receives compare.md, compare.json and per-run files:
+	// default "bench-results".
+	ResultsDir string
+	Targets    []string // default AllTargets
+	Scenarios  []string // default every non-pending CompareScenarios entry
+	// Duration is each measured run, Warmup the unmeasured run before it:
+	// default 12s and 3s.
+	Duration, Warmup time.Duration
+	Connections      int     // default 64
+	BodySize         int     // default 2048
+	PacedRate        float64 // default 5000 req/s
+	Upstreams        int     // synthetic upstream listeners: default 2
+	// ReadyTimeout bounds the wait for a proxy to answer: default 20s
+	// (Podium's health checks need rise×interval before it routes).
+	ReadyTimeout time.Duration
+	Log          io.Writer // progress lines; default discard
+	Command      string    // the command line, recorded in the report
+}
+
+func (o *CompareOptions) defaults() error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding this executable: %w", err)
+	}
+	if len(o.Exe) == 0 {
+		o.Exe = []string{self, "bench"}
+	}
+	if o.Podium == "" {
+		o.Podium = self
+	}
+	o.HAProxy = lookBin(o.HAProxy, "haproxy")
+	o.Nginx = lookBin(o.Nginx, "nginx")
+	if o.Taskset == "" {
+		o.Taskset = "taskset"
+	}
+	if o.LoadCPU == "" {
+		o.LoadCPU = "0"
+	}
+	if o.ProxyCPU == "" {
+		o.ProxyCPU = "1"
+	}
+	if o.ResultsDir == "" {
+		o.ResultsDir = "bench-results"
+	}
+	if len(o.Targets) == 0 {
+		o.Targets = AllTargets
+	}
+	for _, t := range o.Targets {
+		switch t {
+		case TargetDirect, TargetPodium, TargetHAProxy, TargetNginx:
+		default:
+			return fmt.Errorf("unknown target %q: want %s", t, strings.Join(AllTargets, ", "))
+		}
+	}
+	if len(o.Scenarios) == 0 {
+		for _, s := range CompareScenarios {
+			if s.Pending == "" {
+				o.Scenarios = append(o.Scenarios, s.Name)
+			}
+		}
+	}
+	for _, name := range o.Scenarios {
+		if findCompareScenario(name) == nil {
+			var names []string
+			for _, s := range CompareScenarios {
+				names = append(names, s.Name)
+			}
+			return fmt.Errorf("unknown comparison scenario %q: want %s", name, strings.Join(names, ", "))
+		}
+	}
+	if o.Duration == 0 {
+		o.Duration = 12 * time.Second
+	}
+	if o.Warmup == 0 {
+		o.Warmup = 3 * time.Second
+	}
+	if o.Connections == 0 {
+		o.Connections = 64
+	}
+	if o.BodySize == 0 {
+		o.BodySize = 2048
+	}
+	if o.PacedRate == 0 {
+		o.PacedRate = 5000
+	}
+	if o.Upstreams == 0 {
+		o.Upstreams = 2
+	}
+	if o.ReadyTimeout == 0 {
+		o.ReadyTimeout = 20 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	return nil
+}
+
+func lookBin(given, name string) string {
+	if given != "" {
+		return given
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	// Debian installs both in /usr/sbin, which a non-root PATH may lack.
+	return "/usr/sbin/" + name
+}
+
+func findCompareScenario(name string) *CompareScenario {
+	for i := range CompareScenarios {
+		if CompareScenarios[i].Name == name {
+			return &CompareScenarios[i]
+		}
+	}
+	return nil
+}
+
+// CompareReport is the comparison's JSON file and the source of its
+// Markdown.
+type CompareReport struct {
+	Date      time.Time        `json:"date"`
+	Command   string           `json:"command,omitempty"`
+	Machine   Machine          `json:"machine"`
+	Method    Method           `json:"method"`
+	Scenarios []ScenarioReport `json:"scenarios"`
+}
+
+// Machine describes where the figures were taken.
+type Machine struct {
+	CPU       string            `json:"cpu"`
+	CPUs      int               `json:"cpus"`
+	Kernel    string            `json:"kernel"`
+	GoVersion string            `json:"go"`
+	Versions  map[string]string `json:"versions"`
+}
+
+// Method records the knobs of the run.
+type Method struct {
+	LoadCPU     string        `json:"load_cpu"`
+	ProxyCPU    string        `json:"proxy_cpu"`
+	Duration    time.Duration `json:"duration_ns"`
+	Warmup      time.Duration `json:"warmup_ns"`
+	Connections int           `json:"connections"`
+	BodySize    int           `json:"body_bytes"`
+	Upstreams   []string      `json:"upstreams"`
+	PacedRate   float64       `json:"paced_rate_rps"`
+}
+
+// ScenarioReport is one scenario across every target.
+type ScenarioReport struct {
+	Name    string         `json:"name"`
+	Title   string         `json:"title"`
+	Pending string         `json:"pending,omitempty"`
+	Targets []TargetResult `json:"targets,omitempty"`
+	Ratios  []Ratio        `json:"ratios,omitempty"`
+}
+
+// TargetResult is one target's figures in one scenario.
+type TargetResult struct {
+	Target string `json:"target"`
+	// OK is false when the target could not be started or measured; Error
+	// then says why and the figures are zero.
+	OK         bool             `json:"ok"`
+	Error      string           `json:"error,omitempty"`
+	Requests   int64            `json:"requests"`
+	Throughput float64          `json:"throughput_rps"`
+	Latency    Percentiles      `json:"latency"`
+	ErrorCount int64            `json:"error_count"`
+	Errors     map[string]int64 `json:"errors,omitempty"`
+	// ProxyCPUMicrosPerRequest is the proxy processes' utime+stime over
+	// the measured run divided by the requests completed (nginx: master
+	// plus worker). Zero for the direct target.
+	ProxyCPUSeconds          float64 `json:"proxy_cpu_s"`
+	ProxyCPUMicrosPerRequest float64 `json:"proxy_cpu_us_per_request"`
+	// ProxyPeakRSSKiB is VmHWM at the end of the run (summed over nginx's
+	// processes).
+	ProxyPeakRSSKiB              int64   `json:"proxy_peak_rss_kib"`
+	UpstreamCPUMicrosPerRequest  float64 `json:"upstream_cpu_us_per_request"`
+	GeneratorCPUMicrosPerRequest float64 `json:"generator_cpu_us_per_request"`
+	Config                       string  `json:"config,omitempty"`
+	RunReport                    string  `json:"run_report,omitempty"`
+	// LoadCPUBusyFraction is the generator's and upstreams' CPU over the
+	// run's wall time: near 1 means the load CPU, not the proxy, set the
+	// throughput.
+	LoadCPUBusyFraction float64 `json:"load_cpu_busy_fraction"`
+}
+
+// Ratio is Podium's figure over a peer's, from the same run.
+type Ratio struct {
+	Peer            string  `json:"peer"`
+	CPUPerRequest   float64 `json:"cpu_per_request"`
+	Throughput      float64 `json:"throughput"`
+	P99             float64 `json:"p99"`
+	PeakRSS         float64 `json:"peak_rss"`
+	PodiumAvailable bool    `json:"podium_available"`
+	Note            string  `json:"note,omitempty"`
+}
+
+// Compare runs the comparison and writes compare.md and compare.json into
+// opts.ResultsDir. A target that fails is reported as failed; Compare
+// returns an error only when the comparison itself cannot run (no
+// upstream, no results directory).
+func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(opts.ResultsDir)
+	if err != nil {
+		return nil, fmt.Errorf("results directory: %w", err)
+	}
+	for _, sub := range []string{"runs", "configs", "logs"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, fmt.Errorf("creating results directory: %w", err)
+		}
+	}
+	c := &comparison{opts: opts, dir: dir}
+	up, err := c.startUpstreams(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer up.stop()
+
+	rep := &CompareReport{
+		Date:    time.Now().UTC(),
+		Command: opts.Command,
+		Machine: machineInfo(opts),
+		Method: Method{LoadCPU: opts.LoadCPU, ProxyCPU: opts.ProxyCPU, Duration: opts.Duration, Warmup: opts.Warmup,
+			Connections: opts.Connections, BodySize: opts.BodySize, Upstreams: c.upstreams, PacedRate: opts.PacedRate},
+	}
+	for _, cs := range CompareScenarios {
+		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Pending: cs.Pending}
+		if cs.Pending == "" && !contains(opts.Scenarios, cs.Name) {
+			continue
+		}
+		if cs.Pending == "" {
+			for _, t := range opts.Targets {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				tr := c.measure(ctx, &cs, t, up)
+				if tr.OK {
+					fmt.Fprintf(opts.Log, "compare: %s / %s: %.0f req/s, p99 %s ms, proxy %.1f µs/request, peak RSS %d KiB, %d errors\n",
+						cs.Name, t, tr.Throughput, ms(tr.Latency.P99), tr.ProxyCPUMicrosPerRequest, tr.ProxyPeakRSSKiB, tr.ErrorCount)
+				} else {
+					fmt.Fprintf(opts.Log, "compare: %s / %s: FAILED: %s\n", cs.Name, t, tr.Error)
+				}
+				sr.Targets = append(sr.Targets, tr)
+			}
+			sr.Ratios = ratios(sr.Targets)
+		}
+		rep.Scenarios = append(rep.Scenarios, sr)
+	}
+	if err := WriteJSON(filepath.Join(dir, "compare.json"), rep); err != nil {
+		return rep, err
+	}
+	var md bytes.Buffer
+	WriteCompareMarkdown(&md, rep)
+	if err := os.WriteFile(filepath.Join(dir, "compare.md"), md.Bytes(), 0o644); err != nil {
+		return rep, fmt.Errorf("writing compare.md: %w", err)
+	}
+	return rep, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+type comparison struct {
+	opts      CompareOptions
+	dir       string
+	upstreams []string
+}
+
+// child is a process the comparison started, with its log.
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan struct{}
+	err  error
+}
+
+// start runs argv pinned to cpu, in its own process group so that a
+// proxy's workers go down with it.
+func (c *comparison) start(name, cpu string, env []string, argv ...string) (*child, error) {
+	logf, err := os.Create(filepath.Join(c.dir, "logs", name+".log"))
+	if err != nil {
+		return nil, fmt.Errorf("creating log for %s: %w", name, err)
+	}
+	args := append([]string{"-c", cpu}, argv...)
+	cmd := exec.Command(c.opts.Taskset, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("starting %s (%s): %w", name, strings.Join(argv, " "), err)
+	}
+	ch := &child{name: name, cmd: cmd, log: logf, done: make(chan struct{})}
+	go func() {
+		ch.err = cmd.Wait()
+		close(ch.done)
+	}()
+	return ch, nil
+}
+
+func (ch *child) exited() bool {
+	select {
+	case <-ch.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop ends the child with SIGTERM, then SIGKILL after 5 s, signalling its
+// process group (the pid we started is the group's leader).
+func (ch *child) stop() {
+	if !ch.exited() {
+		_ = syscall.Kill(-ch.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-ch.done:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-ch.cmd.Process.Pid, syscall.SIGKILL)
+			<-ch.done
+		}
+	}
+	ch.log.Close()
+}
+
+// tail returns the last lines of the child's log, for failure reports.
+func (ch *child) tail() string {
+	data, _ := os.ReadFile(ch.log.Name())
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("finding a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func (c *comparison) startUpstreams(ctx context.Context) (*child, error) {
+	for i := 0; i < c.opts.Upstreams; i++ {
+		a, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		c.upstreams = append(c.upstreams, a)
+	}
+	argv := append(append([]string{}, c.opts.Exe...), "upstream", "-listen", strings.Join(c.upstreams, ","), "-size", strconv.Itoa(c.opts.BodySize))
+	ch, err := c.start("upstream", c.opts.LoadCPU, c.opts.Env, argv...)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range c.upstreams {
+		if err := waitReady(ctx, ch, "http://"+a+"/ping", 4, 10*time.Second); err != nil {
+			ch.stop()
+			return nil, fmt.Errorf("synthetic upstream: %w", err)
+		}
+	}
+	return ch, nil
+}
+
+// waitReady polls url until it answers 200 with a body of wantLen bytes,
+// the child exits, or timeout passes.
+func waitReady(ctx context.Context, ch *child, url string, wantLen int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if ch != nil && ch.exited() {
+			return fmt.Errorf("exited before it was ready (%v): %s", ch.err, ch.tail())
+		}
+		status, body, err := fasthttp.GetTimeout(nil, url, time.Second)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case status != 200 || len(body) != wantLen:
+			last = fmt.Sprintf("status %d with %d bytes, want 200 with %d", status, len(body), wantLen)
+		default:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not ready after %s: %s", url, timeout, last)
+}
+
+// PeerConfig is what every config template is rendered from.
+type PeerConfig struct {
+	Listen      string
+	Admin       string
+	Upstreams   []string
+	Connections int
+	Dir         string // a scratch directory the proxy may write in
+}
+
+// startProxy renders target's config and starts it on the proxy CPU. It
+// returns the base URL to load and the process.
+func (c *comparison) startProxy(scenario, target string) (string, *child, string, error) {
+	listen, err := freeAddr()
+	if err != nil {
+		return "", nil, "", err
+	}
+	admin, err := freeAddr()
+	if err != nil {
+		return "", nil, "", err
+	}
+	scratch := filepath.Join(c.dir, "configs", scenario+"-"+target)
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		return "", nil, "", fmt.Errorf("creating %s: %w", scratch, err)
+	}
+	pc := PeerConfig{Listen: listen, Admin: admin, Upstreams: c.upstreams, Connections: c.opts.Connections, Dir: scratch}
+	var tmpl, file string
+	var argv []string
+	switch target {
+	case TargetPodium:
+		tmpl, file = podiumTemplate, "edge.yaml"
+		argv = []string{c.opts.Podium, "edge", "-config", filepath.Join(scratch, file)}
+	case TargetHAProxy:
+		tmpl, file = haproxy.Template, "haproxy.cfg"
+		// -db: stay in the foreground, no master process, so the pid we
+		// start is the one that serves.
+		argv = []string{c.opts.HAProxy, "-db", "-f", filepath.Join(scratch, file)}
+	case TargetNginx:
+		tmpl, file = nginx.Template, "nginx.conf"
+		argv = []string{c.opts.Nginx, "-p", scratch, "-c", filepath.Join(scratch, file), "-e", filepath.Join(scratch, "error.log")}
+	default:
+		return "", nil, "", fmt.Errorf("no proxy for target %q", target)
+	}
+	t, err := template.New(file).Parse(tmpl)
+	if err != nil {
+		return "", nil, "", fmt.Errorf("parsing %s template: %w", target, err)
+	}
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, pc); err != nil {
+		return "", nil, "", fmt.Errorf("rendering %s config: %w", target, err)
+	}
+	cfg := filepath.Join(scratch, file)
+	if err := os.WriteFile(cfg, buf.Bytes(), 0o644); err != nil {
+		return "", nil, "", fmt.Errorf("writing %s: %w", cfg, err)
+	}
+	// The proxy must not inherit extra env meant for bench children (a
+	// test's re-exec switch would turn a Podium binary into something
+	// else).
+	ch, err := c.start(scenario+"-"+target, c.opts.ProxyCPU, nil, argv...)
+	if err != nil {
+		return "", nil, cfg, err
+	}
+	return "http://" + listen, ch, cfg, nil
+}
+
+// measure runs one scenario against one target: start, wait until it
+// proxies, warm up, then sample CPU around the measured run.
+func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target string, up *child) TargetResult {
+	tr := TargetResult{Target: target}
+	fail := func(format string, a ...any) TargetResult {
+		tr.OK = false
+		tr.Error = fmt.Sprintf(format, a...)
+		return tr
+	}
+	base := "http://" + c.upstreams[0]
+	var proxy *child
+	if target != TargetDirect {
+		var err error
+		var cfg string
+		base, proxy, cfg, err = c.startProxy(cs.Name, target)
+		tr.Config = cfg
+		if err != nil {
+			return fail("%v", err)
+		}
+		defer proxy.stop()
+		if err := waitReady(ctx, proxy, base+"/bench/payload", c.opts.BodySize, c.opts.ReadyTimeout); err != nil {
+			return fail("%s did not proxy: %v", target, err)
+		}
+	}
+	runArgs := cs.args(&c.opts)
+	if _, err := c.generate(ctx, base, runArgs, c.opts.Warmup, filepath.Join(c.dir, "runs", cs.Name+"-"+target+"-warmup")); err != nil {
+		return fail("warm-up: %v", err)
+	}
+	var pids []int
+	if proxy != nil {
+		pids = processTree(proxy.cmd.Process.Pid)
+	}
+	cpu0, err := cpuSeconds(pids)
+	if err != nil {
+		return fail("reading proxy CPU: %v", err)
+	}
+	up0, _ := cpuSeconds(processTree(up.cmd.Process.Pid))
+	prefix := filepath.Join(c.dir, "runs", cs.Name+"-"+target)
+	res, err := c.generate(ctx, base, runArgs, c.opts.Duration, prefix)
+	if err != nil {
+		return fail("measured run: %v", err)
+	}
+	if proxy != nil && proxy.exited() {
+		return fail("%s exited during the run (%v): %s", target, proxy.err, proxy.tail())
+	}
+	cpu1, err := cpuSeconds(pids)
+	if err != nil {
+		return fail("reading proxy CPU: %v", err)
+	}
+	up1, _ := cpuSeconds(processTree(up.cmd.Process.Pid))
+	tr.RunReport = prefix + ".md"
+	tr.Requests = res.Requests
+	tr.Throughput = res.Throughput
+	tr.Latency = res.Latency
+	tr.ErrorCount = res.ErrorCount
+	tr.Errors = res.Errors
+	tr.GeneratorCPUMicrosPerRequest = res.Generator.MicrosPerRequest
+	if res.Requests == 0 {
+		return fail("no request completed")
+	}
+	n := float64(res.Requests)
+	tr.UpstreamCPUMicrosPerRequest = (up1 - up0) * 1e6 / n
+	gen := res.Generator.UserSeconds + res.Generator.SystemSeconds
+	if secs := res.Elapsed.Seconds(); secs > 0 {
+		tr.LoadCPUBusyFraction = (gen + up1 - up0) / secs
+	}
+	if proxy != nil {
+		tr.ProxyCPUSeconds = cpu1 - cpu0
+		tr.ProxyCPUMicrosPerRequest = tr.ProxyCPUSeconds * 1e6 / n
+		tr.ProxyPeakRSSKiB = peakRSS(pids)
+	}
+	tr.OK = true
+	return tr
+}
+
+// generate runs `bench run` in a child pinned to the load CPU and reads its
+// JSON result.
+func (c *comparison) generate(ctx context.Context, base string, runArgs []string, d time.Duration, prefix string) (*Result, error) {
+	argv := append(append([]string{"-c", c.opts.LoadCPU}, c.opts.Exe...), "run", "-target", base, "-quiet",
+		"-duration", d.String(), "-prefix", prefix)
+	argv = append(argv, runArgs...)
+	cctx, cancel := context.WithTimeout(ctx, d+time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, c.opts.Taskset, argv...)
+	cmd.Env = append(os.Environ(), c.opts.Env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("bench run: %w: %s", err, strings.TrimSpace(out.String()))
+	}
+	data, err := os.ReadFile(prefix + ".json")
+	if err != nil {
+		return nil, fmt.Errorf("reading run result: %w", err)
+	}
+	var res Result
+	if err := json.Unmarshal(data, &res); err != nil {
+		return nil, fmt.Errorf("decoding %s.json: %w", prefix, err)
+	}
+	return &res, nil
+}
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat:
+// 100 on every Linux architecture Go supports (the kernel ABI fixes it,
+// whatever CONFIG_HZ is).
+const clockTicks = 100
+
+// cpuSeconds sums utime+stime of pids from /proc/PID/stat.
+func cpuSeconds(pids []int) (float64, error) {
+	var ticks int64
+	for _, pid := range pids {
+		data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return 0, fmt.Errorf("reading /proc/%d/stat: %w", pid, err)
+		}
+		f, err := statFields(data)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		// Fields 14 and 15 (utime, stime) of proc(5); f[0] is field 3.
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + s
+	}
+	return float64(ticks) / clockTicks, nil
+}
+
+// statFields splits /proc/PID/stat after the command name, which may
+// itself hold spaces and parentheses: the name ends at the last ')'.
+func statFields(data []byte) ([]string, error) {
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return nil, errors.New("no command name")
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return nil, errors.New("too few fields")
+	}
+	return f, nil
+}
+
+// processTree returns pid and its descendants, found by parent pid in
+// /proc: nginx's worker is the master's child.
+func processTree(pid int) []int {
+	parent := map[int][]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		f, err := statFields(data)
+		if err != nil {
+			continue
+		}
+		pp, _ := strconv.Atoi(f[1])
+		parent[pp] = append(parent[pp], p)
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, parent[out[i]]...)
+	}
+	return out
+}
+
+// peakRSS sums VmHWM over pids, in KiB.
+func peakRSS(pids []int) int64 {
+	var total int64
+	for _, pid := range pids {
+		f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += kb
+			}
+		}
+		f.Close()
+	}
+	return total
+}
+
+func ratios(trs []TargetResult) []Ratio {
+	var podium *TargetResult
+	for i := range trs {
+		if trs[i].Target == TargetPodium {
+			podium = &trs[i]
+		}
+	}
+	var out []Ratio
+	for i := range trs {
+		peer := &trs[i]
+		if peer.Target != TargetHAProxy && peer.Target != TargetNginx {
+			continue
+		}
+		r := Ratio{Peer: peer.Target}
+		switch {
+		case podium == nil:
+			r.Note = "podium was not in this run"
+		case !podium.OK:
+			r.Note = "podium failed in this run"
+		case !peer.OK:
+			r.Note = peer.Target + " failed in this run"
+		default:
+			r.PodiumAvailable = true
+			r.CPUPerRequest = div(podium.ProxyCPUMicrosPerRequest, peer.ProxyCPUMicrosPerRequest)
+			r.Throughput = div(podium.Throughput, peer.Throughput)
+			r.P99 = div(float64(podium.Latency.P99), float64(peer.Latency.P99))
+			r.PeakRSS = div(float64(podium.ProxyPeakRSSKiB), float64(peer.ProxyPeakRSSKiB))
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func div(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func machineInfo(o CompareOptions) Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Versions: map[string]string{}}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(data))
+	}
+	firstLine := func(name string, args ...string) string {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil && len(out) == 0 {
+			return "unavailable: " + err.Error()
+		}
+		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return line
+	}
+	m.Versions[TargetHAProxy] = firstLine(o.HAProxy, "-v")
+	m.Versions[TargetNginx] = firstLine(o.Nginx, "-v")
+	m.Versions[TargetPodium] = firstLine(o.Podium, "version")
+	return m
+}
+
+// WriteCompareMarkdown writes the comparison report README quotes.
+func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
+	m := rep.Machine
+	fmt.Fprintf(w, "# Podium vs HAProxy vs nginx\n\n")
+	fmt.Fprintf(w, "Measured %s on %d × %s, Linux %s, %s.  \n", rep.Date.Format("2006-01-02 15:04 MST"), m.CPUs, m.CPU, m.Kernel, m.GoVersion)
+	fmt.Fprintf(w, "Peers: %s; %s; podium: %s.  \n", m.Versions[TargetHAProxy], m.Versions[TargetNginx], m.Versions[TargetPodium])
+	if rep.Command != "" {
+		fmt.Fprintf(w, "Command: `%s`\n", rep.Command)
+	}
+	me := rep.Method
+	fmt.Fprintf(w, "\nMethod: the proxy under test is pinned to CPU %s (one process/thread: HAProxy `nbthread 1`, nginx `worker_processes 1`, Podium `GOMAXPROCS` = 1 from its affinity); the load generator (`podium bench run`) and the %d synthetic upstreams (%d-byte body) share CPU %s. Each target gets a %s warm-up, then a %s measured run at %d connections. Proxy CPU is utime+stime from /proc/PID/stat over the measured run ÷ requests completed (nginx: master + worker); peak RSS is VmHWM. Ratios are Podium's figure over the peer's, from this same run (CPU and p99: lower is better; throughput: higher is better). When the load CPU is near 100%% busy, throughput is the generator's limit, not the proxy's: CPU µs/request is the figure that compares proxies.\n\n",
+		me.ProxyCPU, len(me.Upstreams), me.BodySize, me.LoadCPU, me.Warmup, me.Duration, me.Connections)
+	for _, s := range rep.Scenarios {
+		fmt.Fprintf(w, "## %s\n\n%s\n\n", s.Name, s.Title)
+		if s.Pending != "" {
+			fmt.Fprintf(w, "Not measured yet: %s.\n\n", s.Pending)
+			continue
+		}
+		fmt.Fprintf(w, "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | proxy CPU µs/req | peak RSS MiB | errors | load CPU busy |\n")
+		fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, t := range s.Targets {
+			if !t.OK {
+				fmt.Fprintf(w, "| %s | failed: %s |||||||||\n", t.Target, strings.ReplaceAll(t.Error, "|", "/"))
+				continue
+			}
+			cpu, rss := "—", "—"
+			if t.Target != TargetDirect {
+				cpu = fmt.Sprintf("%.1f", t.ProxyCPUMicrosPerRequest)
+				rss = fmt.Sprintf("%.1f", float64(t.ProxyPeakRSSKiB)/1024)
+			}
+			l := t.Latency
+			fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %.0f%% |\n", t.Target, t.Throughput,
+				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), cpu, rss, t.ErrorCount, t.LoadCPUBusyFraction*100)
+		}
+		fmt.Fprintln(w)
+		for _, r := range s.Ratios {
+			if !r.PodiumAvailable {
+				fmt.Fprintf(w, "- Podium/%s: not available (%s).\n", r.Peer, r.Note)
+				continue
+			}
+			fmt.Fprintf(w, "- Podium/%s: CPU per request ×%.2f, throughput ×%.2f, p99 ×%.2f, peak RSS ×%.2f.\n", r.Peer, r.CPUPerRequest, r.Throughput, r.P99, r.PeakRSS)
+		}
+		fmt.Fprintln(w)
+	}
+}

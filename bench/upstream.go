@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Upstream is the synthetic fixed-response origin used to measure pure
+// proxy cost: every path answers 200 with the same Size-byte body, and GET
+// /ping answers "pong" (the edge's health check). It does no work per
+// request beyond HTTP itself, so whatever a proxy in front of it adds is
+// the proxy's.
+//
+// Configure the fields, then call Serve once; not to be copied after.
+type Upstream struct {
+	// Size is the body length in bytes; 0 means an empty body.
+	Size int
+	// Delay, when set, is slept before every answer but /ping (a slow
+	// origin).
+	Delay time.Duration
+}
+
+// Serve answers on every listener until ctx ends.
+func (u *Upstream) Serve(ctx context.Context, lns ...net.Listener) error {
+	body := bytes.Repeat([]byte("x"), u.Size)
+	if u.Size > 0 {
+		body[len(body)-1] = '\n'
+	}
+	srv := &fasthttp.Server{
+		Handler: func(c *fasthttp.RequestCtx) {
+			if string(c.Path()) == "/ping" {
+				c.SetContentType("text/plain")
+				c.SetBodyString("pong")
+				return
+			}
+			if u.Delay > 0 {
+				time.Sleep(u.Delay)
+			}
+			c.SetContentType("application/octet-stream")
+			c.SetBody(body)
+		},
+		Name:                          "podium-bench-upstream",
+		NoDefaultDate:                 true,
+		DisableHeaderNamesNormalizing: true,
+		ReadTimeout:                   time.Minute,
+		IdleTimeout:                   time.Minute,
+	}
+	errc := make(chan error, len(lns))
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- srv.Serve(ln)
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		err := srv.Shutdown()
+		wg.Wait()
+		return err
+	case err := <-errc:
+		_ = srv.Shutdown()
+		wg.Wait()
+		return fmt.Errorf("upstream: %w", err)
+	}
+}
+
+// ListenAll opens one TCP listener per comma-separated address.
+func ListenAll(addrs string) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, a := range strings.Split(addrs, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close()
+			}
+			return nil, fmt.Errorf("upstream: listening on %s: %w", a, err)
+		}
+		lns = append(lns, ln)
+	}
+	if len(lns) == 0 {
+		return nil, errors.New("upstream: no listen address: pass -listen 127.0.0.1:9101[,127.0.0.1:9102]")
+	}
+	return lns, nil
+}
