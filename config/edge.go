@@ -386,3 +386,14 @@ func parsePrefix(s string) (netip.Prefix, error) {
 func (c *Edge) Redacted() ([]byte, error) {
 	return yaml.Marshal(c)
 }
+
+// Validate checks a config built or changed in code (flags over a file).
+// Problems are reported against source, without line numbers.
+func (c *Edge) Validate(source string) error {
+	v := &validator{}
+	c.validate(v)
+	if len(v.problems) > 0 {
+		return &Error{File: source, Problems: v.problems}
+	}
+	return nil
+}

@@ -1,0 +1,207 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/config"
+	"github.com/podium-edge/podium/healthcheck"
+)
+
+// testUpstream is a real HTTP server on loopback that counts what reaches
+// it and records the last request's headers. It can be stopped and started
+// again on the same port.
+type testUpstream struct {
+	t       testing.TB
+	addr    string
+	delay   atomic.Int64 // nanoseconds each non-ping request sleeps
+	count   atomic.Int64 // non-ping requests received
+	mu      sync.Mutex
+	last    http.Header
+	handler http.HandlerFunc // optional override for non-ping requests
+	srv     *http.Server
+}
+
+func newUpstream(t testing.TB) *testUpstream {
+	t.Helper()
+	u := &testUpstream{t: t}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.addr = ln.Addr().String()
+	u.serve(ln)
+	t.Cleanup(u.stop)
+	return u
+}
+
+func (u *testUpstream) serve(ln net.Listener) {
+	u.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ping" {
+			io.WriteString(w, "pong")
+			return
+		}
+		u.count.Add(1)
+		u.mu.Lock()
+		u.last = r.Header.Clone()
+		u.mu.Unlock()
+		if d := u.delay.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
+		if u.handler != nil {
+			u.handler(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "hello from "+u.addr)
+	})}
+	go u.srv.Serve(ln)
+}
+
+func (u *testUpstream) stop() { u.srv.Close() }
+
+func (u *testUpstream) restart() {
+	u.t.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 { // the port may linger briefly
+		if ln, err = net.Listen("tcp", u.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		u.t.Fatalf("restarting upstream on %s: %v", u.addr, err)
+	}
+	u.serve(ln)
+}
+
+func (u *testUpstream) lastHeader() http.Header {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.last
+}
+
+// testEdge runs a real edge on a loopback port in front of upstreams.
+type testEdge struct {
+	p      *Proxy
+	addr   string
+	prober *healthcheck.Prober
+}
+
+type edgeOption func(*config.Edge)
+
+func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOption) *testEdge {
+	t.Helper()
+	cfg := config.DefaultEdge()
+	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Discovery.Static = nil
+	for i, u := range ups {
+		w := 1
+		if weights != nil {
+			w = weights[i]
+		}
+		cfg.Discovery.Static = append(cfg.Discovery.Static, config.StaticUpstream{Addr: u.addr, Weight: w})
+	}
+	cfg.HealthCheck.Interval = config.Duration(100 * time.Millisecond)
+	cfg.HealthCheck.Timeout = config.Duration(100 * time.Millisecond)
+	cfg.TrustedProxies = nil
+	cfg.AccessLog.Enabled = false
+	for _, o := range opts {
+		o(cfg)
+	}
+	if err := cfg.Validate("test"); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(&testWriter{t}, nil))
+	}
+	p := New(cfg, log)
+	var cfgs []balancer.Config
+	for _, s := range cfg.Discovery.Static {
+		cfgs = append(cfgs, balancer.Config{Addr: s.Addr, Weight: s.Weight})
+	}
+	p.Pool().Update(cfgs)
+	ctx, cancel := context.WithCancel(context.Background())
+	pr := &healthcheck.Prober{
+		Pool: p.Pool(), Path: "/ping",
+		Interval: cfg.HealthCheck.Interval.D(), Timeout: cfg.HealthCheck.Timeout.D(),
+		Rise: cfg.HealthCheck.Rise, Fall: cfg.HealthCheck.Fall, Logger: log,
+		OnProbe: p.Metrics().ObserveProbe, OnChange: p.Metrics().ObserveChange,
+	}
+	go pr.Run(ctx)
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { p.Serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	e := &testEdge{p: p, addr: ln.Addr().String(), prober: pr}
+	e.waitHealthy(t, len(ups))
+	return e
+}
+
+func (e *testEdge) waitHealthy(t testing.TB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		up := 0
+		for _, h := range e.p.Pool().Hosts() {
+			if h.Healthy() {
+				up++
+			}
+		}
+		if up == n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("upstreams did not all come up within 3s")
+}
+
+func (e *testEdge) url(path string) string { return "http://" + e.addr + path }
+
+type testWriter struct{ t testing.TB }
+
+func (w *testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+// load sends n GETs from c concurrent clients and returns how many failed.
+func load(t testing.TB, url string, c, n int) (failed int64) {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c}}
+	var wg sync.WaitGroup
+	var next, bad atomic.Int64
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				resp, err := client.Get(url)
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return bad.Load()
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

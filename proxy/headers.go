@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"bytes"
+)
+
+// rawScan is what one pass over the client's raw request headers finds:
+// the framing headers as the client sent them (before fasthttp normalises
+// them), and the tokens of Connection.
+type rawScan struct {
+	contentLengths   int // how many Content-Length fields
+	contentLength    []byte
+	clConflict       bool // two Content-Length fields with different values
+	clInvalid        bool // a Content-Length that is not all digits
+	transferEncoding int  // how many Transfer-Encoding fields
+	teInvalid        bool // any coding other than exactly "chunked"
+	spaceBeforeColon bool // "Name : value", forbidden by RFC 9112 §5.1
+	connTokens       [8][]byte
+	nConnTokens      int
+}
+
+// smuggling returns why a request's framing is ambiguous, or "" when it is
+// not. The checks follow RFC 9112 §6.1 and §6.3: a request with both
+// Transfer-Encoding and Content-Length, a transfer coding other than
+// chunked (case-insensitive, optional whitespace ignored), conflicting
+// Content-Length values, or whitespace between a field name and its colon
+// is answered 400 and the connection closed, since a downstream parser may
+// read its boundaries differently (the classic CL.TE and TE.CL attacks).
+func (s *rawScan) smuggling() string {
+	switch {
+	case s.spaceBeforeColon:
+		return "whitespace between a header name and its colon"
+	case s.transferEncoding > 0 && s.contentLengths > 0:
+		return "both Transfer-Encoding and Content-Length"
+	case s.transferEncoding > 1:
+		return "more than one Transfer-Encoding header"
+	case s.teInvalid:
+		return "a Transfer-Encoding other than chunked"
+	case s.clConflict:
+		return "conflicting Content-Length values"
+	case s.clInvalid:
+		return "a Content-Length that is not a number"
+	}
+	return ""
+}
+
+var (
+	hdrContentLength    = []byte("content-length")
+	hdrTransferEncoding = []byte("transfer-encoding")
+	hdrConnection       = []byte("connection")
+	tokChunked          = []byte("chunked")
+)
+
+// scan parses raw header bytes ("Name: value\r\n" lines). It allocates
+// nothing; the slices it keeps point into raw.
+func (s *rawScan) scan(raw []byte) {
+	for len(raw) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			line, raw = raw, nil
+		}
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		name, value := line[:colon], bytes.TrimSpace(line[colon+1:])
+		if c := name[len(name)-1]; c == ' ' || c == '\t' {
+			s.spaceBeforeColon = true
+			name = bytes.TrimRight(name, " \t")
+		}
+		switch {
+		case bytes.EqualFold(name, hdrContentLength):
+			s.contentLengths++
+			for _, v := range bytes.Split(value, []byte{','}) { // "5, 5" is one value repeated
+				v = bytes.TrimSpace(v)
+				if len(v) == 0 || !allDigits(v) {
+					s.clInvalid = true
+					continue
+				}
+				if s.contentLength != nil && !bytes.Equal(s.contentLength, v) {
+					s.clConflict = true
+				}
+				s.contentLength = v
+			}
+		case bytes.EqualFold(name, hdrTransferEncoding):
+			s.transferEncoding++
+			if !bytes.EqualFold(value, tokChunked) {
+				s.teInvalid = true
+			}
+		case bytes.EqualFold(name, hdrConnection):
+			for len(value) > 0 {
+				var tok []byte
+				if i := bytes.IndexByte(value, ','); i >= 0 {
+					tok, value = value[:i], value[i+1:]
+				} else {
+					tok, value = value, nil
+				}
+				tok = bytes.TrimSpace(tok)
+				if len(tok) > 0 && s.nConnTokens < len(s.connTokens) {
+					s.connTokens[s.nConnTokens] = tok
+					s.nConnTokens++
+				}
+			}
+		}
+	}
+}
+
+func allDigits(b []byte) bool {
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return len(b) > 0
+}
+
+// hopByHop are the headers that describe one connection, not the message
+// (RFC 9110 §7.6.1, and the de-facto ones Go's httputil also drops). They
+// are removed both ways, together with every header Connection names.
+var hopByHop = []string{
+	"Connection",
+	"Proxy-Connection", // non-standard, sent by old clients
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te",
+	"Trailer",
+	"Upgrade",
+}
+
+// headerDeleter is satisfied by fasthttp's RequestHeader and ResponseHeader.
+type headerDeleter interface {
+	Del(key string)
+	DelBytes(key []byte)
+}
+
+func stripHopByHop(h headerDeleter, tokens [][]byte) {
+	for _, t := range tokens {
+		h.DelBytes(t)
+	}
+	for _, name := range hopByHop {
+		h.Del(name)
+	}
+}

@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/podium-edge/podium/balancer"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Error kinds counted in podium_edge_errors_total. A fixed set, so the
+// label's cardinality is bounded.
+const (
+	errTimeout       = "timeout"            // upstream did not answer in time → 504
+	errRefused       = "refused"            // upstream connect refused or timed out → 502
+	errUpstream      = "upstream"           // reset, closed or bad response → 502
+	errNoUpstream    = "no_upstream"        // no healthy upstream → 503
+	errPoolFull      = "pool_full"          // every pooled connection busy → 503
+	errSmuggling     = "smuggling_rejected" // ambiguous framing → 400
+	errMalformed     = "malformed"          // unparseable request → 400
+	errHeaderLimit   = "limit_rejected"     // headers or body over the limits → 431/413
+	errClientTimeout = "client_timeout"     // slow client → 408
+	errNoRoute       = "no_route"           // no route matched → 404
+)
+
+var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errNoRoute}
+
+// methods are the method label values; anything else counts as OTHER, so
+// a client cannot mint label values.
+var methods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER"}
+
+func methodIndex(m []byte) int {
+	switch string(m) { // compiles to comparisons, no allocation
+	case "GET":
+		return 0
+	case "HEAD":
+		return 1
+	case "POST":
+		return 2
+	case "PUT":
+		return 3
+	case "DELETE":
+		return 4
+	case "OPTIONS":
+		return 5
+	case "PATCH":
+		return 6
+	}
+	return 7
+}
+
+// requestCounter is podium_edge_requests_total{route,method,code} as a flat
+// array of atomics: one Add per request, no map, no lock, no allocation. A
+// CounterVec lookup costs a hash and an RLock per request; this costs
+// neither, and the collector emits only the non-zero series at scrape time.
+type requestCounter struct {
+	desc   *prometheus.Desc
+	routes []string
+	counts []atomic.Uint64 // [route][method][code-100]
+}
+
+const codeSlots = 500 // status codes 100..599
+
+func newRequestCounter(routes []string) *requestCounter {
+	return &requestCounter{
+		desc: prometheus.NewDesc("podium_edge_requests_total",
+			"Requests answered by the edge, by route, method and status code.",
+			[]string{"route", "method", "code"}, nil),
+		routes: routes,
+		counts: make([]atomic.Uint64, len(routes)*len(methods)*codeSlots),
+	}
+}
+
+func (c *requestCounter) inc(route, method, code int) {
+	if code < 100 || code > 599 {
+		code = 599
+	}
+	c.counts[(route*len(methods)+method)*codeSlots+code-100].Add(1)
+}
+
+func (c *requestCounter) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *requestCounter) Collect(ch chan<- prometheus.Metric) {
+	for i := range c.counts {
+		v := c.counts[i].Load()
+		if v == 0 {
+			continue
+		}
+		code := i%codeSlots + 100
+		m := (i / codeSlots) % len(methods)
+		r := i / codeSlots / len(methods)
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), c.routes[r], methods[m], strconv.Itoa(code))
+	}
+}
+
+// poolCollector reports per-upstream state read from the pool at scrape
+// time, so the request path never touches a gauge.
+type poolCollector struct {
+	pool     *balancer.Pool
+	inflight *prometheus.Desc
+	up       *prometheus.Desc
+	weight   *prometheus.Desc
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.inflight
+	ch <- c.up
+	ch <- c.weight
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, h := range c.pool.Hosts() {
+		up := 0.0
+		if h.Healthy() {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(h.InFlight()), h.Addr)
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, h.Addr)
+		ch <- prometheus.MustNewConstMetric(c.weight, prometheus.GaugeValue, float64(h.Weight), h.Addr)
+	}
+}
+
+// Metrics are the edge's Prometheus metrics, registered on their own
+// registry (no package globals, so tests run in parallel).
+//
+// Metrics is safe for concurrent use; it must not be copied.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests         *requestCounter
+	upstreamDuration *prometheus.HistogramVec
+	errors           map[string]prometheus.Counter
+	healthDuration   *prometheus.HistogramVec
+	healthFailures   *prometheus.CounterVec
+	healthChanges    *prometheus.CounterVec
+	inFlight         prometheus.Gauge
+}
+
+// latencyBuckets suit a ticket API behind a fast edge: 0.5 ms to 10 s.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// NewMetrics registers the edge's metrics for the named routes (the last
+// one, "none", counts requests that matched no route or failed before
+// routing) and the pool's upstreams.
+func NewMetrics(routes []string, pool *balancer.Pool) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: reg,
+		requests: newRequestCounter(append(append([]string(nil), routes...), "none")),
+		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podium_edge_upstream_request_duration_seconds",
+			Help:    "Time from sending a request to an upstream until its response was read, by upstream.",
+			Buckets: latencyBuckets,
+		}, []string{"upstream"}),
+		errors: map[string]prometheus.Counter{},
+		healthDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podium_edge_healthcheck_duration_seconds",
+			Help:    "Round-trip time of active health checks, by upstream.",
+			Buckets: latencyBuckets,
+		}, []string{"upstream"}),
+		healthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_edge_healthcheck_failures_total",
+			Help: "Active health checks that failed, by upstream.",
+		}, []string{"upstream"}),
+		healthChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_edge_upstream_state_changes_total",
+			Help: "Up/down transitions of upstreams, by upstream and new state.",
+		}, []string{"upstream", "state"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podium_edge_in_flight_requests",
+			Help: "Client requests the edge is handling now.",
+		}),
+	}
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podium_edge_errors_total",
+		Help: "Requests the edge answered with its own error, by kind.",
+	}, []string{"kind"})
+	for _, k := range errorKinds {
+		m.errors[k] = errs.WithLabelValues(k) // resolved once; zero series exist from the start
+	}
+	reg.MustRegister(m.requests, m.upstreamDuration, errs, m.healthDuration, m.healthFailures, m.healthChanges, m.inFlight,
+		&poolCollector{
+			pool:     pool,
+			inflight: prometheus.NewDesc("podium_edge_upstream_in_flight_requests", "Requests in flight to each upstream.", []string{"upstream"}, nil),
+			up:       prometheus.NewDesc("podium_edge_upstream_up", "1 when the active health check holds the upstream up.", []string{"upstream"}, nil),
+			weight:   prometheus.NewDesc("podium_edge_upstream_weight", "Configured weight of each upstream.", []string{"upstream"}, nil),
+		},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// ObserveProbe records one health check (healthcheck.Prober.OnProbe).
+func (m *Metrics) ObserveProbe(h *balancer.Host, rtt time.Duration, err error) {
+	m.healthDuration.WithLabelValues(h.Addr).Observe(rtt.Seconds())
+	if err != nil {
+		m.healthFailures.WithLabelValues(h.Addr).Inc()
+	}
+}
+
+// ObserveChange records one up/down transition (healthcheck.Prober.OnChange).
+func (m *Metrics) ObserveChange(h *balancer.Host, up bool) {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	m.healthChanges.WithLabelValues(h.Addr, state).Inc()
+}
+
+// forgetUpstream drops the series of an upstream that left the pool, so
+// churn in Consul does not grow the scrape forever.
+func (m *Metrics) forgetUpstream(addr string) {
+	m.upstreamDuration.DeleteLabelValues(addr)
+	m.healthDuration.DeleteLabelValues(addr)
+	m.healthFailures.DeleteLabelValues(addr)
+	m.healthChanges.DeleteLabelValues(addr, "up")
+	m.healthChanges.DeleteLabelValues(addr, "down")
+}

@@ -1,0 +1,454 @@
+// Package proxy is the fasthttp edge server: routing, forwarding over pooled
+// keep-alive connections, header hygiene, limits and timeouts, the edge's
+// own error pages, and the admin endpoints.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/config"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+// maxResponseBytes bounds a buffered upstream response. The ticket API's
+// largest answer, the full listing, is well under 1 MiB.
+const maxResponseBytes = 32 << 20
+
+// upstream is the proxy's per-host transport, attached to balancer.Host.
+type upstream struct {
+	client   *fasthttp.HostClient
+	duration prometheus.Observer
+}
+
+// Proxy is the edge's request handler and the servers around it. Build it
+// with New; the zero value is not usable.
+//
+// A Proxy is safe for concurrent use; it must not be copied.
+type Proxy struct {
+	cfg     *config.Edge
+	pool    *balancer.Pool
+	metrics *Metrics
+	log     *slog.Logger
+	routes  []route
+	trusted []netip.Prefix
+
+	draining  atomic.Bool
+	idPrefix  [16]byte // hex of 8 random bytes, fixed per process
+	idCounter atomic.Uint64
+
+	server *fasthttp.Server
+}
+
+// New builds the edge for cfg. Its pool starts empty: feed it with
+// Pool().Update from a discovery source, and run a health checker on it.
+func New(cfg *config.Edge, log *slog.Logger) *Proxy {
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Proxy{cfg: cfg, log: log, trusted: cfg.TrustedPrefixes()}
+	var seed [8]byte
+	_, _ = crand.Read(seed[:])
+	hex.Encode(p.idPrefix[:], seed[:])
+
+	names := make([]string, len(cfg.Routes))
+	for i, r := range cfg.Routes {
+		p.routes = append(p.routes, newRoute(r))
+		names[i] = r.Name
+	}
+	p.pool = &balancer.Pool{SlowStart: cfg.Balancer.SlowStart.D()}
+	p.metrics = NewMetrics(names, p.pool)
+	p.pool.OnAdd = p.attach
+	p.pool.OnRemove = func(h *balancer.Host) {
+		p.metrics.forgetUpstream(h.Addr)
+		// Idle pooled connections close on their own after max_idle_time;
+		// in-flight requests finish on them first.
+	}
+	p.server = &fasthttp.Server{
+		Handler:      p.Handle,
+		ErrorHandler: p.handleParseError,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			// The headers are in; from here the client gets read_body to send
+			// the body (fasthttp's ReadTimeout covered the headers).
+			return fasthttp.RequestConfig{ReadTimeout: cfg.Timeouts.ReadBody.D()}
+		},
+		Name:                          "podium",
+		ReadBufferSize:                cfg.Limits.MaxHeaderBytes,
+		MaxRequestBodySize:            cfg.Limits.MaxBodyBytes,
+		ReadTimeout:                   cfg.Timeouts.ReadHeader.D(),
+		IdleTimeout:                   cfg.Timeouts.Idle.D(),
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		DisablePreParseMultipartForm:  true,
+		CloseOnShutdown:               true,
+		DisableHeaderNamesNormalizing: false, // header lookups must be case-insensitive (X-Forwarded-For spoofing)
+		Logger:                        fasthttpLogger{log},
+	}
+	return p
+}
+
+// Pool is the upstream pool the proxy balances over.
+func (p *Proxy) Pool() *balancer.Pool { return p.pool }
+
+// Metrics are the proxy's Prometheus metrics.
+func (p *Proxy) Metrics() *Metrics { return p.metrics }
+
+// Server is the client-facing fasthttp server.
+func (p *Proxy) Server() *fasthttp.Server { return p.server }
+
+// SetDraining makes the edge's /ping answer 503 draining, so load balancers
+// in front stop sending new connections before the listener closes.
+func (p *Proxy) SetDraining(v bool) { p.draining.Store(v) }
+
+// Serve accepts connections on ln until ctx is done, then shuts down
+// gracefully: open requests finish, idle connections close.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- p.server.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return p.server.Shutdown()
+	}
+}
+
+func (p *Proxy) attach(h *balancer.Host) {
+	connect := p.cfg.Timeouts.Connect.D()
+	h.Transport = &upstream{
+		duration: p.metrics.upstreamDuration.WithLabelValues(h.Addr),
+		client: &fasthttp.HostClient{
+			Addr:                          h.Addr,
+			NoDefaultUserAgentHeader:      true,
+			DisablePathNormalizing:        true, // forward the path as the client sent it
+			DisableHeaderNamesNormalizing: true, // and the upstream's header names as it sent them
+			MaxConns:                      p.cfg.UpstreamPool.MaxConns,
+			MaxIdleConnDuration:           p.cfg.UpstreamPool.MaxIdleTime.D(),
+			MaxConnWaitTimeout:            connect,
+			MaxResponseBodySize:           maxResponseBytes,
+			ReadBufferSize:                p.cfg.Limits.MaxHeaderBytes,
+			Dial: func(addr string) (net.Conn, error) {
+				return fasthttp.DialTimeout(addr, connect)
+			},
+			// One silent retry, on the same host, and only where it cannot
+			// repeat work: an idempotent request whose pooled keep-alive
+			// connection the upstream had already closed. Anything else is
+			// the caller's decision.
+			MaxIdemponentCallAttempts: 2,
+			RetryIfErr: func(req *fasthttp.Request, attempts int, err error) (bool, bool) {
+				return false, isIdempotent(req.Header.Method()) && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
+			},
+		},
+	}
+}
+
+func isIdempotent(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "OPTIONS":
+		return true
+	}
+	return false
+}
+
+var (
+	strPing            = []byte("/ping")
+	strXForwardedFor   = []byte("X-Forwarded-For")
+	strXRequestID      = []byte("X-Request-ID")
+	strXForwardedProto = []byte("X-Forwarded-Proto")
+	strXForwardedHost  = []byte("X-Forwarded-Host")
+)
+
+// Handle serves one client request.
+func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
+	p.metrics.inFlight.Inc()
+	defer p.metrics.inFlight.Dec()
+	req := &ctx.Request
+
+	var scan rawScan
+	scan.scan(req.Header.RawHeaders())
+	peer := peerAddr(ctx)
+	trusted := p.isTrusted(peer)
+	var idBuf [64]byte
+	reqID := p.requestID(req, trusted, idBuf[:0])
+	method := methodIndex(req.Header.Method())
+
+	if why := scan.smuggling(); why != "" {
+		// Never forwarded, and the connection is closed: what follows
+		// on it cannot be framed safely.
+		ctx.SetConnectionClose()
+		p.reject(ctx, len(p.routes), method, fasthttp.StatusBadRequest, errSmuggling, "malformed request: "+why, reqID, nil)
+		return
+	}
+
+	path := ctx.Path()
+	if bytes.Equal(path, strPing) && (method == 0 || method == 1) {
+		p.ping(ctx)
+		p.metrics.requests.inc(len(p.routes), method, ctx.Response.StatusCode())
+		return
+	}
+
+	ri := p.match(req.Header.Method(), path)
+	if ri < 0 {
+		p.reject(ctx, len(p.routes), method, fasthttp.StatusNotFound, errNoRoute, "no route for this path", reqID, nil)
+		return
+	}
+
+	h := p.pool.Pick()
+	if h == nil {
+		p.reject(ctx, ri, method, fasthttp.StatusServiceUnavailable, errNoUpstream, "no healthy ticket service instance is available; try again in a few seconds", reqID, nil)
+		return
+	}
+	up := h.Transport.(*upstream)
+
+	// Hop-by-hop hygiene (RFC 9110 §7.6.1). The client's wish to close is
+	// its connection's business, not the pooled upstream connection's.
+	clientClose := req.Header.ConnectionClose()
+	stripHopByHop(&req.Header, scan.connTokens[:scan.nConnTokens])
+	req.Header.Del("Expect") // the edge already has the body
+	req.Header.ResetConnectionClose()
+	p.setForwarded(ctx, peer, trusted, reqID)
+
+	h.Acquire()
+	start := time.Now()
+	err := up.client.DoTimeout(req, &ctx.Response, p.cfg.Timeouts.Upstream.D())
+	elapsed := time.Since(start)
+	h.Release()
+
+	if err != nil {
+		status, kind, msg := classify(err)
+		p.reject(ctx, ri, method, status, kind, msg, reqID, h)
+		if p.log.Enabled(context.Background(), slog.LevelWarn) {
+			p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
+				slog.String("request_id", string(reqID)), slog.String("upstream", h.Addr),
+				slog.String("kind", kind), slog.String("error", err.Error()))
+		}
+		return
+	}
+	up.duration.Observe(elapsed.Seconds())
+
+	resp := &ctx.Response
+	if conn := resp.Header.Peek("Connection"); len(conn) > 0 {
+		var toks [8][]byte
+		stripHopByHop(&resp.Header, splitTokens(conn, toks[:0]))
+	} else {
+		stripHopByHop(&resp.Header, nil)
+	}
+	resp.Header.ResetConnectionClose()
+	if clientClose {
+		ctx.SetConnectionClose()
+	}
+	status := resp.StatusCode()
+	p.metrics.requests.inc(ri, method, status)
+	p.accessLog(ctx, ri, status, h, reqID, elapsed)
+}
+
+// reject answers with the edge's own error and counts it.
+func (p *Proxy) reject(ctx *fasthttp.RequestCtx, route, method, status int, kind, msg string, reqID []byte, h *balancer.Host) {
+	writeError(ctx, status, msg, reqID)
+	p.metrics.errors[kind].Inc()
+	p.metrics.requests.inc(route, method, status)
+	p.accessLog(ctx, route, status, h, reqID, 0)
+}
+
+func (p *Proxy) ping(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.SetContentType("text/plain; charset=utf-8")
+	if p.draining.Load() {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString("draining\n")
+		return
+	}
+	ctx.SetBodyString("pong\n")
+}
+
+// handleParseError answers requests fasthttp could not parse. fasthttp
+// closes the connection after it.
+func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	var idBuf [64]byte
+	reqID := p.newRequestID(idBuf[:0])
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	none := len(p.routes)
+	switch {
+	case errors.As(err, &small):
+		p.reject(ctx, none, 7, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeaderLimit,
+			"request headers are larger than the edge accepts ("+strconv.Itoa(p.cfg.Limits.MaxHeaderBytes)+" bytes)", reqID, nil)
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		p.reject(ctx, none, 7, fasthttp.StatusRequestEntityTooLarge, errHeaderLimit,
+			"request body is larger than the edge accepts ("+strconv.Itoa(p.cfg.Limits.MaxBodyBytes)+" bytes)", reqID, nil)
+	case errors.As(err, &ne) && ne.Timeout():
+		p.reject(ctx, none, 7, fasthttp.StatusRequestTimeout, errClientTimeout, "the request was not received in time", reqID, nil)
+	default:
+		p.reject(ctx, none, 7, fasthttp.StatusBadRequest, errMalformed, "malformed request: "+parseReason(err), reqID, nil)
+	}
+	ctx.SetConnectionClose()
+}
+
+// parseReason keeps fasthttp's own words out of the response while still
+// saying which part of the request was bad.
+func parseReason(err error) string {
+	s := err.Error()
+	switch {
+	case bytes.Contains([]byte(s), []byte("chunk")):
+		return "invalid chunked body"
+	case bytes.Contains([]byte(s), []byte("Content-Length")), bytes.Contains([]byte(s), []byte("content-length")):
+		return "invalid Content-Length"
+	case bytes.Contains([]byte(s), []byte("ransfer-encoding")), bytes.Contains([]byte(s), []byte("ransfer-Encoding")):
+		return "unsupported Transfer-Encoding"
+	}
+	return "could not parse the request line or headers"
+}
+
+// classify maps an upstream error to the client's status.
+func classify(err error) (status int, kind, msg string) {
+	switch {
+	case errors.Is(err, fasthttp.ErrDialTimeout), errors.Is(err, syscall.ECONNREFUSED):
+		return fasthttp.StatusBadGateway, errRefused, "could not connect to the ticket service"
+	case errors.Is(err, fasthttp.ErrTimeout):
+		return fasthttp.StatusGatewayTimeout, errTimeout, "the ticket service did not answer in time"
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		return fasthttp.StatusServiceUnavailable, errPoolFull, "the ticket service is at its connection limit; try again shortly"
+	}
+	return fasthttp.StatusBadGateway, errUpstream, "the ticket service returned an invalid or incomplete response"
+}
+
+func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
+	if a, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}
+
+func (p *Proxy) isTrusted(a netip.Addr) bool {
+	for _, pr := range p.trusted {
+		if pr.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// setForwarded sets X-Forwarded-For/-Proto/-Host. A chain from a trusted
+// peer is extended; from anyone else it is replaced, since an untrusted
+// client could otherwise pick the address that rate limits and logs see.
+func (p *Proxy) setForwarded(ctx *fasthttp.RequestCtx, peer netip.Addr, trusted bool, reqID []byte) {
+	h := &ctx.Request.Header
+	var buf [256]byte
+	xff := buf[:0]
+	if trusted {
+		if prev := h.PeekBytes(strXForwardedFor); len(prev) > 0 && len(prev) < 200 {
+			xff = append(append(xff, prev...), ", "...)
+		}
+	}
+	xff = peer.AppendTo(xff)
+	h.SetBytesKV(strXForwardedFor, xff)
+	if !trusted || len(h.PeekBytes(strXForwardedProto)) == 0 {
+		h.SetBytesKV(strXForwardedProto, []byte("http"))
+	}
+	if !trusted || len(h.PeekBytes(strXForwardedHost)) == 0 {
+		h.SetBytesKV(strXForwardedHost, h.Host())
+	}
+	h.SetBytesKV(strXRequestID, reqID)
+}
+
+// requestID keeps a trusted peer's X-Request-ID (a sane one: at most 128
+// printable bytes) and otherwise makes a new one.
+func (p *Proxy) requestID(req *fasthttp.Request, trusted bool, dst []byte) []byte {
+	if trusted {
+		if id := req.Header.PeekBytes(strXRequestID); len(id) > 0 && len(id) <= 128 && printable(id) {
+			return append(dst, id...)
+		}
+	}
+	return p.newRequestID(dst)
+}
+
+// newRequestID appends 32 hex digits: a random per-process prefix and a
+// counter, unique without a syscall or an allocation per request.
+func (p *Proxy) newRequestID(dst []byte) []byte {
+	n := p.idCounter.Add(1)
+	dst = append(dst, p.idPrefix[:]...)
+	var c [8]byte
+	for i := 7; i >= 0; i-- {
+		c[i] = byte(n)
+		n >>= 8
+	}
+	return hex.AppendEncode(dst, c[:])
+}
+
+func printable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func splitTokens(v []byte, dst [][]byte) [][]byte {
+	for len(v) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			tok, v = v[:i], v[i+1:]
+		} else {
+			tok, v = v, nil
+		}
+		if tok = bytes.TrimSpace(tok); len(tok) > 0 && len(dst) < cap(dst) {
+			dst = append(dst, tok)
+		}
+	}
+	return dst
+}
+
+// accessLog writes one JSON line per request: always for errors, for a
+// sampled share of the rest.
+func (p *Proxy) accessLog(ctx *fasthttp.RequestCtx, route, status int, h *balancer.Host, reqID []byte, upstreamTime time.Duration) {
+	al := p.cfg.AccessLog
+	if !al.Enabled {
+		return
+	}
+	if status < 500 && status != fasthttp.StatusBadRequest && (al.Sample <= 0 || (al.Sample < 1 && rand.Float64() >= al.Sample)) {
+		return
+	}
+	routeName := "none"
+	if route < len(p.routes) {
+		routeName = p.routes[route].name
+	}
+	upAddr := ""
+	if h != nil {
+		upAddr = h.Addr
+	}
+	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		slog.String("request_id", string(reqID)),
+		slog.String("method", string(ctx.Method())),
+		slog.String("path", string(ctx.Path())),
+		slog.String("route", routeName),
+		slog.String("upstream", upAddr),
+		slog.Int("status", status),
+		slog.Float64("duration_ms", float64(time.Since(ctx.Time()).Microseconds())/1000),
+		slog.Float64("upstream_ms", float64(upstreamTime.Microseconds())/1000),
+		slog.String("client", ctx.RemoteIP().String()),
+	)
+}
+
+// fasthttpLogger routes fasthttp's own messages into the structured log.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug("fasthttp", "message", fmt.Sprintf(format, args...))
+}

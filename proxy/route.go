@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"bytes"
+
+	"github.com/podium-edge/podium/config"
+)
+
+// route is a compiled config.Route.
+type route struct {
+	name     string
+	exact    [][]byte // path segments; "*" matches any one segment
+	prefix   []byte   // path_prefix, matched on segment boundaries
+	isPrefix bool
+	methods  [][]byte // empty: any
+}
+
+func newRoute(r config.Route) route {
+	rt := route{name: r.Name}
+	for _, m := range r.Match.Methods {
+		rt.methods = append(rt.methods, []byte(m))
+	}
+	if r.Match.PathPrefix != "" {
+		rt.isPrefix = true
+		rt.prefix = []byte(r.Match.PathPrefix)
+		return rt
+	}
+	rt.exact = bytes.Split([]byte(r.Match.Path), []byte{'/'})
+	return rt
+}
+
+var star = []byte("*")
+
+// matches reports whether method and path select the route. It allocates
+// nothing.
+func (r *route) matches(method, path []byte) bool {
+	if len(r.methods) > 0 {
+		ok := false
+		for _, m := range r.methods {
+			if bytes.Equal(m, method) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if r.isPrefix {
+		if !bytes.HasPrefix(path, r.prefix) {
+			return false
+		}
+		// "/api" matches "/api" and "/api/x", not "/apix"; "/" matches all.
+		rest := path[len(r.prefix):]
+		return len(rest) == 0 || rest[0] == '/' || r.prefix[len(r.prefix)-1] == '/'
+	}
+	for i, seg := range r.exact {
+		var cur []byte
+		if j := bytes.IndexByte(path, '/'); j >= 0 {
+			cur, path = path[:j], path[j+1:]
+		} else {
+			cur, path = path, nil
+			if i != len(r.exact)-1 {
+				return false
+			}
+		}
+		if !bytes.Equal(seg, star) && !bytes.Equal(seg, cur) || bytes.Equal(seg, star) && len(cur) == 0 {
+			return false
+		}
+		if i == len(r.exact)-1 && path != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// match returns the index of the first route that selects the request, or
+// -1. Routes are tried in config order, as in Envoy.
+func (p *Proxy) match(method, path []byte) int {
+	for i := range p.routes {
+		if p.routes[i].matches(method, path) {
+			return i
+		}
+	}
+	return -1
+}
