@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -203,5 +202,3 @@ func load(t testing.TB, url string, c, n int) (failed int64) {
 	wg.Wait()
 	return bad.Load()
 }
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
