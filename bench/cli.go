@@ -191,8 +191,9 @@ func CompareCommand(args []string, stdout, stderr io.Writer) error {
 		names = append(names, s.Name)
 	}
 	scenarios := fs.String("scenarios", "", "comparison scenarios to run (default: every one that is ready; all: "+strings.Join(names, ", ")+")")
-	fs.DurationVar(&o.Duration, "duration", 12*time.Second, "measured run per target and scenario")
-	fs.DurationVar(&o.Warmup, "warmup", 3*time.Second, "unmeasured warm-up before each measured run")
+	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measured run per target, scenario and round")
+	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "unmeasured warm-up before each measured run")
+	fs.IntVar(&o.Rounds, "rounds", 3, "interleaved rounds per target; the median round is reported")
 	fs.IntVar(&o.Connections, "connections", 64, "client connections")
 	fs.IntVar(&o.BodySize, "size", 2048, "synthetic upstream body size in bytes")
 	fs.Float64Var(&o.PacedRate, "paced-rate", 5000, "rate of the open-loop scenario, req/s (every target must sustain it)")

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -107,6 +108,9 @@ type CompareOptions struct {
 	BodySize         int     // default 2048
 	PacedRate        float64 // default 5000 req/s
 	Upstreams        int     // synthetic upstream listeners: default 2
+	// Rounds is how many times each target is measured, interleaved; the
+	// median round is reported: default 3.
+	Rounds int
 	// ReadyTimeout bounds the wait for a proxy to answer: default 20s
 	// (Podium's health checks need rise×interval before it routes).
 	ReadyTimeout time.Duration
@@ -166,10 +170,10 @@ func (o *CompareOptions) defaults() error {
 		}
 	}
 	if o.Duration == 0 {
-		o.Duration = 12 * time.Second
+		o.Duration = 10 * time.Second
 	}
 	if o.Warmup == 0 {
-		o.Warmup = 3 * time.Second
+		o.Warmup = 2 * time.Second
 	}
 	if o.Connections == 0 {
 		o.Connections = 64
@@ -179,6 +183,9 @@ func (o *CompareOptions) defaults() error {
 	}
 	if o.PacedRate == 0 {
 		o.PacedRate = 5000
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 3
 	}
 	if o.Upstreams == 0 {
 		o.Upstreams = 2
@@ -241,6 +248,7 @@ type Method struct {
 	BodySize    int           `json:"body_bytes"`
 	Upstreams   []string      `json:"upstreams"`
 	PacedRate   float64       `json:"paced_rate_rps"`
+	Rounds      int           `json:"rounds"`
 }
 
 // ScenarioReport is one scenario across every target.
@@ -280,6 +288,51 @@ type TargetResult struct {
 	// run's wall time: near 1 means the load CPU, not the proxy, set the
 	// throughput.
 	LoadCPUBusyFraction float64 `json:"load_cpu_busy_fraction"`
+	// Rounds holds every round's headline figures; the fields above are
+	// the median round's.
+	Rounds []RoundFigures `json:"rounds,omitempty"`
+}
+
+// RoundFigures is one round of one target.
+type RoundFigures struct {
+	OK                       bool    `json:"ok"`
+	Error                    string  `json:"error,omitempty"`
+	Throughput               float64 `json:"throughput_rps"`
+	P99                      int64   `json:"p99_us"`
+	ProxyCPUMicrosPerRequest float64 `json:"proxy_cpu_us_per_request"`
+}
+
+// medianRound picks the round with the median proxy CPU per request (the
+// direct target: the median throughput) among the rounds that succeeded,
+// and attaches every round's figures. All rounds failed: the first
+// failure.
+func medianRound(trs []TargetResult) TargetResult {
+	var ok []TargetResult
+	var figs []RoundFigures
+	for _, tr := range trs {
+		figs = append(figs, RoundFigures{OK: tr.OK, Error: tr.Error, Throughput: tr.Throughput, P99: tr.Latency.P99,
+			ProxyCPUMicrosPerRequest: tr.ProxyCPUMicrosPerRequest})
+		if tr.OK {
+			ok = append(ok, tr)
+		}
+	}
+	if len(ok) == 0 {
+		out := trs[0]
+		out.Rounds = figs
+		return out
+	}
+	sort.Slice(ok, func(i, j int) bool {
+		if ok[i].Target == TargetDirect {
+			return ok[i].Throughput < ok[j].Throughput
+		}
+		return ok[i].ProxyCPUMicrosPerRequest < ok[j].ProxyCPUMicrosPerRequest
+	})
+	out := ok[len(ok)/2]
+	out.Rounds = figs
+	if n := len(trs) - len(ok); n > 0 {
+		out.Error = fmt.Sprintf("%d of %d rounds failed; the median of the others is shown", n, len(trs))
+	}
+	return out
 }
 
 // Ratio is Podium's figure over a peer's, from the same run.
@@ -322,7 +375,7 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 		Command: opts.Command,
 		Machine: machineInfo(opts),
 		Method: Method{LoadCPU: opts.LoadCPU, ProxyCPU: opts.ProxyCPU, Duration: opts.Duration, Warmup: opts.Warmup,
-			Connections: opts.Connections, BodySize: opts.BodySize, Upstreams: c.upstreams, PacedRate: opts.PacedRate},
+			Connections: opts.Connections, BodySize: opts.BodySize, Upstreams: c.upstreams, PacedRate: opts.PacedRate, Rounds: opts.Rounds},
 	}
 	for _, cs := range CompareScenarios {
 		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Pending: cs.Pending}
@@ -330,18 +383,28 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 			continue
 		}
 		if cs.Pending == "" {
+			// Rounds interleave the targets (A B C D, A B C D, ...) so
+			// that a neighbour's burst of CPU use on this shared machine
+			// lands on every target alike, and the median round per
+			// target is reported.
+			rounds := map[string][]TargetResult{}
+			for round := 1; round <= opts.Rounds; round++ {
+				for _, t := range opts.Targets {
+					if ctx.Err() != nil {
+						return nil, ctx.Err()
+					}
+					tr := c.measure(ctx, &cs, t, up, round)
+					if tr.OK {
+						fmt.Fprintf(opts.Log, "compare: %s / %s round %d/%d: %.0f req/s, p99 %s ms, proxy %.1f µs/request, peak RSS %d KiB, %d errors\n",
+							cs.Name, t, round, opts.Rounds, tr.Throughput, ms(tr.Latency.P99), tr.ProxyCPUMicrosPerRequest, tr.ProxyPeakRSSKiB, tr.ErrorCount)
+					} else {
+						fmt.Fprintf(opts.Log, "compare: %s / %s round %d/%d: FAILED: %s\n", cs.Name, t, round, opts.Rounds, tr.Error)
+					}
+					rounds[t] = append(rounds[t], tr)
+				}
+			}
 			for _, t := range opts.Targets {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				tr := c.measure(ctx, &cs, t, up)
-				if tr.OK {
-					fmt.Fprintf(opts.Log, "compare: %s / %s: %.0f req/s, p99 %s ms, proxy %.1f µs/request, peak RSS %d KiB, %d errors\n",
-						cs.Name, t, tr.Throughput, ms(tr.Latency.P99), tr.ProxyCPUMicrosPerRequest, tr.ProxyPeakRSSKiB, tr.ErrorCount)
-				} else {
-					fmt.Fprintf(opts.Log, "compare: %s / %s: FAILED: %s\n", cs.Name, t, tr.Error)
-				}
-				sr.Targets = append(sr.Targets, tr)
+				sr.Targets = append(sr.Targets, medianRound(rounds[t]))
 			}
 			sr.Ratios = ratios(sr.Targets)
 		}
@@ -509,7 +572,7 @@ type PeerConfig struct {
 
 // startProxy renders target's config and starts it on the proxy CPU. It
 // returns the base URL to load and the process.
-func (c *comparison) startProxy(scenario, target string) (string, *child, string, error) {
+func (c *comparison) startProxy(name, target string) (string, *child, string, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return "", nil, "", err
@@ -518,7 +581,7 @@ func (c *comparison) startProxy(scenario, target string) (string, *child, string
 	if err != nil {
 		return "", nil, "", err
 	}
-	scratch := filepath.Join(c.dir, "configs", scenario+"-"+target)
+	scratch := filepath.Join(c.dir, "configs", name)
 	if err := os.MkdirAll(scratch, 0o755); err != nil {
 		return "", nil, "", fmt.Errorf("creating %s: %w", scratch, err)
 	}
@@ -555,7 +618,7 @@ func (c *comparison) startProxy(scenario, target string) (string, *child, string
 	// The proxy must not inherit extra env meant for bench children (a
 	// test's re-exec switch would turn a Podium binary into something
 	// else).
-	ch, err := c.start(scenario+"-"+target, c.opts.ProxyCPU, nil, argv...)
+	ch, err := c.start(name, c.opts.ProxyCPU, nil, argv...)
 	if err != nil {
 		return "", nil, cfg, err
 	}
@@ -564,8 +627,9 @@ func (c *comparison) startProxy(scenario, target string) (string, *child, string
 
 // measure runs one scenario against one target: start, wait until it
 // proxies, warm up, then sample CPU around the measured run.
-func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target string, up *child) TargetResult {
+func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target string, up *child, round int) TargetResult {
 	tr := TargetResult{Target: target}
+	name := fmt.Sprintf("%s-%s-r%d", cs.Name, target, round)
 	fail := func(format string, a ...any) TargetResult {
 		tr.OK = false
 		tr.Error = fmt.Sprintf(format, a...)
@@ -576,7 +640,7 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	if target != TargetDirect {
 		var err error
 		var cfg string
-		base, proxy, cfg, err = c.startProxy(cs.Name, target)
+		base, proxy, cfg, err = c.startProxy(name, target)
 		tr.Config = cfg
 		if err != nil {
 			return fail("%v", err)
@@ -587,7 +651,7 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 		}
 	}
 	runArgs := cs.args(&c.opts)
-	if _, err := c.generate(ctx, base, runArgs, c.opts.Warmup, filepath.Join(c.dir, "runs", cs.Name+"-"+target+"-warmup")); err != nil {
+	if _, err := c.generate(ctx, base, runArgs, c.opts.Warmup, filepath.Join(c.dir, "runs", name+"-warmup")); err != nil {
 		return fail("warm-up: %v", err)
 	}
 	var pids []int
@@ -599,7 +663,7 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 		return fail("reading proxy CPU: %v", err)
 	}
 	up0, _ := cpuSeconds(processTree(up.cmd.Process.Pid))
-	prefix := filepath.Join(c.dir, "runs", cs.Name+"-"+target)
+	prefix := filepath.Join(c.dir, "runs", name)
 	res, err := c.generate(ctx, base, runArgs, c.opts.Duration, prefix)
 	if err != nil {
 		return fail("measured run: %v", err)
@@ -827,20 +891,36 @@ func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
 		fmt.Fprintf(w, "Command: `%s`\n", rep.Command)
 	}
 	me := rep.Method
-	fmt.Fprintf(w, "\nMethod: the proxy under test is pinned to CPU %s (one process/thread: HAProxy `nbthread 1`, nginx `worker_processes 1`, Podium `GOMAXPROCS` = 1 from its affinity); the load generator (`podium bench run`) and the %d synthetic upstreams (%d-byte body) share CPU %s. Each target gets a %s warm-up, then a %s measured run at %d connections. Proxy CPU is utime+stime from /proc/PID/stat over the measured run ÷ requests completed (nginx: master + worker); peak RSS is VmHWM. Ratios are Podium's figure over the peer's, from this same run (CPU and p99: lower is better; throughput: higher is better). When the load CPU is near 100%% busy, throughput is the generator's limit, not the proxy's: CPU µs/request is the figure that compares proxies.\n\n",
-		me.ProxyCPU, len(me.Upstreams), me.BodySize, me.LoadCPU, me.Warmup, me.Duration, me.Connections)
+	fmt.Fprintf(w, "\nMethod: the proxy under test is pinned to CPU %s (one process/thread: HAProxy `nbthread 1`, nginx `worker_processes 1`, Podium `GOMAXPROCS` = 1 from its affinity); the load generator (`podium bench run`) and the %d synthetic upstreams (%d-byte body) share CPU %s. Each target gets a %s warm-up, then a %s measured run at %d connections; targets are measured in %d interleaved rounds and the round with the median proxy CPU per request is shown (all rounds' CPU figures in the last column). Proxy CPU is utime+stime from /proc/PID/stat over the measured run ÷ requests completed (nginx: master + worker); peak RSS is VmHWM. Ratios are Podium's figure over the peer's, from this same run (CPU and p99: lower is better; throughput: higher is better). When the load CPU is near 100%% busy, throughput is the generator's limit, not the proxy's: CPU µs/request is the figure that compares proxies.\n\n",
+		me.ProxyCPU, len(me.Upstreams), me.BodySize, me.LoadCPU, me.Warmup, me.Duration, me.Connections, me.Rounds)
 	for _, s := range rep.Scenarios {
 		fmt.Fprintf(w, "## %s\n\n%s\n\n", s.Name, s.Title)
 		if s.Pending != "" {
 			fmt.Fprintf(w, "Not measured yet: %s.\n\n", s.Pending)
 			continue
 		}
-		fmt.Fprintf(w, "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | proxy CPU µs/req | peak RSS MiB | errors | load CPU busy |\n")
-		fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		fmt.Fprintf(w, "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | proxy CPU µs/req | peak RSS MiB | errors | load CPU busy | CPU µs/req, every round |\n")
+		fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		var notes []string
 		for _, t := range s.Targets {
 			if !t.OK {
-				fmt.Fprintf(w, "| %s | failed: %s |||||||||\n", t.Target, strings.ReplaceAll(t.Error, "|", "/"))
+				fmt.Fprintf(w, "| %s | failed (below) |||||||||||\n", t.Target)
+				notes = append(notes, fmt.Sprintf("%s failed: %s", t.Target, t.Error))
 				continue
+			}
+			if t.Error != "" {
+				notes = append(notes, fmt.Sprintf("%s: %s", t.Target, t.Error))
+			}
+			var every []string
+			for _, r := range t.Rounds {
+				switch {
+				case !r.OK:
+					every = append(every, "failed")
+				case t.Target == TargetDirect:
+					every = append(every, fmt.Sprintf("%.0f req/s", r.Throughput))
+				default:
+					every = append(every, fmt.Sprintf("%.1f", r.ProxyCPUMicrosPerRequest))
+				}
 			}
 			cpu, rss := "—", "—"
 			if t.Target != TargetDirect {
@@ -848,10 +928,13 @@ func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
 				rss = fmt.Sprintf("%.1f", float64(t.ProxyPeakRSSKiB)/1024)
 			}
 			l := t.Latency
-			fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %.0f%% |\n", t.Target, t.Throughput,
-				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), cpu, rss, t.ErrorCount, t.LoadCPUBusyFraction*100)
+			fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %.0f%% | %s |\n", t.Target, t.Throughput,
+				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), cpu, rss, t.ErrorCount, t.LoadCPUBusyFraction*100, strings.Join(every, ", "))
 		}
 		fmt.Fprintln(w)
+		for _, n := range notes {
+			fmt.Fprintf(w, "- %s\n", strings.ReplaceAll(n, "\n", " "))
+		}
 		for _, r := range s.Ratios {
 			if !r.PodiumAvailable {
 				fmt.Fprintf(w, "- Podium/%s: not available (%s).\n", r.Peer, r.Note)

@@ -33,6 +33,9 @@ func newSchedule(r Rate) schedule {
 func (s schedule) offset(i uint64) time.Duration {
 	n := float64(i)
 	var t float64
+	if i == 0 {
+		return 0 // 0/0 in the formula below when the ramp starts at 0
+	}
 	if n < s.rampCount {
 		// N(t) = start*t + k*t²/2 with k = (peak-start)/ramp. Solved for t
 		// in the form 2n/(start+sqrt(start²+2kn)), which stays exact when

@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A short comparison against the real HAProxy and nginx (and the upstream
+// directly), with children started the way `make bench` starts them, must
+// produce a report whose figures are sane, and must report a target that
+// cannot start as failed instead of stopping.
+func TestCompareAgainstHAProxyAndNginx(t *testing.T) {
+	for _, bin := range []string{"haproxy", "nginx", "taskset"} {
+		if _, err := exec.LookPath(lookBin("", bin)); err != nil {
+			t.Fatalf("%s not installed (%v): run scripts/bench-deps.sh", bin, err)
+		}
+	}
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := CompareOptions{
+		Exe: []string{self, "bench"},
+		Env: []string{childEnv + "=1"},
+		// /bin/false stands for an edge binary that exits at once.
+		Podium:      "/bin/false",
+		ResultsDir:  dir,
+		Targets:     []string{TargetDirect, TargetHAProxy, TargetNginx, TargetPodium},
+		Scenarios:   []string{"proxied-get", "proxied-get-paced"},
+		Duration:    2 * time.Second,
+		Warmup:      500 * time.Millisecond,
+		Connections: 16,
+		PacedRate:   1000,
+		Rounds:      1,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := Compare(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The files on disk are the report; check the JSON round-trips.
+	data, err := os.ReadFile(filepath.Join(dir, "compare.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onDisk CompareReport
+	if err := json.Unmarshal(data, &onDisk); err != nil {
+		t.Fatalf("compare.json: %v", err)
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "compare.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(onDisk.Scenarios) != len(rep.Scenarios) {
+		t.Fatalf("compare.json has %d scenarios, report %d", len(onDisk.Scenarios), len(rep.Scenarios))
+	}
+	if !strings.HasPrefix(rep.Machine.Versions[TargetHAProxy], "HAProxy version 2.") || !strings.Contains(rep.Machine.Versions[TargetNginx], "nginx/1.") {
+		t.Errorf("peer versions = %v", rep.Machine.Versions)
+	}
+	var pending int
+	for _, s := range onDisk.Scenarios {
+		if s.Pending != "" {
+			pending++
+			if len(s.Targets) != 0 || !strings.Contains(string(md), "Not measured yet: "+s.Pending) {
+				t.Errorf("pending scenario %s: targets %v, or its reason is missing from compare.md", s.Name, s.Targets)
+			}
+			continue
+		}
+		if len(s.Targets) != 4 {
+			t.Fatalf("%s: %d targets, want 4", s.Name, len(s.Targets))
+		}
+		for _, tr := range s.Targets {
+			name := s.Name + "/" + tr.Target
+			if tr.Target == TargetPodium {
+				if tr.OK || !strings.Contains(tr.Error, "exited") {
+					t.Errorf("%s: ok=%v error=%q, want a failure saying the process exited", name, tr.OK, tr.Error)
+				}
+				continue
+			}
+			if !tr.OK {
+				t.Errorf("%s failed: %s", name, tr.Error)
+				continue
+			}
+			l := tr.Latency
+			switch {
+			case tr.Requests < 500:
+				t.Errorf("%s: %d requests in 2 s, want at least 500", name, tr.Requests)
+			case tr.ErrorCount != 0:
+				t.Errorf("%s: errors %v", name, tr.Errors)
+			case !(l.P50 > 0 && l.P50 <= l.P90 && l.P90 <= l.P99 && l.P99 <= l.P999 && l.P999 <= l.Max):
+				t.Errorf("%s: percentiles out of order: %+v", name, l)
+			case tr.GeneratorCPUMicrosPerRequest <= 0:
+				t.Errorf("%s: generator CPU per request %v", name, tr.GeneratorCPUMicrosPerRequest)
+			case len(tr.Rounds) != 1:
+				t.Errorf("%s: %d rounds recorded, want 1", name, len(tr.Rounds))
+			}
+			if s.Name == "proxied-get-paced" {
+				if got := tr.Throughput; got < 950 || got > 1050 {
+					t.Errorf("%s: %.0f req/s at a paced 1000/s", name, got)
+				}
+			}
+			if tr.Target == TargetDirect {
+				if tr.ProxyCPUMicrosPerRequest != 0 {
+					t.Errorf("%s: proxy CPU %v for no proxy", name, tr.ProxyCPUMicrosPerRequest)
+				}
+				continue
+			}
+			// A proxy spends microseconds per request, not nothing and not
+			// milliseconds; and holds a few MiB, not zero.
+			if c := tr.ProxyCPUMicrosPerRequest; c < 1 || c > 2000 {
+				t.Errorf("%s: proxy CPU %.1f µs/request, want 1..2000", name, c)
+			}
+			if rss := tr.ProxyPeakRSSKiB; rss < 1024 || rss > 1<<20 {
+				t.Errorf("%s: peak RSS %d KiB, want 1 MiB..1 GiB", name, rss)
+			}
+			if _, err := os.Stat(tr.Config); err != nil {
+				t.Errorf("%s: generated config: %v", name, err)
+			}
+		}
+		if len(s.Ratios) != 2 {
+			t.Errorf("%s: %d ratios, want podium/haproxy and podium/nginx", s.Name, len(s.Ratios))
+		}
+		for _, r := range s.Ratios {
+			if r.PodiumAvailable || r.Note != "podium failed in this run" {
+				t.Errorf("%s: ratio %+v, want unavailable because podium failed", s.Name, r)
+			}
+		}
+	}
+	if pending != 2 {
+		t.Errorf("%d pending scenario hooks in the report, want 2 (cached-listing, ticket-drop-origin)", pending)
+	}
+	for _, want := range []string{"| haproxy |", "| nginx |", "| direct |", "podium failed:"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("compare.md lacks %q", want)
+		}
+	}
+}
