@@ -6,11 +6,13 @@
 #
 # db     mariadb-server mariadb-client   (the origin's primary and replicas)
 # peers  haproxy nginx-light wrk         (the comparison peers and a load tool)
+# obs    prometheus                      (promtool checks metrics and alert rules)
 set -euo pipefail
 
 declare -A groups=(
 	[db]="mariadb-server mariadb-client"
 	[peers]="haproxy nginx-light wrk"
+	[obs]="prometheus"
 )
 want=()
 for g in "${@:-all}"; do
