@@ -1,0 +1,137 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildPodium builds the real binary once per test run.
+func buildPodium(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "podium")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func TestEdgeRejectsBadConfig(t *testing.T) {
+	bin := buildPodium(t)
+	dir := t.TempDir()
+	cases := []struct {
+		name, yaml string
+		want       string
+	}{
+		{"broken YAML", "listen: [\n", "parsing YAML file"},
+		{"invalid value", "listen: \":8080\"\nhealthcheck:\n  interval: 0s\n", "edge.yaml:3: healthcheck.interval: must be > 0, got 0s"},
+		{"unknown key", "lisen: \":8080\"\n", "unknown key lisen"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, "edge.yaml")
+			os.WriteFile(path, []byte(tc.yaml), 0o644)
+			out, err := exec.Command(bin, "edge", "-config", path).CombinedOutput()
+			var ee *exec.ExitError
+			if err == nil || !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("podium edge with %s: err %v, want exit status 1\n%s", tc.name, err, out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Errorf("output %q does not name %q", out, tc.want)
+			}
+		})
+	}
+	out, err := exec.Command(bin, "edge", "-config", filepath.Join(dir, "missing.yaml")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no such file") {
+		t.Errorf("missing config: err %v, output %q", err, out)
+	}
+	out, err = exec.Command(bin, "edge", "-upstreams", "nocolon").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `discovery.static[0]: must be host:port, got "nocolon"`) {
+		t.Errorf("bad -upstreams: err %v, output %q", err, out)
+	}
+}
+
+func TestEdgeProcessServesAndDrains(t *testing.T) {
+	bin := buildPodium(t)
+	// An upstream, so the edge has somewhere to send traffic.
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "from upstream") })}
+	go up.Serve(upLn)
+	defer up.Close()
+
+	listen, admin := freePort(t), freePort(t)
+	cmd := exec.Command(bin, "edge", "-listen", listen, "-admin", admin, "-upstreams", upLn.Addr().String(), "-drain", "1s")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	deadline := time.Now().Add(10 * time.Second)
+	var body string
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + listen + "/hello")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if body = string(b); resp.StatusCode == 200 {
+				break
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if body != "from upstream" {
+		t.Fatalf("edge did not proxy within 10s: last body %q", body)
+	}
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("admin /metrics: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	// SIGTERM: /ping turns 503 draining while the listener still serves,
+	// then the process exits 0.
+	cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(300 * time.Millisecond)
+	resp, err = http.Get("http://" + listen + "/ping")
+	if err != nil {
+		t.Fatalf("edge stopped listening at once instead of draining: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || string(b) != "draining\n" {
+		t.Errorf("/ping while draining = %d %q, want 503 draining", resp.StatusCode, b)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("edge exited with %v, want 0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("edge did not exit within 10s of SIGTERM")
+	}
+}
