@@ -41,7 +41,8 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 	if r.Mode == ModeOpen {
 		fmt.Fprintf(&b, "Latency is measured from each request's intended send time (coordinated omission corrected); the schedule called for %.0f requests. ", r.TargetRequests)
 		u := r.Uncorrected
-		fmt.Fprintf(&b, "Measured from the actual send instead, p99 would read %s ms and max %s ms.\n\n", ms(u.P99), ms(u.Max))
+		fmt.Fprintf(&b, "Measured from the actual send instead, p50 would read %s ms, p99 %s ms and max %s ms. ", ms(u.P50), ms(u.P99), ms(u.Max))
+		fmt.Fprintf(&b, "Send lag (intended to actual send: waiting for a free connection plus the generator's own timer delay): p50 %s ms, p99 %s ms.\n\n", ms(r.SendLag.P50), ms(r.SendLag.P99))
 	} else {
 		b.WriteString("Closed loop: each connection sends its next request when the previous answer arrives; latency runs from the send.\n\n")
 	}
@@ -90,7 +91,7 @@ func counts(m map[string]int64) string {
 // interval, log scale) and the percentile distribution on HdrHistogram's
 // 1/(1-p) axis.
 func WriteSVG(w io.Writer, r *Result) error {
-	const W, H = 900, 700
+	const W, H = 900, 1000
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", W, H, W, H)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", W, H)
@@ -125,8 +126,27 @@ func WriteSVG(w io.Writer, r *Result) error {
 		p1.legend(&b, i, s.name, s.color)
 	}
 
-	// Panel 2: percentile distribution.
-	p2 := plot{x: 80, y: 390, w: 780, h: 250, logY: true}
+	// Panel 2: throughput over time (the ramp of a ticket drop).
+	p3 := plot{x: 80, y: 370, w: 780, h: 200}
+	p3.xmin, p3.xmax = p1.xmin, p1.xmax
+	var maxRate float64
+	for _, t := range r.Timeline {
+		maxRate = math.Max(maxRate, t.Rate)
+	}
+	p3.ymin, p3.ymax = 0, niceCeil(maxRate)
+	p3.axes(&b, "time since start (s)", "completed (req/s)", linearTicks(p3.xmin, p3.xmax), linearTicks(0, p3.ymax))
+	var ratePts, errPts [][2]float64
+	for _, t := range r.Timeline {
+		ratePts = append(ratePts, [2]float64{t.Second, t.Rate})
+		errPts = append(errPts, [2]float64{t.Second, float64(t.Errors) / math.Max(1, float64(t.Requests)) * t.Rate})
+	}
+	p3.line(&b, ratePts, "#1f77b4")
+	p3.legend(&b, 0, "all", "#1f77b4")
+	p3.line(&b, errPts, "#d62728")
+	p3.legend(&b, 1, "errors", "#d62728")
+
+	// Panel 3: percentile distribution.
+	p2 := plot{x: 80, y: 660, w: 780, h: 270, logY: true}
 	p2.xmin, p2.xmax = 0, 5 // log10(1/(1-p)) from p0 to p99.999
 	p2.ymin, p2.ymax = p1.ymin, p1.ymax
 	xt := []tick{{0, "0%"}, {1, "90%"}, {2, "99%"}, {3, "99.9%"}, {4, "99.99%"}, {5, "99.999%"}}
@@ -139,11 +159,43 @@ func WriteSVG(w io.Writer, r *Result) error {
 		}
 		pts = append(pts, [2]float64{x, float64(p.Micros) / 1000})
 	}
+	name := "from send"
+	if r.Mode == ModeOpen {
+		name = "from intended send (corrected)"
+	}
 	p2.line(&b, pts, "#2ca02c")
-	p2.legend(&b, 0, "corrected", "#2ca02c")
+	p2.legend(&b, 0, "", "#2ca02c")
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">%s</text>`+"\n", p2.x+37, p2.y+14, name)
+	if len(r.UncorrectedPercentile) > 0 {
+		pts = pts[:0]
+		for _, p := range r.UncorrectedPercentile {
+			x := 5.0
+			if p.Percentile < 100 {
+				x = math.Min(5, math.Log10(1/(1-p.Percentile/100)))
+			}
+			pts = append(pts, [2]float64{x, float64(p.Micros) / 1000})
+		}
+		p2.line(&b, pts, "#9467bd")
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#9467bd" stroke-width="3"/><text x="%.1f" y="%.1f">from actual send (what a closed-loop tool would report)</text>`+"\n",
+			p2.x+260, p2.y+10, p2.x+282, p2.y+10, p2.x+287, p2.y+14)
+	}
 	b.WriteString("</svg>\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// niceCeil rounds v up to 1, 2 or 5 times a power of ten.
+func niceCeil(v float64) float64 {
+	if v <= 0 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if m*p >= v {
+			return m * p
+		}
+	}
+	return 10 * p
 }
 
 func latencyRange(r *Result) (float64, float64) {
@@ -155,7 +207,7 @@ func latencyRange(r *Result) (float64, float64) {
 		lo = math.Min(lo, float64(t.P50)/1000)
 		hi = math.Max(hi, float64(t.Max)/1000)
 	}
-	for _, p := range r.Percentile {
+	for _, p := range append(append([]PercentilePoint{}, r.Percentile...), r.UncorrectedPercentile...) {
 		lo = math.Min(lo, float64(p.Micros)/1000)
 		hi = math.Max(hi, float64(p.Micros)/1000)
 	}

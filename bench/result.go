@@ -30,6 +30,11 @@ type Result struct {
 	// figure a coordinated-omission-prone tool would print.
 	Latency     Percentiles `json:"latency"`
 	Uncorrected Percentiles `json:"uncorrected_latency"`
+	// SendLag (open mode) runs from the intended to the actual send: the
+	// time requests queued for a free connection plus the generator's own
+	// timer and scheduling delay. Large with no server stall means the
+	// generator itself is late, and Latency overstates the target's.
+	SendLag Percentiles `json:"send_lag,omitempty"`
 	// Statuses counts responses by HTTP status; Errors counts failures by
 	// kind: transport errors (timeout, refused, reset, closed, not_sent,
 	// other) and "http_4xx"/"http_5xx" for error statuses.
@@ -40,6 +45,9 @@ type Result struct {
 	Streams    []StreamResult    `json:"streams"`
 	Timeline   []TimelinePoint   `json:"timeline"`
 	Percentile []PercentilePoint `json:"percentiles"`
+	// UncorrectedPercentile is the distribution from the actual send (open
+	// mode only; in closed mode it is Percentile).
+	UncorrectedPercentile []PercentilePoint `json:"uncorrected_percentiles,omitempty"`
 	Generator  GeneratorCost     `json:"generator"`
 }
 
@@ -101,6 +109,7 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 	}
 	all := newLatencyHistogram()
 	allService := newLatencyHistogram()
+	allLag := newLatencyHistogram()
 	var tls []*timeline
 	for _, sr := range streams {
 		st := sr.stream
@@ -120,6 +129,7 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 			rec.flush()
 			lat.Merge(rec.latency)
 			allService.Merge(rec.service)
+			allLag.Merge(rec.lag)
 			for i := range rec.ops {
 				ops[i].Merge(rec.ops[i].hist)
 				out.Ops[i].Requests += rec.ops[i].requests
@@ -164,6 +174,10 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 	res.Latency = summarize(all)
 	res.Uncorrected = summarize(allService)
 	res.Percentile = distribution(all)
+	if r.sc.Mode == ModeOpen {
+		res.UncorrectedPercentile = distribution(allService)
+		res.SendLag = summarize(allLag)
+	}
 	res.Timeline = mergeTimelines(tls, r.sc.Duration)
 	return res
 }

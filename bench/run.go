@@ -326,6 +326,9 @@ func (w *worker) do(req *fasthttp.Request, resp *fasthttp.Response, seq uint64, 
 		status = resp.StatusCode()
 	}
 	w.rec.record(mi, intended.Sub(w.start), done.Sub(intended), done.Sub(sent), status, err, int64(len(resp.Body())))
+	if w.r.sc.Mode == ModeOpen {
+		_ = w.rec.lag.RecordValue(micros(sent.Sub(intended)))
+	}
 	w.r.done.Add(1)
 	if err != nil || status >= 400 {
 		w.r.errs.Add(1)
@@ -500,6 +503,7 @@ func (r *runner) printProgress(el time.Duration, rate, target float64, done, err
 type recorder struct {
 	latency  *hdrhistogram.Histogram // from intended time
 	service  *hdrhistogram.Histogram // from actual send
+	lag      *hdrhistogram.Histogram // intended time to actual send (open mode)
 	ops      []opRecord
 	statuses map[int]int64
 	kinds    map[string]int64
@@ -521,6 +525,7 @@ func newRecorder(ops int, tl *timeline) *recorder {
 	rec := &recorder{
 		latency:  newLatencyHistogram(),
 		service:  newLatencyHistogram(),
+		lag:      newLatencyHistogram(),
 		ops:      make([]opRecord, ops),
 		statuses: map[int]int64{},
 		kinds:    map[string]int64{},
