@@ -48,7 +48,7 @@ type Result struct {
 	// UncorrectedPercentile is the distribution from the actual send (open
 	// mode only; in closed mode it is Percentile).
 	UncorrectedPercentile []PercentilePoint `json:"uncorrected_percentiles,omitempty"`
-	Generator  GeneratorCost     `json:"generator"`
+	Generator             GeneratorCost     `json:"generator"`
 }
 
 // StreamResult is one stream's share of a run.
