@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"net/http/pprof"
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -13,7 +16,19 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
+	profile := fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Index)
+	cpuProfile := fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Profile)
 	return func(ctx *fasthttp.RequestCtx) {
+		// Go's profiler, as every Go service exposes it: on the loopback
+		// admin port only, where an operator can reach it and fans cannot.
+		if path := string(ctx.Path()); strings.HasPrefix(path, "/debug/pprof/") {
+			if path == "/debug/pprof/profile" {
+				cpuProfile(ctx)
+			} else {
+				profile(ctx)
+			}
+			return
+		}
 		switch string(ctx.Path()) {
 		case "/metrics":
 			metrics(ctx)
@@ -29,7 +44,7 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			ctx.SetBody(out)
 		case "/":
 			ctx.SetContentType("text/plain; charset=utf-8")
-			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n")
+			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n  /debug/pprof/  Go profiles\n")
 		default:
 			ctx.SetStatusCode(fasthttp.StatusNotFound)
 			ctx.SetContentType("text/plain; charset=utf-8")
