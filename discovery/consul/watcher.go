@@ -215,6 +215,14 @@ func (w *Watcher) Run(ctx context.Context, push func([]discovery.Target)) error 
 			WaitIndex:  index,
 			WaitTime:   wait,
 		}
+		if failures > 0 {
+			// First query after errors: read at once instead of blocking.
+			// If the agent came back with less state (a restart, a restored
+			// snapshot), its index is below ours and a blocking query would
+			// wait for the next change to this service, up to WaitTime,
+			// while we hold a set that may be stale.
+			q.WaitIndex = 0
+		}
 		if d := time.Until(settleUntil); d > 0 && d < wait {
 			// Wake when the settle period ends to apply held removals.
 			q.WaitTime = d + time.Millisecond

@@ -9,11 +9,13 @@
 // The binary is the one scripts/consul.sh builds into $PODIUM_CACHE/bin
 // (default <repo>/.cache/bin/consul); if it is missing, Start runs
 // `scripts/consul.sh build` first, which takes minutes on a cold cache, so
-// CI runs that ahead of the tests.
+// CI runs that ahead of the tests. PODIUM_CONSUL_LOG_LEVEL=debug makes the
+// agent log (shown when a test fails) verbose.
 package consultest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -104,7 +106,7 @@ func (a *Agent) Start() {
 		"-serf-lan-port="+strconv.Itoa(a.ports.serfLAN),
 		"-serf-wan-port="+strconv.Itoa(a.ports.serfWAN),
 		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1",
-		"-log-level=info",
+		"-log-level="+cmp.Or(os.Getenv("PODIUM_CONSUL_LOG_LEVEL"), "info"),
 	)
 	// `consul agent -dev` refuses to start in a working directory that
 	// holds a folder named mdb; the temp dir never does.
@@ -125,7 +127,12 @@ func (a *Agent) Start() {
 	for {
 		leader, err := client.Status().Leader()
 		if err == nil && leader != "" {
-			return
+			err = a.waitSynced(client, deadline)
+			if err == nil {
+				return
+			}
+			a.logTail(40)
+			a.t.Fatalf("consultest: %v", err)
 		}
 		select {
 		case <-done:
@@ -140,6 +147,77 @@ func (a *Agent) Start() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// readyService is the canary that proves the agent syncs changes at once.
+const readyService = "consultest-ready"
+
+// waitSynced returns once the agent pushes local changes to the catalog at
+// once. A leader is not enough. The new-leader event queues a full sync that
+// the agent's state syncer (agent/ae) serves after a random 0–3 s stagger
+// (serverUpInterval), and while it waits every partial sync — a
+// registration, a check turning passing — waits too. Measured here: checks
+// that passed in that window reached the catalog 0.4–2.6 s late instead of
+// about 5 ms. So flip a canary TTL check every 50 ms and watch the catalog:
+// ready after the stall has come and gone (two prompt flips after a late
+// one), or after 3.5 s of prompt flips (any stall would have shown).
+func (a *Agent) waitSynced(c *api.Client, deadline time.Time) error {
+	const (
+		late        = 150 * time.Millisecond // a flip slower than this met the stall
+		quietWindow = 3500 * time.Millisecond
+	)
+	checkID := "service:" + readyService
+	err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: readyService, Name: readyService,
+		Check: &api.AgentServiceCheck{CheckID: checkID, TTL: "1h"},
+	})
+	if err != nil {
+		return fmt.Errorf("registering the readiness canary: %w", err)
+	}
+	start := time.Now()
+	stalled, prompt := false, 0
+	for flip := 0; ; flip++ {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent on %s did not sync changes to the catalog promptly within %v", a.Addr, StartTimeout)
+		}
+		status := api.HealthPassing
+		if flip%2 == 1 {
+			status = api.HealthWarning
+		}
+		if err := c.Agent().UpdateTTL(checkID, "", status); err != nil {
+			return fmt.Errorf("updating the readiness canary: %w", err)
+		}
+		if a.catalogShows(c, checkID, status, late) {
+			prompt++
+		} else {
+			stalled, prompt = true, 0
+		}
+		if (stalled && prompt >= 2) || (!stalled && time.Since(start) > quietWindow) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := c.Agent().ServiceDeregister(readyService); err != nil {
+		return fmt.Errorf("removing the readiness canary: %w", err)
+	}
+	return nil
+}
+
+// catalogShows polls the catalog for the canary check's status for up to d.
+func (a *Agent) catalogShows(c *api.Client, checkID, status string, d time.Duration) bool {
+	until := time.Now().Add(d)
+	for time.Now().Before(until) {
+		checks, _, err := c.Health().Checks(readyService, nil)
+		if err == nil {
+			for _, ch := range checks {
+				if ch.CheckID == checkID && ch.Status == status {
+					return true
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
 }
 
 // Stop stops the agent gracefully (SIGTERM, SIGKILL after 10 s) and waits
@@ -180,6 +258,10 @@ func (a *Agent) Client() *api.Client {
 	}
 	return c
 }
+
+// LogPath is the agent's log file (inside the test's temp dir, so gone
+// after the test unless it failed and the tail was logged).
+func (a *Agent) LogPath() string { return a.logPath }
 
 // logTail writes the last n lines of the agent's log to the test log.
 func (a *Agent) logTail(n int) {
