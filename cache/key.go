@@ -1,0 +1,90 @@
+package cache
+
+import (
+	"bytes"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// maxQueryParams bounds the parameters a key sorts; a query with more is
+// not normalised (and so is cached as sent).
+const maxQueryParams = 16
+
+// AppendKey appends the cache key of a GET or HEAD (they share entries) to
+// dst: the path, the query with its parameters sorted, a NUL, and the host
+// in lower case. The path comes first so that purging by path prefix is a
+// prefix match on keys. It allocates nothing when dst has room.
+func AppendKey(dst, path, query, host []byte) []byte {
+	dst = append(dst, path...)
+	if len(query) > 0 {
+		dst = append(dst, '?')
+		dst = appendSortedQuery(dst, query)
+	}
+	dst = append(dst, 0)
+	for _, c := range host {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// appendSortedQuery normalises a query: parameters sorted (a stable
+// insertion sort, so repeated names keep their order), empty ones dropped.
+// "b=2&a=1" and "a=1&b=2" are one entry.
+func appendSortedQuery(dst, q []byte) []byte {
+	var params [maxQueryParams][]byte
+	n := 0
+	for len(q) > 0 {
+		var p []byte
+		if i := bytes.IndexByte(q, '&'); i >= 0 {
+			p, q = q[:i], q[i+1:]
+		} else {
+			p, q = q, nil
+		}
+		if len(p) == 0 {
+			continue
+		}
+		if n == maxQueryParams {
+			return append(dst, q...) // too many to sort: keep as sent
+		}
+		params[n] = p
+		n++
+	}
+	for i := 1; i < n; i++ {
+		for j := i; j > 0 && bytes.Compare(paramName(params[j]), paramName(params[j-1])) < 0; j-- {
+			params[j], params[j-1] = params[j-1], params[j]
+		}
+	}
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			dst = append(dst, '&')
+		}
+		dst = append(dst, params[i]...)
+	}
+	return dst
+}
+
+func paramName(p []byte) []byte {
+	if i := bytes.IndexByte(p, '='); i >= 0 {
+		return p[:i]
+	}
+	return p
+}
+
+// AppendVariant appends to a base key the values of the request headers
+// that the stored response's Vary names, so variants never mix.
+// header returns a request header's value by lower-case name.
+func AppendVariant(dst []byte, vary []string, header func(name string) []byte) []byte {
+	for _, name := range vary {
+		dst = append(dst, 1)
+		dst = append(dst, name...)
+		dst = append(dst, ':')
+		dst = append(dst, bytes.TrimSpace(header(name))...)
+	}
+	return dst
+}
+
+// Hash is the store's hash of a key.
+func Hash(key []byte) uint64 { return xxhash.Sum64(key) }
