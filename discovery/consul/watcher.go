@@ -20,6 +20,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -170,8 +171,17 @@ var _ discovery.Source = (*Watcher)(nil)
 // once when the first query answers (even if empty), then only when the set
 // of targets changes. While the agent cannot be reached it pushes nothing, so
 // the consumer keeps the last known set; it logs the first failure and the
-// recovery, not every retry.
-func (w *Watcher) Run(ctx context.Context, push func([]discovery.Target)) error {
+// recovery, not every retry. After a recovery or an index reset it holds
+// back removals for Settle. A panic inside the loop is returned as an error.
+//
+// Each pushed slice belongs to the consumer; the targets' Meta maps are
+// shared with the watcher and must not be modified.
+func (w *Watcher) Run(ctx context.Context, push func([]discovery.Target)) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("consul: watcher panicked: %v\n%s", p, debug.Stack())
+		}
+	}()
 	if w.Client == nil {
 		return errors.New("consul: watcher has no client: set Watcher.Client or use NewWatcher")
 	}
