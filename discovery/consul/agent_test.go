@@ -376,3 +376,28 @@ func TestRegisterRejectsBadInput(t *testing.T) {
 		t.Error("Register with the agent down succeeded, want an error")
 	}
 }
+
+// TestWatcherToken: with ACLs on and default deny, the token is what lets
+// the watcher see the service; without it Consul filters the answer empty.
+func TestWatcherToken(t *testing.T) {
+	t.Parallel()
+	agent := consultest.StartWith(t, consultest.Options{ACLs: true})
+	c := agent.Client()
+	anon := watch(t, newWatcher(t, agent, consul.Config{Service: "web"}))
+	authed := watch(t, newWatcher(t, agent, consul.Config{Service: "web", Token: agent.Token}))
+	newOrigin(t).register(t, c, "web", "a", nil, nil)
+
+	s, _ := authed.waitFor(t, 0, "a", func(s snapshot) bool { return s.has("a") })
+	if len(s.targets) != 1 {
+		t.Errorf("with token got %v, want [a]", s.ids())
+	}
+	// The anonymous watcher answered (an empty set) and never saw a, even
+	// after the token watcher did and a few more queries went by.
+	anon.waitFor(t, 0, "the initial (empty) set", func(s snapshot) bool { return len(s.targets) == 0 })
+	time.Sleep(500 * time.Millisecond)
+	for _, s := range anon.all() {
+		if len(s.targets) != 0 {
+			t.Errorf("without token got %v, want nothing (ACL default deny)", s.ids())
+		}
+	}
+}

@@ -95,8 +95,34 @@ type Config struct {
 	AllowStale bool `yaml:"allow_stale"`
 }
 
+// Validate reports the first problem in c, naming its key, so the config
+// loader can reject a bad file before anything runs.
+func (c Config) Validate() error {
+	if c.Address == "" {
+		return nil
+	}
+	addr := c.Address
+	if scheme, rest, ok := strings.Cut(addr, "://"); ok {
+		if scheme != "http" && scheme != "https" {
+			return fmt.Errorf("address %q: scheme must be http or https", c.Address)
+		}
+		addr = rest
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: want host:port such as %s: %w", c.Address, DefaultAddress, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("address %q: port must be a number in 1..65535", c.Address)
+	}
+	return nil
+}
+
 // NewClient returns a Consul API client for c.Address and c.Token.
 func (c Config) NewClient() (*api.Client, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("consul: %w", err)
+	}
 	cfg := api.DefaultNonPooledConfig()
 	addr := c.Address
 	if addr == "" {

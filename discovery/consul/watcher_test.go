@@ -105,3 +105,31 @@ func TestUnion(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		addr    string
+		wantErr string // empty: valid
+	}{
+		{"", ""},
+		{"127.0.0.1:8500", ""},
+		{"http://127.0.0.1:8500", ""},
+		{"https://consul.internal:8501", ""},
+		{"[::1]:8500", ""},
+		{"127.0.0.1", "want host:port"},
+		{"ftp://127.0.0.1:8500", "scheme must be http or https"},
+		{"127.0.0.1:http", "port must be a number"},
+		{"127.0.0.1:0", "port must be a number"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.addr, func(t *testing.T) {
+			err := Config{Address: tt.addr}.Validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("Validate() = %v, want nil", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("Validate() = %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -44,6 +44,9 @@ type Agent struct {
 	// Addr is the HTTP API as 127.0.0.1:port. It stays the same across
 	// Stop and Start.
 	Addr string
+	// Token is the management token when the agent runs with ACLs
+	// (Options.ACLs); empty otherwise. Client sends it.
+	Token string
 
 	t       testing.TB
 	bin     string
@@ -58,9 +61,23 @@ type Agent struct {
 
 type ports struct{ http, server, serfLAN, serfWAN int }
 
+// Options change how StartWith runs the agent. The zero value is Start's.
+type Options struct {
+	// ACLs turns on ACLs with default policy deny. Agent.Token is then the
+	// management token; a query without a token sees nothing.
+	ACLs bool
+}
+
 // Start builds the agent if needed, starts it, waits until it has a leader
-// and stops it in t.Cleanup. It fails the test when any of that fails.
+// and syncs promptly, and stops it in t.Cleanup. It fails the test when any
+// of that fails.
 func Start(t testing.TB) *Agent {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, opts Options) *Agent {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
@@ -68,6 +85,9 @@ func Start(t testing.TB) *Agent {
 	}
 	dir := t.TempDir()
 	a := &Agent{t: t, bin: bin, dir: dir, logPath: filepath.Join(dir, "consul.log")}
+	if opts.ACLs {
+		a.Token = "11111111-2222-3333-4444-555555555555" // a UUID, as Consul requires
+	}
 	a.ports, err = freePorts()
 	if err != nil {
 		t.Fatalf("consultest: %v", err)
@@ -108,6 +128,11 @@ func (a *Agent) Start() {
 		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1",
 		"-log-level="+cmp.Or(os.Getenv("PODIUM_CONSUL_LOG_LEVEL"), "info"),
 	)
+	if a.Token != "" {
+		cmd.Args = append(cmd.Args, "-hcl", fmt.Sprintf(
+			`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`,
+			a.Token, a.Token))
+	}
 	// `consul agent -dev` refuses to start in a working directory that
 	// holds a folder named mdb; the temp dir never does.
 	cmd.Dir = a.dir
@@ -251,6 +276,7 @@ func (a *Agent) Restart() {
 func (a *Agent) Client() *api.Client {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.Addr
+	cfg.Token = a.Token
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		// NewClient fails only on a malformed config; ours is fixed.
