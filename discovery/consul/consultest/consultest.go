@@ -138,8 +138,9 @@ func (a *Agent) Start() {
 	cmd.Dir = a.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a ^C aimed at `go test` must not reach the agent
-	// before Cleanup stops it in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// before Cleanup stops it in order. Pdeathsig stops it when the test
+	// binary dies without running Cleanup (a -timeout panic, a SIGKILL).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		a.t.Fatalf("consultest: start %s: %v", a.bin, err)
 	}
