@@ -1,6 +1,152 @@
 package main
 
-import "errors"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 
-// runOrigin is replaced by the origin work (issue 3).
-func runOrigin(args []string) error { return errors.New("origin: not built yet") }
+	"github.com/podium-edge/podium/origin"
+)
+
+// runOrigin runs the ticket service: `podium origin [flags]`, or
+// `podium origin migrate [flags]` to apply the schema migrations and exit.
+// Every flag falls back to an environment variable (named in its usage), so
+// that `eval "$(scripts/mariadb-cluster.sh env)"` is all a shell needs.
+func runOrigin(args []string) error {
+	if len(args) > 0 && args[0] == "migrate" {
+		return runOriginMigrate(args[1:])
+	}
+	fs := flag.NewFlagSet("podium origin", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: podium origin [flags]\n       podium origin migrate [-migrate-dsn DSN]\n\nflags (each falls back to the environment variable in brackets):\n")
+		fs.PrintDefaults()
+	}
+	var cfg origin.Config
+	fs.StringVar(&cfg.Listen, "listen", originEnv("PODIUM_ORIGIN_LISTEN", origin.DefaultListen), "HTTP listen `address` [PODIUM_ORIGIN_LISTEN]")
+	fs.StringVar(&cfg.PrimaryDSN, "primary", originEnv("PODIUM_DB_PRIMARY", ""), "primary database `DSN`, user:pass@tcp(host:port)/podium [PODIUM_DB_PRIMARY]")
+	replicas := fs.String("replicas", originEnv("PODIUM_DB_REPLICAS", ""), "comma-separated replica `DSNs` [PODIUM_DB_REPLICAS]")
+	migrateDSN := fs.String("migrate-dsn", originEnv("PODIUM_DB_MIGRATE", ""), "if set, apply schema migrations with this `DSN` (a user with CREATE/ALTER) before serving [PODIUM_DB_MIGRATE]")
+	fs.IntVar(&cfg.MaxPerOrder, "max-per-order", originEnvInt("PODIUM_ORIGIN_MAX_PER_ORDER", origin.DefaultMaxPerOrder), "most tickets in one purchase [PODIUM_ORIGIN_MAX_PER_ORDER]")
+	fs.DurationVar(&cfg.ListingMaxAge, "listing-max-age", originEnvDuration("PODIUM_ORIGIN_LISTING_MAX_AGE", origin.DefaultListingMaxAge), "Cache-Control max-age of listings and details [PODIUM_ORIGIN_LISTING_MAX_AGE]")
+	fs.DurationVar(&cfg.ReplicaMaxLag, "replica-max-lag", originEnvDuration("PODIUM_ORIGIN_REPLICA_MAX_LAG", origin.DefaultReplicaMaxLag), "skip a replica lagging more than this [PODIUM_ORIGIN_REPLICA_MAX_LAG]")
+	fs.DurationVar(&cfg.HealthInterval, "health-interval", originEnvDuration("PODIUM_ORIGIN_HEALTH_INTERVAL", origin.DefaultHealthInterval), "database health check period [PODIUM_ORIGIN_HEALTH_INTERVAL]")
+	fs.DurationVar(&cfg.GTIDWait, "gtid-wait", originEnvDuration("PODIUM_ORIGIN_GTID_WAIT", origin.DefaultGTIDWait), "longest MASTER_GTID_WAIT on a replica before reading from the primary [PODIUM_ORIGIN_GTID_WAIT]")
+	fs.DurationVar(&cfg.PurchaseTimeout, "purchase-timeout", originEnvDuration("PODIUM_ORIGIN_PURCHASE_TIMEOUT", origin.DefaultPurchaseTimeout), "bound on one purchase with its retries [PODIUM_ORIGIN_PURCHASE_TIMEOUT]")
+	fs.IntVar(&cfg.PrimaryConns, "primary-conns", originEnvInt("PODIUM_ORIGIN_PRIMARY_CONNS", origin.DefaultPrimaryConns), "primary connection pool size [PODIUM_ORIGIN_PRIMARY_CONNS]")
+	fs.IntVar(&cfg.ReplicaConns, "replica-conns", originEnvInt("PODIUM_ORIGIN_REPLICA_CONNS", origin.DefaultReplicaConns), "connection pool size per replica [PODIUM_ORIGIN_REPLICA_CONNS]")
+	fs.DurationVar(&cfg.DrainDelay, "drain", originEnvDuration("PODIUM_ORIGIN_DRAIN", origin.DefaultDrainDelay), "after SIGTERM, answer /ping 503 this long before closing the listener [PODIUM_ORIGIN_DRAIN]")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", originEnvDuration("PODIUM_ORIGIN_SHUTDOWN_TIMEOUT", origin.DefaultShutdownTimeout), "wait this long for in-flight requests at shutdown [PODIUM_ORIGIN_SHUTDOWN_TIMEOUT]")
+	fs.BoolVar(&cfg.AccessLog, "access-log", originEnvBool("PODIUM_ORIGIN_ACCESS_LOG"), "log every request, not only 5xx [PODIUM_ORIGIN_ACCESS_LOG]")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (flags only; see podium origin -h)", fs.Arg(0))
+	}
+	cfg.ReplicaDSNs = originSplitList(*replicas)
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if *migrateDSN != "" {
+		mctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		_, err := origin.Migrate(mctx, *migrateDSN, log)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("migrating: %w", err)
+		}
+	}
+	srv, err := origin.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	return srv.Run(ctx, ln)
+}
+
+func runOriginMigrate(args []string) error {
+	fs := flag.NewFlagSet("podium origin migrate", flag.ContinueOnError)
+	dsn := fs.String("migrate-dsn", originEnv("PODIUM_DB_MIGRATE", ""), "migration `DSN`: a user with CREATE, ALTER, INDEX and DML on the database [PODIUM_DB_MIGRATE]")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dsn == "" {
+		return errors.New("migrate: no DSN: pass -migrate-dsn or set PODIUM_DB_MIGRATE (scripts/mariadb-cluster.sh env prints it)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	done, err := origin.Migrate(ctx, *dsn, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		return err
+	}
+	if len(done) == 0 {
+		fmt.Println("migrations: already up to date")
+		return nil
+	}
+	fmt.Printf("migrations: applied %v\n", done)
+	return nil
+}
+
+func originEnv(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// The env fallbacks below ignore a malformed value with a warning rather
+// than failing: the flag is the place to be strict, and it still is.
+func originEnvInt(name string, def int) int {
+	v := originEnv(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "podium origin: ignoring %s=%q: not an integer\n", name, v)
+		return def
+	}
+	return n
+}
+
+func originEnvDuration(name string, def time.Duration) time.Duration {
+	v := originEnv(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "podium origin: ignoring %s=%q: not a duration like 500ms\n", name, v)
+		return def
+	}
+	return d
+}
+
+func originEnvBool(name string) bool {
+	b, _ := strconv.ParseBool(originEnv(name, "false"))
+	return b
+}
+
+func originSplitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

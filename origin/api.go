@@ -1,0 +1,393 @@
+package origin
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/mail"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// GTIDHeader carries the GTID of a purchase's commit in its answer, and a
+// client's last write in a later read that must see it.
+const GTIDHeader = "X-Podium-GTID"
+
+// GTIDCookie is GTIDHeader's twin for the pages.
+const GTIDCookie = "podium_gtid"
+
+// maxBuyBody bounds a purchase body: {"quantity": n, "email": "..."} is
+// under 300 bytes with any legal email.
+const maxBuyBody = 4 << 10
+
+// writeJSON sends body (already JSON) with status.
+func writeJSON(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write(body) //nolint:errcheck // the client went away; nothing to do
+}
+
+// apiError sends {"error": msg, "request_id": ...} with status.
+func apiError(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	if status >= 500 || status == http.StatusConflict {
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	writeJSON(w, status, jsonBody(errorBody{Error: msg, RequestID: requestID(r)}))
+}
+
+func (s *Server) apiNotFound(w http.ResponseWriter, r *http.Request) {
+	apiError(w, r, http.StatusNotFound, fmt.Sprintf("no such endpoint %s; the API is GET /api/games, GET /api/games/{id}, POST /api/games/{id}/buy", r.URL.Path))
+}
+
+func (s *Server) methodNotAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		apiError(w, r, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s; use %s", r.Method, r.URL.Path, allow))
+	}
+}
+
+// serverError answers a failure of the databases or of the origin itself:
+// 503 with Retry-After when no database could serve, 500 otherwise.
+func (s *Server) serverError(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := http.StatusInternalServerError, "internal error; it has been logged with the request id"
+	if errors.Is(err, ErrUnavailable) {
+		status, msg = http.StatusServiceUnavailable, "the ticket database is unavailable; retry in a few seconds"
+		w.Header().Set("Retry-After", "2")
+	}
+	s.log.Warn("origin: request failed", "request_id", requestID(r), "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	if isAPI(r) {
+		apiError(w, r, status, msg)
+		return
+	}
+	s.pages.renderError(w, r, status, msg)
+}
+
+// readGTID returns the GTID a read must observe: the API's header, or the
+// pages' cookie. ok is false for a malformed header (a client bug worth a
+// 400); a malformed cookie is ignored, as a browser cannot fix it.
+func readGTID(r *http.Request) (gtid string, ok bool) {
+	if h := r.Header.Get(GTIDHeader); h != "" {
+		return h, validGTID(h)
+	}
+	if c, err := r.Cookie(GTIDCookie); err == nil && validGTID(c.Value) {
+		return c.Value, true
+	}
+	return "", true
+}
+
+// listingQuery parses the listing's query string. Each problem is a message
+// for a 400.
+func (s *Server) listingQuery(q url.Values) (gameFilter, error) {
+	f := gameFilter{Limit: DefaultPageLimit, Sport: strings.TrimSpace(q.Get("sport"))}
+	if len(f.Sport) > 64 {
+		return f, errors.New("sport: at most 64 characters")
+	}
+	if d := q.Get("date"); d != "" {
+		day, err := time.Parse(time.DateOnly, d)
+		if err != nil {
+			return f, fmt.Errorf("date: want YYYY-MM-DD (a UTC day), got %q", d)
+		}
+		f.From, f.To = day, day.AddDate(0, 0, 1)
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > MaxPageLimit {
+			return f, fmt.Errorf("limit: want an integer 1..%d, got %q", MaxPageLimit, l)
+		}
+		f.Limit = n
+	}
+	if a := q.Get("after"); a != "" {
+		start, id, err := decodeCursor(a)
+		if err != nil {
+			return f, fmt.Errorf("after: not a cursor from a previous page's \"next\" (%w)", err)
+		}
+		f.AfterStart, f.AfterID = start, id
+	}
+	return f, nil
+}
+
+// A cursor is the (starts_at, id) of the last game of a page, opaque to
+// clients so the ordering key can change without breaking their links.
+func encodeCursor(g Game) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%d.%d", g.StartsAt.Unix(), g.ID))
+}
+
+func decodeCursor(s string) (time.Time, int64, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return time.Time{}, 0, err
+	}
+	ts, id, ok := strings.Cut(string(b), ".")
+	sec, err1 := strconv.ParseInt(ts, 10, 64)
+	n, err2 := strconv.ParseInt(id, 10, 64)
+	if !ok || err1 != nil || err2 != nil || n <= 0 {
+		return time.Time{}, 0, errors.New("malformed")
+	}
+	return time.Unix(sec, 0).UTC(), n, nil
+}
+
+// gameList is the body of GET /api/games.
+type gameList struct {
+	Games []Game `json:"games"`
+	Count int    `json:"count"`
+	// Next is the URL of the following page, absent on the last one.
+	Next string `json:"next,omitempty"`
+}
+
+func (s *Server) apiListGames(w http.ResponseWriter, r *http.Request) {
+	gtid, ok := readGTID(r)
+	if !ok {
+		apiError(w, r, http.StatusBadRequest, GTIDHeader+": want a GTID position such as 0-1-42 from a purchase's answer")
+		return
+	}
+	f, err := s.listingQuery(r.URL.Query())
+	if err != nil {
+		apiError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	games, more, err := s.db.listGames(r.Context(), gtid, f)
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	body := gameList{Games: games, Count: len(games)}
+	if body.Games == nil {
+		body.Games = []Game{}
+	}
+	if more {
+		q := r.URL.Query()
+		q.Set("after", encodeCursor(games[len(games)-1]))
+		q.Set("limit", strconv.Itoa(f.Limit))
+		body.Next = "/api/games?" + q.Encode()
+	}
+	s.writeCacheable(w, r, gtid, jsonBody(body))
+}
+
+func (s *Server) apiGetGame(w http.ResponseWriter, r *http.Request) {
+	gtid, ok := readGTID(r)
+	if !ok {
+		apiError(w, r, http.StatusBadRequest, GTIDHeader+": want a GTID position such as 0-1-42 from a purchase's answer")
+		return
+	}
+	id, ok := parseGameID(r.PathValue("id"))
+	if !ok {
+		apiError(w, r, http.StatusNotFound, fmt.Sprintf("no game with id %q; ids are positive integers from GET /api/games", r.PathValue("id")))
+		return
+	}
+	g, err := s.db.getGame(r.Context(), gtid, id)
+	if isNotFound(err) {
+		apiError(w, r, http.StatusNotFound, fmt.Sprintf("no game with id %d; GET /api/games lists them", id))
+		return
+	}
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	s.writeCacheable(w, r, gtid, jsonBody(g))
+}
+
+// writeCacheable sends a listing or details body with a strong ETag and a
+// short max-age, or 304 when the client's copy is current. A read that
+// presented a GTID is personal (it waited for the reader's own write), so
+// shared caches must not keep it.
+func (s *Server) writeCacheable(w http.ResponseWriter, r *http.Request, gtid string, body []byte) {
+	sum := sha256.Sum256(body)
+	etag := `"` + hex.EncodeToString(sum[:12]) + `"`
+	h := w.Header()
+	h.Set("ETag", etag)
+	if gtid != "" {
+		h.Set("Cache-Control", "private, no-cache")
+	} else {
+		h.Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(s.cfg.ListingMaxAge/time.Second)))
+	}
+	if etagMatch(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	ct := "application/json"
+	if !isAPI(r) {
+		ct = "text/html; charset=utf-8"
+	}
+	h.Set("Content-Type", ct)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	w.Write(body) //nolint:errcheck
+}
+
+// etagMatch implements If-None-Match's weak comparison (RFC 9110 13.1.2).
+func etagMatch(header, etag string) bool {
+	if header == "" {
+		return false
+	}
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" || strings.TrimPrefix(t, "W/") == etag {
+			return true
+		}
+	}
+	return false
+}
+
+func parseGameID(s string) (int64, bool) {
+	id, err := strconv.ParseInt(s, 10, 64)
+	return id, err == nil && id > 0
+}
+
+// buyBody is the JSON of POST /api/games/{id}/buy. Pointers tell a missing
+// field from a zero one.
+type buyBody struct {
+	Quantity *int    `json:"quantity"`
+	Email    *string `json:"email"`
+}
+
+// validateEmail returns a message for a 422, or "" when email is usable: a
+// bare address (no display name), with a dotted domain, at most 254 bytes
+// (RFC 5321 4.5.3.1.3).
+func validateEmail(email string) string {
+	if email == "" {
+		return "email: required, e.g. \"fan@example.com\""
+	}
+	if len(email) > 254 {
+		return "email: at most 254 characters"
+	}
+	a, err := mail.ParseAddress(email)
+	if err != nil || a.Name != "" || a.Address != email {
+		return fmt.Sprintf("email: %q is not an email address like fan@example.com", email)
+	}
+	_, domain, _ := strings.Cut(email, "@")
+	if !strings.Contains(strings.Trim(domain, "."), ".") || strings.HasPrefix(domain, "[") {
+		return fmt.Sprintf("email: %q needs a domain name like example.com", email)
+	}
+	return ""
+}
+
+// validateQuantity returns a message for a 422, or "".
+func (s *Server) validateQuantity(q int) string {
+	if q < 1 || q > s.cfg.MaxPerOrder {
+		return fmt.Sprintf("quantity: must be 1..%d tickets per order, got %d", s.cfg.MaxPerOrder, q)
+	}
+	return ""
+}
+
+// validIdempotencyKey accepts 1..255 visible ASCII characters (UUIDs and the
+// like), as the IETF Idempotency-Key draft's implementations do.
+func validIdempotencyKey(k string) bool { return visibleASCII(k, 255) }
+
+func (s *Server) apiBuy(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	id, ok := parseGameID(r.PathValue("id"))
+	if !ok {
+		apiError(w, r, http.StatusNotFound, fmt.Sprintf("no game with id %q; ids are positive integers from GET /api/games", r.PathValue("id")))
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			apiError(w, r, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type: send application/json, got %q", ct))
+			return
+		}
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if _, sent := r.Header["Idempotency-Key"]; sent && !validIdempotencyKey(key) {
+		apiError(w, r, http.StatusBadRequest, "Idempotency-Key: want 1..255 visible ASCII characters, e.g. a UUID")
+		return
+	}
+
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBuyBody))
+	dec.DisallowUnknownFields()
+	var b buyBody
+	if err := dec.Decode(&b); err != nil {
+		status, msg := decodeError(err)
+		apiError(w, r, status, msg)
+		return
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		apiError(w, r, http.StatusBadRequest, "invalid JSON: the body must hold exactly one object, like {\"quantity\": 2, \"email\": \"fan@example.com\"}")
+		return
+	}
+	if b.Quantity == nil {
+		apiError(w, r, http.StatusUnprocessableEntity, "quantity: required, an integer 1.."+strconv.Itoa(s.cfg.MaxPerOrder))
+		return
+	}
+	if msg := s.validateQuantity(*b.Quantity); msg != "" {
+		apiError(w, r, http.StatusUnprocessableEntity, msg)
+		return
+	}
+	email := ""
+	if b.Email != nil {
+		email = *b.Email
+	}
+	if msg := validateEmail(email); msg != "" {
+		apiError(w, r, http.StatusUnprocessableEntity, msg)
+		return
+	}
+
+	out, err := s.buy(r, purchaseRequest{GameID: id, Quantity: *b.Quantity, Email: email, IdempotencyKey: key, RequestID: requestID(r)})
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if out.GTID != "" {
+		w.Header().Set(GTIDHeader, out.GTID)
+	}
+	if out.Replayed {
+		w.Header().Set("Idempotency-Replayed", "true")
+	}
+	writeJSON(w, out.Status, out.Body)
+}
+
+// buy runs a validated purchase and counts its outcome.
+func (s *Server) buy(r *http.Request, p purchaseRequest) (purchaseOutcome, error) {
+	out, err := s.db.purchase(r.Context(), p)
+	if err != nil {
+		s.m.purchases.WithLabelValues("unavailable").Inc()
+		return out, err
+	}
+	s.m.purchases.WithLabelValues(out.Result).Inc()
+	if out.Status == http.StatusCreated && !out.Replayed {
+		s.m.seatsSold.Add(float64(p.Quantity))
+	}
+	return out, nil
+}
+
+// decodeError turns a json.Decoder error into a status and a message that
+// says what to fix.
+func decodeError(err error) (int, string) {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge, fmt.Sprintf("body too large: at most %d bytes", tooBig.Limit)
+	case errors.Is(err, io.EOF):
+		return http.StatusBadRequest, "invalid JSON: empty body; send {\"quantity\": 2, \"email\": \"fan@example.com\"}"
+	case errors.As(err, &syn), errors.Is(err, io.ErrUnexpectedEOF):
+		return http.StatusBadRequest, "invalid JSON: " + err.Error()
+	case errors.As(err, &typ):
+		return http.StatusBadRequest, fmt.Sprintf("invalid JSON: field %q must be %s, got %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return http.StatusBadRequest, "invalid JSON: " + strings.TrimPrefix(err.Error(), "json: ") + "; allowed fields are quantity and email"
+	}
+	return http.StatusBadRequest, "invalid JSON: " + err.Error()
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "int", "int64":
+		return "an integer"
+	case "string":
+		return "a string"
+	}
+	return k
+}

@@ -1,0 +1,162 @@
+// Package origin is the Olympic ticket service behind the Podium edge: the
+// JSON API and server-rendered pages for the games, and purchases that never
+// oversell, stored on a MariaDB primary with read replicas.
+//
+// Writes and purchases go to the primary in one transaction each; reads go
+// to a healthy replica and fall back to the primary. A purchase answers with
+// the GTID of its commit, and a read that presents it waits for that GTID on
+// its replica (MASTER_GTID_WAIT) before reading, so a buyer never sees the
+// seats as they were before their own purchase.
+package origin
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Defaults for Config, one place each. Zero fields of a Config take these.
+const (
+	DefaultListen          = "127.0.0.1:9001"
+	DefaultMaxPerOrder     = 10
+	DefaultPageLimit       = 100
+	MaxPageLimit           = 500
+	DefaultListingMaxAge   = 2 * time.Second
+	DefaultReplicaMaxLag   = 5 * time.Second
+	DefaultHealthInterval  = time.Second
+	DefaultReplicaCooldown = 3 * time.Second
+	DefaultGTIDWait        = 500 * time.Millisecond
+	DefaultPurchaseTimeout = 10 * time.Second
+	DefaultPurchaseRetries = 3
+	DefaultPrimaryConns    = 64
+	DefaultReplicaConns    = 32
+	DefaultDialTimeout     = time.Second
+	DefaultQueryTimeout    = 10 * time.Second
+	DefaultDrainDelay      = 2 * time.Second
+	DefaultShutdownTimeout = 20 * time.Second
+)
+
+// Config holds the origin's settings. A Config is a plain value: copy it
+// freely; the Server keeps its own copy. Every zero field means its Default.
+type Config struct {
+	// Listen is the HTTP listener address (DefaultListen).
+	Listen string
+	// PrimaryDSN is the go-sql-driver DSN of the primary, for writes and as
+	// the fallback for reads. Required.
+	PrimaryDSN string
+	// ReplicaDSNs are the read replicas. None means every read goes to the
+	// primary.
+	ReplicaDSNs []string
+
+	// MaxPerOrder caps the quantity of one purchase (DefaultMaxPerOrder).
+	MaxPerOrder int
+	// ListingMaxAge is the Cache-Control max-age of listings and details
+	// (DefaultListingMaxAge): short, because seats left change by the second.
+	ListingMaxAge time.Duration
+
+	// ReplicaMaxLag is how far behind the primary a replica may be before
+	// reads skip it (DefaultReplicaMaxLag).
+	ReplicaMaxLag time.Duration
+	// HealthInterval is the period of the primary ping and replica lag
+	// checks (DefaultHealthInterval).
+	HealthInterval time.Duration
+	// ReplicaCooldown is how long a replica whose query failed is skipped
+	// before the next health check may bring it back (DefaultReplicaCooldown).
+	ReplicaCooldown time.Duration
+	// GTIDWait bounds MASTER_GTID_WAIT for a read-your-writes read; past it
+	// the read goes to the primary (DefaultGTIDWait).
+	GTIDWait time.Duration
+
+	// PurchaseTimeout bounds one purchase including its retries
+	// (DefaultPurchaseTimeout).
+	PurchaseTimeout time.Duration
+	// PurchaseRetries is how many times a purchase that hit a deadlock, a
+	// lock wait timeout or a lost connection is tried again
+	// (DefaultPurchaseRetries). Negative means never.
+	PurchaseRetries int
+
+	// PrimaryConns and ReplicaConns size the connection pools
+	// (DefaultPrimaryConns, DefaultReplicaConns per replica).
+	PrimaryConns int
+	ReplicaConns int
+	// DialTimeout bounds a new database connection (DefaultDialTimeout): a
+	// stopped primary must fail fast, not hang a purchase.
+	DialTimeout time.Duration
+	// QueryTimeout is the driver's read/write timeout on a database
+	// connection (DefaultQueryTimeout).
+	QueryTimeout time.Duration
+
+	// DrainDelay is how long /ping answers 503 after SIGTERM before the
+	// listener closes, so that edges stop sending first (DefaultDrainDelay).
+	DrainDelay time.Duration
+	// ShutdownTimeout bounds the wait for in-flight requests at shutdown
+	// (DefaultShutdownTimeout).
+	ShutdownTimeout time.Duration
+	// AccessLog logs every request at Info level when true; by default only
+	// 5xx answers and panics are logged.
+	AccessLog bool
+}
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	set := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxPerOrder == 0 {
+		c.MaxPerOrder = DefaultMaxPerOrder
+	}
+	if c.PurchaseRetries == 0 {
+		c.PurchaseRetries = DefaultPurchaseRetries
+	} else if c.PurchaseRetries < 0 {
+		c.PurchaseRetries = 0
+	}
+	if c.PrimaryConns == 0 {
+		c.PrimaryConns = DefaultPrimaryConns
+	}
+	if c.ReplicaConns == 0 {
+		c.ReplicaConns = DefaultReplicaConns
+	}
+	set(&c.ListingMaxAge, DefaultListingMaxAge)
+	set(&c.ReplicaMaxLag, DefaultReplicaMaxLag)
+	set(&c.HealthInterval, DefaultHealthInterval)
+	set(&c.ReplicaCooldown, DefaultReplicaCooldown)
+	set(&c.GTIDWait, DefaultGTIDWait)
+	set(&c.PurchaseTimeout, DefaultPurchaseTimeout)
+	set(&c.DialTimeout, DefaultDialTimeout)
+	set(&c.QueryTimeout, DefaultQueryTimeout)
+	set(&c.DrainDelay, DefaultDrainDelay)
+	set(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	return c
+}
+
+// Validate reports every problem of c at once, each naming the setting.
+func (c Config) Validate() error {
+	var errs []error
+	if strings.TrimSpace(c.PrimaryDSN) == "" {
+		errs = append(errs, errors.New("primary DSN: required (flag -primary or PODIUM_DB_PRIMARY; scripts/mariadb-cluster.sh env prints it)"))
+	}
+	if c.MaxPerOrder < 0 || c.MaxPerOrder > 1000 {
+		errs = append(errs, fmt.Errorf("max per order: must be 1..1000, got %d", c.MaxPerOrder))
+	}
+	for name, d := range map[string]time.Duration{
+		"listing max-age": c.ListingMaxAge, "replica max lag": c.ReplicaMaxLag,
+		"health interval": c.HealthInterval, "replica cooldown": c.ReplicaCooldown,
+		"gtid wait": c.GTIDWait, "purchase timeout": c.PurchaseTimeout,
+		"dial timeout": c.DialTimeout, "query timeout": c.QueryTimeout,
+		"drain delay": c.DrainDelay, "shutdown timeout": c.ShutdownTimeout,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s: must be >= 0, got %s", name, d))
+		}
+	}
+	if c.PrimaryConns < 0 || c.ReplicaConns < 0 {
+		errs = append(errs, fmt.Errorf("connection pools: must be >= 1, got primary %d, replica %d", c.PrimaryConns, c.ReplicaConns))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,425 @@
+package origin
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"regexp"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// ErrUnavailable is returned when no database can serve a request: the
+// primary for a write, or every replica and the primary for a read.
+var ErrUnavailable = errors.New("ticket database unavailable")
+
+// errGTIDTimeout means a replica did not apply a presented GTID within
+// Config.GTIDWait; the read then goes to the primary.
+var errGTIDTimeout = errors.New("replica did not reach the presented GTID in time")
+
+// gtidPattern accepts a MariaDB GTID position: domain-server-sequence, one
+// per domain, comma separated. Anything else from a client is refused before
+// it reaches MASTER_GTID_WAIT.
+var gtidPattern = regexp.MustCompile(`^[0-9]{1,10}-[0-9]{1,10}-[0-9]{1,20}(,[0-9]{1,10}-[0-9]{1,10}-[0-9]{1,20}){0,15}$`)
+
+// validGTID reports whether s is a GTID position a client may present.
+func validGTID(s string) bool { return len(s) <= 512 && gtidPattern.MatchString(s) }
+
+// querier is what a read needs; *sql.DB and *sql.Conn both satisfy it.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+var (
+	_ querier = (*sql.DB)(nil)
+	_ querier = (*sql.Conn)(nil)
+)
+
+// replica is one read replica and its health as last seen. Safe for
+// concurrent use: every field after construction is an atomic.
+type replica struct {
+	name string // host:port, for logs and metric labels
+	db   *sql.DB
+
+	// healthy is the verdict of the last health check.
+	healthy atomic.Bool
+	// skipUntil (unix nanoseconds) keeps a replica whose query just failed
+	// out of rotation until then, even if a health check says it is fine:
+	// one check may pass between two failures of a flapping node.
+	skipUntil atomic.Int64
+	// lagSeconds is Seconds_Behind_Master at the last check, -1 if unknown.
+	lagSeconds atomic.Int64
+}
+
+func (r *replica) usable(now time.Time) bool {
+	return r.healthy.Load() && now.UnixNano() >= r.skipUntil.Load()
+}
+
+// cluster routes queries: writes to the primary, reads to a healthy replica
+// with a fallback to the primary. Safe for concurrent use; must not be
+// copied after first use.
+type cluster struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	primary *sql.DB
+	// primaryName is host:port of the primary, for logs.
+	primaryName string
+	replicas    []*replica
+	// primaryUp is the verdict of the last primary ping.
+	primaryUp atomic.Bool
+	// rr spreads reads round-robin; the value Add returns picks the start.
+	rr atomic.Uint64
+}
+
+// openDB opens a pool for dsn with the driver settings the origin relies on:
+// UTC times, fast dial failure, bounded reads and writes, interpolated
+// parameters (one round trip per statement instead of prepare+execute).
+func openDB(dsn string, conns int, cfg Config, vars map[string]string) (*sql.DB, string, error) {
+	mc, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, "", fmt.Errorf("parsing DSN: %w", err)
+	}
+	mc.ParseTime = true
+	mc.Loc = time.UTC
+	mc.Timeout = cfg.DialTimeout
+	mc.ReadTimeout = cfg.QueryTimeout
+	mc.WriteTimeout = cfg.QueryTimeout
+	mc.InterpolateParams = true
+	mc.Collation = "utf8mb4_unicode_ci"
+	if mc.Params == nil {
+		mc.Params = map[string]string{}
+	}
+	mc.Params["time_zone"] = "'+00:00'"
+	for k, v := range vars {
+		mc.Params[k] = v
+	}
+	connector, err := mysql.NewConnector(mc)
+	if err != nil {
+		return nil, "", fmt.Errorf("configuring driver: %w", err)
+	}
+	db := sql.OpenDB(connector)
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	// Recycle connections so that a replica that came back, or a primary
+	// that restarted, gets fresh sessions and no pool holds a dead one long.
+	db.SetConnMaxLifetime(5 * time.Minute)
+	db.SetConnMaxIdleTime(time.Minute)
+	return db, mc.Addr, nil
+}
+
+func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
+	// A purchase that waits this long for another one's lock on the same
+	// Idempotency-Key row gives up with 409 instead of hanging (the InnoDB
+	// default is 50s); a wait on a game row this long is retried.
+	primary, name, err := openDB(cfg.PrimaryDSN, cfg.PrimaryConns, cfg, map[string]string{"innodb_lock_wait_timeout": "5"})
+	if err != nil {
+		return nil, fmt.Errorf("primary: %w", err)
+	}
+	c := &cluster{cfg: cfg, log: log, m: m, primary: primary, primaryName: name}
+	c.primaryUp.Store(true) // optimistic until the first check says otherwise
+	for i, dsn := range cfg.ReplicaDSNs {
+		db, name, err := openDB(dsn, cfg.ReplicaConns, cfg, nil)
+		if err != nil {
+			c.close()
+			return nil, fmt.Errorf("replica %d: %w", i+1, err)
+		}
+		r := &replica{name: name, db: db}
+		r.lagSeconds.Store(-1)
+		c.replicas = append(c.replicas, r)
+	}
+	return c, nil
+}
+
+func (c *cluster) close() {
+	c.primary.Close()
+	for _, r := range c.replicas {
+		r.db.Close()
+	}
+}
+
+// canRead reports whether some database is believed to answer reads.
+func (c *cluster) canRead() bool {
+	if c.primaryUp.Load() {
+		return true
+	}
+	now := time.Now()
+	for _, r := range c.replicas {
+		if r.usable(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// healthLoop checks the primary and the replicas every HealthInterval until
+// ctx ends. A panic in a check is logged and the loop goes on.
+func (c *cluster) healthLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.checkSafely(ctx)
+		}
+	}
+}
+
+func (c *cluster) checkSafely(ctx context.Context) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("origin: panic in database health check", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	c.check(ctx)
+}
+
+// check runs one round of health checks, in parallel so that one hung node
+// does not delay the verdict on the others.
+func (c *cluster) check(ctx context.Context) {
+	timeout := min(c.cfg.HealthInterval, 2*time.Second)
+	if timeout < 500*time.Millisecond {
+		timeout = 500 * time.Millisecond
+	}
+	done := make(chan struct{}, len(c.replicas)+1)
+	go func() {
+		defer func() { done <- struct{}{} }()
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		err := c.primary.PingContext(cctx)
+		up := err == nil
+		if c.primaryUp.Swap(up) != up {
+			if up {
+				c.log.Info("origin: primary is up", "primary", c.primaryName)
+			} else {
+				c.log.Warn("origin: primary is down", "primary", c.primaryName, "err", err)
+			}
+		}
+		c.m.dbUp.WithLabelValues("primary", c.primaryName).Set(b2f(up))
+	}()
+	for _, r := range c.replicas {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			cctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			c.checkReplica(cctx, r)
+		}()
+	}
+	for range len(c.replicas) + 1 {
+		<-done
+	}
+}
+
+// checkReplica decides whether r may serve reads. A replica is skipped when
+// it does not answer, when its SQL thread is stopped (it would serve a
+// frozen past), when it lags more than ReplicaMaxLag, or when its IO thread
+// is disconnected while the primary is up (it cannot be current). With the
+// primary down, a replica that applied all it received is the freshest data
+// there is, and keeps serving.
+func (c *cluster) checkReplica(ctx context.Context, r *replica) {
+	ok, lag, reason := c.replicaStatus(ctx, r)
+	r.lagSeconds.Store(lag)
+	c.m.replicaLag.WithLabelValues(r.name).Set(float64(lag))
+	c.m.dbUp.WithLabelValues("replica", r.name).Set(b2f(ok))
+	if r.healthy.Swap(ok) != ok {
+		if ok {
+			c.log.Info("origin: replica back in rotation", "replica", r.name)
+		} else {
+			c.log.Warn("origin: replica out of rotation", "replica", r.name, "reason", reason)
+		}
+	}
+}
+
+func (c *cluster) replicaStatus(ctx context.Context, r *replica) (ok bool, lag int64, reason string) {
+	rows, err := r.db.QueryContext(ctx, "SHOW SLAVE STATUS")
+	if err != nil {
+		return false, -1, err.Error()
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return false, -1, err.Error()
+	}
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return false, -1, err.Error()
+		}
+		return false, -1, "not configured as a replica (SHOW SLAVE STATUS is empty)"
+	}
+	vals := make([]sql.RawBytes, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return false, -1, err.Error()
+	}
+	var ioRunning, sqlRunning string
+	lag = -1
+	for i, col := range cols {
+		switch col {
+		case "Slave_IO_Running":
+			ioRunning = string(vals[i])
+		case "Slave_SQL_Running":
+			sqlRunning = string(vals[i])
+		case "Seconds_Behind_Master":
+			if vals[i] != nil {
+				lag, _ = strconv.ParseInt(string(vals[i]), 10, 64)
+			}
+		}
+	}
+	switch {
+	case sqlRunning != "Yes":
+		return false, lag, "replication SQL thread is not running"
+	case lag > int64(c.cfg.ReplicaMaxLag/time.Second):
+		return false, lag, fmt.Sprintf("lagging %ds behind the primary", lag)
+	case ioRunning != "Yes" && c.primaryUp.Load():
+		return false, lag, "replication IO thread is " + ioRunning + " while the primary is up"
+	}
+	return true, lag, ""
+}
+
+// read runs fn on a healthy replica, or on the primary when none is usable.
+// With a non-empty gtid (already validated), the replica first waits up to
+// GTIDWait for that GTID to be applied; if it is not, fn runs on the primary
+// instead, so a caller who presents the GTID of their write never reads
+// anything older. fn may run more than once, on different databases, and
+// must not keep anything from a failed attempt.
+func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context, querier) error) error {
+	now := time.Now()
+	n := len(c.replicas)
+	if n > 0 {
+		start := int(c.rr.Add(1) % uint64(n))
+		for i := range n {
+			r := c.replicas[(start+i)%n]
+			if !r.usable(now) {
+				continue
+			}
+			err := c.readReplica(ctx, r, gtid, fn)
+			if err == nil || isNotFound(err) {
+				c.m.reads.WithLabelValues("replica").Inc()
+				return err
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, errGTIDTimeout) {
+				// Another replica is as likely to be behind; the primary is
+				// the bounded answer.
+				break
+			}
+			r.skipUntil.Store(time.Now().Add(c.cfg.ReplicaCooldown).UnixNano())
+			c.log.Warn("origin: replica read failed, skipping it for a while",
+				"replica", r.name, "cooldown", c.cfg.ReplicaCooldown, "err", err)
+		}
+	}
+	err := fn(ctx, c.primary)
+	if err == nil || isNotFound(err) {
+		c.m.reads.WithLabelValues("primary").Inc()
+		return err
+	}
+	if isConnError(err) {
+		return fmt.Errorf("%w: no replica usable and the primary failed: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
+func (c *cluster) readReplica(ctx context.Context, r *replica, gtid string, fn func(context.Context, querier) error) error {
+	if gtid == "" {
+		return fn(ctx, r.db)
+	}
+	// MASTER_GTID_WAIT and the read must share one session: the wait says
+	// nothing about another connection's snapshot.
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var res sql.NullInt64
+	if err := conn.QueryRowContext(ctx, "SELECT MASTER_GTID_WAIT(?, ?)", gtid, c.cfg.GTIDWait.Seconds()).Scan(&res); err != nil {
+		return err
+	}
+	if !res.Valid || res.Int64 != 0 {
+		c.m.gtidWaits.WithLabelValues("timeout").Inc()
+		return errGTIDTimeout
+	}
+	c.m.gtidWaits.WithLabelValues("reached").Inc()
+	return fn(ctx, conn)
+}
+
+// isNotFound reports the "no such row" outcome of a read: an answer, not a
+// failure of the database that gave it.
+func isNotFound(err error) bool { return errors.Is(err, sql.ErrNoRows) }
+
+// MariaDB error numbers the purchase path branches on.
+const (
+	erDupEntry           = 1062
+	erLockWaitTimeout    = 1205
+	erLockDeadlock       = 1213
+	erServerShutdown     = 1053
+	erConnectionKilled   = 1927
+	erQueryInterrupted   = 1317
+	erOptionPreventsStmt = 1290 // read_only: we reached a demoted primary
+)
+
+func mysqlErrNumber(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+// isConnError reports errors that say the database or the connection to it
+// is gone, as opposed to an answer from a working server.
+func isConnError(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch mysqlErrNumber(err) {
+	case erServerShutdown, erConnectionKilled, erQueryInterrupted, erOptionPreventsStmt:
+		return true
+	}
+	var ne net.Error
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, sql.ErrConnDone) || errors.As(err, &ne)
+}
+
+// retryReason names why a purchase attempt may be tried again, or "" when
+// it may not: deadlocks and lock wait timeouts roll the transaction back
+// whole; a lost connection either never committed or committed with a
+// ticket row whose order_token the retry collides with.
+func retryReason(err error) string {
+	switch mysqlErrNumber(err) {
+	case erLockDeadlock:
+		return "deadlock"
+	case erLockWaitTimeout:
+		return "lock_wait_timeout"
+	}
+	if isConnError(err) {
+		return "connection"
+	}
+	return ""
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,74 @@
+package origin
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the origin's Prometheus series, registered on a registry of
+// the Server's own (no package globals, so tests can run servers side by
+// side). Safe for concurrent use.
+type metrics struct {
+	reg        *prometheus.Registry
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	purchases  *prometheus.CounterVec
+	seatsSold  prometheus.Counter
+	retries    *prometheus.CounterVec
+	reads      *prometheus.CounterVec
+	gtidWaits  *prometheus.CounterVec
+	dbUp       *prometheus.GaugeVec
+	replicaLag *prometheus.GaugeVec
+	inFlight   prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_origin_http_requests_total",
+			Help: "HTTP requests answered, by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podium_origin_http_request_duration_seconds",
+			Help:    "Time to answer an HTTP request, by route pattern.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+		purchases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_origin_purchases_total",
+			Help: "Purchase attempts by outcome: sold, sold_out, not_found, replayed, key_mismatch, key_in_flight, unavailable.",
+		}, []string{"result"}),
+		seatsSold: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podium_origin_seats_sold_total",
+			Help: "Seats sold by committed purchases.",
+		}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_origin_purchase_retries_total",
+			Help: "Purchase transactions tried again, by reason: deadlock, lock_wait_timeout, connection.",
+		}, []string{"reason"}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_origin_db_reads_total",
+			Help: "Reads answered, by the kind of database that answered: replica or primary.",
+		}, []string{"target"}),
+		gtidWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_origin_gtid_waits_total",
+			Help: "Read-your-writes waits on a replica, by result: reached, or timeout (the read then went to the primary).",
+		}, []string{"result"}),
+		dbUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "podium_origin_db_up",
+			Help: "1 when the last health check found the database usable, by role and address.",
+		}, []string{"role", "addr"}),
+		replicaLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "podium_origin_replica_lag_seconds",
+			Help: "Seconds_Behind_Master at the last check; -1 when unknown.",
+		}, []string{"addr"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podium_origin_http_requests_in_flight",
+			Help: "HTTP requests being answered now.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.duration, m.purchases, m.seatsSold, m.retries, m.reads,
+		m.gtidWaits, m.dbUp, m.replicaLag, m.inFlight,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

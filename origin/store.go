@@ -1,0 +1,435 @@
+package origin
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mathrand "math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Game is one session on sale, as the API shows it.
+type Game struct {
+	ID         int64     `json:"id"`
+	Sport      string    `json:"sport"`
+	Event      string    `json:"event"`
+	Venue      string    `json:"venue"`
+	City       string    `json:"city"`
+	StartsAt   time.Time `json:"starts_at"`
+	PriceCents int64     `json:"price_cents"`
+	Currency   string    `json:"currency"`
+	Capacity   int64     `json:"capacity"`
+	Remaining  int64     `json:"remaining"`
+	SoldOut    bool      `json:"sold_out"`
+}
+
+const gameColumns = "id, sport, event, venue, city, starts_at, price_cents, currency, capacity, remaining"
+
+func scanGame(s interface{ Scan(...any) error }) (Game, error) {
+	var g Game
+	err := s.Scan(&g.ID, &g.Sport, &g.Event, &g.Venue, &g.City, &g.StartsAt, &g.PriceCents, &g.Currency, &g.Capacity, &g.Remaining)
+	g.StartsAt = g.StartsAt.UTC()
+	g.SoldOut = g.Remaining == 0
+	return g, err
+}
+
+// gameFilter selects a page of the listing. Games are ordered by
+// (starts_at, id), which is unique, so pages never overlap or skip.
+type gameFilter struct {
+	Sport string
+	// From and To bound starts_at: [From, To). Zero means unbounded.
+	From, To time.Time
+	// After is the keyset cursor: the last game of the previous page.
+	AfterStart time.Time
+	AfterID    int64
+	Limit      int
+}
+
+// listGames returns up to f.Limit games and whether more follow.
+func (c *cluster) listGames(ctx context.Context, gtid string, f gameFilter) ([]Game, bool, error) {
+	var where []string
+	var args []any
+	if f.Sport != "" {
+		where = append(where, "sport = ?")
+		args = append(args, f.Sport)
+	}
+	if !f.From.IsZero() {
+		where = append(where, "starts_at >= ?")
+		args = append(args, f.From)
+	}
+	if !f.To.IsZero() {
+		where = append(where, "starts_at < ?")
+		args = append(args, f.To)
+	}
+	if f.AfterID != 0 {
+		where = append(where, "(starts_at > ? OR (starts_at = ? AND id > ?))")
+		args = append(args, f.AfterStart, f.AfterStart, f.AfterID)
+	}
+	q := "SELECT " + gameColumns + " FROM games"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY starts_at, id LIMIT ?"
+	args = append(args, f.Limit+1)
+
+	var games []Game
+	err := c.read(ctx, gtid, func(ctx context.Context, db querier) error {
+		games = games[:0]
+		rows, err := db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			g, err := scanGame(rows)
+			if err != nil {
+				return err
+			}
+			games = append(games, g)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("listing games: %w", err)
+	}
+	more := len(games) > f.Limit
+	if more {
+		games = games[:f.Limit]
+	}
+	return games, more, nil
+}
+
+// getGame returns one game; an unknown id is sql.ErrNoRows.
+func (c *cluster) getGame(ctx context.Context, gtid string, id int64) (Game, error) {
+	var g Game
+	err := c.read(ctx, gtid, func(ctx context.Context, db querier) error {
+		var err error
+		g, err = scanGame(db.QueryRowContext(ctx, "SELECT "+gameColumns+" FROM games WHERE id = ?", id))
+		return err
+	})
+	if err != nil {
+		return Game{}, fmt.Errorf("reading game %d: %w", id, err)
+	}
+	return g, nil
+}
+
+// listSports returns the distinct sports, for the pages' filter links.
+func (c *cluster) listSports(ctx context.Context, gtid string) ([]string, error) {
+	var sports []string
+	err := c.read(ctx, gtid, func(ctx context.Context, db querier) error {
+		sports = sports[:0]
+		rows, err := db.QueryContext(ctx, "SELECT DISTINCT sport FROM games ORDER BY sport")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				return err
+			}
+			sports = append(sports, s)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing sports: %w", err)
+	}
+	return sports, nil
+}
+
+// purchaseRequest is a validated order.
+type purchaseRequest struct {
+	GameID         int64
+	Quantity       int
+	Email          string
+	IdempotencyKey string // "" when the client sent none
+	RequestID      string // echoed in a stored error body
+}
+
+// hash identifies the order for Idempotency-Key reuse checks: the same key
+// with another hash is a different request.
+func (p purchaseRequest) hash() []byte {
+	h := sha256.Sum256(fmt.Appendf(nil, "game=%d\x00quantity=%d\x00email=%s", p.GameID, p.Quantity, p.Email))
+	return h[:]
+}
+
+// Order is the body of a successful purchase (201).
+type Order struct {
+	OrderID   int64    `json:"order_id"`
+	GameID    int64    `json:"game_id"`
+	Email     string   `json:"email"`
+	Quantity  int      `json:"quantity"`
+	Tickets   []string `json:"tickets"`
+	CreatedAt string   `json:"created_at"`
+}
+
+// ticketNumbers derives the printed ticket numbers of an order: unique
+// because the order id is.
+func ticketNumbers(gameID, orderID int64, quantity int) []string {
+	out := make([]string, quantity)
+	for i := range out {
+		out[i] = fmt.Sprintf("PAR24-%04d-%08d-%02d", gameID, orderID, i+1)
+	}
+	return out
+}
+
+// errorBody is every JSON error the origin sends.
+type errorBody struct {
+	Error     string `json:"error"`
+	RequestID string `json:"request_id"`
+	// Remaining is set on 409 sold-out answers: how many seats are left.
+	Remaining *int64 `json:"remaining,omitempty"`
+}
+
+// purchaseOutcome is the HTTP answer to a purchase, stored verbatim for
+// Idempotency-Key replays so that a replay is byte-identical.
+type purchaseOutcome struct {
+	Status int
+	Body   []byte
+	// GTID of the commit that wrote the outcome, "" if nothing was written.
+	GTID string
+	// Replayed is true when the outcome comes from an earlier request with
+	// the same Idempotency-Key.
+	Replayed bool
+	// Result is the metrics label of the outcome.
+	Result string
+}
+
+func jsonBody(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only the types above are marshalled; they cannot fail.
+		panic(fmt.Sprintf("origin: marshalling %T: %v", v, err))
+	}
+	return append(b, '\n')
+}
+
+// purchase sells p.Quantity seats of p.GameID, or says why not, in one
+// transaction on the primary: claim the Idempotency-Key, take the seats with
+// a conditional UPDATE (never read-then-write), insert the order, store the
+// answer, commit. Deadlocks, lock wait timeouts and lost connections are
+// retried up to PurchaseRetries times; what still fails returns an error
+// wrapping ErrUnavailable, with nothing written.
+func (c *cluster) purchase(ctx context.Context, p purchaseRequest) (purchaseOutcome, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.PurchaseTimeout)
+	defer cancel()
+	// One token for every attempt of this request: if an attempt's COMMIT
+	// succeeded but its answer was lost with the connection, the retry's
+	// ticket INSERT collides with it, rolls back, and returns that order.
+	var token [16]byte
+	rand.Read(token[:])
+	hash := p.hash()
+	var lastErr error
+	for attempt := 0; attempt <= c.cfg.PurchaseRetries; attempt++ {
+		if attempt > 0 {
+			// Exponential backoff with full jitter: the contenders of a
+			// deadlock must not collide again in lockstep.
+			d := time.Duration(mathrand.Int64N(int64(10*time.Millisecond) << attempt))
+			select {
+			case <-ctx.Done():
+				return purchaseOutcome{}, fmt.Errorf("%w: purchase of game %d: %w (after: %w)", ErrUnavailable, p.GameID, ctx.Err(), lastErr)
+			case <-time.After(d):
+			}
+		}
+		out, err := c.purchaseOnce(ctx, p, token[:], hash)
+		if err == nil {
+			return out, nil
+		}
+		lastErr = err
+		reason := retryReason(err)
+		if reason == "" || ctx.Err() != nil {
+			break
+		}
+		c.m.retries.WithLabelValues(reason).Inc()
+	}
+	return purchaseOutcome{}, fmt.Errorf("%w: purchase of game %d: %w", ErrUnavailable, p.GameID, lastErr)
+}
+
+func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, hash []byte) (out purchaseOutcome, err error) {
+	// A dedicated connection: @@last_gtid after COMMIT is per session.
+	conn, err := c.primary.Conn(ctx)
+	if err != nil {
+		return out, err
+	}
+	defer conn.Close()
+	// READ COMMITTED: the only read is the seats-left figure for a refusal;
+	// it takes no gap locks, so concurrent buyers of one game queue on the
+	// game row alone.
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return out, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tx.Rollback() //nolint:errcheck // nothing to do; the session may be gone
+		}
+	}()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+
+	if p.IdempotencyKey != "" {
+		_, err := tx.ExecContext(ctx,
+			"INSERT INTO idempotency_keys (idem_key, request_hash, status, response, created_at) VALUES (?, ?, 0, '', ?)",
+			p.IdempotencyKey, hash, now)
+		switch mysqlErrNumber(err) {
+		case 0:
+			if err != nil {
+				return out, err
+			}
+		case erDupEntry:
+			// The key was claimed by a request that has committed: replay it.
+			tx.Rollback() //nolint:errcheck
+			committed = true
+			return c.replay(ctx, conn, p, hash)
+		case erLockWaitTimeout:
+			// Another request with this key holds the row and has not
+			// finished within innodb_lock_wait_timeout.
+			return purchaseOutcome{
+				Status: http.StatusConflict, Result: "key_in_flight",
+				Body: jsonBody(errorBody{
+					Error:     "a request with this Idempotency-Key is still being processed; retry with the same key in a few seconds to get its result",
+					RequestID: p.RequestID,
+				}),
+			}, nil
+		default:
+			return out, err
+		}
+	}
+
+	res, err := tx.ExecContext(ctx,
+		"UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?",
+		p.Quantity, p.GameID, p.Quantity)
+	if err != nil {
+		return out, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return out, err
+	}
+	if n == 0 {
+		var remaining int64
+		err := tx.QueryRowContext(ctx, "SELECT remaining FROM games WHERE id = ?", p.GameID).Scan(&remaining)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			out = purchaseOutcome{Status: http.StatusNotFound, Result: "not_found", Body: jsonBody(errorBody{
+				Error:     fmt.Sprintf("no game with id %d; GET /api/games lists them", p.GameID),
+				RequestID: p.RequestID,
+			})}
+		case err != nil:
+			return out, err
+		default:
+			msg := fmt.Sprintf("sold out: no seats left for game %d", p.GameID)
+			if remaining > 0 {
+				msg = fmt.Sprintf("not enough seats: %d requested, %d left for game %d; order at most %d", p.Quantity, remaining, p.GameID, remaining)
+			}
+			out = purchaseOutcome{Status: http.StatusConflict, Result: "sold_out", Body: jsonBody(errorBody{
+				Error: msg, RequestID: p.RequestID, Remaining: &remaining,
+			})}
+		}
+	} else {
+		res, err := tx.ExecContext(ctx,
+			"INSERT INTO tickets (game_id, email, quantity, order_token, created_at) VALUES (?, ?, ?, ?, ?)",
+			p.GameID, p.Email, p.Quantity, token, now)
+		if mysqlErrNumber(err) == erDupEntry {
+			// An earlier attempt of this request committed; its answer was
+			// lost with its connection. Undo this attempt and return that.
+			tx.Rollback() //nolint:errcheck
+			committed = true
+			return c.recoverOrder(ctx, conn, p, token)
+		}
+		if err != nil {
+			return out, err
+		}
+		id, err := res.LastInsertId()
+		if err != nil {
+			return out, err
+		}
+		out = purchaseOutcome{Status: http.StatusCreated, Result: "sold", Body: jsonBody(Order{
+			OrderID: id, GameID: p.GameID, Email: p.Email, Quantity: p.Quantity,
+			Tickets:   ticketNumbers(p.GameID, id, p.Quantity),
+			CreatedAt: now.Format(createdAtLayout),
+		})}
+	}
+
+	wrote := n > 0
+	if p.IdempotencyKey != "" {
+		if _, err := tx.ExecContext(ctx,
+			"UPDATE idempotency_keys SET status = ?, response = ? WHERE idem_key = ?",
+			out.Status, out.Body, p.IdempotencyKey); err != nil {
+			return purchaseOutcome{}, err
+		}
+		wrote = true
+	}
+	if err := tx.Commit(); err != nil {
+		return purchaseOutcome{}, err
+	}
+	committed = true
+	if wrote {
+		// The GTID is a convenience for read-your-writes; failing to read
+		// it must not turn a committed sale into an error.
+		var gtid sql.NullString
+		if err := conn.QueryRowContext(ctx, "SELECT @@last_gtid").Scan(&gtid); err == nil {
+			out.GTID = gtid.String
+		}
+	}
+	return out, nil
+}
+
+const createdAtLayout = "2006-01-02T15:04:05.000000Z07:00"
+
+// replay answers a request whose Idempotency-Key was already used.
+func (c *cluster) replay(ctx context.Context, conn *sql.Conn, p purchaseRequest, hash []byte) (purchaseOutcome, error) {
+	var storedHash, body []byte
+	var status int
+	var pos sql.NullString
+	err := conn.QueryRowContext(ctx,
+		"SELECT request_hash, status, response, @@gtid_binlog_pos FROM idempotency_keys WHERE idem_key = ?",
+		p.IdempotencyKey).Scan(&storedHash, &status, &body, &pos)
+	if err != nil {
+		// sql.ErrNoRows cannot be: the row made our INSERT fail and keys
+		// are never deleted while they can be replayed.
+		return purchaseOutcome{}, fmt.Errorf("reading stored answer of Idempotency-Key: %w", err)
+	}
+	if string(storedHash) != string(hash) {
+		return purchaseOutcome{Status: http.StatusUnprocessableEntity, Result: "key_mismatch", Body: jsonBody(errorBody{
+			Error:     "this Idempotency-Key was already used with a different request (game, quantity or email); use a new key for a new order",
+			RequestID: p.RequestID,
+		})}, nil
+	}
+	if status == 0 {
+		return purchaseOutcome{Status: http.StatusConflict, Result: "key_in_flight", Body: jsonBody(errorBody{
+			Error:     "a request with this Idempotency-Key is still being processed; retry with the same key in a few seconds to get its result",
+			RequestID: p.RequestID,
+		})}, nil
+	}
+	// The primary's position covers the original commit, so a read that
+	// waits for it sees the original purchase.
+	return purchaseOutcome{Status: status, Body: body, GTID: pos.String, Replayed: true, Result: "replayed"}, nil
+}
+
+// recoverOrder rebuilds the answer of an attempt that committed but whose
+// connection died before the answer arrived. Only a purchase without an
+// Idempotency-Key gets here: with one, the retry's key INSERT collides first
+// and replays the stored answer.
+func (c *cluster) recoverOrder(ctx context.Context, conn *sql.Conn, p purchaseRequest, token []byte) (purchaseOutcome, error) {
+	var id int64
+	var created time.Time
+	var pos sql.NullString
+	err := conn.QueryRowContext(ctx, "SELECT id, created_at, @@gtid_binlog_pos FROM tickets WHERE order_token = ?", token).Scan(&id, &created, &pos)
+	if err != nil {
+		return purchaseOutcome{}, fmt.Errorf("reading the order of an earlier attempt: %w", err)
+	}
+	out := purchaseOutcome{Status: http.StatusCreated, Result: "sold", GTID: pos.String, Body: jsonBody(Order{
+		OrderID: id, GameID: p.GameID, Email: p.Email, Quantity: p.Quantity,
+		Tickets:   ticketNumbers(p.GameID, id, p.Quantity),
+		CreatedAt: created.UTC().Format(createdAtLayout),
+	})}
+	return out, nil
+}
