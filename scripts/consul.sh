@@ -34,8 +34,15 @@ logfile=$state/consul.log
 
 die() { echo "consul.sh: $*" >&2; exit 1; }
 
+# built: is the cached binary there and the wanted version? (No pipe into
+# grep -q: under pipefail its early exit would SIGPIPE consul and fail.)
+built() {
+	local v
+	[[ -x $bin ]] && v=$("$bin" version 2>/dev/null) && [[ $v == "Consul v1.15.4"* ]]
+}
+
 build() {
-	if [[ -x $bin ]] && "$bin" version 2>/dev/null | grep -q '^Consul v1\.15\.4$'; then
+	if built; then
 		return 0
 	fi
 	mkdir -p "$cache/bin"
@@ -43,7 +50,7 @@ build() {
 	# missing and call us together.
 	exec 9>"$cache/bin/.consul.lock"
 	flock 9
-	if [[ -x $bin ]] && "$bin" version 2>/dev/null | grep -q '^Consul v1\.15\.4$'; then
+	if built; then
 		return 0
 	fi
 	echo "consul.sh: building consul v1.15.4 into $bin (about 6 minutes cold on 2 cores)" >&2
