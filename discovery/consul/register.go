@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -62,9 +64,9 @@ type Registration struct {
 	DeregisterCriticalAfter time.Duration
 	// KeepAliveInterval is how often the handle asks the agent whether it
 	// still holds the registration and registers again if not, the way
-	// fabio's own registration does. A `consul agent -dev` keeps nothing
-	// across a restart, and a real agent that lost its data dir behaves the
-	// same. Zero means DefaultKeepAliveInterval; negative disables it.
+	// fabio's own registration does: an agent that restarts without its
+	// data dir (a plain `consul agent -dev`, a replaced node) has forgotten
+	// every service. Zero means DefaultKeepAliveInterval; negative disables it.
 	KeepAliveInterval time.Duration
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
@@ -89,9 +91,10 @@ type Service struct {
 // check succeeds (within about one CheckInterval), so no edge is sent to a
 // port that is not answering yet.
 //
-// The handle keeps the registration alive in the background until ctx is
-// done or MarkCritical or Deregister is called. Cancelling ctx does not
-// deregister: call Deregister for that.
+// ctx bounds the registration request and also the keep-alive, which runs
+// in the background until ctx is done or MarkCritical or Deregister is
+// called: pass the server's lifetime context, not a short timeout.
+// Cancelling ctx does not deregister: call Deregister for that.
 func Register(ctx context.Context, client *api.Client, r Registration) (*Service, error) {
 	if client == nil {
 		return nil, errors.New("consul: register: nil client")
@@ -125,8 +128,8 @@ func Register(ctx context.Context, client *api.Client, r Registration) (*Service
 			Name:    r.Name,
 			Address: r.Addr,
 			Port:    r.Port,
-			Tags:    r.Tags,
-			Meta:    r.Meta,
+			Tags:    slices.Clone(r.Tags),
+			Meta:    maps.Clone(r.Meta),
 			Check:   check,
 		},
 		keepDone: make(chan struct{}),

@@ -34,12 +34,14 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// StartTimeout bounds the wait for the agent to elect itself leader. A -dev
-// agent does it in about 0.2 s here; the rest is headroom for a loaded CI.
+// StartTimeout bounds the wait for the agent to elect itself leader and to
+// sync promptly. Here a -dev agent elects itself in about 0.2 s and is ready
+// within 4 s; the rest is headroom for a loaded CI.
 const StartTimeout = 30 * time.Second
 
 // Agent is one running (or stopped) agent. Its methods are safe for
-// concurrent use; an Agent must not be copied.
+// concurrent use, but Start and Restart may fail the test and so belong on
+// the test's goroutine. An Agent must not be copied.
 type Agent struct {
 	// Addr is the HTTP API as 127.0.0.1:port. It stays the same across
 	// Stop and Start.
