@@ -202,12 +202,16 @@ func TestStore(t *testing.T) {
 		t.Error("purged entry still served")
 	}
 	// Last good: FIFO bounded to 2 entries, kept across purges.
-	if s.LastGood(a.Hash, a.Key) != nil {
+	if e, _ := s.LastGood(a.Hash, a.Key); e != nil {
 		t.Error("lastGood kept more than its 2 entries")
 	}
 	last := mk("/api/games/2\x00h")
-	if s.LastGood(last.Hash, last.Key) == nil {
-		t.Error("the newest last-good copy was dropped by a purge")
+	if e, purged := s.LastGood(last.Hash, last.Key); e == nil || !purged {
+		t.Errorf("the newest last-good copy: %v purged %v, want kept and marked purged", e != nil, purged)
+	}
+	s.Set(last, s.Generation())
+	if _, purged := s.LastGood(last.Hash, last.Key); purged {
+		t.Error("a new fill did not clear the purge mark")
 	}
 	if st := s.Stats(); st.LastGoodEntries != 2 {
 		t.Errorf("stats %+v, want 2 last-good entries", st)

@@ -25,7 +25,7 @@ type Store struct {
 	gen atomic.Uint64
 
 	mu         sync.Mutex // guards lastGood and order
-	lastGood   map[uint64]*Entry
+	lastGood   map[uint64]*lastGood
 	order      []uint64 // insertion order, for FIFO eviction of lastGood
 	maxLast    int
 	lastBytes  int64
@@ -35,10 +35,18 @@ type Store struct {
 	rejected  atomic.Uint64
 }
 
+// lastGood is one last-good copy. A purge marks it: it may still stand in
+// when no origin answers (served as STALE), but never again counts as a
+// fresh copy.
+type lastGood struct {
+	e      *Entry
+	purged bool
+}
+
 // NewStore makes a store with a byte budget for ristretto, and room for
 // lastGoodEntries last-good copies using at most lastGoodBytes.
 func NewStore(maxBytes int64, lastGoodEntries int, lastGoodBytes int64) (*Store, error) {
-	s := &Store{lastGood: map[uint64]*Entry{}, maxLast: lastGoodEntries, maxLastLen: lastGoodBytes}
+	s := &Store{lastGood: map[uint64]*lastGood{}, maxLast: lastGoodEntries, maxLastLen: lastGoodBytes}
 	// About 1 entry per 4 KiB of budget, and ristretto's advice of ten
 	// counters per entry.
 	counters := max(maxBytes/4096*10, 10000)
@@ -93,41 +101,41 @@ func (s *Store) keepLastGood(e *Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old := s.lastGood[e.Hash]; old != nil {
-		s.lastBytes -= old.Size()
+		s.lastBytes -= old.e.Size()
 	} else {
 		s.order = append(s.order, e.Hash)
 	}
-	s.lastGood[e.Hash] = e
+	s.lastGood[e.Hash] = &lastGood{e: e}
 	s.lastBytes += e.Size()
 	for (len(s.lastGood) > s.maxLast || s.lastBytes > s.maxLastLen) && len(s.order) > 0 {
 		h := s.order[0]
 		s.order = s.order[1:]
 		if old := s.lastGood[h]; old != nil {
-			s.lastBytes -= old.Size()
+			s.lastBytes -= old.e.Size()
 			delete(s.lastGood, h)
 		}
 	}
 }
 
-// LastGood returns the last good copy of key, or nil.
-func (s *Store) LastGood(hash uint64, key []byte) *Entry {
+// LastGood returns the last good copy of key, or nil, and whether a purge
+// has marked it since (then it may only stand in for a failed origin).
+func (s *Store) LastGood(hash uint64, key []byte) (e *Entry, purged bool) {
 	s.mu.Lock()
-	e := s.lastGood[hash]
+	lg := s.lastGood[hash]
 	s.mu.Unlock()
-	if e == nil || !bytes.Equal(e.Key, key) {
-		return nil
+	if lg == nil || !bytes.Equal(lg.e.Key, key) {
+		return nil, false
 	}
-	return e
+	return lg.e, lg.purged
 }
 
-// PurgePrefix removes every entry whose key starts with prefix (a path
-// prefix, since keys start with the path) and returns how many. Last-good
-// copies stay: they are only served, marked STALE, when no origin answers.
-func (s *Store) PurgePrefix(prefix []byte) int {
+// purge removes the entries whose key matches and marks their last-good
+// copies purged.
+func (s *Store) purge(match func(key []byte) bool) int {
 	s.gen.Add(1)
 	var hashes []uint64
 	s.c.IterValues(func(e *Entry) bool {
-		if bytes.HasPrefix(e.Key, prefix) {
+		if match(e.Key) {
 			hashes = append(hashes, e.Hash)
 		}
 		return false
@@ -136,7 +144,30 @@ func (s *Store) PurgePrefix(prefix []byte) int {
 		s.c.Del(h)
 	}
 	s.c.Wait()
+	s.mu.Lock()
+	for _, lg := range s.lastGood {
+		if match(lg.e.Key) {
+			lg.purged = true
+		}
+	}
+	s.mu.Unlock()
 	return len(hashes)
+}
+
+// PurgePrefix removes every entry whose key starts with prefix (a path
+// prefix, since keys start with the path) and returns how many. Last-good
+// copies are marked, not dropped: they are only served, as STALE, when no
+// origin answers.
+func (s *Store) PurgePrefix(prefix []byte) int {
+	return s.purge(func(k []byte) bool { return bytes.HasPrefix(k, prefix) })
+}
+
+// PurgePath removes the entries of one path: every query, host and variant
+// of it, and nothing under it.
+func (s *Store) PurgePath(path []byte) int {
+	return s.purge(func(k []byte) bool {
+		return bytes.HasPrefix(k, path) && len(k) > len(path) && (k[len(path)] == 0 || k[len(path)] == '?')
+	})
 }
 
 // Stats are the store's counters for metrics.

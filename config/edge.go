@@ -32,6 +32,12 @@ const (
 	DefaultAccessLogSample   = 1.0
 	DefaultBalancerAlgorithm = "least_conn"
 	DefaultRouteName         = "default"
+	DefaultCacheBytes        = 64 << 20
+	DefaultLastGoodEntries   = 10000
+	DefaultLastGoodBytes     = 64 << 20
+	DefaultListingTTL        = 2 * time.Second  // seats left on the listing are at most this old on another edge
+	DefaultStaleIfError      = 60 * time.Second // a fan sees a listing through a minute of origin outage
+	DefaultStaticTTL         = time.Hour        // fingerprinted names: the origin's immutable max-age usually wins
 )
 
 // DefaultStaticUpstreams is what `podium edge` proxies to with no config
@@ -59,7 +65,35 @@ type Edge struct {
 	Limits         Limits         `yaml:"limits"`
 	UpstreamPool   UpstreamPool   `yaml:"upstream_pool"`
 	AccessLog      AccessLog      `yaml:"access_log"`
+	Cache          CacheStore     `yaml:"cache"`
 	trusted        []netip.Prefix // parsed TrustedProxies
+}
+
+// CacheStore sizes the edge's response cache, shared by every route whose
+// cache is on.
+type CacheStore struct {
+	// MaxBytes is ristretto's budget: stored bodies and headers.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// LastGoodEntries and LastGoodBytes bound the last-good copies kept
+	// outside ristretto for stale-if-error.
+	LastGoodEntries int   `yaml:"last_good_entries"`
+	LastGoodBytes   int64 `yaml:"last_good_bytes"`
+}
+
+// RouteCache turns caching on for a route's GET and HEAD requests.
+type RouteCache struct {
+	// TTL is the lifetime when the origin states none.
+	TTL Duration `yaml:"ttl"`
+	// MaxTTL, when set, caps every lifetime, the origin's too.
+	MaxTTL Duration `yaml:"max_ttl"`
+	// StaleIfError is how long past expiry the last good copy is served
+	// when no origin answers.
+	StaleIfError Duration `yaml:"stale_if_error"`
+	// StaleWhileRevalidate is how long past expiry a stale copy is served
+	// while one request revalidates it.
+	StaleWhileRevalidate Duration `yaml:"stale_while_revalidate"`
+	// MaxEntryBytes bounds one stored body; larger ones pass uncached.
+	MaxEntryBytes int `yaml:"max_entry_bytes"`
 }
 
 // Discovery says where upstreams come from.
@@ -118,8 +152,15 @@ type HealthCheck struct {
 type Route struct {
 	// Name labels the route in metrics; it defaults to the match written
 	// out ("/api/games/*/buy").
-	Name  string `yaml:"name"`
-	Match Match  `yaml:"match"`
+	Name  string      `yaml:"name"`
+	Match Match       `yaml:"match"`
+	Cache *RouteCache `yaml:"cache"`
+	// Purge lists paths dropped from the cache (every query and variant of
+	// each) when a request on this route succeeds (2xx); a trailing "*"
+	// drops everything under a prefix; "$1" stands for the path segment
+	// the route's first "*" matched. A purchase purges the listing and its
+	// game: ["/api/games", "/games", "/api/games/$1", "/games/$1"].
+	Purge []string `yaml:"purge"`
 }
 
 // Match selects requests. Path is exact, where "*" stands for one whole
@@ -179,7 +220,7 @@ func DefaultEdge() *Edge {
 			Rise:     DefaultHealthRise,
 			Fall:     DefaultHealthFall,
 		},
-		Routes:         []Route{{Name: DefaultRouteName, Match: Match{PathPrefix: "/"}}},
+		Routes:         DefaultRoutes(),
 		TrustedProxies: DefaultTrustedProxies,
 		Timeouts: Timeouts{
 			Connect:    Duration(DefaultConnectTimeout),
@@ -191,6 +232,30 @@ func DefaultEdge() *Edge {
 		Limits:       Limits{MaxHeaderBytes: DefaultMaxHeaderBytes, MaxBodyBytes: DefaultMaxBodyBytes},
 		UpstreamPool: UpstreamPool{MaxConns: DefaultMaxConnsPerHost, MaxIdleTime: Duration(DefaultUpstreamIdleConn)},
 		AccessLog:    AccessLog{Enabled: true, Sample: DefaultAccessLogSample},
+		Cache:        CacheStore{MaxBytes: DefaultCacheBytes, LastGoodEntries: DefaultLastGoodEntries, LastGoodBytes: DefaultLastGoodBytes},
+	}
+}
+
+// DefaultRoutes are the routes of the embedded default: the listing, the
+// game pages and the static assets cached; a purchase purging what it
+// changes; everything else proxied.
+func DefaultRoutes() []Route {
+	listing := func() *RouteCache {
+		return &RouteCache{TTL: Duration(DefaultListingTTL), StaleIfError: Duration(DefaultStaleIfError)}
+	}
+	get := []string{"GET", "HEAD"}
+	return []Route{
+		{Name: "buy", Match: Match{Path: "/api/games/*/buy", Methods: []string{"POST"}},
+			Purge: []string{"/api/games", "/games", "/api/games/$1", "/games/$1"}},
+		{Name: "buy_page", Match: Match{Path: "/games/*/buy", Methods: []string{"POST"}},
+			Purge: []string{"/api/games", "/games", "/api/games/$1", "/games/$1"}},
+		{Name: "api_games", Match: Match{Path: "/api/games", Methods: get}, Cache: listing()},
+		{Name: "api_game", Match: Match{Path: "/api/games/*", Methods: get}, Cache: listing()},
+		{Name: "games", Match: Match{Path: "/games", Methods: get}, Cache: listing()},
+		{Name: "game", Match: Match{Path: "/games/*", Methods: get}, Cache: listing()},
+		{Name: "static", Match: Match{PathPrefix: "/static", Methods: get},
+			Cache: &RouteCache{TTL: Duration(DefaultStaticTTL), StaleIfError: Duration(DefaultStaleIfError)}},
+		{Name: DefaultRouteName, Match: Match{PathPrefix: "/"}},
 	}
 }
 
@@ -298,6 +363,27 @@ func (c *Edge) validate(v *validator) {
 		if r.Name == "" {
 			r.Name = m.Path + m.PathPrefix
 		}
+		if rc := r.Cache; rc != nil {
+			if rc.TTL < 0 || rc.MaxTTL < 0 || rc.StaleIfError < 0 || rc.StaleWhileRevalidate < 0 {
+				v.addf(key+".cache", "durations must be >= 0")
+			}
+			if rc.MaxEntryBytes < 0 || rc.MaxEntryBytes > 64<<20 {
+				v.addf(key+".cache.max_entry_bytes", "must be 0..67108864 (0 means 1 MiB), got %d", rc.MaxEntryBytes)
+			}
+			for _, meth := range m.Methods {
+				if meth != "GET" && meth != "HEAD" {
+					v.addf(key+".cache", "only GET and HEAD are cached; this route also matches %s", meth)
+				}
+			}
+		}
+		for j, pp := range r.Purge {
+			if !strings.HasPrefix(pp, "/") {
+				v.addf(fmt.Sprintf("%s.purge[%d]", key, j), "must be a path prefix starting with /, got %q", pp)
+			}
+			if strings.Contains(pp, "$1") && !strings.Contains(m.Path, "*") {
+				v.addf(fmt.Sprintf("%s.purge[%d]", key, j), "uses $1 but the route's match.path has no *")
+			}
+		}
 		if names[r.Name] {
 			v.addf(key+".name", "%q is used by an earlier route; names label metrics and must be unique", r.Name)
 		}
@@ -335,6 +421,12 @@ func (c *Edge) validate(v *validator) {
 	}
 	if c.UpstreamPool.MaxIdleTime <= 0 {
 		v.addf("upstream_pool.max_idle_time", "must be > 0, got %s", c.UpstreamPool.MaxIdleTime)
+	}
+	if c.Cache.MaxBytes < 1<<20 {
+		v.addf("cache.max_bytes", "must be at least 1048576, got %d", c.Cache.MaxBytes)
+	}
+	if c.Cache.LastGoodEntries < 0 || c.Cache.LastGoodBytes < 0 {
+		v.addf("cache", "last_good_entries and last_good_bytes must be >= 0")
 	}
 	if c.AccessLog.Sample < 0 || c.AccessLog.Sample > 1 {
 		v.addf("access_log.sample", "must be between 0 and 1, got %g", c.AccessLog.Sample)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"net/http/pprof"
 	"strings"
 
@@ -34,6 +35,8 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			metrics(ctx)
 		case "/ping":
 			p.ping(ctx)
+		case "/cache/purge":
+			p.adminPurge(ctx)
 		case "/config":
 			out, err := p.cfg.Redacted()
 			if err != nil {
@@ -44,11 +47,34 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			ctx.SetBody(out)
 		case "/":
 			ctx.SetContentType("text/plain; charset=utf-8")
-			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n  /debug/pprof/  Go profiles\n")
+			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n  POST /cache/purge?prefix=/api/games  drop cached entries by path prefix\n  /debug/pprof/  Go profiles\n")
 		default:
 			ctx.SetStatusCode(fasthttp.StatusNotFound)
 			ctx.SetContentType("text/plain; charset=utf-8")
 			ctx.SetBodyString("not found: try /metrics, /ping or /config\n")
 		}
 	}
+}
+
+// adminPurge drops cached entries whose path starts with ?prefix=.
+func (p *Proxy) adminPurge(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set("Allow", "POST")
+		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
+		ctx.SetBodyString(`{"error":"use POST /cache/purge?prefix=/path"}` + "\n")
+		return
+	}
+	prefix := ctx.QueryArgs().Peek("prefix")
+	if len(prefix) == 0 || prefix[0] != '/' {
+		ctx.SetStatusCode(fasthttp.StatusBadRequest)
+		ctx.SetBodyString(`{"error":"prefix must be a path starting with /, e.g. ?prefix=/api/games"}` + "\n")
+		return
+	}
+	n := 0
+	if p.store != nil {
+		n = p.store.PurgePrefix(prefix)
+		p.metrics.cachePurged.Add(float64(n))
+	}
+	fmt.Fprintf(ctx, `{"purged":%d,"prefix":%q}`+"\n", n, prefix)
 }

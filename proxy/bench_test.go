@@ -37,7 +37,12 @@ func inmemoryEdge(tb testing.TB) *Proxy {
 	if err := cfg.Validate("test"); err != nil {
 		tb.Fatal(err)
 	}
-	p := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg.Routes = []config.Route{{Name: "default", Match: config.Match{PathPrefix: "/"}}}
+	p, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(p.Close)
 	p.Pool().Update([]balancer.Config{{Addr: "upstream:1"}})
 	h := p.Pool().Hosts()[0]
 	h.Transport.(*upstream).client.Dial = func(string) (net.Conn, error) { return ln.Dial() }

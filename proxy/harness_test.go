@@ -14,6 +14,8 @@ import (
 	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/config"
 	"github.com/podium-edge/podium/healthcheck"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // testUpstream is a real HTTP server on loopback that counts what reaches
@@ -115,6 +117,8 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 	cfg.HealthCheck.Timeout = config.Duration(100 * time.Millisecond)
 	cfg.TrustedProxies = nil
 	cfg.AccessLog.Enabled = false
+	// Plain proxying unless a test asks for routes (the default routes cache).
+	cfg.Routes = []config.Route{{Name: "default", Match: config.Match{PathPrefix: "/"}}}
 	for _, o := range opts {
 		o(cfg)
 	}
@@ -125,7 +129,10 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(&testWriter{t}, nil))
 	}
-	p := New(cfg, log)
+	p, err := New(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var cfgs []balancer.Config
 	for _, s := range cfg.Discovery.Static {
 		cfgs = append(cfgs, balancer.Config{Addr: s.Addr, Weight: s.Weight})
@@ -145,7 +152,7 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 	}
 	done := make(chan struct{})
 	go func() { p.Serve(ctx, ln); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); <-done; p.Close() })
 	e := &testEdge{p: p, addr: ln.Addr().String(), prober: pr}
 	e.waitHealthy(t, len(ups))
 	return e
@@ -201,4 +208,11 @@ func load(t testing.TB, url string, c, n int) (failed int64) {
 	}
 	wg.Wait()
 	return bad.Load()
+}
+
+// testCounter reads a Prometheus counter's value.
+func testCounter(c prometheus.Counter) float64 {
+	var m dto.Metric
+	c.Write(&m)
+	return m.GetCounter().GetValue()
 }

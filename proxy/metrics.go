@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/cache"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -136,6 +137,12 @@ type Metrics struct {
 	healthFailures   *prometheus.CounterVec
 	healthChanges    *prometheus.CounterVec
 	inFlight         prometheus.Gauge
+
+	cacheHit, cacheMiss, cacheStale prometheus.Counter
+	cacheStaleOnError               prometheus.Counter
+	cacheRevalidated                prometheus.Counter
+	cacheCoalesced                  prometheus.Counter
+	cachePurged                     prometheus.Counter
 }
 
 // latencyBuckets suit a ticket API behind a fast edge: 0.5 ms to 10 s.
@@ -144,7 +151,7 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 // NewMetrics registers the edge's metrics for the named routes (the last
 // one, "none", counts requests that matched no route or failed before
 // routing) and the pool's upstreams.
-func NewMetrics(routes []string, pool *balancer.Pool) *Metrics {
+func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry: reg,
@@ -177,6 +184,38 @@ func NewMetrics(routes []string, pool *balancer.Pool) *Metrics {
 		Name: "podium_edge_errors_total",
 		Help: "Requests the edge answered with its own error, by kind.",
 	}, []string{"kind"})
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podium_edge_cache_requests_total",
+		Help: "Requests on caching routes, by what the cache did: hit, miss or stale.",
+	}, []string{"result"})
+	m.cacheHit = lookups.WithLabelValues("hit")
+	m.cacheMiss = lookups.WithLabelValues("miss")
+	m.cacheStale = lookups.WithLabelValues("stale")
+	m.cacheStaleOnError = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podium_edge_cache_stale_on_error_total",
+		Help: "Origin fetches that failed and were answered with a stale copy (stale-if-error).",
+	})
+	m.cacheRevalidated = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podium_edge_cache_revalidated_total",
+		Help: "Stale entries the origin confirmed with 304 Not Modified.",
+	})
+	m.cacheCoalesced = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podium_edge_cache_coalesced_total",
+		Help: "Requests that waited for another request's origin fetch of the same key instead of making their own.",
+	})
+	m.cachePurged = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podium_edge_cache_purged_entries_total",
+		Help: "Entries removed by purchases, unsafe methods and the admin purge.",
+	})
+	reg.MustRegister(lookups, m.cacheStaleOnError, m.cacheRevalidated, m.cacheCoalesced, m.cachePurged)
+	if store != nil {
+		reg.MustRegister(&storeCollector{store: store,
+			bytes:     prometheus.NewDesc("podium_edge_cache_bytes", "Bytes held by the cache (ristretto's cost).", nil, nil),
+			evictions: prometheus.NewDesc("podium_edge_cache_evictions_total", "Entries ristretto evicted to stay in its budget.", nil, nil),
+			rejected:  prometheus.NewDesc("podium_edge_cache_rejected_total", "Entries ristretto's admission policy refused.", nil, nil),
+			lastGood:  prometheus.NewDesc("podium_edge_cache_last_good_entries", "Last-good copies kept for stale-if-error.", nil, nil),
+		})
+	}
 	for _, k := range errorKinds {
 		m.errors[k] = errs.WithLabelValues(k) // resolved once; zero series exist from the start
 	}
@@ -218,4 +257,25 @@ func (m *Metrics) forgetUpstream(addr string) {
 	m.healthFailures.DeleteLabelValues(addr)
 	m.healthChanges.DeleteLabelValues(addr, "up")
 	m.healthChanges.DeleteLabelValues(addr, "down")
+}
+
+// storeCollector reads the cache's counters at scrape time.
+type storeCollector struct {
+	store                                *cache.Store
+	bytes, evictions, rejected, lastGood *prometheus.Desc
+}
+
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.bytes
+	ch <- c.evictions
+	ch <- c.rejected
+	ch <- c.lastGood
+}
+
+func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.store.Stats()
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(c.evictions, prometheus.CounterValue, float64(st.Evictions))
+	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(st.Rejected))
+	ch <- prometheus.MustNewConstMetric(c.lastGood, prometheus.GaugeValue, float64(st.LastGoodEntries))
 }

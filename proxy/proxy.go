@@ -21,9 +21,11 @@ import (
 	"time"
 
 	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/cache"
 	"github.com/podium-edge/podium/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
+	"golang.org/x/sync/singleflight"
 )
 
 // maxResponseBytes bounds a buffered upstream response. The ticket API's
@@ -47,6 +49,8 @@ type Proxy struct {
 	log     *slog.Logger
 	routes  []route
 	trusted []netip.Prefix
+	store   *cache.Store       // nil when no route caches
+	flight  singleflight.Group // one origin fetch per cache key
 
 	draining  atomic.Bool
 	idPrefix  [16]byte // hex of 8 random bytes, fixed per process
@@ -57,7 +61,7 @@ type Proxy struct {
 
 // New builds the edge for cfg. Its pool starts empty: feed it with
 // Pool().Update from a discovery source, and run a health checker on it.
-func New(cfg *config.Edge, log *slog.Logger) *Proxy {
+func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -72,7 +76,16 @@ func New(cfg *config.Edge, log *slog.Logger) *Proxy {
 		names[i] = r.Name
 	}
 	p.pool = &balancer.Pool{SlowStart: cfg.Balancer.SlowStart.D()}
-	p.metrics = NewMetrics(names, p.pool)
+	for _, r := range p.routes {
+		if r.cache != nil && p.store == nil {
+			st, err := cache.NewStore(cfg.Cache.MaxBytes, cfg.Cache.LastGoodEntries, cfg.Cache.LastGoodBytes)
+			if err != nil {
+				return nil, err
+			}
+			p.store = st
+		}
+	}
+	p.metrics = NewMetrics(names, p.pool, p.store)
 	p.pool.OnAdd = p.attach
 	p.pool.OnRemove = func(h *balancer.Host) {
 		p.metrics.forgetUpstream(h.Addr)
@@ -99,7 +112,14 @@ func New(cfg *config.Edge, log *slog.Logger) *Proxy {
 		DisableHeaderNamesNormalizing: false, // header lookups must be case-insensitive (X-Forwarded-For spoofing)
 		Logger:                        fasthttpLogger{log},
 	}
-	return p
+	return p, nil
+}
+
+// Close releases the cache's background goroutines.
+func (p *Proxy) Close() {
+	if p.store != nil {
+		p.store.Close()
+	}
 }
 
 // Pool is the upstream pool the proxy balances over.
@@ -208,13 +228,6 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	h := p.pool.Pick()
-	if h == nil {
-		p.reject(ctx, ri, method, fasthttp.StatusServiceUnavailable, errNoUpstream, "no healthy ticket service instance is available; try again in a few seconds", reqID, nil)
-		return
-	}
-	up := h.Transport.(*upstream)
-
 	// Hop-by-hop hygiene (RFC 9110 §7.6.1). The client's wish to close is
 	// its connection's business, not the pooled upstream connection's.
 	clientClose := req.Header.ConnectionClose()
@@ -222,26 +235,56 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	req.Header.Del("Expect") // the edge already has the body
 	req.Header.ResetConnectionClose()
 	p.setForwarded(ctx, peer, trusted, reqID)
+	if clientClose {
+		defer ctx.SetConnectionClose()
+	}
 
-	h.Acquire()
-	start := time.Now()
-	err := up.client.DoTimeout(req, &ctx.Response, p.cfg.Timeouts.Upstream.D())
-	elapsed := time.Since(start)
-	h.Release()
-
-	if err != nil {
-		status, kind, msg := classify(err)
-		p.reject(ctx, ri, method, status, kind, msg, reqID, h)
-		if p.log.Enabled(context.Background(), slog.LevelWarn) {
-			p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
-				slog.String("request_id", string(reqID)), slog.String("upstream", h.Addr),
-				slog.String("kind", kind), slog.String("error", err.Error()))
-		}
+	rt := &p.routes[ri]
+	if rt.cache != nil && (method == 0 || method == 1) && p.store != nil {
+		p.serveCached(ctx, ri, method, reqID)
 		return
 	}
-	up.duration.Observe(elapsed.Seconds())
 
-	resp := &ctx.Response
+	h, elapsed, fail := p.forward(req, &ctx.Response)
+	if fail != nil {
+		p.reject(ctx, ri, method, fail.status, fail.kind, fail.msg, reqID, h)
+		p.logUpstreamError(reqID, h, fail)
+		return
+	}
+	status := ctx.Response.StatusCode()
+	if status < 300 && status >= 200 && (len(rt.purge) > 0 || method > 1) {
+		p.invalidate(ctx, rt)
+	}
+	p.metrics.requests.inc(ri, method, status)
+	p.accessLog(ctx, ri, status, h, reqID, elapsed)
+}
+
+// upstreamFailure is why forwarding produced no response.
+type upstreamFailure struct {
+	status    int
+	kind, msg string
+	err       error
+}
+
+// forward sends req to the least-loaded healthy upstream and reads its
+// answer into resp, stripped of hop-by-hop headers. On failure resp is
+// undefined and the returned failure says what the client gets.
+func (p *Proxy) forward(req *fasthttp.Request, resp *fasthttp.Response) (*balancer.Host, time.Duration, *upstreamFailure) {
+	h := p.pool.Pick()
+	if h == nil {
+		return nil, 0, &failNoUpstream
+	}
+	up := h.Transport.(*upstream)
+	h.Acquire()
+	start := time.Now()
+	err := up.client.DoTimeout(req, resp, p.cfg.Timeouts.Upstream.D())
+	elapsed := time.Since(start)
+	h.Release()
+	if err != nil {
+		status, kind, msg := classify(err)
+		return h, elapsed, &upstreamFailure{status: status, kind: kind, msg: msg, err: err}
+	}
+	up.duration.Observe(elapsed.Seconds())
 	if conn := resp.Header.Peek("Connection"); len(conn) > 0 {
 		var toks [8][]byte
 		stripHopByHop(&resp.Header, splitTokens(conn, toks[:0]))
@@ -249,12 +292,19 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		stripHopByHop(&resp.Header, nil)
 	}
 	resp.Header.ResetConnectionClose()
-	if clientClose {
-		ctx.SetConnectionClose()
+	return h, elapsed, nil
+}
+
+var failNoUpstream = upstreamFailure{status: fasthttp.StatusServiceUnavailable, kind: errNoUpstream,
+	msg: "no healthy ticket service instance is available; try again in a few seconds"}
+
+func (p *Proxy) logUpstreamError(reqID []byte, h *balancer.Host, f *upstreamFailure) {
+	if f.err == nil || !p.log.Enabled(context.Background(), slog.LevelWarn) {
+		return
 	}
-	status := resp.StatusCode()
-	p.metrics.requests.inc(ri, method, status)
-	p.accessLog(ctx, ri, status, h, reqID, elapsed)
+	p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
+		slog.String("request_id", string(reqID)), slog.String("upstream", h.Addr),
+		slog.String("kind", f.kind), slog.String("error", f.err.Error()))
 }
 
 // reject answers with the edge's own error and counts it.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 
+	"github.com/podium-edge/podium/cache"
 	"github.com/podium-edge/podium/config"
 )
 
@@ -13,10 +14,22 @@ type route struct {
 	prefix   []byte   // path_prefix, matched on segment boundaries
 	isPrefix bool
 	methods  [][]byte // empty: any
+	cache    *cache.Policy
+	purge    []string // path prefixes purged on success; "$1" is the first "*" segment
+	starSeg  int      // index in exact of the first "*", -1 if none
 }
 
 func newRoute(r config.Route) route {
-	rt := route{name: r.Name}
+	rt := route{name: r.Name, purge: r.Purge, starSeg: -1}
+	if c := r.Cache; c != nil {
+		rt.cache = &cache.Policy{
+			TTL:                  c.TTL.D(),
+			MaxTTL:               c.MaxTTL.D(),
+			StaleIfError:         c.StaleIfError.D(),
+			StaleWhileRevalidate: c.StaleWhileRevalidate.D(),
+			MaxEntryBytes:        c.MaxEntryBytes,
+		}
+	}
 	for _, m := range r.Match.Methods {
 		rt.methods = append(rt.methods, []byte(m))
 	}
@@ -26,6 +39,12 @@ func newRoute(r config.Route) route {
 		return rt
 	}
 	rt.exact = bytes.Split([]byte(r.Match.Path), []byte{'/'})
+	for i, seg := range rt.exact {
+		if bytes.Equal(seg, star) {
+			rt.starSeg = i
+			break
+		}
+	}
 	return rt
 }
 
@@ -83,4 +102,19 @@ func (p *Proxy) match(method, path []byte) int {
 		}
 	}
 	return -1
+}
+
+// segment returns the i-th "/"-separated segment of path ("" at index 0).
+func segment(path []byte, i int) []byte {
+	for ; i > 0; i-- {
+		j := bytes.IndexByte(path, '/')
+		if j < 0 {
+			return nil
+		}
+		path = path[j+1:]
+	}
+	if j := bytes.IndexByte(path, '/'); j >= 0 {
+		return path[:j]
+	}
+	return path
 }

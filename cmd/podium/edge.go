@@ -78,7 +78,11 @@ func serveEdge(cfg *config.Edge, log *slog.Logger, drain time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	p := proxy.New(cfg, log)
+	p, err := proxy.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w (is another edge running? pick another port with -listen)", cfg.Listen, err)

@@ -1,0 +1,406 @@
+package proxy
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/cache"
+	"github.com/valyala/fasthttp"
+)
+
+// X-Cache values.
+const (
+	xcHit   = "HIT"
+	xcMiss  = "MISS"
+	xcStale = "STALE"
+)
+
+// fillResult is what one origin fetch for a cache key gives every request
+// waiting on it.
+type fillResult struct {
+	// entry is the response to serve: stored, refreshed, a stale stand-in,
+	// or a shareable error. nil when the response may not be shared
+	// (Set-Cookie, private): each waiter then asks the origin itself.
+	entry  *cache.Entry
+	xcache string
+	// fail is set when no origin answered and no stale copy may stand in.
+	fail *upstreamFailure
+	// leader's own response when entry is nil; never seen by waiters.
+	resp *fasthttp.Response
+	host *balancer.Host
+	took time.Duration
+}
+
+// serveCached serves a GET or HEAD on a caching route: from memory when
+// fresh; otherwise through one origin fetch per key that every concurrent
+// request for the key waits on (nginx's proxy_cache_lock, without its
+// 500 ms polling).
+func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []byte) {
+	rt := &p.routes[ri]
+	req := &ctx.Request
+	var kb [512]byte
+	key := cache.AppendKey(kb[:0], ctx.Path(), ctx.URI().QueryString(), ctx.Host())
+	hash := cache.Hash(key)
+	e := p.store.Get(hash, key)
+	baseLen := len(key)
+	if e != nil && e.IsVary {
+		key = cache.AppendVariant(key, e.Vary, func(name string) []byte { return req.Header.Peek(name) })
+		hash = cache.Hash(key)
+		e = p.store.Get(hash, key)
+	}
+	now := time.Now()
+	if e != nil && e.Fresh(now) {
+		p.metrics.cacheHit.Inc()
+		p.serveEntry(ctx, e, xcHit, now)
+		p.metrics.requests.inc(ri, method, ctx.Response.StatusCode())
+		p.accessLog(ctx, ri, ctx.Response.StatusCode(), nil, reqID, 0)
+		return
+	}
+	if e != nil && e.ServeWhileRevalidating(now) {
+		p.metrics.cacheStale.Inc()
+		p.serveEntry(ctx, e, xcStale, now)
+		p.metrics.requests.inc(ri, method, ctx.Response.StatusCode())
+		p.revalidateInBackground(req, rt, key, hash, baseLen, e)
+		return
+	}
+
+	fillReq := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(fillReq)
+	p.fillRequest(req, fillReq)
+	led := false
+	v, _, _ := p.flight.Do(string(key), func() (any, error) {
+		led = true
+		// A fetch that finished between our lookup and now has stored the
+		// answer: check again before asking the origin.
+		if again := p.lookup(hash, key); again != nil && again.Fresh(time.Now()) {
+			return &fillResult{entry: again, xcache: xcHit}, nil
+		}
+		return p.fill(fillReq, rt, key, hash, baseLen, e), nil
+	})
+	res := v.(*fillResult)
+	if !led {
+		p.metrics.cacheCoalesced.Inc()
+	}
+	switch {
+	case res.entry != nil && (led || p.variantMatches(req, res.entry, key[:baseLen])):
+		switch res.xcache {
+		case xcStale:
+			p.metrics.cacheStale.Inc()
+		case xcHit:
+			p.metrics.cacheHit.Inc()
+		default:
+			p.metrics.cacheMiss.Inc()
+		}
+		p.serveEntry(ctx, res.entry, res.xcache, time.Now())
+	case led && res.fail != nil:
+		p.metrics.cacheMiss.Inc()
+		p.reject(ctx, ri, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
+		p.logUpstreamError(reqID, res.host, res.fail)
+		return
+	case led:
+		// Not shareable: the leader serves its own response.
+		p.metrics.cacheMiss.Inc()
+		res.resp.CopyTo(&ctx.Response)
+		fasthttp.ReleaseResponse(res.resp)
+		ctx.Response.Header.Set("X-Cache", xcMiss)
+	case res.fail != nil:
+		p.metrics.cacheMiss.Inc()
+		p.reject(ctx, ri, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
+		return
+	default:
+		// A waiter whose variant differs, or a response that may not be
+		// shared: ask the origin itself.
+		p.metrics.cacheMiss.Inc()
+		h, took, fail := p.forward(fillReq, &ctx.Response)
+		if fail != nil {
+			p.reject(ctx, ri, method, fail.status, fail.kind, fail.msg, reqID, h)
+			return
+		}
+		ctx.Response.Header.Set("X-Cache", xcMiss)
+		res = &fillResult{host: h, took: took}
+	}
+	if method == 1 {
+		ctx.Response.SkipBody = true
+	}
+	p.metrics.requests.inc(ri, method, ctx.Response.StatusCode())
+	p.accessLog(ctx, ri, ctx.Response.StatusCode(), res.host, reqID, res.took)
+}
+
+// lookup finds key in ristretto, or else in the last-good copies, which
+// hold every recent fill even when ristretto dropped or evicted it.
+func (p *Proxy) lookup(hash uint64, key []byte) *cache.Entry {
+	if e := p.store.Get(hash, key); e != nil {
+		return e
+	}
+	if e, purged := p.store.LastGood(hash, key); !purged {
+		return e
+	}
+	return nil
+}
+
+// fillRequest copies the client's request for an origin fetch whose answer
+// is shared: always a full GET, without the client's own conditionals or
+// range, which would make the answer that client's alone.
+func (p *Proxy) fillRequest(src, dst *fasthttp.Request) {
+	src.CopyTo(dst)
+	dst.Header.SetMethod(fasthttp.MethodGet)
+	for _, h := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
+		dst.Header.Del(h)
+	}
+}
+
+// fill fetches key from an origin, stores what may be stored, and decides
+// what every waiter gets. stale is the expired entry, if any, to
+// revalidate or stand in when the origin fails.
+func (p *Proxy) fill(req *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) *fillResult {
+	gen := p.store.Generation()
+	if stale != nil {
+		if len(stale.ETag) > 0 {
+			req.Header.SetBytesV("If-None-Match", stale.ETag)
+		}
+		if len(stale.LastModified) > 0 {
+			req.Header.SetBytesV("If-Modified-Since", stale.LastModified)
+		}
+	}
+	resp := fasthttp.AcquireResponse()
+	sent := time.Now()
+	h, took, fail := p.forward(req, resp)
+	received := time.Now()
+	res := &fillResult{host: h, took: took}
+	status := resp.StatusCode()
+	if fail != nil || status >= 500 {
+		// stale-if-error: the entry just expired, or the last good copy.
+		if se := p.standIn(stale, hash, key, received); se != nil {
+			fasthttp.ReleaseResponse(resp)
+			p.metrics.cacheStaleOnError.Inc()
+			res.entry, res.xcache = se, xcStale
+			return res
+		}
+		if fail != nil {
+			fasthttp.ReleaseResponse(resp)
+			res.fail = fail
+			return res
+		}
+	}
+	r := cache.Response{Status: status, Header: fieldsOf(&resp.Header), Body: resp.Body(), RequestTime: sent, ResponseTime: received}
+	if status == fasthttp.StatusNotModified && stale != nil {
+		if ne := rt.cache.Refreshed(stale, r); ne != nil {
+			fasthttp.ReleaseResponse(resp)
+			p.store.Set(ne, gen)
+			p.metrics.cacheRevalidated.Inc()
+			res.entry, res.xcache = ne, xcMiss
+			return res
+		}
+	}
+	if status >= 500 {
+		// Share the origin's error with the waiters rather than send each
+		// of them to a failing origin; it is never stored.
+		if te := transientEntry(key, hash, r); te != nil {
+			fasthttp.ReleaseResponse(resp)
+			res.entry, res.xcache = te, xcMiss
+			return res
+		}
+		res.resp = resp
+		return res
+	}
+	e, _ := rt.cache.Entry(key, hash, r, len(req.Header.Peek("Authorization")) > 0)
+	if e == nil {
+		res.resp = resp // not storable, not shareable: the leader's alone
+		return res
+	}
+	fasthttp.ReleaseResponse(resp)
+	if len(e.Vary) > 0 && len(key) == baseLen {
+		// First sight of a Vary response: a marker under the base key
+		// says which request headers pick the variant.
+		marker := &cache.Entry{Key: append([]byte(nil), key...), Hash: hash, IsVary: true, Vary: e.Vary,
+			ResponseTime: e.ResponseTime, Lifetime: e.Lifetime + e.SIE}
+		vkey := cache.AppendVariant(append([]byte(nil), key...), e.Vary, func(name string) []byte { return req.Header.Peek(name) })
+		p.store.Set(marker, gen)
+		e.Key, e.Hash = vkey, cache.Hash(vkey)
+	}
+	p.store.Set(e, gen)
+	res.entry, res.xcache = e, xcMiss
+	return res
+}
+
+// standIn returns a copy that may be served when the origin failed.
+func (p *Proxy) standIn(stale *cache.Entry, hash uint64, key []byte, now time.Time) *cache.Entry {
+	if stale != nil && stale.ServeOnError(now) {
+		return stale
+	}
+	if lg, _ := p.store.LastGood(hash, key); lg != nil && lg.ServeOnError(now) {
+		return lg
+	}
+	return nil
+}
+
+// transientEntry wraps a response for sharing with waiters without the
+// storability rules (used for origin errors, never stored).
+func transientEntry(key []byte, hash uint64, r cache.Response) *cache.Entry {
+	e, _ := cache.Policy{}.Entry(key, hash, cache.Response{Status: 200, Header: r.Header, Body: r.Body, RequestTime: r.RequestTime, ResponseTime: r.ResponseTime}, false)
+	if e == nil { // Set-Cookie or private on an error page: not shareable
+		return nil
+	}
+	e.Status = r.Status
+	return e
+}
+
+func (p *Proxy) variantMatches(req *fasthttp.Request, e *cache.Entry, base []byte) bool {
+	if len(e.Vary) == 0 {
+		return true
+	}
+	var kb [512]byte
+	k := cache.AppendVariant(append(kb[:0], base...), e.Vary, func(name string) []byte { return req.Header.Peek(name) })
+	return bytes.Equal(k, e.Key)
+}
+
+// revalidateInBackground refreshes a stale entry after the client got the
+// stale copy (stale-while-revalidate). The request is copied: ctx is
+// recycled when the handler returns.
+func (p *Proxy) revalidateInBackground(src *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) {
+	req := fasthttp.AcquireRequest()
+	p.fillRequest(src, req)
+	k := string(key)
+	go func() {
+		defer fasthttp.ReleaseRequest(req)
+		p.flight.Do(k, func() (any, error) {
+			res := p.fill(req, rt, []byte(k), hash, baseLen, stale)
+			if res.resp != nil {
+				fasthttp.ReleaseResponse(res.resp)
+			}
+			return res, nil
+		})
+	}()
+}
+
+// fieldsOf lists a fasthttp response's headers.
+func fieldsOf(h *fasthttp.ResponseHeader) []cache.Field {
+	var out []cache.Field
+	for k, v := range h.All() {
+		out = append(out, cache.Field{Key: k, Value: v})
+	}
+	return out
+}
+
+var strAge = []byte("Age")
+
+// serveEntry writes a stored response, or 304 when the client's validators
+// match it (RFC 9110 §13.1.2: If-None-Match wins over If-Modified-Since).
+func (p *Proxy) serveEntry(ctx *fasthttp.RequestCtx, e *cache.Entry, xcache string, now time.Time) {
+	resp := &ctx.Response
+	resp.Reset()
+	notModified := false
+	if inm := ctx.Request.Header.Peek("If-None-Match"); len(inm) > 0 {
+		notModified = len(e.ETag) > 0 && etagMatch(inm, e.ETag)
+	} else if ims := ctx.Request.Header.Peek("If-Modified-Since"); len(ims) > 0 && len(e.LastModified) > 0 {
+		t, err1 := http.ParseTime(string(ims))
+		lm, err2 := http.ParseTime(string(e.LastModified))
+		notModified = err1 == nil && err2 == nil && !lm.After(t)
+	}
+	if notModified && e.Status == 200 {
+		resp.SetStatusCode(fasthttp.StatusNotModified)
+		for _, f := range e.Header {
+			switch strings.ToLower(string(f.Key)) { // RFC 9110 §15.4.5
+			case "cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified":
+				resp.Header.SetBytesKV(f.Key, f.Value)
+			}
+		}
+	} else {
+		resp.SetStatusCode(e.Status)
+		for _, f := range e.Header {
+			if bytes.EqualFold(f.Key, []byte("Content-Length")) {
+				continue // set from the body
+			}
+			resp.Header.SetBytesKV(f.Key, f.Value)
+		}
+		resp.SetBodyRaw(e.Body)
+	}
+	var ab [20]byte
+	resp.Header.SetBytesKV(strAge, strconv.AppendInt(ab[:0], int64(e.Age(now)/time.Second), 10))
+	resp.Header.Set("X-Cache", xcache)
+	if ctx.IsHead() {
+		resp.SkipBody = true
+	}
+}
+
+// etagMatch is If-None-Match's weak comparison: any listed tag, W/ or not,
+// equal to the stored one; "*" matches anything.
+func etagMatch(list, etag []byte) bool {
+	etag = bytes.TrimPrefix(etag, []byte("W/"))
+	for len(list) > 0 {
+		var t []byte
+		if i := bytes.IndexByte(list, ','); i >= 0 {
+			t, list = list[:i], list[i+1:]
+		} else {
+			t, list = list, nil
+		}
+		t = bytes.TrimSpace(t)
+		if bytes.Equal(t, []byte("*")) || bytes.Equal(bytes.TrimPrefix(t, []byte("W/")), etag) {
+			return true
+		}
+	}
+	return false
+}
+
+// invalidate runs after a successful request on a route that purges (a
+// purchase) or with an unsafe method (RFC 9111 §4.4: the target URI and
+// any same-host Location or Content-Location are invalidated).
+func (p *Proxy) invalidate(ctx *fasthttp.RequestCtx, rt *route) {
+	if p.store == nil {
+		return
+	}
+	path := ctx.Path()
+	n := 0
+	for _, pattern := range rt.purge {
+		if rt.starSeg >= 0 && strings.Contains(pattern, "$1") {
+			seg := segment(path, rt.starSeg)
+			if len(seg) == 0 {
+				continue
+			}
+			pattern = strings.ReplaceAll(pattern, "$1", string(seg))
+		}
+		if prefix, ok := strings.CutSuffix(pattern, "*"); ok {
+			n += p.store.PurgePrefix([]byte(prefix))
+		} else {
+			n += p.store.PurgePath([]byte(pattern))
+		}
+	}
+	if ctx.IsGet() || ctx.IsHead() {
+		p.metrics.cachePurged.Add(float64(n))
+		return
+	}
+	n += p.store.PurgePath(path)
+	for _, hdr := range []string{"Location", "Content-Location"} {
+		if u := ctx.Response.Header.Peek(hdr); len(u) > 0 {
+			if target := sameHostPath(u, ctx.Host()); target != nil {
+				n += p.store.PurgePath(target)
+			}
+		}
+	}
+	p.metrics.cachePurged.Add(float64(n))
+}
+
+// sameHostPath returns the path of a Location value when it is relative or
+// names the request's host, and nil otherwise (RFC 9111 §4.4 forbids
+// invalidating another host's entries).
+func sameHostPath(loc, host []byte) []byte {
+	if len(loc) > 0 && loc[0] == '/' && (len(loc) == 1 || loc[1] != '/') {
+		return stripQuery(loc)
+	}
+	var u fasthttp.URI
+	if err := u.Parse(nil, loc); err != nil || !bytes.EqualFold(u.Host(), host) {
+		return nil
+	}
+	return append([]byte(nil), u.Path()...)
+}
+
+func stripQuery(b []byte) []byte {
+	if i := bytes.IndexAny(b, "?#"); i >= 0 {
+		return b[:i]
+	}
+	return b
+}
