@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -187,40 +188,36 @@ func (c *cluster) checkSafely(ctx context.Context) {
 	c.check(ctx)
 }
 
-// check runs one round of health checks, in parallel so that one hung node
-// does not delay the verdict on the others.
+// check runs one round of health checks: the primary first, because a
+// replica's verdict depends on it, then the replicas in parallel so that one
+// hung node does not delay the verdict on the others.
 func (c *cluster) check(ctx context.Context) {
 	timeout := min(c.cfg.HealthInterval, 2*time.Second)
 	if timeout < 500*time.Millisecond {
 		timeout = 500 * time.Millisecond
 	}
-	done := make(chan struct{}, len(c.replicas)+1)
-	go func() {
-		defer func() { done <- struct{}{} }()
-		cctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		err := c.primary.PingContext(cctx)
-		up := err == nil
-		if c.primaryUp.Swap(up) != up {
-			if up {
-				c.log.Info("origin: primary is up", "primary", c.primaryName)
-			} else {
-				c.log.Warn("origin: primary is down", "primary", c.primaryName, "err", err)
-			}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	err := c.primary.PingContext(pctx)
+	cancel()
+	up := err == nil
+	if c.primaryUp.Swap(up) != up {
+		if up {
+			c.log.Info("origin: primary is up", "primary", c.primaryName)
+		} else {
+			c.log.Warn("origin: primary is down", "primary", c.primaryName, "err", err)
 		}
-		c.m.dbUp.WithLabelValues("primary", c.primaryName).Set(b2f(up))
-	}()
+	}
+	c.m.dbUp.WithLabelValues("primary", c.primaryName).Set(b2f(up))
+
+	var wg sync.WaitGroup
 	for _, r := range c.replicas {
-		go func() {
-			defer func() { done <- struct{}{} }()
+		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			c.checkReplica(cctx, r)
-		}()
+		})
 	}
-	for range len(c.replicas) + 1 {
-		<-done
-	}
+	wg.Wait()
 }
 
 // checkReplica decides whether r may serve reads. A replica is skipped when
@@ -331,10 +328,22 @@ func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context
 		c.m.reads.WithLabelValues("primary").Inc()
 		return err
 	}
-	if isConnError(err) {
-		return fmt.Errorf("%w: no replica usable and the primary failed: %w", ErrUnavailable, err)
+	if !isConnError(err) {
+		return err
 	}
-	return err
+	// Last resort: the primary is gone too. A replica that the health
+	// check set aside (lagging, or not yet re-checked since the primary
+	// died) still holds an answer that is better than none, unless the
+	// caller needs its own write: that read may not be stale.
+	if gtid == "" {
+		for _, r := range c.replicas {
+			if ferr := fn(ctx, r.db); ferr == nil || isNotFound(ferr) {
+				c.m.reads.WithLabelValues("replica").Inc()
+				return ferr
+			}
+		}
+	}
+	return fmt.Errorf("%w: no replica usable and the primary failed: %w", ErrUnavailable, err)
 }
 
 func (c *cluster) readReplica(ctx context.Context, r *replica, gtid string, fn func(context.Context, querier) error) error {

@@ -1,0 +1,288 @@
+package origin
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The tests run against a real MariaDB primary and two GTID replicas that
+// TestMain starts with scripts/mariadb-cluster.sh in a temporary state
+// directory on free loopback ports, and stops at the end.
+var tc struct {
+	script     string
+	stateDir   string
+	primary    string
+	replicas   []string
+	migrate    string
+	primaryDB  *sql.DB // the app user on the primary, for checks and fixtures
+	httpClient *http.Client
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests:", err)
+		return 1
+	}
+	tc.script = filepath.Join(root, "scripts", "mariadb-cluster.sh")
+	tc.stateDir, err = os.MkdirTemp("", "podium-origin-db-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests:", err)
+		return 1
+	}
+	defer os.RemoveAll(tc.stateDir)
+	ports, err := freePorts(3)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests: picking ports:", err)
+		return 1
+	}
+	env := append(os.Environ(),
+		"PODIUM_DB_PRIMARY_PORT="+ports[0], "PODIUM_DB_REPLICA1_PORT="+ports[1], "PODIUM_DB_REPLICA2_PORT="+ports[2])
+	start := exec.Command(tc.script, "start", tc.stateDir)
+	start.Env = env
+	start.Stdout, start.Stderr = os.Stderr, os.Stderr
+	if err := start.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests: starting the MariaDB cluster:", err)
+		stopCluster()
+		return 1
+	}
+	defer stopCluster()
+	if err := loadClusterEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests:", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := Migrate(ctx, tc.migrate, slog.New(slog.DiscardHandler)); err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests: migrating:", err)
+		return 1
+	}
+	tc.primaryDB, _, err = openDB(tc.primary, 16, Config{}.withDefaults(), nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests:", err)
+		return 1
+	}
+	defer tc.primaryDB.Close()
+	tc.httpClient = &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			MaxIdleConns: 512, MaxIdleConnsPerHost: 512, IdleConnTimeout: 30 * time.Second,
+		},
+	}
+	return m.Run()
+}
+
+func stopCluster() {
+	stop := exec.Command(tc.script, "stop", tc.stateDir)
+	stop.Stdout, stop.Stderr = os.Stderr, os.Stderr
+	if err := stop.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests: stopping the MariaDB cluster:", err)
+	}
+}
+
+func freePorts(n int) ([]string, error) {
+	var ports []string
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		_, p, _ := net.SplitHostPort(ln.Addr().String())
+		ports = append(ports, p)
+	}
+	return ports, nil
+}
+
+// loadClusterEnv reads the DSNs that `mariadb-cluster.sh env` prints.
+func loadClusterEnv() error {
+	out, err := exec.Command(tc.script, "env", tc.stateDir).Output()
+	if err != nil {
+		return fmt.Errorf("reading cluster env: %w", err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		name, value, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "export "), "=")
+		if !ok {
+			continue
+		}
+		value = strings.Trim(value, "'")
+		switch name {
+		case "PODIUM_DB_PRIMARY":
+			tc.primary = value
+		case "PODIUM_DB_REPLICAS":
+			tc.replicas = strings.Split(value, ",")
+		case "PODIUM_DB_MIGRATE":
+			tc.migrate = value
+		}
+	}
+	if tc.primary == "" || len(tc.replicas) != 2 || tc.migrate == "" {
+		return fmt.Errorf("cluster env incomplete:\n%s", out)
+	}
+	return nil
+}
+
+// clusterCmd runs a mariadb-cluster.sh subcommand on the test cluster.
+func clusterCmd(t testing.TB, args ...string) string {
+	t.Helper()
+	args = append(args, tc.stateDir)
+	out, err := exec.Command(tc.script, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mariadb-cluster.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// testServer is an origin serving on a loopback port.
+type testServer struct {
+	*Server
+	URL  string
+	logs *lockedWriter
+}
+
+// startServer runs an origin on the test cluster until the test ends.
+func startServer(t testing.TB, mod func(*Config)) *testServer {
+	t.Helper()
+	cfg := Config{
+		PrimaryDSN:  tc.primary,
+		ReplicaDSNs: tc.replicas,
+		DrainDelay:  time.Millisecond,
+		// A 10,000-request storm from hundreds of goroutines on 2 cores
+		// may queue behind the hot row for longer than the default.
+		PurchaseTimeout: 30 * time.Second,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	logs := &lockedWriter{}
+	s, err := New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("origin Run: %v", err)
+		}
+		s.Close()
+		if t.Failed() {
+			t.Logf("origin logs:\n%s", logs.String())
+		}
+	})
+	return &testServer{Server: s, URL: "http://" + ln.Addr().String(), logs: logs}
+}
+
+// response is a read HTTP answer.
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func do(t testing.TB, method, url string, body string, headers ...string) response {
+	t.Helper()
+	r, err := doErr(method, url, body, headers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func doErr(method, url string, body string, headers ...string) (response, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		return response{}, err
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := tc.httpClient.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return response{}, err
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}, nil
+}
+
+// createGame inserts a game with capacity seats for one test.
+func createGame(t testing.TB, capacity int) int64 {
+	t.Helper()
+	res, err := tc.primaryDB.Exec(`INSERT INTO games (sport, event, venue, city, starts_at, price_cents, currency, capacity, remaining)
+		VALUES ('Test', ?, 'Test Arena', 'Testville', '2030-01-01 10:00:00', 1000, 'EUR', ?, ?)`, t.Name(), capacity, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// gameState reads a game's seats and orders from the primary.
+func gameState(t testing.TB, id int64) (remaining, sold, orders, distinctIDs int64) {
+	t.Helper()
+	err := tc.primaryDB.QueryRow(`SELECT g.remaining, COALESCE(SUM(t.quantity), 0), COUNT(t.id), COUNT(DISTINCT t.id)
+		FROM games g LEFT JOIN tickets t ON t.game_id = g.id WHERE g.id = ? GROUP BY g.id`, id).Scan(&remaining, &sold, &orders, &distinctIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return
+}
+
+// lockedWriter serialises writes from the server's goroutines into a buffer.
+type lockedWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

@@ -1,0 +1,246 @@
+package origin
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// storm sends n purchase attempts for game from workers goroutines and
+// returns every answer. quantity(i) gives attempt i's quantity.
+func storm(t *testing.T, url string, game int64, n, workers int, quantity func(i int) int) []response {
+	t.Helper()
+	out := make([]response, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				body := fmt.Sprintf(`{"quantity": %d, "email": "fan%d@example.com"}`, quantity(i), i)
+				r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", url, game), body, "Content-Type", "application/json")
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				out[i] = r
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		t.Fatalf("purchase request failed: %v", err)
+	}
+	return out
+}
+
+func TestPurchasesNeverOversell(t *testing.T) {
+	s := startServer(t, nil)
+	const seats, attempts, workers = 500, 10000, 200
+	game := createGame(t, seats)
+
+	answers := storm(t, s.URL, game, attempts, workers, func(int) int { return 1 })
+
+	var created, conflict int
+	tickets := map[string]bool{}
+	for i, r := range answers {
+		switch r.Status {
+		case http.StatusCreated:
+			created++
+			var o Order
+			if err := json.Unmarshal(r.Body, &o); err != nil {
+				t.Fatalf("attempt %d: 201 body %q: %v", i, r.Body, err)
+			}
+			for _, n := range o.Tickets {
+				if tickets[n] {
+					t.Fatalf("ticket number %s sold twice", n)
+				}
+				tickets[n] = true
+			}
+		case http.StatusConflict:
+			conflict++
+			var e errorBody
+			if err := json.Unmarshal(r.Body, &e); err != nil || e.Remaining == nil || *e.Remaining != 0 {
+				t.Fatalf("attempt %d: 409 body %q should say 0 seats remain", i, r.Body)
+			}
+		default:
+			t.Fatalf("attempt %d: status %d, body %s", i, r.Status, r.Body)
+		}
+	}
+	if created != seats || conflict != attempts-seats {
+		t.Errorf("got %d created and %d conflicts, want %d and %d", created, conflict, seats, attempts-seats)
+	}
+	if len(tickets) != seats {
+		t.Errorf("got %d distinct ticket numbers, want %d", len(tickets), seats)
+	}
+	remaining, sold, orders, distinct := gameState(t, game)
+	if remaining != 0 || sold != seats || orders != seats || distinct != orders {
+		t.Errorf("database: remaining %d, sold %d in %d orders (%d distinct ids); want 0, %d in %d", remaining, sold, orders, distinct, seats, seats)
+	}
+}
+
+func TestPurchasesNeverOversellMixedQuantities(t *testing.T) {
+	s := startServer(t, nil)
+	const seats, attempts, workers = 500, 3000, 150
+	game := createGame(t, seats)
+	// Deterministic mix of 1..4 seats per order.
+	rng := rand.New(rand.NewPCG(1, 2))
+	qty := make([]int, attempts)
+	for i := range qty {
+		qty[i] = 1 + rng.IntN(4)
+	}
+
+	answers := storm(t, s.URL, game, attempts, workers, func(i int) int { return qty[i] })
+
+	var soldByAnswers int64
+	for i, r := range answers {
+		switch r.Status {
+		case http.StatusCreated:
+			soldByAnswers += int64(qty[i])
+		case http.StatusConflict:
+			// A refusal is only right when fewer seats than asked were left.
+			var e errorBody
+			if err := json.Unmarshal(r.Body, &e); err != nil || e.Remaining == nil || *e.Remaining >= int64(qty[i]) {
+				t.Fatalf("attempt %d for %d seats: 409 body %q", i, qty[i], r.Body)
+			}
+		default:
+			t.Fatalf("attempt %d: status %d, body %s", i, r.Status, r.Body)
+		}
+	}
+	remaining, sold, _, _ := gameState(t, game)
+	if sold != soldByAnswers || sold+remaining != seats || remaining < 0 {
+		t.Fatalf("database sold %d + remaining %d, answers sold %d; want sold+remaining = %d", sold, remaining, soldByAnswers, seats)
+	}
+	// The storm may leave fewer seats than its smallest late order; buying
+	// exactly what is left must succeed and empty the game.
+	if remaining > 0 {
+		r := do(t, "POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), fmt.Sprintf(`{"quantity": %d, "email": "last@example.com"}`, remaining), "Content-Type", "application/json")
+		if r.Status != http.StatusCreated {
+			t.Fatalf("buying the last %d seats: %d %s", remaining, r.Status, r.Body)
+		}
+	}
+	remaining, sold, _, _ = gameState(t, game)
+	if remaining != 0 || sold != seats {
+		t.Errorf("after the last order: remaining %d, sold %d; want 0, %d", remaining, sold, seats)
+	}
+}
+
+func TestIdempotencyKeysConcurrentReplays(t *testing.T) {
+	s := startServer(t, nil)
+	const keys, copies = 1000, 3
+	game := createGame(t, 5000)
+	answers := make([][copies]response, keys)
+	var wg sync.WaitGroup
+	work := make(chan [2]int)
+	var failed atomic.Value
+	for range 150 {
+		wg.Go(func() {
+			for w := range work {
+				k, c := w[0], w[1]
+				body := fmt.Sprintf(`{"quantity": %d, "email": "key%d@example.com"}`, 1+k%3, k)
+				r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), body,
+					"Content-Type", "application/json", "Idempotency-Key", fmt.Sprintf("test-key-%d", k))
+				if err != nil {
+					failed.CompareAndSwap(nil, err)
+					continue
+				}
+				answers[k][c] = r
+			}
+		})
+	}
+	// The copies of one key go out back to back so they are in flight
+	// together.
+	for k := range keys {
+		for c := range copies {
+			work <- [2]int{k, c}
+		}
+	}
+	close(work)
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+
+	var wantSold int64
+	for k := range keys {
+		first := answers[k][0]
+		if first.Status != http.StatusCreated {
+			t.Fatalf("key %d: status %d %s", k, first.Status, first.Body)
+		}
+		replays := 0
+		for c := 1; c < copies; c++ {
+			a := answers[k][c]
+			if a.Status != first.Status || !bytes.Equal(a.Body, first.Body) {
+				t.Fatalf("key %d copy %d: %d %s, want byte-identical %d %s", k, c, a.Status, a.Body, first.Status, first.Body)
+			}
+		}
+		for c := range copies {
+			if answers[k][c].Header.Get("Idempotency-Replayed") == "true" {
+				replays++
+			}
+		}
+		if replays != copies-1 {
+			t.Errorf("key %d: %d answers marked replayed, want %d", k, replays, copies-1)
+		}
+		wantSold += int64(1 + k%3)
+	}
+	remaining, sold, orders, _ := gameState(t, game)
+	if orders != keys || sold != wantSold || remaining != 5000-wantSold {
+		t.Errorf("database: %d orders, %d sold, %d remaining; want %d orders, %d sold, %d remaining",
+			orders, sold, remaining, keys, wantSold, 5000-wantSold)
+	}
+}
+
+func TestIdempotencyKeyRules(t *testing.T) {
+	s := startServer(t, nil)
+	game := createGame(t, 3)
+	buy := func(key, body string) response {
+		return do(t, "POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), body, "Content-Type", "application/json", "Idempotency-Key", key)
+	}
+	first := buy("rules-1", `{"quantity": 2, "email": "a@example.com"}`)
+	if first.Status != http.StatusCreated {
+		t.Fatalf("first purchase: %d %s", first.Status, first.Body)
+	}
+	for _, tt := range []struct {
+		name, key, body string
+		status          int
+		same            bool
+	}{
+		{"replay", "rules-1", `{"quantity": 2, "email": "a@example.com"}`, http.StatusCreated, true},
+		{"replay with other spacing", "rules-1", `{"email":"a@example.com","quantity":2}`, http.StatusCreated, true},
+		{"other quantity", "rules-1", `{"quantity": 1, "email": "a@example.com"}`, http.StatusUnprocessableEntity, false},
+		{"other email", "rules-1", `{"quantity": 2, "email": "b@example.com"}`, http.StatusUnprocessableEntity, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := buy(tt.key, tt.body)
+			if r.Status != tt.status {
+				t.Fatalf("status %d %s, want %d", r.Status, r.Body, tt.status)
+			}
+			if got := bytes.Equal(r.Body, first.Body); got != tt.same {
+				t.Errorf("body identical to the first answer: %v, want %v (%s)", got, tt.same, r.Body)
+			}
+		})
+	}
+	// A refusal is stored too: its replay is identical even after seats
+	// come back into play, and no seat moves.
+	soldOut := buy("rules-2", `{"quantity": 2, "email": "c@example.com"}`)
+	if soldOut.Status != http.StatusConflict || !bytes.Contains(soldOut.Body, []byte(`"remaining":1`)) {
+		t.Fatalf("over-asking: %d %s, want 409 naming 1 seat left", soldOut.Status, soldOut.Body)
+	}
+	again := buy("rules-2", `{"quantity": 2, "email": "c@example.com"}`)
+	if again.Status != http.StatusConflict || !bytes.Equal(again.Body, soldOut.Body) {
+		t.Errorf("replayed refusal: %d %s, want %d %s", again.Status, again.Body, soldOut.Status, soldOut.Body)
+	}
+	if remaining, sold, _, _ := gameState(t, game); remaining != 1 || sold != 2 {
+		t.Errorf("remaining %d sold %d, want 1 and 2", remaining, sold)
+	}
+}
