@@ -395,7 +395,9 @@ func mysqlErrNumber(err error) uint16 {
 // isConnError reports errors that say the database or the connection to it
 // is gone, as opposed to an answer from a working server.
 func isConnError(err error) bool {
-	if err == nil {
+	// context.DeadlineExceeded is a net.Error too; running out of time is
+	// the caller's budget, not a dead database.
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	switch mysqlErrNumber(err) {

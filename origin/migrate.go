@@ -61,6 +61,9 @@ func Migrations() ([]Migration, error) {
 // user needs CREATE, ALTER, INDEX and DML on the database, not DROP.
 // It returns the versions it applied.
 func Migrate(ctx context.Context, dsn string, log *slog.Logger) ([]int, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	ms, err := Migrations()
 	if err != nil {
 		return nil, err
