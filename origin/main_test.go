@@ -29,6 +29,7 @@ var tc struct {
 	replicas   []string
 	migrate    string
 	primaryDB  *sql.DB // the app user on the primary, for checks and fixtures
+	replicaDBs []*sql.DB
 	httpClient *http.Client
 }
 
@@ -75,12 +76,26 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "origin tests: migrating:", err)
 		return 1
 	}
+	// The tests read through replicas: let them apply the migrations first.
+	if out, err := exec.Command(tc.script, "wait", tc.stateDir).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "origin tests: waiting for the replicas: %v\n%s", err, out)
+		return 1
+	}
 	tc.primaryDB, _, err = openDB(tc.primary, 16, Config{}.withDefaults(), nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "origin tests:", err)
 		return 1
 	}
 	defer tc.primaryDB.Close()
+	for _, dsn := range tc.replicas {
+		db, _, err := openDB(dsn, 4, Config{}.withDefaults(), nil)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "origin tests:", err)
+			return 1
+		}
+		defer db.Close()
+		tc.replicaDBs = append(tc.replicaDBs, db)
+	}
 	tc.httpClient = &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
@@ -243,10 +258,17 @@ func doErr(method, url string, body string, headers ...string) (response, error)
 	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}, nil
 }
 
-// createGame inserts a game with capacity seats for one test.
+// createGame inserts a game with capacity seats for one test, and waits
+// until both replicas have it, so that pages and API reads find it.
 func createGame(t testing.TB, capacity int) int64 {
 	t.Helper()
-	res, err := tc.primaryDB.Exec(`INSERT INTO games (sport, event, venue, city, starts_at, price_cents, currency, capacity, remaining)
+	ctx := context.Background()
+	conn, err := tc.primaryDB.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	res, err := conn.ExecContext(ctx, `INSERT INTO games (sport, event, venue, city, starts_at, price_cents, currency, capacity, remaining)
 		VALUES ('Test', ?, 'Test Arena', 'Testville', '2030-01-01 10:00:00', 1000, 'EUR', ?, ?)`, t.Name(), capacity, capacity)
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +277,23 @@ func createGame(t testing.TB, capacity int) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var gtid string
+	if err := conn.QueryRowContext(ctx, "SELECT @@last_gtid").Scan(&gtid); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, gtid)
 	return id
+}
+
+// waitReplicas waits up to 30s for every replica to apply gtid.
+func waitReplicas(t testing.TB, gtid string) {
+	t.Helper()
+	for i, db := range tc.replicaDBs {
+		var res sql.NullInt64
+		if err := db.QueryRow("SELECT MASTER_GTID_WAIT(?, 30)", gtid).Scan(&res); err != nil || res.Int64 != 0 {
+			t.Fatalf("replica %d did not apply %s: %v (result %v)", i+1, gtid, err, res)
+		}
+	}
 }
 
 // gameState reads a game's seats and orders from the primary.

@@ -6,6 +6,7 @@
 #   scripts/mariadb-cluster.sh stop   [STATE_DIR]   clean shutdown (replicas first)
 #   scripts/mariadb-cluster.sh status [STATE_DIR]   one line per node, replication state of the replicas
 #   scripts/mariadb-cluster.sh env    [STATE_DIR]   the DSNs as shell exports: eval "$(... env)"
+#   scripts/mariadb-cluster.sh wait   [STATE_DIR]   wait until running replicas applied all the primary wrote
 #   scripts/mariadb-cluster.sh stop-node  NODE [STATE_DIR]   stop one of primary|replica1|replica2
 #   scripts/mariadb-cluster.sh start-node NODE [STATE_DIR]   start it again
 #   scripts/mariadb-cluster.sh sql NODE 'STATEMENT' [STATE_DIR]   run SQL as root over the node's socket
@@ -32,7 +33,7 @@ die() { echo "mariadb-cluster: $*" >&2; exit 1; }
 log() { echo "mariadb-cluster: $*" >&2; }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 
 node_arg=""
@@ -332,6 +333,7 @@ stop)
 	;;
 status) status ;;
 env) print_env ;;
+wait) wait_caught_up ;;
 stop-node)
 	port_of "$node_arg" >/dev/null
 	stop_node "$node_arg"
@@ -344,5 +346,5 @@ sql)
 	port_of "$node_arg" >/dev/null
 	client "$node_arg" -e "$sql_arg"
 	;;
-*) die "unknown command $cmd (want start, stop, status, env, stop-node, start-node, sql)" ;;
+*) die "unknown command $cmd (want start, stop, status, env, wait, stop-node, start-node, sql)" ;;
 esac
