@@ -202,6 +202,7 @@ func CompareCommand(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.Nginx, "nginx", "", "nginx binary (default: nginx in PATH or /usr/sbin)")
 	fs.StringVar(&o.LoadCPU, "load-cpu", "0", "CPU list for the generator and upstreams (taskset -c)")
 	fs.StringVar(&o.ProxyCPU, "proxy-cpu", "1", "CPU list for the proxy under test (taskset -c)")
+	fs.StringVar(&o.Priority, "priority", "", "scheduling of every process of the comparison: realtime (SCHED_FIFO 10; default as root), nice (-10) or normal (default otherwise)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -211,7 +212,7 @@ func CompareCommand(args []string, stdout, stderr io.Writer) error {
 	o.Targets = splitList(*targets)
 	o.Scenarios = splitList(*scenarios)
 	o.Log = stderr
-	o.Command = "podium bench compare " + strings.Join(args, " ")
+	o.Command = strings.TrimSpace("podium bench compare " + strings.Join(args, " "))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := Compare(ctx, o)
