@@ -401,3 +401,19 @@ func TestWatcherToken(t *testing.T) {
 		}
 	}
 }
+
+// TestWatcherDatacenter: the datacenter is sent with the query. An unknown
+// one is an error from the start, so the watcher never pushes (the set is
+// not known) and keeps retrying, while the agent's own datacenter answers.
+func TestWatcherDatacenter(t *testing.T) {
+	t.Parallel()
+	agent := consultest.Start(t)
+	newOrigin(t).register(t, agent.Client(), "web", "a", nil, nil)
+	here := watch(t, newWatcher(t, agent, consul.Config{Service: "web", Datacenter: "dc1"}))
+	nowhere := watch(t, newWatcher(t, agent, consul.Config{Service: "web", Datacenter: "nowhere"}))
+	here.waitFor(t, 0, "a", func(s snapshot) bool { return s.has("a") })
+	time.Sleep(time.Second)
+	if n := len(nowhere.all()); n != 0 {
+		t.Errorf("watcher of datacenter nowhere pushed %d snapshots, want none: %v", n, nowhere.all())
+	}
+}
