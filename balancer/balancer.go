@@ -40,6 +40,32 @@ type Host struct {
 	healthy      atomic.Bool
 	healthySince atomic.Int64 // unix nanoseconds of the last down→up flip, for slow start
 	removed      atomic.Bool
+
+	// Passive health (outlier detection), Envoy's consecutive-5xx model.
+	failures     atomic.Int32 // consecutive failed requests
+	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when not ejected
+	ejections    atomic.Int32 // times ejected, scaling the next ejection
+}
+
+// Ejected reports whether passive health checking holds h out of rotation
+// at now.
+func (h *Host) Ejected(now time.Time) bool {
+	u := h.ejectedUntil.Load()
+	return u != 0 && now.UnixNano() < u
+}
+
+// Ejections is how many times h has been ejected.
+func (h *Host) Ejections() int { return int(h.ejections.Load()) }
+
+// Uneject returns an ejected host to rotation (a passing active health
+// check may do so early, as in Envoy) and reports whether it was ejected.
+func (h *Host) Uneject() bool {
+	u := h.ejectedUntil.Load()
+	if u == 0 {
+		return false
+	}
+	h.failures.Store(0)
+	return h.ejectedUntil.CompareAndSwap(u, 0)
 }
 
 // InFlight returns the requests now in flight to h.
@@ -92,8 +118,68 @@ type Pool struct {
 	OnAdd    func(*Host)
 	OnRemove func(*Host)
 
-	mu   sync.Mutex // serialises Update; readers never take it
-	snap atomic.Pointer[snapshot]
+	// Outlier ejection; zero ConsecutiveFailures turns it off. Set before
+	// the pool is shared.
+	Outlier OutlierConfig
+
+	mu         sync.Mutex // serialises Update; readers never take it
+	snap       atomic.Pointer[snapshot]
+	anyEjected atomic.Bool // some host has a non-zero ejectedUntil; Pick then reads the clock
+}
+
+// OutlierConfig is passive health checking (Envoy's outlier detection).
+type OutlierConfig struct {
+	ConsecutiveFailures int           // failures in a row that eject a host; 0 = off
+	BaseEjection        time.Duration // first ejection; the n-th lasts n × this
+	MaxEjection         time.Duration // cap on one ejection
+	MaxEjectedPercent   int           // at most this share of hosts out at once; never all
+}
+
+// Succeeded records a request that h answered well: its failure streak ends.
+func (p *Pool) Succeeded(h *Host) {
+	if h.failures.Load() != 0 {
+		h.failures.Store(0)
+	}
+}
+
+// Failed records a connect error, reset or 5xx from h. When the streak
+// reaches ConsecutiveFailures, h is ejected for BaseEjection × times
+// ejected (capped at MaxEjection), unless that would put more than
+// MaxEjectedPercent of the hosts, or all of them, out at once. It reports
+// whether this call ejected h, so the caller logs the transition once.
+func (p *Pool) Failed(h *Host, now time.Time) (ejected bool, d time.Duration) {
+	o := p.Outlier
+	if o.ConsecutiveFailures <= 0 {
+		return false, 0
+	}
+	if int(h.failures.Add(1)) < o.ConsecutiveFailures || h.Ejected(now) {
+		return false, 0
+	}
+	hosts := p.Hosts()
+	out := 0
+	for _, x := range hosts {
+		if x != h && x.Ejected(now) {
+			out++
+		}
+	}
+	// Never all, and never past the percentage (at least one may go, as
+	// in Envoy, unless it is the last host in rotation).
+	if out+1 >= len(hosts) || (out > 0 && (out+1)*100 > o.MaxEjectedPercent*len(hosts)) {
+		return false, 0
+	}
+	n := h.ejections.Load() + 1
+	d = time.Duration(n) * o.BaseEjection
+	if o.MaxEjection > 0 && d > o.MaxEjection {
+		d = o.MaxEjection
+	}
+	prev := h.ejectedUntil.Load()
+	if !h.ejectedUntil.CompareAndSwap(prev, now.Add(d).UnixNano()) {
+		return false, 0 // another request ejected it first
+	}
+	h.ejections.Store(n)
+	h.failures.Store(0)
+	p.anyEjected.Store(true)
+	return true, d
 }
 
 // Update replaces the set with cfgs. Hosts whose ID stays keep their state;
@@ -167,21 +253,34 @@ func (p *Pool) Hosts() []*Host {
 // Pick does not count the request: the caller calls Acquire on the result.
 // Two concurrent picks may choose the same host; as in HAProxy's leastconn
 // the error is one request and corrects itself on the next pick.
-func (p *Pool) Pick() *Host {
+func (p *Pool) Pick() *Host { return p.PickExcept(nil) }
+
+// PickExcept is Pick without the hosts in tried, for a retry that must go
+// to a different upstream. With nothing else healthy it returns nil.
+func (p *Pool) PickExcept(tried []*Host) *Host {
 	s := p.snap.Load()
 	if s == nil {
 		return nil
 	}
 	var now int64
-	if p.SlowStart > 0 {
+	if p.SlowStart > 0 || p.anyEjected.Load() {
 		now = time.Now().UnixNano()
 	}
 	var best *Host
 	bestScore := math.Inf(1)
 	ties := 0
+hosts:
 	for _, h := range s.hosts {
 		if !h.healthy.Load() {
 			continue
+		}
+		if u := h.ejectedUntil.Load(); u != 0 && now < u {
+			continue
+		}
+		for _, t := range tried {
+			if t == h {
+				continue hosts
+			}
 		}
 		score := float64(h.inflight.Load()+1) / p.effectiveWeight(h, now)
 		switch {

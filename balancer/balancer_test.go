@@ -155,3 +155,94 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+func TestOutlierEjection(t *testing.T) {
+	p := newPool(t, 1, 1, 1, 1)
+	p.Outlier = OutlierConfig{ConsecutiveFailures: 3, BaseEjection: 10 * time.Second, MaxEjection: 25 * time.Second, MaxEjectedPercent: 50}
+	hs := p.Hosts()
+	now := time.Now()
+	for i := range 2 {
+		if ej, _ := p.Failed(hs[0], now); ej {
+			t.Fatalf("ejected after %d failures, want 3", i+1)
+		}
+	}
+	p.Succeeded(hs[0]) // a success ends the streak
+	for range 2 {
+		if ej, _ := p.Failed(hs[0], now); ej {
+			t.Fatal("ejected although a success broke the streak")
+		}
+	}
+	ej, d := p.Failed(hs[0], now)
+	if !ej || d != 10*time.Second {
+		t.Fatalf("third failure in a row: ejected %v for %v, want true for 10s", ej, d)
+	}
+	for range 200 {
+		if p.Pick() == hs[0] {
+			t.Fatal("an ejected host was picked")
+		}
+	}
+	// Back after the base time; the next ejection lasts twice as long, the
+	// third is capped.
+	later := now.Add(11 * time.Second)
+	if hs[0].Ejected(later) {
+		t.Fatal("still ejected after the base ejection time")
+	}
+	for _, want := range []time.Duration{20 * time.Second, 25 * time.Second} {
+		var ej bool
+		for range 3 {
+			ej, d = p.Failed(hs[0], later)
+		}
+		if !ej || d != want {
+			t.Errorf("next ejection: %v for %v, want %v", ej, d, want)
+		}
+		later = later.Add(d + time.Second)
+	}
+}
+
+func TestOutlierNeverEjectsAll(t *testing.T) {
+	p := newPool(t, 1, 1, 1)
+	p.Outlier = OutlierConfig{ConsecutiveFailures: 1, BaseEjection: time.Minute, MaxEjectedPercent: 100}
+	now := time.Now()
+	ejected := 0
+	for _, h := range p.Hosts() {
+		for range 5 {
+			if ej, _ := p.Failed(h, now); ej {
+				ejected++
+			}
+		}
+	}
+	if ejected != 2 {
+		t.Errorf("ejected %d of 3 failing hosts, want 2: one always stays in rotation", ejected)
+	}
+	if p.Pick() == nil {
+		t.Error("nothing left to pick")
+	}
+	q := newPool(t, 1, 1, 1, 1)
+	q.Outlier = OutlierConfig{ConsecutiveFailures: 1, BaseEjection: time.Minute, MaxEjectedPercent: 50}
+	ejected = 0
+	for _, h := range q.Hosts() {
+		if ej, _ := q.Failed(h, now); ej {
+			ejected++
+		}
+	}
+	if ejected != 2 {
+		t.Errorf("max_ejected_percent 50 of 4 hosts: ejected %d, want 2", ejected)
+	}
+	h := q.Hosts()[0]
+	if !h.Uneject() || h.Ejected(now) {
+		t.Error("Uneject did not return the host")
+	}
+}
+
+func TestPickExcept(t *testing.T) {
+	p := newPool(t, 1, 1, 1)
+	hs := p.Hosts()
+	for range 100 {
+		if got := p.PickExcept([]*Host{hs[0], hs[2]}); got != hs[1] {
+			t.Fatalf("PickExcept picked %v, want the one untried host", got.Addr)
+		}
+	}
+	if got := p.PickExcept(hs); got != nil {
+		t.Errorf("all tried: picked %v, want nil", got.Addr)
+	}
+}

@@ -38,7 +38,18 @@ const (
 	DefaultListingTTL        = 2 * time.Second  // seats left on the listing are at most this old on another edge
 	DefaultStaleIfError      = 60 * time.Second // a fan sees a listing through a minute of origin outage
 	DefaultStaticTTL         = time.Hour        // fingerprinted names: the origin's immutable max-age usually wins
+	DefaultMaxRetries        = 2
+	DefaultRetryBudget       = 20 // percent of active requests: Envoy's default budget
+	DefaultRetryMinimum      = 3  // concurrent retries always allowed: Envoy's default
+	DefaultConsecutiveFails  = 5
+	DefaultBaseEjection      = 30 * time.Second
+	DefaultMaxEjection       = 300 * time.Second
+	DefaultMaxEjectedPercent = 50
 )
+
+// DefaultRetryOnStatus are the upstream answers retried elsewhere: the
+// gateway errors, which say an upstream could not do the work.
+var DefaultRetryOnStatus = []int{502, 503, 504}
 
 // DefaultStaticUpstreams is what `podium edge` proxies to with no config
 // and no -upstream flag: the three origins `make demo` starts.
@@ -66,6 +77,8 @@ type Edge struct {
 	UpstreamPool   UpstreamPool   `yaml:"upstream_pool"`
 	AccessLog      AccessLog      `yaml:"access_log"`
 	Cache          CacheStore     `yaml:"cache"`
+	Retries        Retries        `yaml:"retries"`
+	Outlier        Outlier        `yaml:"outlier"`
 	trusted        []netip.Prefix // parsed TrustedProxies
 }
 
@@ -78,6 +91,42 @@ type CacheStore struct {
 	// outside ristretto for stale-if-error.
 	LastGoodEntries int   `yaml:"last_good_entries"`
 	LastGoodBytes   int64 `yaml:"last_good_bytes"`
+}
+
+// Retries says when a failed request is sent again, always to a different
+// upstream, and never after the client has seen a byte of the answer.
+type Retries struct {
+	// MaxRetries per request; 0 turns retries off.
+	MaxRetries int `yaml:"max_retries"`
+	// PerTryTimeout bounds each attempt; 0 means timeouts.upstream. The
+	// whole request is still bounded by timeouts.upstream.
+	PerTryTimeout Duration `yaml:"per_try_timeout"`
+	// BudgetPercent caps retries in flight at this share of requests in
+	// flight, with MinConcurrent always allowed (Envoy's retry budget), so
+	// retries cannot multiply an outage.
+	BudgetPercent int `yaml:"budget_percent"`
+	MinConcurrent int `yaml:"min_concurrent"`
+	// Methods retried on any failure besides GET, HEAD and OPTIONS, which
+	// always are (e.g. PUT, DELETE when the origin makes them idempotent).
+	// POST is retried only when it never reached an upstream (connect
+	// refused) or carries an Idempotency-Key.
+	Methods []string `yaml:"methods"`
+	// OnStatus are upstream answers treated as failures worth a retry.
+	OnStatus []int `yaml:"on_status"`
+}
+
+// Outlier is passive health checking: upstreams that keep failing are
+// ejected for a while (Envoy's outlier detection).
+type Outlier struct {
+	// ConsecutiveFailures (connect errors, resets, timeouts, 5xx) eject an
+	// upstream; 0 turns ejection off.
+	ConsecutiveFailures int      `yaml:"consecutive_failures"`
+	BaseEjection        Duration `yaml:"base_ejection"`       // the n-th ejection lasts n × this
+	MaxEjection         Duration `yaml:"max_ejection"`        // cap on one ejection
+	MaxEjectedPercent   int      `yaml:"max_ejected_percent"` // never more at once, and never all
+	// UnejectOnActivePass returns an ejected upstream as soon as an active
+	// health check passes (Envoy's successful_active_health_check_uneject_host).
+	UnejectOnActivePass bool `yaml:"uneject_on_active_pass"`
 }
 
 // RouteCache turns caching on for a route's GET and HEAD requests.
@@ -233,6 +282,10 @@ func DefaultEdge() *Edge {
 		UpstreamPool: UpstreamPool{MaxConns: DefaultMaxConnsPerHost, MaxIdleTime: Duration(DefaultUpstreamIdleConn)},
 		AccessLog:    AccessLog{Enabled: true, Sample: DefaultAccessLogSample},
 		Cache:        CacheStore{MaxBytes: DefaultCacheBytes, LastGoodEntries: DefaultLastGoodEntries, LastGoodBytes: DefaultLastGoodBytes},
+		Retries: Retries{MaxRetries: DefaultMaxRetries, BudgetPercent: DefaultRetryBudget, MinConcurrent: DefaultRetryMinimum,
+			OnStatus: append([]int(nil), DefaultRetryOnStatus...)},
+		Outlier: Outlier{ConsecutiveFailures: DefaultConsecutiveFails, BaseEjection: Duration(DefaultBaseEjection),
+			MaxEjection: Duration(DefaultMaxEjection), MaxEjectedPercent: DefaultMaxEjectedPercent, UnejectOnActivePass: true},
 	}
 }
 
@@ -427,6 +480,42 @@ func (c *Edge) validate(v *validator) {
 	}
 	if c.Cache.LastGoodEntries < 0 || c.Cache.LastGoodBytes < 0 {
 		v.addf("cache", "last_good_entries and last_good_bytes must be >= 0")
+	}
+	r := c.Retries
+	if r.MaxRetries < 0 || r.MaxRetries > 5 {
+		v.addf("retries.max_retries", "must be 0..5, got %d", r.MaxRetries)
+	}
+	if r.PerTryTimeout < 0 {
+		v.addf("retries.per_try_timeout", "must be >= 0 (0 means timeouts.upstream), got %s", r.PerTryTimeout)
+	}
+	if r.BudgetPercent < 0 || r.BudgetPercent > 100 {
+		v.addf("retries.budget_percent", "must be 0..100, got %d", r.BudgetPercent)
+	}
+	if r.MinConcurrent < 0 {
+		v.addf("retries.min_concurrent", "must be >= 0, got %d", r.MinConcurrent)
+	}
+	for i, m := range r.Methods {
+		if !validMethod(m) || m == "POST" {
+			v.addf(fmt.Sprintf("retries.methods[%d]", i), "must be an upper-case idempotent method such as PUT or DELETE (POST is retried only with an Idempotency-Key), got %q", m)
+		}
+	}
+	for i, code := range r.OnStatus {
+		if code < 500 || code > 599 {
+			v.addf(fmt.Sprintf("retries.on_status[%d]", i), "must be a 5xx status, got %d", code)
+		}
+	}
+	o := c.Outlier
+	if o.ConsecutiveFailures < 0 {
+		v.addf("outlier.consecutive_failures", "must be >= 0 (0 turns ejection off), got %d", o.ConsecutiveFailures)
+	}
+	if o.ConsecutiveFailures > 0 && o.BaseEjection <= 0 {
+		v.addf("outlier.base_ejection", "must be > 0, got %s", o.BaseEjection)
+	}
+	if o.MaxEjection < o.BaseEjection {
+		v.addf("outlier.max_ejection", "must be >= outlier.base_ejection (%s), got %s", o.BaseEjection, o.MaxEjection)
+	}
+	if o.MaxEjectedPercent < 0 || o.MaxEjectedPercent > 100 {
+		v.addf("outlier.max_ejected_percent", "must be 0..100, got %d", o.MaxEjectedPercent)
 	}
 	if c.AccessLog.Sample < 0 || c.AccessLog.Sample > 1 {
 		v.addf("access_log.sample", "must be between 0 and 1, got %g", c.AccessLog.Sample)

@@ -31,6 +31,8 @@ func TestLoadFileBad(t *testing.T) {
 		{"listen-no-colon.bad.yaml", []string{":1: listen: must be host:port or :port"}},
 		{"algorithm.bad.yaml", []string{"balancer.algorithm: must be least_conn", "round_robin"}},
 		{"dup-route.bad.yaml", []string{":3: routes[1].name:", "used by an earlier route"}},
+		{"retry-post.bad.yaml", []string{":2: retries.methods[0]:", "POST is retried only with an Idempotency-Key"}},
+		{"ejection-cap.bad.yaml", []string{":3: outlier.max_ejection: must be >= outlier.base_ejection (30s), got 10s"}},
 		{"rise-string.bad.yaml", []string{"line 2", "cannot unmarshal"}},
 	}
 	seen := map[string]bool{}

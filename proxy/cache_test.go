@@ -79,7 +79,8 @@ func do(t *testing.T, method, url string, hdr ...string) result {
 
 func TestColdListingOneOriginRequest(t *testing.T) {
 	u := newTicketUpstream(t)
-	u.delay.Store(int64(200 * time.Millisecond)) // a slow listing query: all 1,000 arrive during it
+	u.cc.Store("public, max-age=60")             // long enough that a slow machine cannot see it expire mid-test
+	u.delay.Store(int64(200 * time.Millisecond)) // a slow listing query: most of the 1,000 arrive during it
 	e := cachingEdge(t, []*testUpstream{u.testUpstream})
 	const n = 1000
 	var wg sync.WaitGroup

@@ -115,7 +115,7 @@ func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []by
 		// A waiter whose variant differs, or a response that may not be
 		// shared: ask the origin itself.
 		p.metrics.cacheMiss.Inc()
-		h, took, fail := p.forward(fillReq, &ctx.Response)
+		h, took, _, fail := p.forward(fillReq, &ctx.Response)
 		if fail != nil {
 			p.reject(ctx, ri, method, fail.status, fail.kind, fail.msg, reqID, h)
 			return
@@ -168,7 +168,7 @@ func (p *Proxy) fill(req *fasthttp.Request, rt *route, key []byte, hash uint64, 
 	}
 	resp := fasthttp.AcquireResponse()
 	sent := time.Now()
-	h, took, fail := p.forward(req, resp)
+	h, took, _, fail := p.forward(req, resp)
 	received := time.Now()
 	res := &fillResult{host: h, took: took}
 	status := resp.StatusCode()

@@ -143,7 +143,7 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 		Pool: p.Pool(), Path: "/ping",
 		Interval: cfg.HealthCheck.Interval.D(), Timeout: cfg.HealthCheck.Timeout.D(),
 		Rise: cfg.HealthCheck.Rise, Fall: cfg.HealthCheck.Fall, Logger: log,
-		OnProbe: p.Metrics().ObserveProbe, OnChange: p.Metrics().ObserveChange,
+		OnProbe: p.ObserveProbe, OnChange: p.Metrics().ObserveChange,
 	}
 	go pr.Run(ctx)
 	ln, err := net.Listen("tcp", cfg.Listen)

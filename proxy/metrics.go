@@ -24,6 +24,8 @@ const (
 	errHeaderLimit   = "limit_rejected"     // headers or body over the limits → 431/413
 	errClientTimeout = "client_timeout"     // slow client → 408
 	errNoRoute       = "no_route"           // no route matched → 404
+
+	retryStatus5xx = "status_5xx" // a retry reason: the upstream answered one of retries.on_status
 )
 
 var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errNoRoute}
@@ -130,13 +132,15 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	requests         *requestCounter
-	upstreamDuration *prometheus.HistogramVec
-	errors           map[string]prometheus.Counter
-	healthDuration   *prometheus.HistogramVec
-	healthFailures   *prometheus.CounterVec
-	healthChanges    *prometheus.CounterVec
-	inFlight         prometheus.Gauge
+	requests             *requestCounter
+	upstreamDuration     *prometheus.HistogramVec
+	errors               map[string]prometheus.Counter
+	healthDuration       *prometheus.HistogramVec
+	healthFailures       *prometheus.CounterVec
+	healthChanges        *prometheus.CounterVec
+	retries              map[string]prometheus.Counter
+	retryBudgetExhausted prometheus.Counter
+	ejections            prometheus.Counter
 
 	cacheHit, cacheMiss, cacheStale prometheus.Counter
 	cacheStaleOnError               prometheus.Counter
@@ -151,7 +155,7 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 // NewMetrics registers the edge's metrics for the named routes (the last
 // one, "none", counts requests that matched no route or failed before
 // routing) and the pool's upstreams.
-func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store) *Metrics {
+func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store, active *atomic.Int64) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry: reg,
@@ -175,11 +179,28 @@ func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store) *Metri
 			Name: "podium_edge_upstream_state_changes_total",
 			Help: "Up/down transitions of upstreams, by upstream and new state.",
 		}, []string{"upstream", "state"}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "podium_edge_in_flight_requests",
-			Help: "Client requests the edge is handling now.",
+		retries: map[string]prometheus.Counter{},
+		retryBudgetExhausted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podium_edge_retry_budget_exhausted_total",
+			Help: "Retries not made because the retry budget was spent.",
+		}),
+		ejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podium_edge_upstream_ejections_total",
+			Help: "Upstreams ejected by outlier detection.",
 		}),
 	}
+	retries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podium_edge_retries_total",
+		Help: "Requests sent again to another upstream, by why the attempt before failed.",
+	}, []string{"reason"})
+	for _, k := range []string{errRefused, errTimeout, errUpstream, errPoolFull, retryStatus5xx} {
+		m.retries[k] = retries.WithLabelValues(k)
+	}
+	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "podium_edge_in_flight_requests",
+		Help: "Client requests the edge is handling now.",
+	}, func() float64 { return float64(active.Load()) })
+	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections)
 	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_edge_errors_total",
 		Help: "Requests the edge answered with its own error, by kind.",
@@ -219,7 +240,7 @@ func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store) *Metri
 	for _, k := range errorKinds {
 		m.errors[k] = errs.WithLabelValues(k) // resolved once; zero series exist from the start
 	}
-	reg.MustRegister(m.requests, m.upstreamDuration, errs, m.healthDuration, m.healthFailures, m.healthChanges, m.inFlight,
+	reg.MustRegister(m.requests, m.upstreamDuration, errs, m.healthDuration, m.healthFailures, m.healthChanges, inFlight,
 		&poolCollector{
 			pool:     pool,
 			inflight: prometheus.NewDesc("podium_edge_upstream_in_flight_requests", "Requests in flight to each upstream.", []string{"upstream"}, nil),

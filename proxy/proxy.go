@@ -52,9 +52,11 @@ type Proxy struct {
 	store   *cache.Store       // nil when no route caches
 	flight  singleflight.Group // one origin fetch per cache key
 
-	draining  atomic.Bool
-	idPrefix  [16]byte // hex of 8 random bytes, fixed per process
-	idCounter atomic.Uint64
+	draining      atomic.Bool
+	active        atomic.Int64 // client requests in flight, for the retry budget
+	activeRetries atomic.Int64
+	idPrefix      [16]byte // hex of 8 random bytes, fixed per process
+	idCounter     atomic.Uint64
 
 	server *fasthttp.Server
 }
@@ -75,7 +77,12 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 		p.routes = append(p.routes, newRoute(r))
 		names[i] = r.Name
 	}
-	p.pool = &balancer.Pool{SlowStart: cfg.Balancer.SlowStart.D()}
+	p.pool = &balancer.Pool{SlowStart: cfg.Balancer.SlowStart.D(), Outlier: balancer.OutlierConfig{
+		ConsecutiveFailures: cfg.Outlier.ConsecutiveFailures,
+		BaseEjection:        cfg.Outlier.BaseEjection.D(),
+		MaxEjection:         cfg.Outlier.MaxEjection.D(),
+		MaxEjectedPercent:   cfg.Outlier.MaxEjectedPercent,
+	}}
 	for _, r := range p.routes {
 		if r.cache != nil && p.store == nil {
 			st, err := cache.NewStore(cfg.Cache.MaxBytes, cfg.Cache.LastGoodEntries, cfg.Cache.LastGoodBytes)
@@ -85,7 +92,7 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 			p.store = st
 		}
 	}
-	p.metrics = NewMetrics(names, p.pool, p.store)
+	p.metrics = NewMetrics(names, p.pool, p.store, &p.active)
 	p.pool.OnAdd = p.attach
 	p.pool.OnRemove = func(h *balancer.Host) {
 		p.metrics.forgetUpstream(h.Addr)
@@ -195,8 +202,8 @@ var (
 
 // Handle serves one client request.
 func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
-	p.metrics.inFlight.Inc()
-	defer p.metrics.inFlight.Dec()
+	p.active.Add(1)
+	defer p.active.Add(-1)
 	req := &ctx.Request
 
 	var scan rawScan
@@ -245,7 +252,10 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	h, elapsed, fail := p.forward(req, &ctx.Response)
+	h, elapsed, retries, fail := p.forward(req, &ctx.Response)
+	if retries > 0 {
+		defer setRetries(ctx, retries)
+	}
 	if fail != nil {
 		p.reject(ctx, ri, method, fail.status, fail.kind, fail.msg, reqID, h)
 		p.logUpstreamError(reqID, h, fail)
@@ -259,6 +269,13 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	p.accessLog(ctx, ri, status, h, reqID, elapsed)
 }
 
+// setRetries records on the response how many times the edge retried, for
+// the client and the access log.
+func setRetries(ctx *fasthttp.RequestCtx, n int) {
+	var b [4]byte
+	ctx.Response.Header.SetBytesV("X-Podium-Retries", strconv.AppendInt(b[:0], int64(n), 10))
+}
+
 // upstreamFailure is why forwarding produced no response.
 type upstreamFailure struct {
 	status    int
@@ -267,24 +284,72 @@ type upstreamFailure struct {
 }
 
 // forward sends req to the least-loaded healthy upstream and reads its
-// answer into resp, stripped of hop-by-hop headers. On failure resp is
-// undefined and the returned failure says what the client gets.
-func (p *Proxy) forward(req *fasthttp.Request, resp *fasthttp.Response) (*balancer.Host, time.Duration, *upstreamFailure) {
-	h := p.pool.Pick()
-	if h == nil {
-		return nil, 0, &failNoUpstream
+// answer into resp, stripped of hop-by-hop headers, retrying on another
+// upstream where that is safe (see retryable). On failure resp is
+// undefined and the returned failure says what the client gets. Nothing
+// has reached the client before forward returns, so a retry can never
+// follow a byte the client has seen.
+func (p *Proxy) forward(req *fasthttp.Request, resp *fasthttp.Response) (*balancer.Host, time.Duration, int, *upstreamFailure) {
+	rc := &p.cfg.Retries
+	total := p.cfg.Timeouts.Upstream.D()
+	perTry := rc.PerTryTimeout.D()
+	if perTry <= 0 || perTry > total {
+		perTry = total
 	}
-	up := h.Transport.(*upstream)
-	h.Acquire()
 	start := time.Now()
-	err := up.client.DoTimeout(req, resp, p.cfg.Timeouts.Upstream.D())
-	elapsed := time.Since(start)
-	h.Release()
-	if err != nil {
+	deadline := start.Add(total)
+	var tried [6]*balancer.Host
+	var last *upstreamFailure
+	var h *balancer.Host
+	for attempt := 0; ; attempt++ {
+		h = p.pool.PickExcept(tried[:attempt])
+		if h == nil {
+			if last == nil {
+				return nil, 0, attempt, &failNoUpstream
+			}
+			h = tried[attempt-1]
+			if last.err == nil {
+				break // the last answer was a 5xx: the client gets it as it is
+			}
+			return h, time.Since(start), attempt - 1, last
+		}
+		tried[attempt] = h
+		timeout := min(perTry, time.Until(deadline))
+		if attempt > 0 {
+			p.activeRetries.Add(1)
+		}
+		up := h.Transport.(*upstream)
+		h.Acquire()
+		t0 := time.Now()
+		err := up.client.DoTimeout(req, resp, timeout)
+		took := time.Since(t0)
+		h.Release()
+		if attempt > 0 {
+			p.activeRetries.Add(-1)
+		}
+		if err == nil {
+			up.duration.Observe(took.Seconds())
+			status := resp.StatusCode()
+			if status < 500 {
+				p.pool.Succeeded(h)
+				break
+			}
+			p.upstreamFailed(h)
+			if !p.retryStatus(status) || !p.retryable(req, attempt, errUpstream, deadline) {
+				break
+			}
+			p.metrics.retries[retryStatus5xx].Inc()
+			last = &upstreamFailure{status: status, kind: errUpstream, msg: "the ticket service answered " + strconv.Itoa(status)}
+			continue
+		}
 		status, kind, msg := classify(err)
-		return h, elapsed, &upstreamFailure{status: status, kind: kind, msg: msg, err: err}
+		p.upstreamFailed(h)
+		last = &upstreamFailure{status: status, kind: kind, msg: msg, err: err}
+		if !p.retryable(req, attempt, kind, deadline) {
+			return h, time.Since(start), attempt, last
+		}
+		p.metrics.retries[kind].Inc()
 	}
-	up.duration.Observe(elapsed.Seconds())
 	if conn := resp.Header.Peek("Connection"); len(conn) > 0 {
 		var toks [8][]byte
 		stripHopByHop(&resp.Header, splitTokens(conn, toks[:0]))
@@ -292,7 +357,71 @@ func (p *Proxy) forward(req *fasthttp.Request, resp *fasthttp.Response) (*balanc
 		stripHopByHop(&resp.Header, nil)
 	}
 	resp.Header.ResetConnectionClose()
-	return h, elapsed, nil
+	return h, time.Since(start), countTried(tried[:]) - 1, nil
+}
+
+func countTried(t []*balancer.Host) int {
+	n := 0
+	for n < len(t) && t[n] != nil {
+		n++
+	}
+	return n
+}
+
+// retryable says whether a failed attempt may be sent again, to another
+// upstream. Only where it cannot do the work twice: an idempotent method
+// (GET, HEAD, OPTIONS, and retries.methods); a request that provably never
+// reached an upstream (connect refused, or a dial that timed out); or a
+// POST carrying an Idempotency-Key, which the origin deduplicates (no peer
+// proxy retries those; the ticket origin's purchase contract makes it
+// safe). And only within max_retries, the time left, and the budget.
+func (p *Proxy) retryable(req *fasthttp.Request, attempt int, kind string, deadline time.Time) bool {
+	rc := &p.cfg.Retries
+	if attempt >= rc.MaxRetries || attempt+1 >= 6 || time.Until(deadline) <= 0 {
+		return false
+	}
+	m := req.Header.Method()
+	safe := isIdempotent(m) || kind == errRefused || len(req.Header.Peek("Idempotency-Key")) > 0
+	for _, allowed := range rc.Methods {
+		safe = safe || string(m) == allowed
+	}
+	if !safe {
+		return false
+	}
+	// Envoy's retry budget: retries in flight at most budget_percent of
+	// requests in flight, min_concurrent always allowed.
+	limit := max(int64(rc.MinConcurrent), p.active.Load()*int64(rc.BudgetPercent)/100)
+	if p.activeRetries.Load() >= limit {
+		p.metrics.retryBudgetExhausted.Inc()
+		return false
+	}
+	return true
+}
+
+func (p *Proxy) retryStatus(code int) bool {
+	for _, c := range p.cfg.Retries.OnStatus {
+		if c == code {
+			return true
+		}
+	}
+	return false
+}
+
+// upstreamFailed feeds passive health checking and logs an ejection once.
+func (p *Proxy) upstreamFailed(h *balancer.Host) {
+	if ejected, d := p.pool.Failed(h, time.Now()); ejected {
+		p.metrics.ejections.Inc()
+		p.log.Warn("upstream ejected", "upstream", h.Addr, "id", h.ID, "for", d.String(), "times", h.Ejections())
+	}
+}
+
+// ObserveProbe records an active health check and, when outlier ejection
+// allows it, returns an ejected upstream whose check passed.
+func (p *Proxy) ObserveProbe(h *balancer.Host, rtt time.Duration, err error) {
+	p.metrics.ObserveProbe(h, rtt, err)
+	if err == nil && p.cfg.Outlier.UnejectOnActivePass && h.Uneject() {
+		p.log.Info("upstream returned early by a passing health check", "upstream", h.Addr, "id", h.ID)
+	}
 }
 
 var failNoUpstream = upstreamFailure{status: fasthttp.StatusServiceUnavailable, kind: errNoUpstream,

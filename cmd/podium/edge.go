@@ -107,7 +107,7 @@ func serveEdge(cfg *config.Edge, log *slog.Logger, drain time.Duration) error {
 		Rise:     cfg.HealthCheck.Rise,
 		Fall:     cfg.HealthCheck.Fall,
 		Logger:   log,
-		OnProbe:  p.Metrics().ObserveProbe,
+		OnProbe:  p.ObserveProbe,
 		OnChange: p.Metrics().ObserveChange,
 	}
 	var source discovery.Source = staticSource(cfg)
