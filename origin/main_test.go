@@ -88,7 +88,8 @@ func runTests(m *testing.M) int {
 	}
 	defer tc.primaryDB.Close()
 	for _, dsn := range tc.replicas {
-		db, _, err := openDB(dsn, 4, Config{}.withDefaults(), nil)
+		// MASTER_GTID_WAIT may block for 30s: above the default driver timeout.
+		db, _, err := openDB(dsn, 4, Config{QueryTimeout: time.Minute}.withDefaults(), nil)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "origin tests:", err)
 			return 1

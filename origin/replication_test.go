@@ -1,0 +1,283 @@
+package origin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// These tests stop and pause nodes of the shared cluster; each restores
+// what it changed in t.Cleanup, and none runs in parallel.
+
+func restoreNode(t *testing.T, node string) {
+	t.Cleanup(func() {
+		clusterCmd(t, "start-node", node)
+		clusterCmd(t, "wait")
+	})
+}
+
+func getGameAPI(t *testing.T, url string, id int64, headers ...string) (Game, response) {
+	t.Helper()
+	r := do(t, "GET", fmt.Sprintf("%s/api/games/%d", url, id), "", headers...)
+	var g Game
+	if r.Status == 200 {
+		if err := json.Unmarshal(r.Body, &g); err != nil {
+			t.Fatalf("game body %s: %v", r.Body, err)
+		}
+	}
+	return g, r
+}
+
+func buyAPI(t *testing.T, url string, id int64, qty int, headers ...string) response {
+	t.Helper()
+	headers = append(headers, "Content-Type", "application/json")
+	return do(t, "POST", fmt.Sprintf("%s/api/games/%d/buy", url, id), fmt.Sprintf(`{"quantity": %d, "email": "fan@example.com"}`, qty), headers...)
+}
+
+func TestReadsSurviveAStoppedReplica(t *testing.T) {
+	s := startServer(t, nil)
+	game := createGame(t, 50)
+	restoreNode(t, "replica1")
+	clusterCmd(t, "stop-node", "replica1")
+
+	for i := range 20 {
+		for _, path := range []string{fmt.Sprintf("/api/games/%d", game), "/api/games?limit=5", "/games/1"} {
+			if r := do(t, "GET", s.URL+path, ""); r.Status != 200 {
+				t.Fatalf("read %d of %s with a replica stopped: %d %s", i, path, r.Status, r.Body)
+			}
+		}
+	}
+	s.CheckDatabases(context.Background())
+	if r := do(t, "GET", s.URL+"/ping", ""); r.Status != 200 {
+		t.Errorf("/ping with one replica stopped: %d %s", r.Status, r.Body)
+	}
+	if got := metricValue(t, s.m.reads.WithLabelValues("replica")); got == 0 {
+		t.Error("no read was answered by the remaining replica")
+	}
+	if r := buyAPI(t, s.URL, game, 1); r.Status != http.StatusCreated {
+		t.Errorf("purchase with a replica stopped: %d %s", r.Status, r.Body)
+	}
+}
+
+func TestPrimaryStoppedThenRestarted(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.HealthInterval = 200 * time.Millisecond })
+	game := createGame(t, 10)
+	if r := buyAPI(t, s.URL, game, 2); r.Status != http.StatusCreated {
+		t.Fatalf("purchase before the outage: %d %s", r.Status, r.Body)
+	}
+	// Let the replicas have the purchase before the primary goes.
+	var pos string
+	if err := tc.primaryDB.QueryRow("SELECT @@gtid_binlog_pos").Scan(&pos); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, pos)
+
+	restoreNode(t, "primary")
+	clusterCmd(t, "stop-node", "primary")
+	s.CheckDatabases(context.Background())
+
+	// Purchases answer 503 clearly, with the request id, and write nothing.
+	for _, key := range []string{"", "outage-key"} {
+		headers := []string{"X-Request-ID", "outage-1"}
+		if key != "" {
+			headers = append(headers, "Idempotency-Key", key)
+		}
+		r := buyAPI(t, s.URL, game, 1, headers...)
+		var e errorBody
+		if r.Status != http.StatusServiceUnavailable || jsonStrict(r.Body, &e) != nil ||
+			!strings.Contains(e.Error, "unavailable") || e.RequestID != "outage-1" || r.Header.Get("Retry-After") == "" {
+			t.Fatalf("purchase with the primary down (key %q): %d %s, Retry-After %q", key, r.Status, r.Body, r.Header.Get("Retry-After"))
+		}
+	}
+	page := do(t, "POST", fmt.Sprintf("%s/games/%d/buy", s.URL, game), "quantity=1&email=fan%40example.com",
+		"Content-Type", "application/x-www-form-urlencoded")
+	if page.Status != http.StatusServiceUnavailable || !strings.Contains(string(page.Body), "Tickets are briefly unavailable") {
+		t.Errorf("buy form with the primary down: %d\n%s", page.Status, page.Body)
+	}
+
+	// Reads keep coming from the replicas.
+	before := metricValue(t, s.m.reads.WithLabelValues("replica"))
+	for range 10 {
+		g, r := getGameAPI(t, s.URL, game)
+		if r.Status != 200 || g.Remaining != 8 {
+			t.Fatalf("read with the primary down: %d %s, want 200 with 8 left", r.Status, r.Body)
+		}
+	}
+	if r := do(t, "GET", s.URL+"/games", ""); r.Status != 200 {
+		t.Errorf("/games with the primary down: %d", r.Status)
+	}
+	if got := metricValue(t, s.m.reads.WithLabelValues("replica")) - before; got < 11 {
+		t.Errorf("%v reads answered by replicas, want all 11", got)
+	}
+	if r := do(t, "GET", s.URL+"/ping", ""); r.Status != 200 {
+		t.Errorf("/ping with replicas up and the primary down: %d %s", r.Status, r.Body)
+	}
+
+	// The primary comes back; the same origin recovers on its own.
+	clusterCmd(t, "start-node", "primary")
+	deadline := time.Now().Add(30 * time.Second)
+	var r response
+	for time.Now().Before(deadline) {
+		r = buyAPI(t, s.URL, game, 1, "Idempotency-Key", "outage-key")
+		if r.Status == http.StatusCreated {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r.Status != http.StatusCreated {
+		t.Fatalf("purchase after the primary restarted: %d %s", r.Status, r.Body)
+	}
+	remaining, sold, orders, _ := gameState(t, game)
+	if remaining != 7 || sold != 3 || orders != 2 {
+		t.Errorf("after the outage: remaining %d, sold %d in %d orders; want 7, 3 in 2 (nothing from the 503s)", remaining, sold, orders)
+	}
+}
+
+func TestReadYourWritesWithReplicationPaused(t *testing.T) {
+	// No periodic health check: the paused replicas stay in rotation, so
+	// every read below meets a replica that lacks the write it asks for.
+	s := startServer(t, func(c *Config) {
+		c.HealthInterval = time.Hour
+		c.GTIDWait = 200 * time.Millisecond
+	})
+	const seats = 100
+	game := createGame(t, seats)
+	// Cleanups run last-registered first: restart the SQL threads, then
+	// wait for the replicas to catch up.
+	t.Cleanup(func() { clusterCmd(t, "wait") })
+	for _, node := range []string{"replica1", "replica2"} {
+		t.Cleanup(func() { clusterCmd(t, "sql", node, "START SLAVE SQL_THREAD") })
+		clusterCmd(t, "sql", node, "STOP SLAVE SQL_THREAD")
+	}
+
+	for i := 1; i <= 15; i++ {
+		r := buyAPI(t, s.URL, game, 1)
+		gtid := r.Header.Get(GTIDHeader)
+		if r.Status != http.StatusCreated || !validGTID(gtid) {
+			t.Fatalf("purchase %d: %d %s, GTID %q", i, r.Status, r.Body, gtid)
+		}
+		g, gr := getGameAPI(t, s.URL, game, GTIDHeader, gtid)
+		if gr.Status != 200 || g.Remaining != int64(seats-i) {
+			t.Fatalf("read %d with GTID %s: %d, remaining %d, want %d (stale read)", i, gtid, gr.Status, g.Remaining, seats-i)
+		}
+		if cc := gr.Header.Get("Cache-Control"); cc != "private, no-cache" {
+			t.Errorf("read with a GTID has Cache-Control %q", cc)
+		}
+		page := do(t, "GET", fmt.Sprintf("%s/games/%d", s.URL, game), "", "Cookie", GTIDCookie+"="+gtid)
+		if want := fmt.Sprintf("<dd>%d of %d</dd>", seats-i, seats); !strings.Contains(string(page.Body), want) {
+			t.Fatalf("page %d with the GTID cookie lacks %q (stale read)", i, want)
+		}
+	}
+	if got := metricValue(t, s.m.gtidWaits.WithLabelValues("timeout")); got < 15 {
+		t.Errorf("%v GTID waits timed out, want every one of the 30 reads to have met a paused replica", got)
+	}
+	// Without the GTID the same read is stale: the replicas really are
+	// behind, so the checks above were not vacuous.
+	if g, _ := getGameAPI(t, s.URL, game); g.Remaining != seats {
+		t.Errorf("read without GTID from a paused replica: remaining %d, want the stale %d", g.Remaining, seats)
+	}
+	// Once a health check sees the stopped SQL threads, plain reads go to
+	// the primary and are current too.
+	s.CheckDatabases(context.Background())
+	if g, _ := getGameAPI(t, s.URL, game); g.Remaining != seats-15 {
+		t.Errorf("read after the health check: remaining %d, want %d", g.Remaining, seats-15)
+	}
+}
+
+func TestGracefulShutdownFinishesInFlight(t *testing.T) {
+	s, err := New(Config{PrimaryDSN: tc.primary, ReplicaDSNs: tc.replicas, DrainDelay: 300 * time.Millisecond}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, ln) }()
+	game := createGame(t, 5)
+
+	// Hold the game's row so that a purchase is in flight for as long as
+	// the test wants.
+	lock, err := tc.primaryDB.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback() //nolint:errcheck
+	if _, err := lock.Exec("SELECT remaining FROM games WHERE id = ? FOR UPDATE", game); err != nil {
+		t.Fatal(err)
+	}
+	bought := make(chan response, 1)
+	go func() {
+		r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", url, game), `{"quantity": 1, "email": "a@example.com"}`, "Content-Type", "application/json")
+		if err != nil {
+			r = response{Status: -1, Body: []byte(err.Error())}
+		}
+		bought <- r
+	}()
+	for i := 0; metricValue(t, s.m.inFlight) < 1; i++ {
+		if i > 500 {
+			t.Fatal("the purchase never became in flight")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	cancel() // as SIGTERM does in podium origin
+	var ping response
+	for i := 0; ; i++ {
+		ping, err = doErr("GET", url+"/ping", "")
+		if err == nil && ping.Status == http.StatusServiceUnavailable {
+			break
+		}
+		if i > 100 {
+			t.Fatalf("/ping after shutdown began: %+v, %v; want 503 draining", ping, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if string(ping.Body) != "draining\n" {
+		t.Errorf("/ping while draining: %q", ping.Body)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned with a purchase in flight: %v", err)
+	case <-time.After(400 * time.Millisecond):
+	}
+	if err := lock.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-bought; r.Status != http.StatusCreated {
+		t.Errorf("in-flight purchase across shutdown: %d %s", r.Status, r.Body)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		t.Error("the listener still accepts after shutdown")
+	}
+}
+
+// metricValue reads a counter or gauge of the server's own registry.
+func metricValue(t *testing.T, c prometheus.Metric) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}
