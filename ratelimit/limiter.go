@@ -224,7 +224,6 @@ func (l *Limiter) String() string {
 func (l *Limiter) shardOf(k Key) int {
 	h := binary.LittleEndian.Uint64(k.b[:8]) ^ l.seed
 	h ^= binary.LittleEndian.Uint64(k.b[8:]) * 0x9e3779b97f4a7c15
-	h ^= uint64(k.kind) << 56
 	hi, lo := bits.Mul64(h, l.seed)
 	return int((hi ^ lo) >> (64 - 6))
 }

@@ -194,8 +194,13 @@ func TestKeyFromAddr(t *testing.T) {
 			}
 		})
 	}
-	if k := KeyFromAddr(netip.Addr{}, 0); k != (Key{}) {
+	if k := KeyFromAddr(netip.Addr{}, 0); k != (Key{}) || k.String() != "invalid" {
 		t.Errorf("invalid address: got %v, want the zero Key", k)
+	}
+	for _, s := range []string{"2001:db8::1", "192.0.2.1", "fe80::1"} {
+		if k := KeyFromAddr(netip.MustParseAddr(s), 128); k.isHeader() {
+			t.Errorf("KeyFromAddr(%s) is marked as a header key", s)
+		}
 	}
 	if got, want := addrKey("2001:db8:1:2:3:4:5:6").String(), "addr 2001:db8:1:2::"; got != want {
 		t.Errorf("String: got %q, want %q", got, want)
@@ -230,7 +235,7 @@ func TestKeyFromHeader(t *testing.T) {
 	if a != KeyFromHeader([]byte("key-a")) {
 		t.Error("the same header value gave two keys")
 	}
-	if a.kind != kindHeader || !strings.HasPrefix(a.String(), "header ") {
+	if !a.isHeader() || !strings.HasPrefix(a.String(), "header ") {
 		t.Errorf("header key %v is not marked as one", a)
 	}
 
