@@ -107,24 +107,40 @@ type snapshot struct {
 //
 // A Pool is safe for concurrent use; it must not be copied after first use.
 type Pool struct {
-	// SlowStart ramps a newly healthy host's effective weight from 10% to
-	// 100% over this period (HAProxy's slowstart). Zero turns it off. Set
-	// it before the pool is shared.
-	SlowStart time.Duration
-
 	// OnAdd, if set, is called for each new host before it is published,
 	// so the owner can attach its Transport. OnRemove is called after a
 	// host leaves the published set. Set both before the pool is shared.
 	OnAdd    func(*Host)
 	OnRemove func(*Host)
 
-	// Outlier ejection; zero ConsecutiveFailures turns it off. Set before
-	// the pool is shared.
-	Outlier OutlierConfig
+	settings atomic.Pointer[Settings] // nil: slow start and ejection off
 
 	mu         sync.Mutex // serialises Update; readers never take it
 	snap       atomic.Pointer[snapshot]
 	anyEjected atomic.Bool // some host has a non-zero ejectedUntil; Pick then reads the clock
+}
+
+// Settings tune a pool; they may change while it serves (config reload).
+// The zero value turns slow start and ejection off.
+type Settings struct {
+	// SlowStart ramps a newly healthy host's effective weight from 10% to
+	// 100% over this period (HAProxy's slowstart). Zero turns it off.
+	SlowStart time.Duration
+	// Outlier ejection; zero ConsecutiveFailures turns it off.
+	Outlier OutlierConfig
+}
+
+var noSettings Settings
+
+// Configure replaces the pool's settings; picks under way finish on the
+// old ones.
+func (p *Pool) Configure(s Settings) { p.settings.Store(&s) }
+
+func (p *Pool) cfg() *Settings {
+	if s := p.settings.Load(); s != nil {
+		return s
+	}
+	return &noSettings
 }
 
 // OutlierConfig is passive health checking (Envoy's outlier detection).
@@ -148,7 +164,7 @@ func (p *Pool) Succeeded(h *Host) {
 // MaxEjectedPercent of the hosts, or all of them, out at once. It reports
 // whether this call ejected h, so the caller logs the transition once.
 func (p *Pool) Failed(h *Host, now time.Time) (ejected bool, d time.Duration) {
-	o := p.Outlier
+	o := p.cfg().Outlier
 	if o.ConsecutiveFailures <= 0 {
 		return false, 0
 	}
@@ -262,8 +278,9 @@ func (p *Pool) PickExcept(tried []*Host) *Host {
 	if s == nil {
 		return nil
 	}
+	slowStart := p.cfg().SlowStart
 	var now int64
-	if p.SlowStart > 0 || p.anyEjected.Load() {
+	if slowStart > 0 || p.anyEjected.Load() {
 		now = time.Now().UnixNano()
 	}
 	var best *Host
@@ -282,7 +299,7 @@ hosts:
 				continue hosts
 			}
 		}
-		score := float64(h.inflight.Load()+1) / p.effectiveWeight(h, now)
+		score := float64(h.inflight.Load()+1) / effectiveWeight(h, slowStart, now)
 		switch {
 		case score < bestScore:
 			best, bestScore, ties = h, score, 1
@@ -300,16 +317,16 @@ hosts:
 
 // effectiveWeight applies slow start: a host that came up within SlowStart
 // gets a share that grows linearly from 10% of its weight.
-func (p *Pool) effectiveWeight(h *Host, now int64) float64 {
+func effectiveWeight(h *Host, slowStart time.Duration, now int64) float64 {
 	w := float64(h.Weight)
-	if p.SlowStart <= 0 {
+	if slowStart <= 0 {
 		return w
 	}
 	since := h.healthySince.Load()
 	elapsed := time.Duration(now - since)
-	if since == 0 || elapsed >= p.SlowStart {
+	if since == 0 || elapsed >= slowStart {
 		return w
 	}
-	frac := float64(elapsed) / float64(p.SlowStart)
+	frac := float64(elapsed) / float64(slowStart)
 	return w * max(0.1, frac)
 }

@@ -123,7 +123,8 @@ func TestUpdateKeepsState(t *testing.T) {
 }
 
 func TestSlowStart(t *testing.T) {
-	p := &Pool{SlowStart: 10 * time.Second}
+	p := &Pool{}
+	p.Configure(Settings{SlowStart: 10 * time.Second})
 	p.Update([]Config{{Addr: "old:1"}, {Addr: "new:1"}})
 	now := time.Now()
 	p.Hosts()[0].SetHealthy(true, now.Add(-time.Hour))
@@ -158,7 +159,7 @@ func BenchmarkPick(b *testing.B) {
 
 func TestOutlierEjection(t *testing.T) {
 	p := newPool(t, 1, 1, 1, 1)
-	p.Outlier = OutlierConfig{ConsecutiveFailures: 3, BaseEjection: 10 * time.Second, MaxEjection: 25 * time.Second, MaxEjectedPercent: 50}
+	p.Configure(Settings{Outlier: OutlierConfig{ConsecutiveFailures: 3, BaseEjection: 10 * time.Second, MaxEjection: 25 * time.Second, MaxEjectedPercent: 50}})
 	hs := p.Hosts()
 	now := time.Now()
 	for i := range 2 {
@@ -201,7 +202,7 @@ func TestOutlierEjection(t *testing.T) {
 
 func TestOutlierNeverEjectsAll(t *testing.T) {
 	p := newPool(t, 1, 1, 1)
-	p.Outlier = OutlierConfig{ConsecutiveFailures: 1, BaseEjection: time.Minute, MaxEjectedPercent: 100}
+	p.Configure(Settings{Outlier: OutlierConfig{ConsecutiveFailures: 1, BaseEjection: time.Minute, MaxEjectedPercent: 100}})
 	now := time.Now()
 	ejected := 0
 	for _, h := range p.Hosts() {
@@ -218,7 +219,7 @@ func TestOutlierNeverEjectsAll(t *testing.T) {
 		t.Error("nothing left to pick")
 	}
 	q := newPool(t, 1, 1, 1, 1)
-	q.Outlier = OutlierConfig{ConsecutiveFailures: 1, BaseEjection: time.Minute, MaxEjectedPercent: 50}
+	q.Configure(Settings{Outlier: OutlierConfig{ConsecutiveFailures: 1, BaseEjection: time.Minute, MaxEjectedPercent: 50}})
 	ejected = 0
 	for _, h := range q.Hosts() {
 		if ej, _ := q.Failed(h, now); ej {

@@ -66,6 +66,7 @@ var DefaultTrustedProxies []string
 // goroutines that only read it.
 type Edge struct {
 	Listen         string         `yaml:"listen"`
+	ReusePort      bool           `yaml:"reuse_port"`
 	Admin          string         `yaml:"admin"`
 	Discovery      Discovery      `yaml:"discovery"`
 	Balancer       Balancer       `yaml:"balancer"`
@@ -259,6 +260,7 @@ func DefaultEdge() *Edge {
 	}
 	return &Edge{
 		Listen:    DefaultListen,
+		ReusePort: true,
 		Admin:     DefaultAdmin,
 		Discovery: Discovery{Static: static},
 		Balancer:  Balancer{Algorithm: DefaultBalancerAlgorithm},

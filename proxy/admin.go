@@ -38,7 +38,7 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 		case "/cache/purge":
 			p.adminPurge(ctx)
 		case "/config":
-			out, err := p.cfg.Redacted()
+			out, err := p.state.Load().cfg.Redacted()
 			if err != nil {
 				ctx.Error("rendering config: "+err.Error(), fasthttp.StatusInternalServerError)
 				return

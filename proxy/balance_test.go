@@ -66,7 +66,7 @@ func TestDownUpstreamGetsNoTraffic(t *testing.T) {
 	if host.Addr != victim.addr {
 		t.Fatalf("pool order %s, want %s", host.Addr, victim.addr)
 	}
-	hc := e.p.cfg.HealthCheck
+	hc := e.p.Config().HealthCheck
 	// Marked down within fall × interval + timeout (+10% jitter on each interval).
 	bound := time.Duration(float64(hc.Fall)*1.1*float64(hc.Interval.D())) + hc.Timeout.D() + 50*time.Millisecond
 	victim.stop()

@@ -39,8 +39,7 @@ type fillResult struct {
 // fresh; otherwise through one origin fetch per key that every concurrent
 // request for the key waits on (nginx's proxy_cache_lock, without its
 // 500 ms polling).
-func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []byte) {
-	rt := &p.routes[ri]
+func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, method int, reqID []byte) {
 	req := &ctx.Request
 	var kb [512]byte
 	key := cache.AppendKey(kb[:0], ctx.Path(), ctx.URI().QueryString(), ctx.Host())
@@ -56,15 +55,15 @@ func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []by
 	if e != nil && e.Fresh(now) {
 		p.metrics.cacheHit.Inc()
 		p.serveEntry(ctx, e, xcHit, now)
-		p.metrics.requests.inc(ri, method, ctx.Response.StatusCode())
-		p.accessLog(ctx, ri, ctx.Response.StatusCode(), nil, reqID, 0)
+		rt.counts.inc(method, ctx.Response.StatusCode())
+		p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), nil, reqID, 0, 0)
 		return
 	}
 	if e != nil && e.ServeWhileRevalidating(now) {
 		p.metrics.cacheStale.Inc()
 		p.serveEntry(ctx, e, xcStale, now)
-		p.metrics.requests.inc(ri, method, ctx.Response.StatusCode())
-		p.revalidateInBackground(req, rt, key, hash, baseLen, e)
+		rt.counts.inc(method, ctx.Response.StatusCode())
+		p.revalidateInBackground(st, req, rt, key, hash, baseLen, e)
 		return
 	}
 
@@ -79,7 +78,7 @@ func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []by
 		if again := p.lookup(hash, key); again != nil && again.Fresh(time.Now()) {
 			return &fillResult{entry: again, xcache: xcHit}, nil
 		}
-		return p.fill(fillReq, rt, key, hash, baseLen, e), nil
+		return p.fill(st, fillReq, rt, key, hash, baseLen, e), nil
 	})
 	res := v.(*fillResult)
 	if !led {
@@ -98,7 +97,7 @@ func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []by
 		p.serveEntry(ctx, res.entry, res.xcache, time.Now())
 	case led && res.fail != nil:
 		p.metrics.cacheMiss.Inc()
-		p.reject(ctx, ri, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
+		p.reject(st, ctx, rt, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
 		p.logUpstreamError(reqID, res.host, res.fail)
 		return
 	case led:
@@ -109,15 +108,15 @@ func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []by
 		ctx.Response.Header.Set("X-Cache", xcMiss)
 	case res.fail != nil:
 		p.metrics.cacheMiss.Inc()
-		p.reject(ctx, ri, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
+		p.reject(st, ctx, rt, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
 		return
 	default:
 		// A waiter whose variant differs, or a response that may not be
 		// shared: ask the origin itself.
 		p.metrics.cacheMiss.Inc()
-		h, took, _, fail := p.forward(fillReq, &ctx.Response)
+		h, took, _, fail := p.forward(st, fillReq, &ctx.Response)
 		if fail != nil {
-			p.reject(ctx, ri, method, fail.status, fail.kind, fail.msg, reqID, h)
+			p.reject(st, ctx, rt, method, fail.status, fail.kind, fail.msg, reqID, h)
 			return
 		}
 		ctx.Response.Header.Set("X-Cache", xcMiss)
@@ -126,8 +125,8 @@ func (p *Proxy) serveCached(ctx *fasthttp.RequestCtx, ri, method int, reqID []by
 	if method == 1 {
 		ctx.Response.SkipBody = true
 	}
-	p.metrics.requests.inc(ri, method, ctx.Response.StatusCode())
-	p.accessLog(ctx, ri, ctx.Response.StatusCode(), res.host, reqID, res.took)
+	rt.counts.inc(method, ctx.Response.StatusCode())
+	p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), res.host, reqID, res.took, 0)
 }
 
 // lookup finds key in ristretto, or else in the last-good copies, which
@@ -156,7 +155,7 @@ func (p *Proxy) fillRequest(src, dst *fasthttp.Request) {
 // fill fetches key from an origin, stores what may be stored, and decides
 // what every waiter gets. stale is the expired entry, if any, to
 // revalidate or stand in when the origin fails.
-func (p *Proxy) fill(req *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) *fillResult {
+func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) *fillResult {
 	gen := p.store.Generation()
 	if stale != nil {
 		if len(stale.ETag) > 0 {
@@ -168,7 +167,7 @@ func (p *Proxy) fill(req *fasthttp.Request, rt *route, key []byte, hash uint64, 
 	}
 	resp := fasthttp.AcquireResponse()
 	sent := time.Now()
-	h, took, _, fail := p.forward(req, resp)
+	h, took, _, fail := p.forward(st, req, resp)
 	received := time.Now()
 	res := &fillResult{host: h, took: took}
 	status := resp.StatusCode()
@@ -261,14 +260,14 @@ func (p *Proxy) variantMatches(req *fasthttp.Request, e *cache.Entry, base []byt
 // revalidateInBackground refreshes a stale entry after the client got the
 // stale copy (stale-while-revalidate). The request is copied: ctx is
 // recycled when the handler returns.
-func (p *Proxy) revalidateInBackground(src *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) {
+func (p *Proxy) revalidateInBackground(st *state, src *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) {
 	req := fasthttp.AcquireRequest()
 	p.fillRequest(src, req)
 	k := string(key)
 	go func() {
 		defer fasthttp.ReleaseRequest(req)
 		p.flight.Do(k, func() (any, error) {
-			res := p.fill(req, rt, []byte(k), hash, baseLen, stale)
+			res := p.fill(st, req, rt, []byte(k), hash, baseLen, stale)
 			if res.resp != nil {
 				fasthttp.ReleaseResponse(res.resp)
 			}

@@ -50,12 +50,12 @@ func TestRawScanConnectionTokens(t *testing.T) {
 }
 
 func TestRouteMatch(t *testing.T) {
-	p := &Proxy{}
+	st := &state{}
 	for _, r := range []struct{ path, prefix string }{
 		{path: "/api/games/*/buy"}, {path: "/api/games"}, {prefix: "/static"}, {prefix: "/"},
 	} {
 		cfg := routeConfig(r.path, r.prefix)
-		p.routes = append(p.routes, newRoute(cfg))
+		st.routes = append(st.routes, newRoute(cfg))
 	}
 	tests := []struct {
 		path string
@@ -72,8 +72,9 @@ func TestRouteMatch(t *testing.T) {
 		{"/", 3},
 	}
 	for _, tt := range tests {
-		if got := p.match([]byte("GET"), []byte(tt.path)); got != tt.want {
-			t.Errorf("match(%s) = %d, want %d", tt.path, got, tt.want)
+		got := st.match([]byte("GET"), []byte(tt.path))
+		if got != &st.routes[tt.want] {
+			t.Errorf("match(%s) = %v, want route %d", tt.path, got, tt.want)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,47 +55,55 @@ func methodIndex(m []byte) int {
 	return 7
 }
 
-// requestCounter is podium_edge_requests_total{route,method,code} as a flat
-// array of atomics: one Add per request, no map, no lock, no allocation. A
+// routeCounts is podium_edge_requests_total for one route as a flat array
+// of atomics: one Add per request, no map, no lock, no allocation. A
 // CounterVec lookup costs a hash and an RLock per request; this costs
 // neither, and the collector emits only the non-zero series at scrape time.
-type requestCounter struct {
-	desc   *prometheus.Desc
-	routes []string
-	counts []atomic.Uint64 // [route][method][code-100]
+type routeCounts struct {
+	counts [8 * codeSlots]atomic.Uint64 // [method][code-100]
 }
 
 const codeSlots = 500 // status codes 100..599
 
-func newRequestCounter(routes []string) *requestCounter {
-	return &requestCounter{
-		desc: prometheus.NewDesc("podium_edge_requests_total",
-			"Requests answered by the edge, by route, method and status code.",
-			[]string{"route", "method", "code"}, nil),
-		routes: routes,
-		counts: make([]atomic.Uint64, len(routes)*len(methods)*codeSlots),
-	}
-}
-
-func (c *requestCounter) inc(route, method, code int) {
+func (c *routeCounts) inc(method, code int) {
 	if code < 100 || code > 599 {
 		code = 599
 	}
-	c.counts[(route*len(methods)+method)*codeSlots+code-100].Add(1)
+	c.counts[method*codeSlots+code-100].Add(1)
+}
+
+// requestCounter holds every route's counts by name. Routes that a reload
+// removes keep their series until restart, as counters should.
+type requestCounter struct {
+	desc   *prometheus.Desc
+	mu     sync.Mutex // guards byName; only reloads and scrapes take it
+	byName map[string]*routeCounts
+}
+
+func (c *requestCounter) get(name string) *routeCounts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rc := c.byName[name]
+	if rc == nil {
+		rc = &routeCounts{}
+		c.byName[name] = rc
+	}
+	return rc
 }
 
 func (c *requestCounter) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *requestCounter) Collect(ch chan<- prometheus.Metric) {
-	for i := range c.counts {
-		v := c.counts[i].Load()
-		if v == 0 {
-			continue
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, rc := range c.byName {
+		for i := range rc.counts {
+			v := rc.counts[i].Load()
+			if v == 0 {
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), name, methods[i/codeSlots], strconv.Itoa(i%codeSlots+100))
 		}
-		code := i%codeSlots + 100
-		m := (i / codeSlots) % len(methods)
-		r := i / codeSlots / len(methods)
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), c.routes[r], methods[m], strconv.Itoa(code))
 	}
 }
 
@@ -133,6 +142,10 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	requests             *requestCounter
+	reloads              *prometheus.CounterVec
+	reloadOK             prometheus.Gauge
+	reloadTime           prometheus.Gauge
+	restartRequired      prometheus.Gauge
 	upstreamDuration     *prometheus.HistogramVec
 	errors               map[string]prometheus.Counter
 	healthDuration       *prometheus.HistogramVec
@@ -152,14 +165,35 @@ type Metrics struct {
 // latencyBuckets suit a ticket API behind a fast edge: 0.5 ms to 10 s.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
-// NewMetrics registers the edge's metrics for the named routes (the last
-// one, "none", counts requests that matched no route or failed before
-// routing) and the pool's upstreams.
-func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store, active *atomic.Int64) *Metrics {
+// NewMetrics registers the edge's metrics: requests by route (route "none"
+// counts requests that matched no route or failed before routing), the
+// pool's upstreams, the cache, and config reloads.
+func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry: reg,
-		requests: newRequestCounter(append(append([]string(nil), routes...), "none")),
+		requests: &requestCounter{
+			desc: prometheus.NewDesc("podium_edge_requests_total",
+				"Requests answered by the edge, by route, method and status code.",
+				[]string{"route", "method", "code"}, nil),
+			byName: map[string]*routeCounts{},
+		},
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_edge_config_reloads_total",
+			Help: "Config reloads (SIGHUP or file change), by result: success or failure.",
+		}, []string{"result"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podium_edge_config_last_reload_successful",
+			Help: "1 when the last config reload succeeded, 0 when the file on disk was rejected and the old config serves.",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podium_edge_config_last_reload_success_timestamp_seconds",
+			Help: "When the config was last loaded successfully (start or reload).",
+		}),
+		restartRequired: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podium_edge_config_restart_required",
+			Help: "1 when the loaded config changed keys that only take effect on restart (listen, admin, limits, upstream_pool, ...).",
+		}),
 		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "podium_edge_upstream_request_duration_seconds",
 			Help:    "Time from sending a request to an upstream until its response was read, by upstream.",
@@ -200,7 +234,11 @@ func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store, active
 		Name: "podium_edge_in_flight_requests",
 		Help: "Client requests the edge is handling now.",
 	}, func() float64 { return float64(active.Load()) })
-	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections)
+	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections, m.reloads, m.reloadOK, m.reloadTime, m.restartRequired)
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	m.reloadOK.Set(1)
+	m.reloadTime.SetToCurrentTime()
 	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_edge_errors_total",
 		Help: "Requests the edge answered with its own error, by kind.",
@@ -251,6 +289,26 @@ func NewMetrics(routes []string, pool *balancer.Pool, store *cache.Store, active
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// routeCounts returns the request counters of the named route.
+func (m *Metrics) routeCounts(name string) *routeCounts { return m.requests.get(name) }
+
+// ObserveReload records a config reload.
+func (m *Metrics) ObserveReload(ok, restartRequired bool) {
+	if !ok {
+		m.reloads.WithLabelValues("failure").Inc()
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloads.WithLabelValues("success").Inc()
+	m.reloadOK.Set(1)
+	m.reloadTime.SetToCurrentTime()
+	if restartRequired {
+		m.restartRequired.Set(1)
+	} else {
+		m.restartRequired.Set(0)
+	}
 }
 
 // ObserveProbe records one health check (healthcheck.Prober.OnProbe).

@@ -43,12 +43,15 @@ type upstream struct {
 //
 // A Proxy is safe for concurrent use; it must not be copied.
 type Proxy struct {
-	cfg     *config.Edge
+	// boot is the config the process started with. Its restart-only keys
+	// (listeners, limits, the upstream connection pool) are read from it;
+	// everything that reloads is read from state.
+	boot    *config.Edge
+	state   atomic.Pointer[state]
+	none    *route // counts requests that matched no route or failed before routing
 	pool    *balancer.Pool
 	metrics *Metrics
 	log     *slog.Logger
-	routes  []route
-	trusted []netip.Prefix
 	store   *cache.Store       // nil when no route caches
 	flight  singleflight.Group // one origin fetch per cache key
 
@@ -67,32 +70,23 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Proxy{cfg: cfg, log: log, trusted: cfg.TrustedPrefixes()}
+	p := &Proxy{boot: cfg, log: log}
 	var seed [8]byte
 	_, _ = crand.Read(seed[:])
 	hex.Encode(p.idPrefix[:], seed[:])
 
-	names := make([]string, len(cfg.Routes))
-	for i, r := range cfg.Routes {
-		p.routes = append(p.routes, newRoute(r))
-		names[i] = r.Name
-	}
-	p.pool = &balancer.Pool{SlowStart: cfg.Balancer.SlowStart.D(), Outlier: balancer.OutlierConfig{
-		ConsecutiveFailures: cfg.Outlier.ConsecutiveFailures,
-		BaseEjection:        cfg.Outlier.BaseEjection.D(),
-		MaxEjection:         cfg.Outlier.MaxEjection.D(),
-		MaxEjectedPercent:   cfg.Outlier.MaxEjectedPercent,
-	}}
-	for _, r := range p.routes {
-		if r.cache != nil && p.store == nil {
-			st, err := cache.NewStore(cfg.Cache.MaxBytes, cfg.Cache.LastGoodEntries, cfg.Cache.LastGoodBytes)
-			if err != nil {
-				return nil, err
-			}
-			p.store = st
+	p.pool = &balancer.Pool{}
+	p.pool.Configure(poolSettings(cfg))
+	if needsStore(cfg) {
+		st, err := cache.NewStore(cfg.Cache.MaxBytes, cfg.Cache.LastGoodEntries, cfg.Cache.LastGoodBytes)
+		if err != nil {
+			return nil, err
 		}
+		p.store = st
 	}
-	p.metrics = NewMetrics(names, p.pool, p.store, &p.active)
+	p.metrics = NewMetrics(p.pool, p.store, &p.active)
+	p.none = &route{name: "none", counts: p.metrics.routeCounts("none")}
+	p.state.Store(p.newState(cfg))
 	p.pool.OnAdd = p.attach
 	p.pool.OnRemove = func(h *balancer.Host) {
 		p.metrics.forgetUpstream(h.Addr)
@@ -156,7 +150,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (p *Proxy) attach(h *balancer.Host) {
-	connect := p.cfg.Timeouts.Connect.D()
+	connect := p.boot.Timeouts.Connect.D()
 	h.Transport = &upstream{
 		duration: p.metrics.upstreamDuration.WithLabelValues(h.Addr),
 		client: &fasthttp.HostClient{
@@ -164,11 +158,11 @@ func (p *Proxy) attach(h *balancer.Host) {
 			NoDefaultUserAgentHeader:      true,
 			DisablePathNormalizing:        true, // forward the path as the client sent it
 			DisableHeaderNamesNormalizing: true, // and the upstream's header names as it sent them
-			MaxConns:                      p.cfg.UpstreamPool.MaxConns,
-			MaxIdleConnDuration:           p.cfg.UpstreamPool.MaxIdleTime.D(),
+			MaxConns:                      p.boot.UpstreamPool.MaxConns,
+			MaxIdleConnDuration:           p.boot.UpstreamPool.MaxIdleTime.D(),
 			MaxConnWaitTimeout:            connect,
 			MaxResponseBodySize:           maxResponseBytes,
-			ReadBufferSize:                p.cfg.Limits.MaxHeaderBytes,
+			ReadBufferSize:                p.boot.Limits.MaxHeaderBytes,
 			Dial: func(addr string) (net.Conn, error) {
 				return fasthttp.DialTimeout(addr, connect)
 			},
@@ -204,12 +198,13 @@ var (
 func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
+	st := p.state.Load()
 	req := &ctx.Request
 
 	var scan rawScan
 	scan.scan(req.Header.RawHeaders())
 	peer := peerAddr(ctx)
-	trusted := p.isTrusted(peer)
+	trusted := st.isTrusted(peer)
 	var idBuf [64]byte
 	reqID := p.requestID(req, trusted, idBuf[:0])
 	method := methodIndex(req.Header.Method())
@@ -218,20 +213,20 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		// Never forwarded, and the connection is closed: what follows
 		// on it cannot be framed safely.
 		ctx.SetConnectionClose()
-		p.reject(ctx, len(p.routes), method, fasthttp.StatusBadRequest, errSmuggling, "malformed request: "+why, reqID, nil)
+		p.reject(st, ctx, p.none, method, fasthttp.StatusBadRequest, errSmuggling, "malformed request: "+why, reqID, nil)
 		return
 	}
 
 	path := ctx.Path()
 	if bytes.Equal(path, strPing) && (method == 0 || method == 1) {
 		p.ping(ctx)
-		p.metrics.requests.inc(len(p.routes), method, ctx.Response.StatusCode())
+		p.none.counts.inc(method, ctx.Response.StatusCode())
 		return
 	}
 
-	ri := p.match(req.Header.Method(), path)
-	if ri < 0 {
-		p.reject(ctx, len(p.routes), method, fasthttp.StatusNotFound, errNoRoute, "no route for this path", reqID, nil)
+	rt := st.match(req.Header.Method(), path)
+	if rt == nil {
+		p.reject(st, ctx, p.none, method, fasthttp.StatusNotFound, errNoRoute, "no route for this path", reqID, nil)
 		return
 	}
 
@@ -242,22 +237,23 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	req.Header.Del("Expect") // the edge already has the body
 	req.Header.ResetConnectionClose()
 	p.setForwarded(ctx, peer, trusted, reqID)
-	if clientClose {
+	if clientClose || p.draining.Load() {
+		// While draining, every answer closes its connection, so keep-alive
+		// clients reconnect, and land on the process taking over the port.
 		defer ctx.SetConnectionClose()
 	}
 
-	rt := &p.routes[ri]
 	if rt.cache != nil && (method == 0 || method == 1) && p.store != nil {
-		p.serveCached(ctx, ri, method, reqID)
+		p.serveCached(st, ctx, rt, method, reqID)
 		return
 	}
 
-	h, elapsed, retries, fail := p.forward(req, &ctx.Response)
+	h, elapsed, retries, fail := p.forward(st, req, &ctx.Response)
 	if retries > 0 {
 		defer setRetries(ctx, retries)
 	}
 	if fail != nil {
-		p.reject(ctx, ri, method, fail.status, fail.kind, fail.msg, reqID, h)
+		p.reject(st, ctx, rt, method, fail.status, fail.kind, fail.msg, reqID, h)
 		p.logUpstreamError(reqID, h, fail)
 		return
 	}
@@ -265,8 +261,8 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if status < 300 && status >= 200 && (len(rt.purge) > 0 || method > 1) {
 		p.invalidate(ctx, rt)
 	}
-	p.metrics.requests.inc(ri, method, status)
-	p.accessLog(ctx, ri, status, h, reqID, elapsed)
+	rt.counts.inc(method, status)
+	p.accessLog(st, ctx, rt, status, h, reqID, elapsed, retries)
 }
 
 // setRetries records on the response how many times the edge retried, for
@@ -289,9 +285,9 @@ type upstreamFailure struct {
 // undefined and the returned failure says what the client gets. Nothing
 // has reached the client before forward returns, so a retry can never
 // follow a byte the client has seen.
-func (p *Proxy) forward(req *fasthttp.Request, resp *fasthttp.Response) (*balancer.Host, time.Duration, int, *upstreamFailure) {
-	rc := &p.cfg.Retries
-	total := p.cfg.Timeouts.Upstream.D()
+func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Response) (*balancer.Host, time.Duration, int, *upstreamFailure) {
+	rc := &st.cfg.Retries
+	total := st.cfg.Timeouts.Upstream.D()
 	perTry := rc.PerTryTimeout.D()
 	if perTry <= 0 || perTry > total {
 		perTry = total
@@ -335,7 +331,7 @@ func (p *Proxy) forward(req *fasthttp.Request, resp *fasthttp.Response) (*balanc
 				break
 			}
 			p.upstreamFailed(h)
-			if !p.retryStatus(status) || !p.retryable(req, attempt, errUpstream, deadline) {
+			if !st.retryStatus(status) || !p.retryable(st, req, attempt, errUpstream, deadline) {
 				break
 			}
 			p.metrics.retries[retryStatus5xx].Inc()
@@ -345,7 +341,7 @@ func (p *Proxy) forward(req *fasthttp.Request, resp *fasthttp.Response) (*balanc
 		status, kind, msg := classify(err)
 		p.upstreamFailed(h)
 		last = &upstreamFailure{status: status, kind: kind, msg: msg, err: err}
-		if !p.retryable(req, attempt, kind, deadline) {
+		if !p.retryable(st, req, attempt, kind, deadline) {
 			return h, time.Since(start), attempt, last
 		}
 		p.metrics.retries[kind].Inc()
@@ -375,8 +371,8 @@ func countTried(t []*balancer.Host) int {
 // POST carrying an Idempotency-Key, which the origin deduplicates (no peer
 // proxy retries those; the ticket origin's purchase contract makes it
 // safe). And only within max_retries, the time left, and the budget.
-func (p *Proxy) retryable(req *fasthttp.Request, attempt int, kind string, deadline time.Time) bool {
-	rc := &p.cfg.Retries
+func (p *Proxy) retryable(st *state, req *fasthttp.Request, attempt int, kind string, deadline time.Time) bool {
+	rc := &st.cfg.Retries
 	if attempt >= rc.MaxRetries || attempt+1 >= 6 || time.Until(deadline) <= 0 {
 		return false
 	}
@@ -398,8 +394,8 @@ func (p *Proxy) retryable(req *fasthttp.Request, attempt int, kind string, deadl
 	return true
 }
 
-func (p *Proxy) retryStatus(code int) bool {
-	for _, c := range p.cfg.Retries.OnStatus {
+func (st *state) retryStatus(code int) bool {
+	for _, c := range st.cfg.Retries.OnStatus {
 		if c == code {
 			return true
 		}
@@ -419,7 +415,7 @@ func (p *Proxy) upstreamFailed(h *balancer.Host) {
 // allows it, returns an ejected upstream whose check passed.
 func (p *Proxy) ObserveProbe(h *balancer.Host, rtt time.Duration, err error) {
 	p.metrics.ObserveProbe(h, rtt, err)
-	if err == nil && p.cfg.Outlier.UnejectOnActivePass && h.Uneject() {
+	if err == nil && p.state.Load().cfg.Outlier.UnejectOnActivePass && h.Uneject() {
 		p.log.Info("upstream returned early by a passing health check", "upstream", h.Addr, "id", h.ID)
 	}
 }
@@ -437,11 +433,11 @@ func (p *Proxy) logUpstreamError(reqID []byte, h *balancer.Host, f *upstreamFail
 }
 
 // reject answers with the edge's own error and counts it.
-func (p *Proxy) reject(ctx *fasthttp.RequestCtx, route, method, status int, kind, msg string, reqID []byte, h *balancer.Host) {
+func (p *Proxy) reject(st *state, ctx *fasthttp.RequestCtx, rt *route, method, status int, kind, msg string, reqID []byte, h *balancer.Host) {
 	writeError(ctx, status, msg, reqID)
 	p.metrics.errors[kind].Inc()
-	p.metrics.requests.inc(route, method, status)
-	p.accessLog(ctx, route, status, h, reqID, 0)
+	rt.counts.inc(method, status)
+	p.accessLog(st, ctx, rt, status, h, reqID, 0, 0)
 }
 
 func (p *Proxy) ping(ctx *fasthttp.RequestCtx) {
@@ -462,18 +458,18 @@ func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	reqID := p.newRequestID(idBuf[:0])
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
-	none := len(p.routes)
+	st, none := p.state.Load(), p.none
 	switch {
 	case errors.As(err, &small):
-		p.reject(ctx, none, 7, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeaderLimit,
-			"request headers are larger than the edge accepts ("+strconv.Itoa(p.cfg.Limits.MaxHeaderBytes)+" bytes)", reqID, nil)
+		p.reject(st, ctx, none, 7, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeaderLimit,
+			"request headers are larger than the edge accepts ("+strconv.Itoa(p.boot.Limits.MaxHeaderBytes)+" bytes)", reqID, nil)
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		p.reject(ctx, none, 7, fasthttp.StatusRequestEntityTooLarge, errHeaderLimit,
-			"request body is larger than the edge accepts ("+strconv.Itoa(p.cfg.Limits.MaxBodyBytes)+" bytes)", reqID, nil)
+		p.reject(st, ctx, none, 7, fasthttp.StatusRequestEntityTooLarge, errHeaderLimit,
+			"request body is larger than the edge accepts ("+strconv.Itoa(p.boot.Limits.MaxBodyBytes)+" bytes)", reqID, nil)
 	case errors.As(err, &ne) && ne.Timeout():
-		p.reject(ctx, none, 7, fasthttp.StatusRequestTimeout, errClientTimeout, "the request was not received in time", reqID, nil)
+		p.reject(st, ctx, none, 7, fasthttp.StatusRequestTimeout, errClientTimeout, "the request was not received in time", reqID, nil)
 	default:
-		p.reject(ctx, none, 7, fasthttp.StatusBadRequest, errMalformed, "malformed request: "+parseReason(err), reqID, nil)
+		p.reject(st, ctx, none, 7, fasthttp.StatusBadRequest, errMalformed, "malformed request: "+parseReason(err), reqID, nil)
 	}
 	ctx.SetConnectionClose()
 }
@@ -514,8 +510,8 @@ func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
 	return netip.Addr{}
 }
 
-func (p *Proxy) isTrusted(a netip.Addr) bool {
-	for _, pr := range p.trusted {
+func (st *state) isTrusted(a netip.Addr) bool {
+	for _, pr := range st.trusted {
 		if pr.Contains(a) {
 			return true
 		}
@@ -596,17 +592,13 @@ func splitTokens(v []byte, dst [][]byte) [][]byte {
 
 // accessLog writes one JSON line per request: always for errors, for a
 // sampled share of the rest.
-func (p *Proxy) accessLog(ctx *fasthttp.RequestCtx, route, status int, h *balancer.Host, reqID []byte, upstreamTime time.Duration) {
-	al := p.cfg.AccessLog
+func (p *Proxy) accessLog(st *state, ctx *fasthttp.RequestCtx, rt *route, status int, h *balancer.Host, reqID []byte, upstreamTime time.Duration, retries int) {
+	al := st.cfg.AccessLog
 	if !al.Enabled {
 		return
 	}
 	if status < 500 && status != fasthttp.StatusBadRequest && (al.Sample <= 0 || (al.Sample < 1 && rand.Float64() >= al.Sample)) {
 		return
-	}
-	routeName := "none"
-	if route < len(p.routes) {
-		routeName = p.routes[route].name
 	}
 	upAddr := ""
 	if h != nil {
@@ -616,11 +608,13 @@ func (p *Proxy) accessLog(ctx *fasthttp.RequestCtx, route, status int, h *balanc
 		slog.String("request_id", string(reqID)),
 		slog.String("method", string(ctx.Method())),
 		slog.String("path", string(ctx.Path())),
-		slog.String("route", routeName),
+		slog.String("route", rt.name),
 		slog.String("upstream", upAddr),
 		slog.Int("status", status),
 		slog.Float64("duration_ms", float64(time.Since(ctx.Time()).Microseconds())/1000),
 		slog.Float64("upstream_ms", float64(upstreamTime.Microseconds())/1000),
+		slog.Int("retries", retries),
+		slog.String("cache", string(ctx.Response.Header.Peek("X-Cache"))),
 		slog.String("client", ctx.RemoteIP().String()),
 	)
 }

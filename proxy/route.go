@@ -17,6 +17,7 @@ type route struct {
 	cache    *cache.Policy
 	purge    []string // path prefixes purged on success; "$1" is the first "*" segment
 	starSeg  int      // index in exact of the first "*", -1 if none
+	counts   *routeCounts
 }
 
 func newRoute(r config.Route) route {
@@ -93,15 +94,15 @@ func (r *route) matches(method, path []byte) bool {
 	return true
 }
 
-// match returns the index of the first route that selects the request, or
-// -1. Routes are tried in config order, as in Envoy.
-func (p *Proxy) match(method, path []byte) int {
-	for i := range p.routes {
-		if p.routes[i].matches(method, path) {
-			return i
+// match returns the first route that selects the request, or nil. Routes
+// are tried in config order, as in Envoy.
+func (st *state) match(method, path []byte) *route {
+	for i := range st.routes {
+		if st.routes[i].matches(method, path) {
+			return &st.routes[i]
 		}
 	}
-	return -1
+	return nil
 }
 
 // segment returns the i-th "/"-separated segment of path ("" at index 0).

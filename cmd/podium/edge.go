@@ -9,7 +9,10 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,17 +22,53 @@ import (
 	"github.com/podium-edge/podium/healthcheck"
 	"github.com/podium-edge/podium/proxy"
 	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
 )
+
+// edgeFlags are the command-line overrides of the config file. They are
+// applied again on every reload, so a reload never undoes a flag.
+type edgeFlags struct {
+	config, upstreams, listen, admin string
+}
+
+func (f edgeFlags) load() (*config.Edge, error) {
+	cfg := config.DefaultEdge()
+	if f.config != "" {
+		var err error
+		if cfg, err = config.LoadFile(f.config); err != nil {
+			return nil, err
+		}
+	}
+	if f.upstreams != "" {
+		cfg.Discovery.Static = nil
+		for _, u := range strings.Split(f.upstreams, ",") {
+			cfg.Discovery.Static = append(cfg.Discovery.Static, config.StaticUpstream{Addr: strings.TrimSpace(u), Weight: 1})
+		}
+	}
+	if f.listen != "" {
+		cfg.Listen = f.listen
+	}
+	if f.admin != "" {
+		cfg.Admin = f.admin
+	}
+	// Flags go through the same validation as the file.
+	if err := cfg.Validate("flags"); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
 
 func runEdge(args []string) error {
 	fs := flag.NewFlagSet("podium edge", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "edge YAML config file (default: the embedded defaults)")
-	upstreams := fs.String("upstreams", "", "comma-separated host:port list overriding discovery.static")
-	listen := fs.String("listen", "", "override listen (host:port)")
-	admin := fs.String("admin", "", "override admin (host:port)")
+	var f edgeFlags
+	fs.StringVar(&f.config, "config", "", "edge YAML config file (default: the embedded defaults); reloaded on SIGHUP and when it changes")
+	fs.StringVar(&f.upstreams, "upstreams", "", "comma-separated host:port list overriding discovery.static")
+	fs.StringVar(&f.listen, "listen", "", "override listen (host:port)")
+	fs.StringVar(&f.admin, "admin", "", "override admin (host:port)")
 	check := fs.Bool("check", false, "validate the config, print it and exit")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	drain := fs.Duration("drain", 5*time.Second, "on SIGTERM, how long /ping answers 503 draining before the listener closes")
+	drain := fs.Duration("drain", 5*time.Second, "on SIGTERM, how long /ping answers 503 draining (and every answer closes its connection) before the listener closes")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "after the drain, how long requests under way may take before the edge exits anyway")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: podium edge [-config edge.yaml] [flags]\n\nRuns the Podium edge reverse proxy. With no -config it runs the embedded\ndefaults: listen %s, admin %s, upstreams %s.\n\n", config.DefaultListen, config.DefaultAdmin, strings.Join(config.DefaultStaticUpstreams, ","))
 		fs.PrintDefaults()
@@ -42,28 +81,8 @@ func runEdge(args []string) error {
 		return fmt.Errorf("-log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: level})).With("component", "edge")
-
-	cfg := config.DefaultEdge()
-	var err error
-	if *cfgPath != "" {
-		if cfg, err = config.LoadFile(*cfgPath); err != nil {
-			return err
-		}
-	}
-	// Flags override the file and go through the same validation.
-	if *upstreams != "" {
-		cfg.Discovery.Static = nil
-		for _, u := range strings.Split(*upstreams, ",") {
-			cfg.Discovery.Static = append(cfg.Discovery.Static, config.StaticUpstream{Addr: strings.TrimSpace(u), Weight: 1})
-		}
-	}
-	if *listen != "" {
-		cfg.Listen = *listen
-	}
-	if *admin != "" {
-		cfg.Admin = *admin
-	}
-	if err := cfg.Validate("flags"); err != nil {
+	cfg, err := f.load()
+	if err != nil {
 		return err
 	}
 	if *check {
@@ -71,10 +90,52 @@ func runEdge(args []string) error {
 		fmt.Print(string(out))
 		return nil
 	}
-	return serveEdge(cfg, log, *drain)
+	return serveEdge(f, cfg, log, *drain, *shutdownTimeout)
 }
 
-func serveEdge(cfg *config.Edge, log *slog.Logger, drain time.Duration) error {
+// listen opens a TCP listener, with SO_REUSEPORT when asked, so a second
+// edge process can bind the same port and take over while this one drains
+// (README, "Zero-downtime restart").
+func listen(addr string, reusePort bool) (net.Listener, error) {
+	lc := net.ListenConfig{}
+	if reusePort {
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// edge is the running edge process: the proxy and what feeds it.
+type edge struct {
+	p     *proxy.Proxy
+	log   *slog.Logger
+	flags edgeFlags
+
+	prober atomic.Pointer[healthcheck.Prober]
+
+	mu         sync.Mutex // guards what follows: reloads are serialised
+	cfg        *config.Edge
+	stopProber context.CancelFunc
+}
+
+// updatePool applies a discovery snapshot and has the prober check new
+// hosts at once.
+func (e *edge) updatePool(ts []discovery.Target) {
+	e.p.Pool().Update(targetsToConfigs(ts))
+	if pr := e.prober.Load(); pr != nil {
+		pr.Notify()
+	}
+}
+
+func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownTimeout time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -83,11 +144,11 @@ func serveEdge(cfg *config.Edge, log *slog.Logger, drain time.Duration) error {
 		return err
 	}
 	defer p.Close()
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := listen(cfg.Listen, cfg.ReusePort)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w (is another edge running? pick another port with -listen)", cfg.Listen, err)
 	}
-	adminLn, err := net.Listen("tcp", cfg.Admin)
+	adminLn, err := listen(cfg.Admin, false)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("admin listen %s: %w (pick another port with -admin)", cfg.Admin, err)
@@ -99,33 +160,16 @@ func serveEdge(cfg *config.Edge, log *slog.Logger, drain time.Duration) error {
 		}
 	}()
 
-	prober := &healthcheck.Prober{
-		Pool:     p.Pool(),
-		Path:     cfg.HealthCheck.Path,
-		Interval: cfg.HealthCheck.Interval.D(),
-		Timeout:  cfg.HealthCheck.Timeout.D(),
-		Rise:     cfg.HealthCheck.Rise,
-		Fall:     cfg.HealthCheck.Fall,
-		Logger:   log,
-		OnProbe:  p.ObserveProbe,
-		OnChange: p.Metrics().ObserveChange,
-	}
-	var source discovery.Source = staticSource(cfg)
-	bgCtx, cancelBg := context.WithCancel(context.Background())
+	e := &edge{p: p, log: log, flags: f, cfg: cfg}
+	bg, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
-	go prober.Run(bgCtx)
-	go func() {
-		err := source.Run(bgCtx, func(ts []discovery.Target) {
-			p.Pool().Update(targetsToConfigs(ts))
-			prober.Notify()
-			log.Info("upstream set updated", "count", len(ts))
-		})
-		if err != nil && !errors.Is(err, context.Canceled) {
-			log.Error("discovery stopped; keeping the last known upstreams", "error", err)
-		}
-	}()
+	e.startProber(bg, cfg)
+	e.updatePool(staticSource(cfg))
+	if f.config != "" {
+		go watchConfig(bg, f.config, log, e.reload)
+	}
 
-	log.Info("edge listening", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "upstreams", len(cfg.Discovery.Static))
+	log.Info("edge listening", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "upstreams", len(cfg.Discovery.Static), "reuse_port", cfg.ReusePort)
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- p.Server().Serve(ln) }()
 	select {
@@ -133,17 +177,77 @@ func serveEdge(cfg *config.Edge, log *slog.Logger, drain time.Duration) error {
 		return err
 	case <-ctx.Done():
 	}
-	log.Info("shutting down: /ping answers 503 draining", "drain", drain.String())
+	log.Info("shutting down: /ping answers 503 draining, answers close their connections", "drain", drain.String())
 	p.SetDraining(true)
 	time.Sleep(drain)
-	err = p.Server().ShutdownWithContext(context.Background())
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	err = p.Server().ShutdownWithContext(sctx)
 	_ = adminSrv.Shutdown()
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("requests still under way at the shutdown timeout were cut", "timeout", shutdownTimeout.String())
+		err = nil
+	}
 	log.Info("edge stopped")
 	return err
 }
 
-func staticSource(cfg *config.Edge) discovery.Static {
-	s := make(discovery.Static, 0, len(cfg.Discovery.Static))
+// startProber (re)starts the active health checker with cfg's settings.
+// Hosts keep their health across a restart of the prober.
+func (e *edge) startProber(bg context.Context, cfg *config.Edge) {
+	if e.stopProber != nil {
+		e.stopProber()
+	}
+	ctx, cancel := context.WithCancel(bg)
+	e.stopProber = cancel
+	prober := &healthcheck.Prober{
+		Pool:     e.p.Pool(),
+		Path:     cfg.HealthCheck.Path,
+		Interval: cfg.HealthCheck.Interval.D(),
+		Timeout:  cfg.HealthCheck.Timeout.D(),
+		Rise:     cfg.HealthCheck.Rise,
+		Fall:     cfg.HealthCheck.Fall,
+		Logger:   e.log,
+		OnProbe:  e.p.ObserveProbe,
+		OnChange: e.p.Metrics().ObserveChange,
+	}
+	go prober.Run(ctx)
+	e.prober.Store(prober)
+}
+
+// reload loads the config file again and switches to it whole, or keeps
+// the running config and says why.
+func (e *edge) reload(bg context.Context, why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	cfg, err := e.flags.load()
+	if err != nil {
+		e.p.ReloadFailed()
+		e.log.Error("config reload rejected; the running config stays", "trigger", why, "error", err.Error())
+		return
+	}
+	needRestart, err := e.p.Reload(cfg)
+	if err != nil {
+		e.p.ReloadFailed()
+		e.log.Error("config reload failed; the running config stays", "trigger", why, "error", err.Error())
+		return
+	}
+	if !reflect.DeepEqual(cfg.Discovery.Static, e.cfg.Discovery.Static) {
+		e.updatePool(staticSource(cfg))
+	}
+	if cfg.HealthCheck != e.cfg.HealthCheck {
+		e.startProber(bg, cfg)
+	}
+	e.cfg = cfg
+	if len(needRestart) > 0 {
+		e.log.Warn("config reloaded; some changes need a restart to take effect", "trigger", why, "restart_for", needRestart)
+		return
+	}
+	e.log.Info("config reloaded", "trigger", why)
+}
+
+func staticSource(cfg *config.Edge) []discovery.Target {
+	s := make([]discovery.Target, 0, len(cfg.Discovery.Static))
 	for _, u := range cfg.Discovery.Static {
 		s = append(s, discovery.Target{ID: u.Addr, Addr: u.Addr, Weight: u.Weight})
 	}

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// httpUpstream is a real upstream on loopback.
+func httpUpstream(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// startEdgeProcess runs `podium edge` and waits until it proxies.
+func startEdgeProcess(t *testing.T, bin string, args ...string) (*exec.Cmd, *logBuffer) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"edge"}, args...)...)
+	logs := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, logs
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func waitOK(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	t.Fatalf("%s not answering 200 within 10s", url)
+}
+
+// loadUntil sends GETs at rate per second until stop closes; it counts
+// connection refusals apart from other failures.
+type loadStats struct{ sent, refused, failed atomic.Int64 }
+
+func loadUntil(url string, rate int, stop <-chan struct{}, wg *sync.WaitGroup) *loadStats {
+	st := &loadStats{}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			st.sent.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := client.Get(url)
+				if err != nil {
+					if strings.Contains(err.Error(), "connection refused") {
+						st.refused.Add(1)
+					} else {
+						st.failed.Add(1)
+					}
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					st.failed.Add(1)
+				}
+			}()
+		}
+	}()
+	return st
+}
+
+func edgeConfig(listen, admin string, weights []int, ups ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen: %q\nadmin: %q\naccess_log: {enabled: false}\ndiscovery:\n  static:\n", listen, admin)
+	for i, u := range ups {
+		fmt.Fprintf(&b, "    - {addr: %q, weight: %d}\n", u, weights[i%len(weights)])
+	}
+	b.WriteString("healthcheck: {interval: 500ms, timeout: 250ms}\nroutes:\n  - {name: all, match: {path_prefix: /}}\n")
+	return b.String()
+}
+
+func metric(t *testing.T, admin, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, name+" ") {
+			return strings.TrimPrefix(line, name+" ")
+		}
+	}
+	return ""
+}
+
+func TestReloadsUnderLoad(t *testing.T) {
+	bin := buildPodium(t)
+	a, b := httpUpstream(t), httpUpstream(t)
+	listen, admin := freePort(t), freePort(t)
+	path := filepath.Join(t.TempDir(), "edge.yaml")
+	os.WriteFile(path, []byte(edgeConfig(listen, admin, []int{1}, a, b)), 0o644)
+	cmd, logs := startEdgeProcess(t, bin, "-config", path)
+	waitOK(t, "http://"+listen+"/x")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	st := loadUntil("http://"+listen+"/x", 200, stop, &wg)
+	// 20 reloads over 30 s: weights, the upstream set and the routes
+	// change; half by rewriting the file, half by SIGHUP.
+	for i := range 20 {
+		time.Sleep(1400 * time.Millisecond)
+		ups := []string{a, b}
+		if i%3 == 1 {
+			ups = []string{b, a}
+		}
+		os.WriteFile(path, []byte(edgeConfig(listen, admin, []int{1 + i%3, 2}, ups...)), 0o644)
+		if i%2 == 1 {
+			cmd.Process.Signal(syscall.SIGHUP)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	reloads := metric(t, admin, `podium_edge_config_reloads_total{result="success"}`)
+
+	// A broken config mid-load: rejected, the old one keeps serving.
+	os.WriteFile(path, []byte("listen: [broken\n"), 0o644)
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	t.Logf("%d requests, %s successful reloads", st.sent.Load(), reloads)
+	if st.failed.Load()+st.refused.Load() != 0 {
+		t.Errorf("%d requests failed and %d were refused during 20 reloads and a broken config, want 0", st.failed.Load(), st.refused.Load())
+	}
+	if st.sent.Load() < 3000 {
+		t.Errorf("only %d requests sent: the load did not run", st.sent.Load())
+	}
+	if n := atoiOr(reloads); n < 20 {
+		t.Errorf("%d successful reloads, want at least 20 (one per change)\n%s", n, logs)
+	}
+	if got := metric(t, admin, "podium_edge_config_last_reload_successful"); got != "0" {
+		t.Errorf("after a broken config, podium_edge_config_last_reload_successful = %q, want 0", got)
+	}
+	if !strings.Contains(logs.String(), "config reload rejected; the running config stays") {
+		t.Errorf("the rejected reload was not logged:\n%s", logs)
+	}
+	waitOK(t, "http://"+listen+"/x")
+}
+
+func atoiOr(s string) int {
+	var n int
+	fmt.Sscanf(s, "%d", &n)
+	return n
+}
+
+// TestZeroDowntimeRestart follows README's procedure: a second edge binds
+// the same port (SO_REUSEPORT), then the first gets SIGTERM and drains.
+func TestZeroDowntimeRestart(t *testing.T) {
+	const migrate = "/proc/sys/net/ipv4/tcp_migrate_req"
+	old, err := os.ReadFile(migrate)
+	if err != nil {
+		t.Fatalf("reading %s: %v (kernel 5.14 or later is required for a zero-loss handover)", migrate, err)
+	}
+	if err := os.WriteFile(migrate, []byte("1"), 0o644); err != nil {
+		t.Fatalf("setting %s (as README's procedure does): %v", migrate, err)
+	}
+	t.Cleanup(func() { os.WriteFile(migrate, old, 0o644) })
+
+	bin := buildPodium(t)
+	up := httpUpstream(t)
+	listen := freePort(t)
+	adminA, adminB := freePort(t), freePort(t)
+	a, _ := startEdgeProcess(t, bin, "-upstreams", up, "-listen", listen, "-admin", adminA, "-drain", "2s")
+	waitOK(t, "http://"+listen+"/x")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	st := loadUntil("http://"+listen+"/x", 300, stop, &wg)
+	time.Sleep(2 * time.Second)
+	startEdgeProcess(t, bin, "-upstreams", up, "-listen", listen, "-admin", adminB)
+	waitOK(t, "http://"+adminB+"/ping")
+	a.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- a.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("old edge exited with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("old edge did not exit")
+	}
+	time.Sleep(2 * time.Second) // the new edge alone
+	close(stop)
+	wg.Wait()
+	t.Logf("%d requests across the handover", st.sent.Load())
+	if st.refused.Load() != 0 || st.failed.Load() != 0 {
+		t.Errorf("%d refused and %d failed across the handover, want 0 and 0", st.refused.Load(), st.failed.Load())
+	}
+}

@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+
+	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/config"
+)
+
+// state is everything a request reads that a config reload may change. It
+// is immutable: a reload builds a new one and swaps the pointer, and a
+// request keeps the state it started with to the end, so in-flight
+// requests finish on the old config.
+type state struct {
+	cfg     *config.Edge
+	routes  []route
+	trusted []netip.Prefix
+}
+
+func (p *Proxy) newState(cfg *config.Edge) *state {
+	st := &state{cfg: cfg, trusted: cfg.TrustedPrefixes()}
+	for _, r := range cfg.Routes {
+		rt := newRoute(r)
+		// Counters are per route name and outlive reloads, so a reload
+		// never resets a series Prometheus has seen.
+		rt.counts = p.metrics.routeCounts(r.Name)
+		st.routes = append(st.routes, rt)
+	}
+	return st
+}
+
+func poolSettings(cfg *config.Edge) balancer.Settings {
+	return balancer.Settings{
+		SlowStart: cfg.Balancer.SlowStart.D(),
+		Outlier: balancer.OutlierConfig{
+			ConsecutiveFailures: cfg.Outlier.ConsecutiveFailures,
+			BaseEjection:        cfg.Outlier.BaseEjection.D(),
+			MaxEjection:         cfg.Outlier.MaxEjection.D(),
+			MaxEjectedPercent:   cfg.Outlier.MaxEjectedPercent,
+		},
+	}
+}
+
+func needsStore(cfg *config.Edge) bool {
+	for _, r := range cfg.Routes {
+		if r.Cache != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Config returns the config in force.
+func (p *Proxy) Config() *config.Edge { return p.state.Load().cfg }
+
+// Reload switches to cfg, which must already be validated, at once for new
+// requests; requests under way finish on the config they started with.
+// Routes, cache policies, retries, outlier and balancer settings, trusted
+// proxies, the upstream timeout and the access log switch live. Keys that
+// only take effect on restart are returned, so the caller can say so; the
+// running values of those stay.
+//
+// The upstream set and the health checker's settings are the caller's to
+// apply (they belong to discovery and the prober).
+func (p *Proxy) Reload(cfg *config.Edge) (needRestart []string, err error) {
+	if needsStore(cfg) && p.store == nil {
+		needRestart = append(needRestart, "routes[].cache (the cache was off at start)")
+	}
+	boot := p.boot
+	for _, k := range []struct {
+		key      string
+		old, new any
+	}{
+		{"listen", boot.Listen, cfg.Listen},
+		{"reuse_port", boot.ReusePort, cfg.ReusePort},
+		{"admin", boot.Admin, cfg.Admin},
+		{"limits", boot.Limits, cfg.Limits},
+		{"upstream_pool", boot.UpstreamPool, cfg.UpstreamPool},
+		{"timeouts.connect", boot.Timeouts.Connect, cfg.Timeouts.Connect},
+		{"timeouts.read_header", boot.Timeouts.ReadHeader, cfg.Timeouts.ReadHeader},
+		{"timeouts.read_body", boot.Timeouts.ReadBody, cfg.Timeouts.ReadBody},
+		{"timeouts.idle", boot.Timeouts.Idle, cfg.Timeouts.Idle},
+		{"cache", boot.Cache, cfg.Cache},
+	} {
+		if !reflect.DeepEqual(k.old, k.new) {
+			needRestart = append(needRestart, fmt.Sprintf("%s (running %v, file says %v)", k.key, k.old, k.new))
+		}
+	}
+	p.pool.Configure(poolSettings(cfg))
+	p.state.Store(p.newState(cfg))
+	p.metrics.ObserveReload(true, len(needRestart) > 0)
+	return needRestart, nil
+}
+
+// ReloadFailed records a config that did not load or validate.
+func (p *Proxy) ReloadFailed() { p.metrics.ObserveReload(false, false) }
