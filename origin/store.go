@@ -72,6 +72,12 @@ func (c *cluster) listGames(ctx context.Context, gtid string, f gameFilter) ([]G
 		args = append(args, f.AfterStart, f.AfterStart, f.AfterID)
 	}
 	q := "SELECT " + gameColumns + " FROM games"
+	if f.Sport == "" {
+		// Without the hint the optimizer scans and filesorts the whole
+		// table for the unfiltered first page (626 rows): measured 8x
+		// slower than walking the (starts_at, id) index with mariadb-slap.
+		q += " FORCE INDEX (games_starts_at)"
+	}
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
