@@ -35,6 +35,7 @@ const (
 	DefaultQueryTimeout    = 10 * time.Second
 	DefaultDrainDelay      = 2 * time.Second
 	DefaultShutdownTimeout = 20 * time.Second
+	DefaultIdempotencyTTL  = 24 * time.Hour
 )
 
 // Config holds the origin's settings. A Config is a plain value: copy it
@@ -93,6 +94,10 @@ type Config struct {
 	// ShutdownTimeout bounds the wait for in-flight requests at shutdown
 	// (DefaultShutdownTimeout).
 	ShutdownTimeout time.Duration
+	// IdempotencyTTL is how long an Idempotency-Key and its stored answer
+	// are kept (DefaultIdempotencyTTL); older keys are deleted in the
+	// background, and a request reusing one is a new purchase.
+	IdempotencyTTL time.Duration
 	// AccessLog logs every request at Info level when true; by default only
 	// 5xx answers and panics are logged.
 	AccessLog bool
@@ -132,6 +137,7 @@ func (c Config) withDefaults() Config {
 	set(&c.QueryTimeout, DefaultQueryTimeout)
 	set(&c.DrainDelay, DefaultDrainDelay)
 	set(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	set(&c.IdempotencyTTL, DefaultIdempotencyTTL)
 	return c
 }
 
@@ -150,6 +156,7 @@ func (c Config) Validate() error {
 		"gtid wait": c.GTIDWait, "purchase timeout": c.PurchaseTimeout,
 		"dial timeout": c.DialTimeout, "query timeout": c.QueryTimeout,
 		"drain delay": c.DrainDelay, "shutdown timeout": c.ShutdownTimeout,
+		"idempotency TTL": c.IdempotencyTTL,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s: must be >= 0, got %s", name, d))

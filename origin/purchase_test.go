@@ -2,6 +2,7 @@ package origin
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // storm sends n purchase attempts for game from workers goroutines and
@@ -242,5 +244,47 @@ func TestIdempotencyKeyRules(t *testing.T) {
 	}
 	if remaining, sold, _, _ := gameState(t, game); remaining != 1 || sold != 2 {
 		t.Errorf("remaining %d sold %d, want 1 and 2", remaining, sold)
+	}
+}
+
+func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.IdempotencyTTL = time.Hour })
+	game := createGame(t, 10)
+	buy := func(key string) response {
+		return do(t, "POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), `{"quantity": 1, "email": "a@example.com"}`,
+			"Content-Type", "application/json", "Idempotency-Key", key)
+	}
+	for _, k := range []string{"sweep-old", "sweep-new"} {
+		if r := buy(k); r.Status != http.StatusCreated {
+			t.Fatalf("%s: %d %s", k, r.Status, r.Body)
+		}
+	}
+	if _, err := tc.primaryDB.Exec("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR WHERE idem_key = 'sweep-old'"); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.db.sweepKeys(context.Background(), time.Now())
+	if err != nil || n < 1 {
+		t.Fatalf("sweep deleted %d keys: %v", n, err)
+	}
+	var left []string
+	rows, err := tc.primaryDB.Query("SELECT idem_key FROM idempotency_keys WHERE idem_key LIKE 'sweep-%'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var k string
+		rows.Scan(&k) //nolint:errcheck
+		left = append(left, k)
+	}
+	rows.Close()
+	if len(left) != 1 || left[0] != "sweep-new" {
+		t.Errorf("keys left after the sweep: %v, want [sweep-new]", left)
+	}
+	// The expired key is forgotten: reusing it is a new purchase.
+	if r := buy("sweep-old"); r.Status != http.StatusCreated || r.Header.Get("Idempotency-Replayed") != "" {
+		t.Errorf("reused expired key: %d replayed=%q", r.Status, r.Header.Get("Idempotency-Replayed"))
+	}
+	if _, sold, _, _ := gameState(t, game); sold != 3 {
+		t.Errorf("sold %d, want 3", sold)
 	}
 }

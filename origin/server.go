@@ -75,6 +75,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	defer stopHealth()
 	s.db.checkSafely(hctx)
 	go s.db.healthLoop(hctx)
+	go s.db.sweepLoop(hctx)
 
 	srv := &http.Server{
 		Handler: s.handler,

@@ -439,3 +439,54 @@ func (c *cluster) recoverOrder(ctx context.Context, conn *sql.Conn, p purchaseRe
 	})}
 	return out, nil
 }
+
+// sweepBatch bounds one DELETE of expired keys: a short transaction that
+// does not hold purchases up behind a long one.
+const sweepBatch = 1000
+
+// sweepKeys deletes Idempotency-Keys older than IdempotencyTTL, in batches,
+// and returns how many it deleted. Several origins may sweep at once: a
+// DELETE of rows another already deleted deletes nothing.
+func (c *cluster) sweepKeys(ctx context.Context, now time.Time) (int64, error) {
+	cutoff := now.Add(-c.cfg.IdempotencyTTL)
+	var total int64
+	for {
+		res, err := c.primary.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE created_at < ? ORDER BY created_at LIMIT ?", cutoff, sweepBatch)
+		if err != nil {
+			return total, fmt.Errorf("deleting expired idempotency keys: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, fmt.Errorf("deleting expired idempotency keys: %w", err)
+		}
+		total += n
+		if n < sweepBatch {
+			return total, nil
+		}
+	}
+}
+
+// sweepLoop runs sweepKeys every few minutes until ctx ends.
+func (c *cluster) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			func() {
+				defer func() {
+					if p := recover(); p != nil {
+						c.log.Error("origin: panic sweeping idempotency keys", "panic", p)
+					}
+				}()
+				if n, err := c.sweepKeys(ctx, time.Now()); err != nil {
+					c.log.Warn("origin: sweeping idempotency keys", "err", err)
+				} else if n > 0 {
+					c.log.Info("origin: expired idempotency keys deleted", "count", n)
+				}
+			}()
+		}
+	}
+}

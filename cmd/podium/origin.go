@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/podium-edge/podium/origin"
 )
 
@@ -45,6 +46,7 @@ func runOrigin(args []string) error {
 	fs.IntVar(&cfg.ReplicaConns, "replica-conns", originEnvInt("PODIUM_ORIGIN_REPLICA_CONNS", origin.DefaultReplicaConns), "connection pool size per replica [PODIUM_ORIGIN_REPLICA_CONNS]")
 	fs.DurationVar(&cfg.DrainDelay, "drain", originEnvDuration("PODIUM_ORIGIN_DRAIN", origin.DefaultDrainDelay), "after SIGTERM, answer /ping 503 this long before closing the listener [PODIUM_ORIGIN_DRAIN]")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", originEnvDuration("PODIUM_ORIGIN_SHUTDOWN_TIMEOUT", origin.DefaultShutdownTimeout), "wait this long for in-flight requests at shutdown [PODIUM_ORIGIN_SHUTDOWN_TIMEOUT]")
+	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", originEnvDuration("PODIUM_ORIGIN_IDEMPOTENCY_TTL", origin.DefaultIdempotencyTTL), "keep Idempotency-Keys and their answers this long [PODIUM_ORIGIN_IDEMPOTENCY_TTL]")
 	fs.BoolVar(&cfg.AccessLog, "access-log", originEnvBool("PODIUM_ORIGIN_ACCESS_LOG"), "log every request, not only 5xx [PODIUM_ORIGIN_ACCESS_LOG]")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -55,6 +57,9 @@ func runOrigin(args []string) error {
 	cfg.ReplicaDSNs = originSplitList(*replicas)
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The driver's own messages (a pooled connection found dead after a
+	// database restart) go to the same log, marked as its.
+	mysql.SetLogger(slog.NewLogLogger(log.With("component", "mysql").Handler(), slog.LevelWarn))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
