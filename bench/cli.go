@@ -163,11 +163,13 @@ func UpstreamCommand(args []string, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:9101", "address(es) to listen on, comma-separated")
 	size := fs.Int("size", 2048, "response body size in bytes")
 	delay := fs.Duration("delay", 0, "sleep before each answer (not /ping)")
+	listingSize := fs.Int("listing-size", 8192, "size of the JSON answer to /api/games, in bytes")
+	listingCC := fs.String("listing-cache-control", "public, max-age=2", "Cache-Control sent with /api/games (empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *size < 0 || *delay < 0 {
-		return errors.New("-size and -delay must not be negative")
+	if *size < 0 || *delay < 0 || *listingSize < 0 {
+		return errors.New("-size, -listing-size and -delay must not be negative")
 	}
 	lns, err := ListenAll(*listen)
 	if err != nil {
@@ -175,7 +177,7 @@ func UpstreamCommand(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	u := &Upstream{Size: *size, Delay: *delay}
+	u := &Upstream{Size: *size, Delay: *delay, ListingSize: *listingSize, ListingCacheControl: *listingCC}
 	return u.Serve(ctx, lns...)
 }
 
@@ -193,7 +195,7 @@ func CompareCommand(args []string, stdout, stderr io.Writer) error {
 	scenarios := fs.String("scenarios", "", "comparison scenarios to run (default: every one that is ready; all: "+strings.Join(names, ", ")+")")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measured run per target, scenario and round")
 	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "unmeasured warm-up before each measured run")
-	fs.IntVar(&o.Rounds, "rounds", 3, "interleaved rounds per target; the median round is reported")
+	fs.IntVar(&o.Rounds, "rounds", 0, "interleaved rounds per target in every scenario, the median reported (default: 3 for proxied-get, 1 for the others)")
 	fs.IntVar(&o.Connections, "connections", 64, "client connections")
 	fs.IntVar(&o.BodySize, "size", 2048, "synthetic upstream body size in bytes")
 	fs.Float64Var(&o.PacedRate, "paced-rate", 5000, "rate of the open-loop scenario, req/s (every target must sustain it)")

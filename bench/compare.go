@@ -49,6 +49,10 @@ type CompareScenario struct {
 	Title string
 	// Pending, when not empty, says what the scenario waits for.
 	Pending string
+	// Rounds is the scenario's default number of interleaved rounds: the
+	// headline scenario gets three, the others one, so `make bench` stays
+	// well under 10 minutes.
+	Rounds int
 	// args returns the `bench run` arguments for the measured phase.
 	args func(o *CompareOptions) []string
 }
@@ -56,24 +60,30 @@ type CompareScenario struct {
 // CompareScenarios are the comparison's scenarios, in report order.
 var CompareScenarios = []CompareScenario{
 	{
-		Name:  "proxied-get",
-		Title: "Proxied GET, 2 KiB body from the synthetic upstream, 64 connections, closed loop (maximum throughput)",
+		Name:   "proxied-get",
+		Title:  "Proxied GET, 2 KiB body from the synthetic upstream, 64 connections, closed loop (maximum throughput)",
+		Rounds: 3,
 		args: func(o *CompareOptions) []string {
 			return []string{"-scenario", "proxied-get", "-mode", "closed", "-connections", strconv.Itoa(o.Connections)}
 		},
 	},
 	{
-		Name:  "proxied-get-paced",
-		Title: "Proxied GET, 2 KiB body, 64 connections, open loop at a fixed rate every target sustains (latency at equal load)",
+		Name:   "proxied-get-paced",
+		Title:  "Proxied GET, 2 KiB body, 64 connections, open loop at a fixed rate every target sustains (latency at equal load)",
+		Rounds: 1,
 		args: func(o *CompareOptions) []string {
 			return []string{"-scenario", "proxied-get", "-mode", "open", "-connections", strconv.Itoa(o.Connections),
 				"-rate", strconv.FormatFloat(o.PacedRate, 'f', -1, 64), "-ramp", "0"}
 		},
 	},
 	{
-		Name:    "cached-listing",
-		Title:   "Cached listing: GET /api/games served from the edge cache (nginx proxy_cache + proxy_cache_lock)",
-		Pending: "waits for the edge's listing cache and the origin's /api/games",
+		Name: "cached-listing",
+		Title: "Cached listing: GET /api/games?limit=50 (8 KiB JSON, Cache-Control max-age=2 from the synthetic upstream), 64 connections, closed loop. " +
+			"Podium's cache vs nginx proxy_cache + proxy_cache_lock vs HAProxy's cache; direct has no cache",
+		Rounds: 1,
+		args: func(o *CompareOptions) []string {
+			return []string{"-scenario", "cached-listing", "-connections", strconv.Itoa(o.Connections)}
+		},
 	},
 	{
 		Name:    "ticket-drop-origin",
@@ -120,8 +130,9 @@ type CompareOptions struct {
 	BodySize         int     // default 2048
 	PacedRate        float64 // default 5000 req/s
 	Upstreams        int     // synthetic upstream listeners: default 2
-	// Rounds is how many times each target is measured, interleaved; the
-	// median round is reported: default 3.
+	// Rounds, when set, is how many times each target is measured in
+	// every scenario, interleaved, the median round reported; 0 means each
+	// scenario's own Rounds.
 	Rounds int
 	// ReadyTimeout bounds the wait for a proxy to answer: default 20s
 	// (Podium's health checks need rise×interval before it routes).
@@ -207,9 +218,6 @@ func (o *CompareOptions) defaults() error {
 	if o.PacedRate == 0 {
 		o.PacedRate = 5000
 	}
-	if o.Rounds == 0 {
-		o.Rounds = 3
-	}
 	if o.Upstreams == 0 {
 		o.Upstreams = 2
 	}
@@ -271,7 +279,6 @@ type Method struct {
 	BodySize    int           `json:"body_bytes"`
 	Upstreams   []string      `json:"upstreams"`
 	PacedRate   float64       `json:"paced_rate_rps"`
-	Rounds      int           `json:"rounds"`
 	Priority    string        `json:"priority"`
 }
 
@@ -280,6 +287,7 @@ type ScenarioReport struct {
 	Name    string         `json:"name"`
 	Title   string         `json:"title"`
 	Pending string         `json:"pending,omitempty"`
+	Rounds  int            `json:"rounds,omitempty"`
 	Targets []TargetResult `json:"targets,omitempty"`
 	Ratios  []Ratio        `json:"ratios,omitempty"`
 }
@@ -312,6 +320,10 @@ type TargetResult struct {
 	// run's wall time: near 1 means the load CPU, not the proxy, set the
 	// throughput.
 	LoadCPUBusyFraction float64 `json:"load_cpu_busy_fraction"`
+	// UpstreamRequests is how many requests reached the synthetic
+	// upstream during the measured run (-1: unknown); below Requests
+	// when a cache answered the rest.
+	UpstreamRequests int64 `json:"upstream_requests"`
 	// OtherCPUCores is the CPU time used during the measured run by
 	// everything but the proxy, generator and upstreams (other processes,
 	// interrupts, time stolen by the hypervisor), in cores: on a shared
@@ -405,7 +417,7 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 		Command: opts.Command,
 		Machine: machineInfo(opts),
 		Method: Method{LoadCPU: opts.LoadCPU, ProxyCPU: opts.ProxyCPU, Duration: opts.Duration, Warmup: opts.Warmup,
-			Connections: opts.Connections, BodySize: opts.BodySize, Upstreams: c.upstreams, PacedRate: opts.PacedRate, Rounds: opts.Rounds, Priority: opts.Priority},
+			Connections: opts.Connections, BodySize: opts.BodySize, Upstreams: c.upstreams, PacedRate: opts.PacedRate, Priority: opts.Priority},
 	}
 	for _, cs := range CompareScenarios {
 		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Pending: cs.Pending}
@@ -417,8 +429,13 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 			// that a neighbour's burst of CPU use on this shared machine
 			// lands on every target alike, and the median round per
 			// target is reported.
+			nr := cs.Rounds
+			if opts.Rounds > 0 {
+				nr = opts.Rounds
+			}
+			sr.Rounds = nr
 			rounds := map[string][]TargetResult{}
-			for round := 1; round <= opts.Rounds; round++ {
+			for round := 1; round <= nr; round++ {
 				for _, t := range opts.Targets {
 					if ctx.Err() != nil {
 						return nil, ctx.Err()
@@ -426,9 +443,9 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 					tr := c.measure(ctx, &cs, t, up, round)
 					if tr.OK {
 						fmt.Fprintf(opts.Log, "compare: %s / %s round %d/%d: %.0f req/s, p99 %s ms, proxy %.1f µs/request, peak RSS %d KiB, %d errors\n",
-							cs.Name, t, round, opts.Rounds, tr.Throughput, ms(tr.Latency.P99), tr.ProxyCPUMicrosPerRequest, tr.ProxyPeakRSSKiB, tr.ErrorCount)
+							cs.Name, t, round, nr, tr.Throughput, ms(tr.Latency.P99), tr.ProxyCPUMicrosPerRequest, tr.ProxyPeakRSSKiB, tr.ErrorCount)
 					} else {
-						fmt.Fprintf(opts.Log, "compare: %s / %s round %d/%d: FAILED: %s\n", cs.Name, t, round, opts.Rounds, tr.Error)
+						fmt.Fprintf(opts.Log, "compare: %s / %s round %d/%d: FAILED: %s\n", cs.Name, t, round, nr, tr.Error)
 					}
 					rounds[t] = append(rounds[t], tr)
 				}
@@ -618,6 +635,9 @@ type PeerConfig struct {
 	Upstreams   []string
 	Connections int
 	Dir         string // a scratch directory the proxy may write in
+	// User is the user and group ("root root") a proxy started as root
+	// should keep for its workers; empty when not root.
+	User string
 }
 
 // startProxy renders target's config and starts it on the proxy CPU. It
@@ -636,6 +656,9 @@ func (c *comparison) startProxy(name, target string) (string, *child, string, er
 		return "", nil, "", fmt.Errorf("creating %s: %w", scratch, err)
 	}
 	pc := PeerConfig{Listen: listen, Admin: admin, Upstreams: c.upstreams, Connections: c.opts.Connections, Dir: scratch}
+	if os.Geteuid() == 0 {
+		pc.User = "root root"
+	}
 	var tmpl, file string
 	var argv []string
 	switch target {
@@ -714,6 +737,7 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	}
 	up0, _ := cpuSeconds(processTree(up.cmd.Process.Pid))
 	busy0 := machineBusySeconds()
+	ureq0, uerr0 := c.upstreamRequests(ctx)
 	prefix := filepath.Join(c.dir, "runs", name)
 	res, err := c.generate(ctx, base, runArgs, c.opts.Duration, prefix)
 	if err != nil {
@@ -728,6 +752,12 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	}
 	up1, _ := cpuSeconds(processTree(up.cmd.Process.Pid))
 	busy1 := machineBusySeconds()
+	ureq1, uerr1 := c.upstreamRequests(ctx)
+	if uerr0 == nil && uerr1 == nil {
+		tr.UpstreamRequests = ureq1 - ureq0
+	} else {
+		tr.UpstreamRequests = -1
+	}
 	tr.RunReport = prefix + ".md"
 	tr.Requests = res.Requests
 	tr.Throughput = res.Throughput
@@ -755,6 +785,21 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	}
 	tr.OK = true
 	return tr
+}
+
+// upstreamRequests reads the synthetic upstream's request counter.
+func (c *comparison) upstreamRequests(ctx context.Context) (int64, error) {
+	_, body, err := fasthttp.GetTimeout(nil, "http://"+c.upstreams[0]+UpstreamStatsPath, 2*time.Second)
+	if err != nil {
+		return 0, fmt.Errorf("reading upstream stats: %w", err)
+	}
+	var st struct {
+		Requests int64 `json:"requests"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return 0, fmt.Errorf("decoding upstream stats %q: %w", body, err)
+	}
+	return st.Requests, nil
 }
 
 // generate runs `bench run` in a child pinned to the load CPU and reads its
@@ -968,20 +1013,21 @@ func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
 		fmt.Fprintf(w, "Command: `%s`\n", rep.Command)
 	}
 	me := rep.Method
-	fmt.Fprintf(w, "\nMethod: the proxy under test is pinned to CPU %s (one process/thread: HAProxy `nbthread 1`, nginx `worker_processes 1`, Podium `GOMAXPROCS` = 1 from its affinity); the load generator (`podium bench run`) and the %d synthetic upstreams (%d-byte body) share CPU %s; all of them run at %s scheduling priority (realtime: SCHED_FIFO 10, so neighbours on this shared machine cannot preempt them; the kernel's RT throttling still takes 50 ms a second, which can show as a ~50 ms max in saturated runs, alike for every target). Each target gets a %s warm-up, then a %s measured run at %d connections; targets are measured in %d interleaved rounds and the round with the median proxy CPU per request is shown (all rounds' CPU figures in the last column). Proxy CPU is utime+stime from /proc/PID/stat over the measured run ÷ requests completed (nginx: master + worker); peak RSS is VmHWM. Ratios are Podium's figure over the peer's, from this same run (CPU and p99: lower is better; throughput: higher is better). When the load CPU is near 100%% busy, throughput is the generator's limit, not the proxy's: CPU µs/request is the figure that compares proxies. \"Other CPU\" is what the rest of the machine (other processes, interrupts, hypervisor steal) used during the run, in cores: above about 0.2 that round's latency tail says more about the neighbours than about the proxy.\n\n",
-		me.ProxyCPU, len(me.Upstreams), me.BodySize, me.LoadCPU, me.Priority, me.Warmup, me.Duration, me.Connections, me.Rounds)
+	fmt.Fprintf(w, "\nMethod: the proxy under test is pinned to CPU %s (one process/thread: HAProxy `nbthread 1`, nginx `worker_processes 1`, Podium `GOMAXPROCS` = 1 from its affinity); the load generator (`podium bench run`) and the %d synthetic upstreams (%d-byte body) share CPU %s; all of them run at %s scheduling priority (realtime: SCHED_FIFO 10, so neighbours on this shared machine cannot preempt them; the kernel's RT throttling still takes 50 ms a second, which can show as a ~50 ms max in saturated runs, alike for every target). Each target gets a %s warm-up, then a %s measured run at %d connections; targets are measured in interleaved rounds (A B C D, A B C D, …; the count is under each scenario's title) and the round with the median proxy CPU per request is shown, every round's figure in the last column. \"Reached upstream\" is the share of requests the synthetic upstream answered (from its own counter): 100%% without a cache. Proxy CPU is utime+stime from /proc/PID/stat over the measured run ÷ requests completed (nginx: master + worker); peak RSS is VmHWM. Ratios are Podium's figure over the peer's, from this same run (CPU and p99: lower is better; throughput: higher is better). When the load CPU is near 100%% busy, throughput is the generator's limit, not the proxy's: CPU µs/request is the figure that compares proxies. \"Other CPU\" is what the rest of the machine (other processes, interrupts, hypervisor steal) used during the run, in cores: above about 0.2 that round's latency tail says more about the neighbours than about the proxy.\n\n",
+		me.ProxyCPU, len(me.Upstreams), me.BodySize, me.LoadCPU, me.Priority, me.Warmup, me.Duration, me.Connections)
 	for _, s := range rep.Scenarios {
 		fmt.Fprintf(w, "## %s\n\n%s\n\n", s.Name, s.Title)
 		if s.Pending != "" {
 			fmt.Fprintf(w, "Not measured yet: %s.\n\n", s.Pending)
 			continue
 		}
-		fmt.Fprintf(w, "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | proxy CPU µs/req | peak RSS MiB | errors | load CPU busy | other CPU (cores) | CPU µs/req, every round |\n")
-		fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		fmt.Fprintf(w, "%d round(s) per target.\n\n", s.Rounds)
+		fmt.Fprintf(w, "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | proxy CPU µs/req | peak RSS MiB | errors | reached upstream | load CPU busy | other CPU (cores) | CPU µs/req, every round |\n")
+		fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 		var notes []string
 		for _, t := range s.Targets {
 			if !t.OK {
-				fmt.Fprintf(w, "| %s | failed (below) ||||||||||||\n", t.Target)
+				fmt.Fprintf(w, "| %s | failed (below) |||||||||||||\n", t.Target)
 				notes = append(notes, fmt.Sprintf("%s failed: %s", t.Target, t.Error))
 				continue
 			}
@@ -1005,8 +1051,12 @@ func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
 				rss = fmt.Sprintf("%.1f", float64(t.ProxyPeakRSSKiB)/1024)
 			}
 			l := t.Latency
-			fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %.0f%% | %.2f | %s |\n", t.Target, t.Throughput,
-				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), cpu, rss, t.ErrorCount, t.LoadCPUBusyFraction*100, t.OtherCPUCores, strings.Join(every, ", "))
+			reached := "?"
+			if t.UpstreamRequests >= 0 && t.Requests > 0 {
+				reached = fmt.Sprintf("%.2f%%", float64(t.UpstreamRequests)*100/float64(t.Requests))
+			}
+			fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f%% | %.2f | %s |\n", t.Target, t.Throughput,
+				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), cpu, rss, t.ErrorCount, reached, t.LoadCPUBusyFraction*100, t.OtherCPUCores, strings.Join(every, ", "))
 		}
 		fmt.Fprintln(w)
 		for _, n := range notes {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"strings"
 	"testing"
@@ -11,7 +12,7 @@ import (
 )
 
 func TestShippedScenariosLoad(t *testing.T) {
-	want := []string{"browse", "buy-storm", "mixed-abuse", "proxied-get", "ticket-drop"}
+	want := []string{"browse", "buy-storm", "cached-listing", "mixed-abuse", "proxied-get", "ticket-drop"}
 	if got := strings.Join(ScenarioNames(), ","); got != strings.Join(want, ",") {
 		t.Fatalf("shipped scenarios = %s, want %s", got, strings.Join(want, ","))
 	}
@@ -70,7 +71,9 @@ func TestUpstreamServes(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&Upstream{Size: 2048}).Serve(ctx, lns...) }()
+	go func() {
+		done <- (&Upstream{Size: 2048, ListingSize: 8192, ListingCacheControl: "public, max-age=2"}).Serve(ctx, lns...)
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -83,11 +86,33 @@ func TestUpstreamServes(t *testing.T) {
 			path string
 			want int
 			body string
-		}{{"/ping", 4, "pong"}, {"/bench/payload", 2048, ""}, {"/api/games?limit=5", 2048, ""}} {
+		}{{"/ping", 4, "pong"}, {"/bench/payload", 2048, ""}} {
 			status, body, err := fasthttp.GetTimeout(nil, "http://"+addr+tc.path, 5*time.Second)
 			if err != nil || status != 200 || len(body) != tc.want || (tc.body != "" && string(body) != tc.body) {
 				t.Errorf("%s%s: status %d, %d bytes, err %v; want 200 with %d bytes", addr, tc.path, status, len(body), err, tc.want)
 			}
 		}
+		// The listing is JSON about ListingSize long, cacheable.
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://" + addr + "/api/games?limit=50")
+		if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		var games []map[string]any
+		if err := json.Unmarshal(resp.Body(), &games); err != nil || len(games) < 10 {
+			t.Errorf("listing: %d games, %v", len(games), err)
+		}
+		if n := len(resp.Body()); n < 7000 || n > 8192 {
+			t.Errorf("listing is %d bytes, want about 8192", n)
+		}
+		if cc := string(resp.Header.Peek("Cache-Control")); cc != "public, max-age=2" {
+			t.Errorf("listing Cache-Control %q", cc)
+		}
+	}
+	// Every request but /ping and the stats themselves was counted: 2
+	// listeners × (1 payload + 1 listing).
+	_, body, err := fasthttp.GetTimeout(nil, "http://"+lns[0].Addr().String()+UpstreamStatsPath, 5*time.Second)
+	if err != nil || string(body) != `{"requests":4}` {
+		t.Errorf("stats = %s, %v; want {\"requests\":4}", body, err)
 	}
 }
