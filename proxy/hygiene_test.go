@@ -167,7 +167,17 @@ func TestForwardedHeaders(t *testing.T) {
 		t.Errorf("X-Forwarded-Host = %q, want %q", h, untrusted.addr)
 	}
 
+	// Two X-Forwarded-For lines from an untrusted peer: neither survives.
+	rawRoundTrip(t, untrusted.addr, "GET /x HTTP/1.1\r\nHost: edge\r\nX-Forwarded-For: 6.6.6.6\r\nx-forwarded-for: 7.7.7.7\r\nConnection: close\r\n\r\n")
+	if xff := u.lastHeader().Values("X-Forwarded-For"); len(xff) != 1 || xff[0] != "127.0.0.1" {
+		t.Errorf("two spoofed lines: X-Forwarded-For = %q, want [127.0.0.1]", xff)
+	}
+
 	trusted := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.TrustedProxies = []string{"127.0.0.0/8"} })
+	rawRoundTrip(t, trusted.addr, "GET /x HTTP/1.1\r\nHost: edge\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n")
+	if xff := u.lastHeader().Values("X-Forwarded-For"); len(xff) != 1 || xff[0] != "198.51.100.1, 203.0.113.9, 127.0.0.1" {
+		t.Errorf("trusted, two lines: X-Forwarded-For = %q, want one list of all three", xff)
+	}
 	req, _ = http.NewRequest("GET", trusted.url("/x"), nil)
 	req.Header.Set("x-forwarded-for", "203.0.113.7") // lower case must be found too
 	req.Header.Set("X-Request-ID", "abc-123")

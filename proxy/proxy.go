@@ -192,6 +192,7 @@ var (
 	strXRequestID      = []byte("X-Request-ID")
 	strXForwardedProto = []byte("X-Forwarded-Proto")
 	strXForwardedHost  = []byte("X-Forwarded-Host")
+	strHTTP            = []byte("http")
 )
 
 // Handle serves one client request.
@@ -233,10 +234,12 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	// Hop-by-hop hygiene (RFC 9110 §7.6.1). The client's wish to close is
 	// its connection's business, not the pooled upstream connection's.
 	clientClose := req.Header.ConnectionClose()
-	stripHopByHop(&req.Header, scan.connTokens[:scan.nConnTokens])
-	req.Header.Del("Expect") // the edge already has the body
+	stripHopByHop(&req.Header, scan.hop, scan.connTokens[:scan.nConnTokens])
+	if scan.expect {
+		req.Header.Del("Expect") // the edge already has the body
+	}
 	req.Header.ResetConnectionClose()
-	p.setForwarded(ctx, peer, trusted, reqID)
+	p.setForwarded(ctx, peer, trusted, reqID, scan.fwd)
 	if clientClose || p.draining.Load() {
 		// While draining, every answer closes its connection, so keep-alive
 		// clients reconnect, and land on the process taking over the port.
@@ -346,11 +349,9 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		}
 		p.metrics.retries[kind].Inc()
 	}
-	if conn := resp.Header.Peek("Connection"); len(conn) > 0 {
-		var toks [8][]byte
-		stripHopByHop(&resp.Header, splitTokens(conn, toks[:0]))
-	} else {
-		stripHopByHop(&resp.Header, nil)
+	var toks [8][]byte
+	if mask, tokens := responseHopMask(&resp.Header, toks[:0]); mask != 0 {
+		stripHopByHop(&resp.Header, mask, tokens)
 	}
 	resp.Header.ResetConnectionClose()
 	return h, time.Since(start), countTried(tried[:]) - 1, nil
@@ -522,24 +523,38 @@ func (st *state) isTrusted(a netip.Addr) bool {
 // setForwarded sets X-Forwarded-For/-Proto/-Host. A chain from a trusted
 // peer is extended; from anyone else it is replaced, since an untrusted
 // client could otherwise pick the address that rate limits and logs see.
-func (p *Proxy) setForwarded(ctx *fasthttp.RequestCtx, peer netip.Addr, trusted bool, reqID []byte) {
+func (p *Proxy) setForwarded(ctx *fasthttp.RequestCtx, peer netip.Addr, trusted bool, reqID []byte, present uint8) {
 	h := &ctx.Request.Header
+	// set replaces a header the client sent and appends one it did not:
+	// appending skips a scan of every header, and most requests carry
+	// none of these.
+	// A client may send a header twice; Del removes every copy, so a
+	// second spoofed X-Forwarded-For line cannot survive.
+	set := func(bit uint8, k, v []byte) {
+		if present&bit != 0 {
+			h.DelBytes(k)
+		}
+		h.AddBytesKV(k, v)
+	}
 	var buf [256]byte
 	xff := buf[:0]
-	if trusted {
-		if prev := h.PeekBytes(strXForwardedFor); len(prev) > 0 && len(prev) < 200 {
-			xff = append(append(xff, prev...), ", "...)
+	if trusted && present&fwdFor != 0 {
+		// Several lines make one list (RFC 9110 §5.3).
+		for _, prev := range h.PeekAll(string(strXForwardedFor)) {
+			if len(prev) > 0 {
+				xff = append(append(xff, prev...), ", "...)
+			}
 		}
 	}
 	xff = peer.AppendTo(xff)
-	h.SetBytesKV(strXForwardedFor, xff)
-	if !trusted || len(h.PeekBytes(strXForwardedProto)) == 0 {
-		h.SetBytesKV(strXForwardedProto, []byte("http"))
+	set(fwdFor, strXForwardedFor, xff)
+	if !trusted || present&fwdProto == 0 {
+		set(fwdProto, strXForwardedProto, strHTTP)
 	}
-	if !trusted || len(h.PeekBytes(strXForwardedHost)) == 0 {
-		h.SetBytesKV(strXForwardedHost, h.Host())
+	if !trusted || present&fwdHost == 0 {
+		set(fwdHost, strXForwardedHost, h.Host())
 	}
-	h.SetBytesKV(strXRequestID, reqID)
+	set(fwdRequestID, strXRequestID, reqID)
 }
 
 // requestID keeps a trusted peer's X-Request-ID (a sane one: at most 128
