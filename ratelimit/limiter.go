@@ -39,7 +39,11 @@ const nilSlot = -1
 //
 // Each bucket is a golang.org/x/time/rate.Limiter, so the arithmetic is the
 // library's; the caller supplies the time, which keeps the hot path free of
-// clock reads it has already made and makes tests exact.
+// clock reads it has already made and makes tests exact. Its own mutex is
+// redundant under the shard's (an uncontended lock and unlock, ~40
+// instructions of the ~800 an Allow costs), and its time.Time fields make
+// the slots memory the GC scans (~14 MiB at the default capacity); both
+// are the price of not re-implementing the library.
 //
 // A Limiter is safe for concurrent use; it must not be copied. It is made
 // by NewLimiter or by a Set; the zero value is not usable.
