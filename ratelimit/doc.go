@@ -16,7 +16,7 @@
 //
 // Keys: IPv4 by the full address; IPv6 by its /64 (Policy.IPv6Prefix), so
 // a host cannot rotate addresses to mint buckets; a header (an API key) by
-// a keyed 128-bit hash. Memory: each Limiter holds at most MaxClients
+// a keyed 120-bit hash. Memory: each Limiter holds at most MaxClients
 // buckets in 64 shards, each an LRU list; idle buckets are dropped once
 // they could only be full, and when a shard is full its least recently
 // seen client is forgotten. README.md records the measured bounds.
