@@ -45,7 +45,20 @@ type Host struct {
 	failures     atomic.Int32 // consecutive failed requests
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when not ejected
 	ejections    atomic.Int32 // times ejected, scaling the next ejection
+	ejectedFor   atomic.Int64 // length of the last ejection, nanoseconds
 }
+
+// EjectedUntil is when h's current or last ejection ends (zero if never
+// ejected), and LastEjection how long that ejection was set for.
+func (h *Host) EjectedUntil() time.Time {
+	if u := h.ejectedUntil.Load(); u != 0 {
+		return time.Unix(0, u)
+	}
+	return time.Time{}
+}
+
+// LastEjection is how long h's last ejection was set for.
+func (h *Host) LastEjection() time.Duration { return time.Duration(h.ejectedFor.Load()) }
 
 // Ejected reports whether passive health checking holds h out of rotation
 // at now.
@@ -193,6 +206,7 @@ func (p *Pool) Failed(h *Host, now time.Time) (ejected bool, d time.Duration) {
 		return false, 0 // another request ejected it first
 	}
 	h.ejections.Store(n)
+	h.ejectedFor.Store(int64(d))
 	h.failures.Store(0)
 	p.anyEjected.Store(true)
 	return true, d

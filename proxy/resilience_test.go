@@ -142,34 +142,38 @@ func TestFailingOriginEjectedWithBackoff(t *testing.T) {
 		c.Retries.OnStatus = nil // see the 500s at the client: this test is about ejection
 	})
 	h := e.p.Pool().Hosts()[1]
-	ejectedAt := func() time.Time {
-		deadline := time.Now().Add(3 * time.Second)
+	eject := func() {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
 		for !h.Ejected(time.Now()) && time.Now().Before(deadline) {
 			load(t, e.url("/x"), 1, 4)
 		}
 		if !h.Ejected(time.Now()) {
 			t.Fatal("an origin answering 500 to everything was not ejected")
 		}
-		return time.Now()
 	}
-	first := ejectedAt()
-	before := bad.count.Load()
-	load(t, e.url("/x"), 4, 100)
-	if got := bad.count.Load() - before; got != 0 {
-		t.Errorf("ejected origin received %d requests", got)
+	eject()
+	if d := h.LastEjection(); d != 500*time.Millisecond {
+		t.Errorf("first ejection set for %v, want the base 500ms", d)
 	}
+	// While ejected (with time to spare), it gets nothing.
+	if time.Until(h.EjectedUntil()) > 250*time.Millisecond {
+		before := bad.count.Load()
+		load(t, e.url("/x"), 4, 20)
+		if got := bad.count.Load() - before; got != 0 && h.Ejected(time.Now()) {
+			t.Errorf("ejected origin received %d requests", got)
+		}
+	}
+	// Re-admitted after the base time.
 	for h.Ejected(time.Now()) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if d := time.Since(first); d < 450*time.Millisecond || d > 900*time.Millisecond {
-		t.Errorf("first ejection lasted %v, want the base 500ms", d)
+	if n := bad.count.Load(); load(t, e.url("/x"), 2, 10) >= 0 && bad.count.Load() == n {
+		t.Error("origin not re-admitted after its ejection ended")
 	}
-	second := ejectedAt()
-	for h.Ejected(time.Now()) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if d := time.Since(second); d < 950*time.Millisecond || d > 1500*time.Millisecond {
-		t.Errorf("second ejection lasted %v, want twice the base (1s)", d)
+	eject()
+	if d := h.LastEjection(); d != time.Second {
+		t.Errorf("second ejection set for %v, want twice the base (1s)", d)
 	}
 }
 
