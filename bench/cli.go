@@ -199,6 +199,7 @@ func CompareCommand(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.Connections, "connections", 64, "client connections")
 	fs.IntVar(&o.BodySize, "size", 2048, "synthetic upstream body size in bytes")
 	fs.Float64Var(&o.PacedRate, "paced-rate", 5000, "rate of the open-loop scenario, req/s (every target must sustain it)")
+	fs.Float64Var(&o.OriginRate, "origin-rate", 1000, "peak rate of ticket-drop-origin, req/s")
 	fs.StringVar(&o.Podium, "podium", "", "podium binary for the edge target (default: this binary)")
 	fs.StringVar(&o.HAProxy, "haproxy", "", "haproxy binary (default: haproxy in PATH or /usr/sbin)")
 	fs.StringVar(&o.Nginx, "nginx", "", "nginx binary (default: nginx in PATH or /usr/sbin)")

@@ -53,8 +53,23 @@ type CompareScenario struct {
 	// headline scenario gets three, the others one, so `make bench` stays
 	// well under 10 minutes.
 	Rounds int
+	// Origin runs the scenario against `podium origin` (two instances on
+	// the load CPU, sharing the MariaDB cluster named by PODIUM_DB_*)
+	// instead of the synthetic upstream.
+	Origin bool
 	// args returns the `bench run` arguments for the measured phase.
 	args func(o *CompareOptions) []string
+}
+
+// unavailable says why cs cannot run here, or "" when it can.
+func (cs *CompareScenario) unavailable() string {
+	if cs.Pending != "" {
+		return cs.Pending
+	}
+	if cs.Origin && os.Getenv("PODIUM_DB_PRIMARY") == "" {
+		return "needs the origin's database: run `scripts/mariadb-cluster.sh start` and `eval \"$(scripts/mariadb-cluster.sh env)\"` first (PODIUM_DB_PRIMARY is not set)"
+	}
+	return ""
 }
 
 // CompareScenarios are the comparison's scenarios, in report order.
@@ -86,9 +101,15 @@ var CompareScenarios = []CompareScenario{
 		},
 	},
 	{
-		Name:    "ticket-drop-origin",
-		Title:   "ticket-drop through the real origin (podium origin on MariaDB)",
-		Pending: "waits for `podium origin` and its database setup script",
+		Name: "ticket-drop-origin",
+		Title: "ticket-drop through the real origin: two `podium origin` on the MariaDB primary + 2 replicas, 90% listing / 9% details / 1% buys, " +
+			"ramping to the origin rate over 5 s, 64 connections; every proxy caches /api/games* as Podium's default routes do",
+		Rounds: 1,
+		Origin: true,
+		args: func(o *CompareOptions) []string {
+			return []string{"-scenario", "ticket-drop", "-connections", strconv.Itoa(o.Connections),
+				"-rate", strconv.FormatFloat(o.OriginRate, 'f', -1, 64), "-ramp", "5s"}
+		},
 	},
 }
 
@@ -129,6 +150,7 @@ type CompareOptions struct {
 	Connections      int     // default 64
 	BodySize         int     // default 2048
 	PacedRate        float64 // default 5000 req/s
+	OriginRate       float64 // peak of ticket-drop-origin: default 1000 req/s
 	Upstreams        int     // synthetic upstream listeners: default 2
 	// Rounds, when set, is how many times each target is measured in
 	// every scenario, interleaved, the median round reported; 0 means each
@@ -188,9 +210,9 @@ func (o *CompareOptions) defaults() error {
 		}
 	}
 	if len(o.Scenarios) == 0 {
-		for _, s := range CompareScenarios {
-			if s.Pending == "" {
-				o.Scenarios = append(o.Scenarios, s.Name)
+		for i := range CompareScenarios {
+			if CompareScenarios[i].unavailable() == "" {
+				o.Scenarios = append(o.Scenarios, CompareScenarios[i].Name)
 			}
 		}
 	}
@@ -217,6 +239,9 @@ func (o *CompareOptions) defaults() error {
 	}
 	if o.PacedRate == 0 {
 		o.PacedRate = 5000
+	}
+	if o.OriginRate == 0 {
+		o.OriginRate = 1000
 	}
 	if o.Upstreams == 0 {
 		o.Upstreams = 2
@@ -411,6 +436,7 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 		return nil, err
 	}
 	defer up.stop()
+	c.upstreams = up.addrs
 
 	rep := &CompareReport{
 		Date:    time.Now().UTC(),
@@ -420,11 +446,27 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 			Connections: opts.Connections, BodySize: opts.BodySize, Upstreams: c.upstreams, PacedRate: opts.PacedRate, Priority: opts.Priority},
 	}
 	for _, cs := range CompareScenarios {
-		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Pending: cs.Pending}
-		if cs.Pending == "" && !contains(opts.Scenarios, cs.Name) {
+		why := cs.unavailable()
+		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Pending: why}
+		if why == "" && !contains(opts.Scenarios, cs.Name) {
 			continue
 		}
-		if cs.Pending == "" {
+		be := up
+		if why == "" && cs.Origin {
+			var err error
+			if be, err = c.startOrigins(ctx); err != nil {
+				// Every target of the scenario fails alike; the others
+				// still run.
+				fmt.Fprintf(opts.Log, "compare: %s: %v\n", cs.Name, err)
+				for _, t := range opts.Targets {
+					sr.Targets = append(sr.Targets, TargetResult{Target: t, Error: err.Error(), UpstreamRequests: -1})
+				}
+				sr.Ratios = ratios(sr.Targets)
+				rep.Scenarios = append(rep.Scenarios, sr)
+				continue
+			}
+		}
+		if why == "" {
 			// Rounds interleave the targets (A B C D, A B C D, ...) so
 			// that a neighbour's burst of CPU use on this shared machine
 			// lands on every target alike, and the median round per
@@ -440,7 +482,7 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 					if ctx.Err() != nil {
 						return nil, ctx.Err()
 					}
-					tr := c.measure(ctx, &cs, t, up, round)
+					tr := c.measure(ctx, &cs, t, be, round)
 					if tr.OK {
 						fmt.Fprintf(opts.Log, "compare: %s / %s round %d/%d: %.0f req/s, p99 %s ms, proxy %.1f µs/request, peak RSS %d KiB, %d errors\n",
 							cs.Name, t, round, nr, tr.Throughput, ms(tr.Latency.P99), tr.ProxyCPUMicrosPerRequest, tr.ProxyPeakRSSKiB, tr.ErrorCount)
@@ -454,6 +496,9 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 				sr.Targets = append(sr.Targets, medianRound(rounds[t]))
 			}
 			sr.Ratios = ratios(sr.Targets)
+			if be != up {
+				be.stop()
+			}
 		}
 		rep.Scenarios = append(rep.Scenarios, sr)
 	}
@@ -579,30 +624,88 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func (c *comparison) startUpstreams(ctx context.Context) (*child, error) {
+// backend is what the proxies forward to in a scenario: the synthetic
+// upstream or the origins.
+type backend struct {
+	addrs []string
+	procs []*child
+	// stats is true when addrs[0] answers UpstreamStatsPath.
+	stats bool
+	// readyPath and readyLen say what a proxy must answer before it is
+	// measured: 200 with readyLen bytes (-1: any length).
+	readyPath string
+	readyLen  int
+}
+
+func (b *backend) pids() []int {
+	var pids []int
+	for _, p := range b.procs {
+		pids = append(pids, processTree(p.cmd.Process.Pid)...)
+	}
+	return pids
+}
+
+func (b *backend) stop() {
+	for _, p := range b.procs {
+		p.stop()
+	}
+}
+
+func (c *comparison) startUpstreams(ctx context.Context) (*backend, error) {
+	be := &backend{stats: true, readyPath: "/bench/payload", readyLen: c.opts.BodySize}
 	for i := 0; i < c.opts.Upstreams; i++ {
 		a, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}
-		c.upstreams = append(c.upstreams, a)
+		be.addrs = append(be.addrs, a)
 	}
-	argv := append(append([]string{}, c.opts.Exe...), "upstream", "-listen", strings.Join(c.upstreams, ","), "-size", strconv.Itoa(c.opts.BodySize))
+	argv := append(append([]string{}, c.opts.Exe...), "upstream", "-listen", strings.Join(be.addrs, ","), "-size", strconv.Itoa(c.opts.BodySize))
 	ch, err := c.start("upstream", c.opts.LoadCPU, c.opts.Env, argv...)
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range c.upstreams {
+	be.procs = []*child{ch}
+	for _, a := range be.addrs {
 		if err := waitReady(ctx, ch, "http://"+a+"/ping", 4, 10*time.Second); err != nil {
 			ch.stop()
 			return nil, fmt.Errorf("synthetic upstream: %w", err)
 		}
 	}
-	return ch, nil
+	return be, nil
 }
 
-// waitReady polls url until it answers 200 with a body of wantLen bytes,
-// the child exits, or timeout passes.
+// startOrigins starts two `podium origin` on the load CPU. They read their
+// database DSNs from the PODIUM_DB_* environment this process was given
+// (and migrate at start when PODIUM_DB_MIGRATE is set).
+func (c *comparison) startOrigins(ctx context.Context) (*backend, error) {
+	be := &backend{readyPath: "/api/games/1", readyLen: -1}
+	for i := 0; i < 2; i++ {
+		a, err := freeAddr()
+		if err != nil {
+			be.stop()
+			return nil, err
+		}
+		ch, err := c.start(fmt.Sprintf("origin%d", i+1), c.opts.LoadCPU, nil, c.opts.Podium, "origin", "-listen", a)
+		if err != nil {
+			be.stop()
+			return nil, fmt.Errorf("origin: %w", err)
+		}
+		be.addrs = append(be.addrs, a)
+		be.procs = append(be.procs, ch)
+	}
+	for i, a := range be.addrs {
+		// The first start may apply migrations and the seed.
+		if err := waitReady(ctx, be.procs[i], "http://"+a+"/api/games/1", -1, time.Minute); err != nil {
+			be.stop()
+			return nil, fmt.Errorf("origin %s: %w", a, err)
+		}
+	}
+	return be, nil
+}
+
+// waitReady polls url until it answers 200 with a body of wantLen bytes
+// (any length when wantLen < 0), the child exits, or timeout passes.
 func waitReady(ctx context.Context, ch *child, url string, wantLen int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
@@ -614,7 +717,7 @@ func waitReady(ctx context.Context, ch *child, url string, wantLen int, timeout 
 		switch {
 		case err != nil:
 			last = err.Error()
-		case status != 200 || len(body) != wantLen:
+		case status != 200 || (wantLen >= 0 && len(body) != wantLen):
 			last = fmt.Sprintf("status %d with %d bytes, want 200 with %d", status, len(body), wantLen)
 		default:
 			return nil
@@ -642,7 +745,7 @@ type PeerConfig struct {
 
 // startProxy renders target's config and starts it on the proxy CPU. It
 // returns the base URL to load and the process.
-func (c *comparison) startProxy(name, target string) (string, *child, string, error) {
+func (c *comparison) startProxy(name, target string, upstreams []string) (string, *child, string, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return "", nil, "", err
@@ -655,7 +758,7 @@ func (c *comparison) startProxy(name, target string) (string, *child, string, er
 	if err := os.MkdirAll(scratch, 0o755); err != nil {
 		return "", nil, "", fmt.Errorf("creating %s: %w", scratch, err)
 	}
-	pc := PeerConfig{Listen: listen, Admin: admin, Upstreams: c.upstreams, Connections: c.opts.Connections, Dir: scratch}
+	pc := PeerConfig{Listen: listen, Admin: admin, Upstreams: upstreams, Connections: c.opts.Connections, Dir: scratch}
 	if os.Geteuid() == 0 {
 		pc.User = "root root"
 	}
@@ -700,7 +803,7 @@ func (c *comparison) startProxy(name, target string) (string, *child, string, er
 
 // measure runs one scenario against one target: start, wait until it
 // proxies, warm up, then sample CPU around the measured run.
-func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target string, up *child, round int) TargetResult {
+func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target string, be *backend, round int) TargetResult {
 	tr := TargetResult{Target: target}
 	name := fmt.Sprintf("%s-%s-r%d", cs.Name, target, round)
 	fail := func(format string, a ...any) TargetResult {
@@ -708,18 +811,18 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 		tr.Error = fmt.Sprintf(format, a...)
 		return tr
 	}
-	base := "http://" + c.upstreams[0]
+	base := "http://" + be.addrs[0]
 	var proxy *child
 	if target != TargetDirect {
 		var err error
 		var cfg string
-		base, proxy, cfg, err = c.startProxy(name, target)
+		base, proxy, cfg, err = c.startProxy(name, target, be.addrs)
 		tr.Config = cfg
 		if err != nil {
 			return fail("%v", err)
 		}
 		defer proxy.stop()
-		if err := waitReady(ctx, proxy, base+"/bench/payload", c.opts.BodySize, c.opts.ReadyTimeout); err != nil {
+		if err := waitReady(ctx, proxy, base+be.readyPath, be.readyLen, c.opts.ReadyTimeout); err != nil {
 			return fail("%s did not proxy: %v", target, err)
 		}
 	}
@@ -735,9 +838,9 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	if err != nil {
 		return fail("reading proxy CPU: %v", err)
 	}
-	up0, _ := cpuSeconds(processTree(up.cmd.Process.Pid))
+	up0, _ := cpuSeconds(be.pids())
 	busy0 := machineBusySeconds()
-	ureq0, uerr0 := c.upstreamRequests(ctx)
+	ureq0, uerr0 := c.upstreamRequests(be)
 	prefix := filepath.Join(c.dir, "runs", name)
 	res, err := c.generate(ctx, base, runArgs, c.opts.Duration, prefix)
 	if err != nil {
@@ -750,9 +853,9 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	if err != nil {
 		return fail("reading proxy CPU: %v", err)
 	}
-	up1, _ := cpuSeconds(processTree(up.cmd.Process.Pid))
+	up1, _ := cpuSeconds(be.pids())
 	busy1 := machineBusySeconds()
-	ureq1, uerr1 := c.upstreamRequests(ctx)
+	ureq1, uerr1 := c.upstreamRequests(be)
 	if uerr0 == nil && uerr1 == nil {
 		tr.UpstreamRequests = ureq1 - ureq0
 	} else {
@@ -788,8 +891,11 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 }
 
 // upstreamRequests reads the synthetic upstream's request counter.
-func (c *comparison) upstreamRequests(ctx context.Context) (int64, error) {
-	_, body, err := fasthttp.GetTimeout(nil, "http://"+c.upstreams[0]+UpstreamStatsPath, 2*time.Second)
+func (c *comparison) upstreamRequests(be *backend) (int64, error) {
+	if !be.stats {
+		return 0, errors.New("this backend counts no requests")
+	}
+	_, body, err := fasthttp.GetTimeout(nil, "http://"+be.addrs[0]+UpstreamStatsPath, 2*time.Second)
 	if err != nil {
 		return 0, fmt.Errorf("reading upstream stats: %w", err)
 	}
@@ -1053,7 +1159,7 @@ func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
 			l := t.Latency
 			reached := "?"
 			if t.UpstreamRequests >= 0 && t.Requests > 0 {
-				reached = fmt.Sprintf("%.2f%%", float64(t.UpstreamRequests)*100/float64(t.Requests))
+				reached = fmt.Sprintf("%d (%.3g%%)", t.UpstreamRequests, float64(t.UpstreamRequests)*100/float64(t.Requests))
 			}
 			fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f%% | %.2f | %s |\n", t.Target, t.Throughput,
 				ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max), cpu, rss, t.ErrorCount, reached, t.LoadCPUBusyFraction*100, t.OtherCPUCores, strings.Join(every, ", "))
