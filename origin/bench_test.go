@@ -11,7 +11,7 @@ import (
 // The benchmarks drive a real origin over loopback HTTP against the test
 // cluster that TestMain starts:
 //
-//	go test -run x -bench . -benchtime 5s ./origin/
+//	go test -run '^$' -bench . -benchtime 5s ./origin/
 //
 // Each reports its throughput as a custom metric (purchases/s, reqs/s);
 // ns/op is the same figure inverted, across all goroutines.

@@ -353,6 +353,8 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 		form.Error = e.Error
 		if e.Remaining != nil && *e.Remaining == 0 {
 			form.Error = "Sorry, this session has just sold out."
+		} else if e.Remaining != nil && *e.Remaining == 1 {
+			form.Error = "Only 1 seat is left; choose 1 ticket."
 		} else if e.Remaining != nil {
 			form.Error = fmt.Sprintf("Only %d seats are left; choose %d or fewer.", *e.Remaining, *e.Remaining)
 		}

@@ -126,9 +126,9 @@ func TestBuyFormFlow(t *testing.T) {
 		{"not a number", url.Values{"quantity": {"two"}, "email": {"fan@example.com"}}, 422, "Enter how many tickets you want, 1 to 10"},
 		{"too many", url.Values{"quantity": {"11"}, "email": {"fan@example.com"}}, 422, "You can buy 1 to 10 tickets per order"},
 		{"bad email", url.Values{"quantity": {"1"}, "email": {"fan"}}, 422, "Enter a valid email address"},
-		{"more than left", url.Values{"quantity": {"2"}, "email": {"fan@example.com"}, "idempotency_key": {"form-k2"}}, 409, "Only 1 seats are left"},
-		{"last seat", url.Values{"quantity": {"1"}, "email": {"fan@example.com"}, "idempotency_key": {"form-k3"}}, 201, "Your tickets"},
-		{"sold out", url.Values{"quantity": {"1"}, "email": {"fan@example.com"}, "idempotency_key": {"form-k4"}}, 409, "sold out"},
+		{"more than left", url.Values{"quantity": {"2"}, "email": {"fan@example.com"}, "idempotency_key": {fmt.Sprintf("g%d-form-k2", game)}}, 409, "Only 1 seat is left"},
+		{"last seat", url.Values{"quantity": {"1"}, "email": {"fan@example.com"}, "idempotency_key": {fmt.Sprintf("g%d-form-k3", game)}}, 201, "Your tickets"},
+		{"sold out", url.Values{"quantity": {"1"}, "email": {"fan@example.com"}, "idempotency_key": {fmt.Sprintf("g%d-form-k4", game)}}, 409, "sold out"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := post(tt.form)

@@ -150,7 +150,7 @@ func TestIdempotencyKeysConcurrentReplays(t *testing.T) {
 				k, c := w[0], w[1]
 				body := fmt.Sprintf(`{"quantity": %d, "email": "key%d@example.com"}`, 1+k%3, k)
 				r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), body,
-					"Content-Type", "application/json", "Idempotency-Key", fmt.Sprintf("test-key-%d", k))
+					"Content-Type", "application/json", "Idempotency-Key", fmt.Sprintf("g%d-key-%d", game, k))
 				if err != nil {
 					failed.CompareAndSwap(nil, err)
 					continue
@@ -206,6 +206,8 @@ func TestIdempotencyKeyRules(t *testing.T) {
 	s := startServer(t, nil)
 	game := createGame(t, 3)
 	buy := func(key, body string) response {
+		// Keys are scoped to this run's game, so that -count=N passes too.
+		key = fmt.Sprintf("g%d-%s", game, key)
 		return do(t, "POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), body, "Content-Type", "application/json", "Idempotency-Key", key)
 	}
 	first := buy("rules-1", `{"quantity": 2, "email": "a@example.com"}`)
@@ -250,16 +252,18 @@ func TestIdempotencyKeyRules(t *testing.T) {
 func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
 	s := startServer(t, func(c *Config) { c.IdempotencyTTL = time.Hour })
 	game := createGame(t, 10)
+	// Keys unique to this run, so that -count=N passes too.
+	oldKey, newKey := fmt.Sprintf("sweep-old-%d", game), fmt.Sprintf("sweep-new-%d", game)
 	buy := func(key string) response {
 		return do(t, "POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), `{"quantity": 1, "email": "a@example.com"}`,
 			"Content-Type", "application/json", "Idempotency-Key", key)
 	}
-	for _, k := range []string{"sweep-old", "sweep-new"} {
+	for _, k := range []string{oldKey, newKey} {
 		if r := buy(k); r.Status != http.StatusCreated {
 			t.Fatalf("%s: %d %s", k, r.Status, r.Body)
 		}
 	}
-	if _, err := tc.primaryDB.Exec("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR WHERE idem_key = 'sweep-old'"); err != nil {
+	if _, err := tc.primaryDB.Exec("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR WHERE idem_key = ?", oldKey); err != nil {
 		t.Fatal(err)
 	}
 	n, err := s.db.sweepKeys(context.Background(), time.Now())
@@ -267,7 +271,7 @@ func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
 		t.Fatalf("sweep deleted %d keys: %v", n, err)
 	}
 	var left []string
-	rows, err := tc.primaryDB.Query("SELECT idem_key FROM idempotency_keys WHERE idem_key LIKE 'sweep-%'")
+	rows, err := tc.primaryDB.Query("SELECT idem_key FROM idempotency_keys WHERE idem_key IN (?, ?)", oldKey, newKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,11 +281,11 @@ func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
 		left = append(left, k)
 	}
 	rows.Close()
-	if len(left) != 1 || left[0] != "sweep-new" {
-		t.Errorf("keys left after the sweep: %v, want [sweep-new]", left)
+	if len(left) != 1 || left[0] != newKey {
+		t.Errorf("keys left after the sweep: %v, want [%s]", left, newKey)
 	}
 	// The expired key is forgotten: reusing it is a new purchase.
-	if r := buy("sweep-old"); r.Status != http.StatusCreated || r.Header.Get("Idempotency-Replayed") != "" {
+	if r := buy(oldKey); r.Status != http.StatusCreated || r.Header.Get("Idempotency-Replayed") != "" {
 		t.Errorf("reused expired key: %d replayed=%q", r.Status, r.Header.Get("Idempotency-Replayed"))
 	}
 	if _, sold, _, _ := gameState(t, game); sold != 3 {

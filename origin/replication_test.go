@@ -86,7 +86,8 @@ func TestPrimaryStoppedThenRestarted(t *testing.T) {
 	s.CheckDatabases(context.Background())
 
 	// Purchases answer 503 clearly, with the request id, and write nothing.
-	for _, key := range []string{"", "outage-key"} {
+	outageKey := fmt.Sprintf("outage-%d", game)
+	for _, key := range []string{"", outageKey} {
 		headers := []string{"X-Request-ID", "outage-1"}
 		if key != "" {
 			headers = append(headers, "Idempotency-Key", key)
@@ -127,7 +128,7 @@ func TestPrimaryStoppedThenRestarted(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	var r response
 	for time.Now().Before(deadline) {
-		r = buyAPI(t, s.URL, game, 1, "Idempotency-Key", "outage-key")
+		r = buyAPI(t, s.URL, game, 1, "Idempotency-Key", outageKey)
 		if r.Status == http.StatusCreated {
 			break
 		}
