@@ -144,10 +144,16 @@ func keyLine(n *yaml.Node, key string) int {
 // decodeStrict parses data into out and returns the document tree as well,
 // for line lookups. Unknown keys are errors: a typo such as "intreval"
 // must not silently leave the default in force.
-func decodeStrict(file string, data []byte, out any) (*yaml.Node, error) {
+//
+// before, if set, sees the parsed tree first: a map the file sets replaces
+// the default map instead of merging into it.
+func decodeStrict(file string, data []byte, out any, before func(root *yaml.Node)) (*yaml.Node, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("parsing YAML file %s: %w", file, cleanYAMLError(err))
+	}
+	if before != nil && len(root.Content) > 0 {
+		before(root.Content[0])
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return &root, nil

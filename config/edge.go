@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,10 @@ const (
 	DefaultListingTTL        = 2 * time.Second  // seats left on the listing are at most this old on another edge
 	DefaultStaleIfError      = 60 * time.Second // a fan sees a listing through a minute of origin outage
 	DefaultStaticTTL         = time.Hour        // fingerprinted names: the origin's immutable max-age usually wins
+	DefaultRate              = 50               // requests per second per client on most routes
+	DefaultBurst             = 100
+	DefaultBuyRate           = 2 // purchases per second per client: a fan buys, a script floods
+	DefaultBuyBurst          = 5
 	DefaultMaxRetries        = 2
 	DefaultRetryBudget       = 20 // percent of active requests: Envoy's default budget
 	DefaultRetryMinimum      = 3  // concurrent retries always allowed: Envoy's default
@@ -65,22 +70,45 @@ var DefaultTrustedProxies []string
 // An Edge is treated as immutable once loaded; it may be shared by
 // goroutines that only read it.
 type Edge struct {
-	Listen         string         `yaml:"listen"`
-	ReusePort      bool           `yaml:"reuse_port"`
-	Admin          string         `yaml:"admin"`
-	Discovery      Discovery      `yaml:"discovery"`
-	Balancer       Balancer       `yaml:"balancer"`
-	HealthCheck    HealthCheck    `yaml:"healthcheck"`
-	Routes         []Route        `yaml:"routes"`
-	TrustedProxies []string       `yaml:"trusted_proxies"`
-	Timeouts       Timeouts       `yaml:"timeouts"`
-	Limits         Limits         `yaml:"limits"`
-	UpstreamPool   UpstreamPool   `yaml:"upstream_pool"`
-	AccessLog      AccessLog      `yaml:"access_log"`
-	Cache          CacheStore     `yaml:"cache"`
-	Retries        Retries        `yaml:"retries"`
-	Outlier        Outlier        `yaml:"outlier"`
-	trusted        []netip.Prefix // parsed TrustedProxies
+	Listen         string               `yaml:"listen"`
+	ReusePort      bool                 `yaml:"reuse_port"`
+	Admin          string               `yaml:"admin"`
+	Discovery      Discovery            `yaml:"discovery"`
+	Balancer       Balancer             `yaml:"balancer"`
+	HealthCheck    HealthCheck          `yaml:"healthcheck"`
+	Routes         []Route              `yaml:"routes"`
+	TrustedProxies []string             `yaml:"trusted_proxies"`
+	Timeouts       Timeouts             `yaml:"timeouts"`
+	Limits         Limits               `yaml:"limits"`
+	UpstreamPool   UpstreamPool         `yaml:"upstream_pool"`
+	AccessLog      AccessLog            `yaml:"access_log"`
+	Cache          CacheStore           `yaml:"cache"`
+	Retries        Retries              `yaml:"retries"`
+	RateLimits     map[string]RateLimit `yaml:"ratelimits"`
+	RateLimitAllow []string             `yaml:"ratelimit_allow"`
+	Outlier        Outlier              `yaml:"outlier"`
+	trusted        []netip.Prefix       // parsed TrustedProxies
+	allow          []netip.Prefix       // parsed RateLimitAllow
+}
+
+// RateLimit is a named per-client token bucket policy. A policy named
+// "default" applies to every route that names none.
+type RateLimit struct {
+	// Rate is tokens per second; Burst the bucket size.
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+	// Key is what a client is: "ip" (the client address, IPv6 by its
+	// IPv6Prefix) or "header:NAME" (e.g. an API key; falls back to the
+	// address when the header is absent).
+	Key string `yaml:"key"`
+	// IPv6Prefix groups IPv6 clients, so one host cannot rotate addresses
+	// within its /64. Zero means 64.
+	IPv6Prefix int `yaml:"ipv6_prefix"`
+	// MaxClients bounds the buckets kept (least recently seen forgotten
+	// first); zero means 131072, about 22 MiB.
+	MaxClients int `yaml:"max_clients"`
+	// IdleTTL forgets a client idle this long; zero means 1m.
+	IdleTTL Duration `yaml:"idle_ttl"`
 }
 
 // CacheStore sizes the edge's response cache, shared by every route whose
@@ -205,6 +233,12 @@ type Route struct {
 	Name  string      `yaml:"name"`
 	Match Match       `yaml:"match"`
 	Cache *RouteCache `yaml:"cache"`
+	// RateLimit names the ratelimits policy for this route; empty means
+	// "default" when that exists, and "none" turns limiting off.
+	RateLimit string `yaml:"ratelimit"`
+	// MaxInFlight caps the route's requests in flight; the excess is shed
+	// with 503 and Retry-After before the origins drown. Zero: no cap.
+	MaxInFlight int64 `yaml:"max_in_flight"`
 	// Purge lists paths dropped from the cache (every query and variant of
 	// each) when a request on this route succeeds (2xx); a trailing "*"
 	// drops everything under a prefix; "$1" stands for the path segment
@@ -284,6 +318,10 @@ func DefaultEdge() *Edge {
 		UpstreamPool: UpstreamPool{MaxConns: DefaultMaxConnsPerHost, MaxIdleTime: Duration(DefaultUpstreamIdleConn)},
 		AccessLog:    AccessLog{Enabled: true, Sample: DefaultAccessLogSample},
 		Cache:        CacheStore{MaxBytes: DefaultCacheBytes, LastGoodEntries: DefaultLastGoodEntries, LastGoodBytes: DefaultLastGoodBytes},
+		RateLimits: map[string]RateLimit{
+			"default": {Rate: DefaultRate, Burst: DefaultBurst, Key: "ip"},
+			"buy":     {Rate: DefaultBuyRate, Burst: DefaultBuyBurst, Key: "ip"},
+		},
 		Retries: Retries{MaxRetries: DefaultMaxRetries, BudgetPercent: DefaultRetryBudget, MinConcurrent: DefaultRetryMinimum,
 			OnStatus: append([]int(nil), DefaultRetryOnStatus...)},
 		Outlier: Outlier{ConsecutiveFailures: DefaultConsecutiveFails, BaseEjection: Duration(DefaultBaseEjection),
@@ -300,9 +338,9 @@ func DefaultRoutes() []Route {
 	}
 	get := []string{"GET", "HEAD"}
 	return []Route{
-		{Name: "buy", Match: Match{Path: "/api/games/*/buy", Methods: []string{"POST"}},
+		{Name: "buy", Match: Match{Path: "/api/games/*/buy", Methods: []string{"POST"}}, RateLimit: "buy",
 			Purge: []string{"/api/games", "/games", "/api/games/$1", "/games/$1"}},
-		{Name: "buy_page", Match: Match{Path: "/games/*/buy", Methods: []string{"POST"}},
+		{Name: "buy_page", Match: Match{Path: "/games/*/buy", Methods: []string{"POST"}}, RateLimit: "buy",
 			Purge: []string{"/api/games", "/games", "/api/games/$1", "/games/$1"}},
 		{Name: "api_games", Match: Match{Path: "/api/games", Methods: get}, Cache: listing()},
 		{Name: "api_game", Match: Match{Path: "/api/games/*", Methods: get}, Cache: listing()},
@@ -327,7 +365,13 @@ func LoadFile(path string) (*Edge, error) {
 // the result. A config that fails validation is rejected whole.
 func Load(file string, data []byte) (*Edge, error) {
 	cfg := DefaultEdge()
-	root, err := decodeStrict(file, data, cfg)
+	root, err := decodeStrict(file, data, cfg, func(top *yaml.Node) {
+		// A file that lists ratelimits lists all of them: the defaults'
+		// "default" policy must not silently apply to a config without it.
+		if mappingValue(top, "ratelimits") != nil {
+			cfg.RateLimits = map[string]RateLimit{}
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -337,6 +381,36 @@ func Load(file string, data []byte) (*Edge, error) {
 		return nil, &Error{File: file, Problems: v.problems}
 	}
 	return cfg, nil
+}
+
+// AllowPrefixes returns the parsed ratelimit_allow.
+func (c *Edge) AllowPrefixes() []netip.Prefix { return c.allow }
+
+// RoutePolicy returns the rate limit policy name that applies to a route,
+// or "" for none.
+func (c *Edge) RoutePolicy(r Route) string {
+	switch r.RateLimit {
+	case "none":
+		return ""
+	case "":
+		if _, ok := c.RateLimits["default"]; ok {
+			return "default"
+		}
+		return ""
+	}
+	return r.RateLimit
+}
+
+func policyNames(m map[string]RateLimit) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 // TrustedPrefixes returns the parsed trusted_proxies.
@@ -443,6 +517,47 @@ func (c *Edge) validate(v *validator) {
 			v.addf(key+".name", "%q is used by an earlier route; names label metrics and must be unique", r.Name)
 		}
 		names[r.Name] = true
+	}
+
+	for name, rl := range c.RateLimits {
+		key := "ratelimits." + name
+		if name == "none" {
+			v.addf(key, `"none" is reserved: a route says ratelimit: none to turn limiting off`)
+		}
+		if rl.Rate <= 0 {
+			v.addf(key+".rate", "must be > 0 requests per second, got %g", rl.Rate)
+		}
+		if rl.Burst < 1 {
+			v.addf(key+".burst", "must be >= 1, got %d", rl.Burst)
+		}
+		if k := rl.Key; k != "" && k != "ip" && (!strings.HasPrefix(k, "header:") || len(k) == len("header:")) {
+			v.addf(key+".key", `must be "ip" or "header:NAME", got %q`, k)
+		}
+		if rl.IPv6Prefix < 0 || rl.IPv6Prefix > 128 {
+			v.addf(key+".ipv6_prefix", "must be 0..128 (0 means 64), got %d", rl.IPv6Prefix)
+		}
+		if rl.MaxClients < 0 || rl.IdleTTL < 0 {
+			v.addf(key, "max_clients and idle_ttl must be >= 0")
+		}
+	}
+	for i, r := range c.Routes {
+		if r.RateLimit != "" && r.RateLimit != "none" {
+			if _, ok := c.RateLimits[r.RateLimit]; !ok {
+				v.addf(fmt.Sprintf("routes[%d].ratelimit", i), "no policy %q in ratelimits (have: %s)", r.RateLimit, policyNames(c.RateLimits))
+			}
+		}
+		if r.MaxInFlight < 0 {
+			v.addf(fmt.Sprintf("routes[%d].max_in_flight", i), "must be >= 0 (0 means no cap), got %d", r.MaxInFlight)
+		}
+	}
+	c.allow = c.allow[:0]
+	for i, s := range c.RateLimitAllow {
+		p, err := parsePrefix(s)
+		if err != nil {
+			v.addf(fmt.Sprintf("ratelimit_allow[%d]", i), "must be a CIDR such as 10.0.0.0/8 or an address, got %q", s)
+			continue
+		}
+		c.allow = append(c.allow, p)
 	}
 
 	c.trusted = c.trusted[:0]

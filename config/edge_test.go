@@ -33,6 +33,9 @@ func TestLoadFileBad(t *testing.T) {
 		{"dup-route.bad.yaml", []string{":3: routes[1].name:", "used by an earlier route"}},
 		{"retry-post.bad.yaml", []string{":2: retries.methods[0]:", "POST is retried only with an Idempotency-Key"}},
 		{"ejection-cap.bad.yaml", []string{":3: outlier.max_ejection: must be >= outlier.base_ejection (30s), got 10s"}},
+		{"unknown-policy.bad.yaml", []string{":2: routes[0].ratelimit: no policy \"typo\" in ratelimits (have: buy, default)"}},
+		{"zero-rate.bad.yaml", []string{":2: ratelimits.buy.rate: must be > 0"}},
+		{"bad-key.bad.yaml", []string{`ratelimits.api.key: must be "ip" or "header:NAME", got "cookie:x"`}},
 		{"rise-string.bad.yaml", []string{"line 2", "cannot unmarshal"}},
 	}
 	seen := map[string]bool{}
@@ -101,6 +104,23 @@ func TestLoadFileGood(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
+	}
+}
+
+func TestRateLimitsReplaceDefaults(t *testing.T) {
+	cfg, err := Load("e.yaml", []byte("ratelimits:\n  api: {rate: 5, burst: 10}\nroutes:\n  - {match: {path_prefix: /}, ratelimit: api}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.RateLimits) != 1 || cfg.RoutePolicy(cfg.Routes[0]) != "api" {
+		t.Errorf("ratelimits = %v, want only api", cfg.RateLimits)
+	}
+	def := DefaultEdge()
+	if got := def.RoutePolicy(def.Routes[2]); got != "default" {
+		t.Errorf("a route naming no policy gets %q, want default", got)
+	}
+	if got := def.RoutePolicy(Route{RateLimit: "none"}); got != "" {
+		t.Errorf("ratelimit: none gives %q", got)
 	}
 }
 

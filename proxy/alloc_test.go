@@ -4,7 +4,11 @@
 
 package proxy
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/podium-edge/podium/config"
+)
 
 func TestProxyPathAllocs(t *testing.T) {
 	p := inmemoryEdge(t)
@@ -12,5 +16,19 @@ func TestProxyPathAllocs(t *testing.T) {
 	s.serve(t, p) // warm the pools
 	if n := testing.AllocsPerRun(2000, func() { s.serve(t, p) }); n != 0 {
 		t.Errorf("a proxied GET allocates %v times, want 0", n)
+	}
+}
+
+func TestProxyPathAllocsWithRateLimit(t *testing.T) {
+	// The rate limiter on the path, for a client it already knows, through
+	// a trusted proxy's X-Forwarded-For.
+	p := inmemoryEdge(t, func(c *config.Edge) {
+		c.RateLimits = map[string]config.RateLimit{"default": {Rate: 1e9, Burst: 1e9}}
+		c.TrustedProxies = []string{"192.0.2.0/24"}
+	})
+	s := newRawServer(rawGet)
+	s.serve(t, p)
+	if n := testing.AllocsPerRun(2000, func() { s.serve(t, p) }); n != 0 {
+		t.Errorf("a rate-limited proxied GET allocates %v times, want 0", n)
 	}
 }

@@ -20,7 +20,7 @@ var h0 = time.Now().Add(-time.Hour)
 
 // inmemoryEdge is an edge whose one upstream is a fasthttp server on an
 // in-memory listener: the proxy's own cost, with no kernel in the way.
-func inmemoryEdge(tb testing.TB) *Proxy {
+func inmemoryEdge(tb testing.TB, opts ...edgeOption) *Proxy {
 	tb.Helper()
 	ln := fasthttputil.NewInmemoryListener()
 	body := []byte(strings.Repeat("x", 2048))
@@ -38,6 +38,13 @@ func inmemoryEdge(tb testing.TB) *Proxy {
 		tb.Fatal(err)
 	}
 	cfg.Routes = []config.Route{{Name: "default", Match: config.Match{PathPrefix: "/"}}}
+	cfg.RateLimits = nil
+	for _, o := range opts {
+		o(cfg)
+	}
+	if err := cfg.Validate("test"); err != nil {
+		tb.Fatal(err)
+	}
 	p, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		tb.Fatal(err)

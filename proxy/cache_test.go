@@ -53,7 +53,12 @@ func newTicketUpstream(t *testing.T) *ticketUpstream {
 
 func cachingEdge(t *testing.T, ups []*testUpstream, opts ...edgeOption) *testEdge {
 	t.Helper()
-	return startEdge(t, ups, nil, append([]edgeOption{func(c *config.Edge) { c.Routes = config.DefaultRoutes() }}, opts...)...)
+	return startEdge(t, ups, nil, append([]edgeOption{func(c *config.Edge) {
+		c.Routes = config.DefaultRoutes()
+		for i := range c.Routes {
+			c.Routes[i].RateLimit = "none" // these tests are about the cache, from one client
+		}
+	}}, opts...)...)
 }
 
 type result struct {

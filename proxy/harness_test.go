@@ -119,6 +119,7 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 	cfg.AccessLog.Enabled = false
 	// Plain proxying unless a test asks for routes (the default routes cache).
 	cfg.Routes = []config.Route{{Name: "default", Match: config.Match{PathPrefix: "/"}}}
+	cfg.RateLimits = nil // every test client is 127.0.0.1: limits only where a test asks
 	for _, o := range opts {
 		o(cfg)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/cache"
+	"github.com/podium-edge/podium/ratelimit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -25,11 +26,13 @@ const (
 	errHeaderLimit   = "limit_rejected"     // headers or body over the limits → 431/413
 	errClientTimeout = "client_timeout"     // slow client → 408
 	errNoRoute       = "no_route"           // no route matched → 404
+	errRateLimited   = "rate_limited"       // client over its rate → 429
+	errShed          = "shed"               // route over max_in_flight → 503
 
 	retryStatus5xx = "status_5xx" // a retry reason: the upstream answered one of retries.on_status
 )
 
-var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errNoRoute}
+var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errNoRoute, errRateLimited, errShed}
 
 // methods are the method label values; anything else counts as OTHER, so
 // a client cannot mint label values.
@@ -152,6 +155,8 @@ type Metrics struct {
 	healthFailures       *prometheus.CounterVec
 	healthChanges        *prometheus.CounterVec
 	retries              map[string]prometheus.Counter
+	limited              *prometheus.CounterVec
+	shed                 prometheus.Counter
 	retryBudgetExhausted prometheus.Counter
 	ejections            prometheus.Counter
 
@@ -168,7 +173,7 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 // NewMetrics registers the edge's metrics: requests by route (route "none"
 // counts requests that matched no route or failed before routing), the
 // pool's upstreams, the cache, and config reloads.
-func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64) *Metrics {
+func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, limits *ratelimit.Set) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry: reg,
@@ -234,6 +239,20 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64) *
 		Name: "podium_edge_in_flight_requests",
 		Help: "Client requests the edge is handling now.",
 	}, func() float64 { return float64(active.Load()) })
+	// By policy, never by client: a label per client address would grow
+	// without bound.
+	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podium_edge_ratelimit_rejected_total",
+		Help: "Requests answered 429 because the client was over its rate, by policy.",
+	}, []string{"policy"})
+	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podium_edge_shed_total",
+		Help: "Requests answered 503 because their route was at max_in_flight.",
+	})
+	reg.MustRegister(m.limited, m.shed, &limitsCollector{limits: limits,
+		clients: prometheus.NewDesc("podium_edge_ratelimit_clients", "Clients with a bucket, by policy.", []string{"policy"}, nil),
+		evicted: prometheus.NewDesc("podium_edge_ratelimit_evicted_total", "Buckets forgotten because the policy was at max_clients (raise it if this climbs).", []string{"policy"}, nil),
+	})
 	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections, m.reloads, m.reloadOK, m.reloadTime, m.restartRequired)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
@@ -357,4 +376,26 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.evictions, prometheus.CounterValue, float64(st.Evictions))
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(st.Rejected))
 	ch <- prometheus.MustNewConstMetric(c.lastGood, prometheus.GaugeValue, float64(st.LastGoodEntries))
+}
+
+func (m *Metrics) rateLimited(policy string) { m.limited.WithLabelValues(policy).Inc() }
+
+// limitsCollector reads the rate limiters' sizes at scrape time.
+type limitsCollector struct {
+	limits           *ratelimit.Set
+	clients, evicted *prometheus.Desc
+}
+
+func (c *limitsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.clients
+	ch <- c.evicted
+}
+
+func (c *limitsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, l := range c.limits.Limiters() {
+		st := l.Stats()
+		name := l.Policy().Name
+		ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(st.Clients), name)
+		ch <- prometheus.MustNewConstMetric(c.evicted, prometheus.CounterValue, float64(st.Evicted), name)
+	}
 }

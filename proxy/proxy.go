@@ -23,6 +23,7 @@ import (
 	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/cache"
 	"github.com/podium-edge/podium/config"
+	"github.com/podium-edge/podium/ratelimit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/singleflight"
@@ -52,6 +53,7 @@ type Proxy struct {
 	pool    *balancer.Pool
 	metrics *Metrics
 	log     *slog.Logger
+	limits  *ratelimit.Set
 	store   *cache.Store       // nil when no route caches
 	flight  singleflight.Group // one origin fetch per cache key
 
@@ -75,6 +77,11 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 	_, _ = crand.Read(seed[:])
 	hex.Encode(p.idPrefix[:], seed[:])
 
+	limits, err := ratelimit.NewSet(policies(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("rate limits: %w", err)
+	}
+	p.limits = limits
 	p.pool = &balancer.Pool{}
 	p.pool.Configure(poolSettings(cfg))
 	if needsStore(cfg) {
@@ -84,9 +91,9 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 		}
 		p.store = st
 	}
-	p.metrics = NewMetrics(p.pool, p.store, &p.active)
+	p.metrics = NewMetrics(p.pool, p.store, &p.active, p.limits)
 	p.none = &route{name: "none", counts: p.metrics.routeCounts("none")}
-	p.state.Store(p.newState(cfg))
+	p.state.Store(p.newState(cfg, nil))
 	p.pool.OnAdd = p.attach
 	p.pool.OnRemove = func(h *balancer.Host) {
 		p.metrics.forgetUpstream(h.Addr)
@@ -231,6 +238,21 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
+	if rt.policy != "" && !p.allowed(st, ctx, rt, method, peer, reqID) {
+		return
+	}
+	if c := rt.inflight; c != nil {
+		if !c.Acquire() {
+			// Shed before the origins drown: a fast, clear 503 now beats a
+			// slow timeout for everyone.
+			p.metrics.shed.Inc()
+			p.reject(st, ctx, rt, method, fasthttp.StatusServiceUnavailable, errShed, "the ticket service is at capacity; retry in a second", reqID, nil)
+			ctx.Response.Header.Set("Retry-After", "1")
+			return
+		}
+		defer c.Release()
+	}
+
 	// Hop-by-hop hygiene (RFC 9110 §7.6.1). The client's wish to close is
 	// its connection's business, not the pooled upstream connection's.
 	clientClose := req.Header.ConnectionClose()
@@ -266,6 +288,40 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	}
 	rt.counts.inc(method, status)
 	p.accessLog(st, ctx, rt, status, h, reqID, elapsed, retries)
+}
+
+var strXFFKey = string(strXForwardedFor)
+
+// allowed applies the route's rate limit to the client (the socket peer,
+// or for a trusted peer the right-most untrusted X-Forwarded-For address),
+// and answers 429 with Retry-After when the client is over it.
+func (p *Proxy) allowed(st *state, ctx *fasthttp.RequestCtx, rt *route, method int, peer netip.Addr, reqID []byte) bool {
+	lim := p.limits.Limiter(rt.policy)
+	if lim == nil {
+		return true
+	}
+	client := peer
+	if st.isTrusted(peer) {
+		client = ratelimit.ClientIPFields(peer, ctx.Request.Header.PeekAll(strXFFKey), st.trusted)
+	}
+	if st.allow.Contains(client) {
+		return true
+	}
+	var hv []byte
+	if h := lim.Policy().Header; h != "" {
+		hv = ctx.Request.Header.Peek(h)
+	}
+	ok, wait := lim.Allow(lim.Key(client, hv), time.Now())
+	if ok {
+		return true
+	}
+	p.metrics.rateLimited(rt.policy)
+	secs := ratelimit.RetryAfterSeconds(wait)
+	p.reject(st, ctx, rt, method, fasthttp.StatusTooManyRequests, errRateLimited,
+		"too many requests; retry after "+strconv.FormatInt(secs, 10)+" seconds", reqID, nil)
+	var b [20]byte
+	ctx.Response.Header.SetBytesV("Retry-After", ratelimit.AppendRetryAfter(b[:0], wait))
+	return false
 }
 
 // setRetries records on the response how many times the edge retried, for

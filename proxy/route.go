@@ -5,6 +5,7 @@ import (
 
 	"github.com/podium-edge/podium/cache"
 	"github.com/podium-edge/podium/config"
+	"github.com/podium-edge/podium/ratelimit"
 )
 
 // route is a compiled config.Route.
@@ -18,6 +19,8 @@ type route struct {
 	purge    []string // path prefixes purged on success; "$1" is the first "*" segment
 	starSeg  int      // index in exact of the first "*", -1 if none
 	counts   *routeCounts
+	policy   string                 // rate limit policy name; "" for none
+	inflight *ratelimit.Concurrency // max_in_flight; nil for no cap
 }
 
 func newRoute(r config.Route) route {

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
 
 	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/config"
+	"github.com/podium-edge/podium/ratelimit"
 )
 
 // state is everything a request reads that a config reload may change. It
@@ -17,18 +19,54 @@ type state struct {
 	cfg     *config.Edge
 	routes  []route
 	trusted []netip.Prefix
+	allow   *ratelimit.AllowList
 }
 
-func (p *Proxy) newState(cfg *config.Edge) *state {
-	st := &state{cfg: cfg, trusted: cfg.TrustedPrefixes()}
+func (p *Proxy) newState(cfg *config.Edge, prev *state) *state {
+	st := &state{cfg: cfg, trusted: cfg.TrustedPrefixes(), allow: ratelimit.NewAllowList(cfg.AllowPrefixes())}
 	for _, r := range cfg.Routes {
 		rt := newRoute(r)
 		// Counters are per route name and outlive reloads, so a reload
 		// never resets a series Prometheus has seen.
 		rt.counts = p.metrics.routeCounts(r.Name)
+		rt.policy = cfg.RoutePolicy(r)
+		if r.MaxInFlight > 0 {
+			rt.inflight = &ratelimit.Concurrency{Max: r.MaxInFlight}
+			// An unchanged cap keeps its count: requests under way on the
+			// old config still hold their places.
+			if old := prev.route(r.Name); old != nil && old.inflight != nil && old.inflight.Max == r.MaxInFlight {
+				rt.inflight = old.inflight
+			}
+		}
 		st.routes = append(st.routes, rt)
 	}
 	return st
+}
+
+func (st *state) route(name string) *route {
+	if st == nil {
+		return nil
+	}
+	for i := range st.routes {
+		if st.routes[i].name == name {
+			return &st.routes[i]
+		}
+	}
+	return nil
+}
+
+// policies turns the config's rate limits into the ratelimit package's.
+func policies(cfg *config.Edge) []ratelimit.Policy {
+	out := make([]ratelimit.Policy, 0, len(cfg.RateLimits))
+	for name, rl := range cfg.RateLimits {
+		pol := ratelimit.Policy{Name: name, Rate: rl.Rate, Burst: rl.Burst, IPv6Prefix: rl.IPv6Prefix,
+			MaxClients: rl.MaxClients, IdleTTL: rl.IdleTTL.D()}
+		if h, ok := strings.CutPrefix(rl.Key, "header:"); ok {
+			pol.Header = h
+		}
+		out = append(out, pol)
+	}
+	return out
 }
 
 func poolSettings(cfg *config.Edge) balancer.Settings {
@@ -88,8 +126,13 @@ func (p *Proxy) Reload(cfg *config.Edge) (needRestart []string, err error) {
 			needRestart = append(needRestart, fmt.Sprintf("%s (running %v, file says %v)", k.key, k.old, k.new))
 		}
 	}
+	// Policies whose settings did not change keep their buckets: a reload
+	// must not hand every client a fresh burst.
+	if err := p.limits.Reconfigure(policies(cfg)); err != nil {
+		return nil, fmt.Errorf("rate limits: %w", err)
+	}
 	p.pool.Configure(poolSettings(cfg))
-	p.state.Store(p.newState(cfg))
+	p.state.Store(p.newState(cfg, p.state.Load()))
 	p.metrics.ObserveReload(true, len(needRestart) > 0)
 	return needRestart, nil
 }
