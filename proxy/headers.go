@@ -70,7 +70,6 @@ func (s *rawScan) smuggling() string {
 var (
 	hdrContentLength    = []byte("content-length")
 	hdrTransferEncoding = []byte("transfer-encoding")
-	hdrConnection       = []byte("connection")
 	tokChunked          = []byte("chunked")
 )
 
