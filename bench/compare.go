@@ -871,6 +871,13 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	if res.Requests == 0 {
 		return fail("no request completed")
 	}
+	// A target that answers errors is not doing the work being compared
+	// (a rate limit firing, an upstream it cannot reach): its cost per
+	// request would flatter it.
+	if res.ErrorCount*100 > res.Requests {
+		return fail("%d of %d requests failed (statuses %s; errors %s): the target did not do the work compared",
+			res.ErrorCount, res.Requests, counts(res.Statuses), counts(res.Errors))
+	}
 	n := float64(res.Requests)
 	tr.UpstreamCPUMicrosPerRequest = (up1 - up0) * 1e6 / n
 	gen := res.Generator.UserSeconds + res.Generator.SystemSeconds
