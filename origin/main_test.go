@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -57,6 +59,18 @@ func runTests(m *testing.M) int {
 	}
 	env := append(os.Environ(),
 		"PODIUM_DB_PRIMARY_PORT="+ports[0], "PODIUM_DB_REPLICA1_PORT="+ports[1], "PODIUM_DB_REPLICA2_PORT="+ports[2])
+	// If this binary dies without running its deferred stop (a -timeout
+	// panic, a kill), a watchdog in its own session stops the cluster and
+	// removes its state dir, so no mariadbd outlives the test run.
+	watchdog := exec.Command("sh", "-c",
+		`while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3" >/dev/null 2>&1; rm -rf "$3"`,
+		"watchdog", strconv.Itoa(os.Getpid()), tc.script, tc.stateDir)
+	watchdog.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := watchdog.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "origin tests: starting the cluster watchdog:", err)
+		return 1
+	}
+	go watchdog.Wait() //nolint:errcheck // reaps it if it ends first
 	start := exec.Command(tc.script, "start", tc.stateDir)
 	start.Env = env
 	start.Stdout, start.Stderr = os.Stderr, os.Stderr
