@@ -174,11 +174,38 @@ type RouteCache struct {
 	MaxEntryBytes int `yaml:"max_entry_bytes"`
 }
 
-// Discovery says where upstreams come from.
+// Discovery says where upstreams come from: a static list or Consul. A
+// file that sets consul drops the embedded default's static list.
 type Discovery struct {
 	// Static is a fixed list of upstreams, each "host:port" or
 	// {addr: "host:port", weight: 2}.
 	Static []StaticUpstream `yaml:"static"`
+	// Consul watches the catalog for passing instances of a service.
+	Consul *Consul `yaml:"consul"`
+}
+
+// Consul is the Consul catalog as an upstream source, and the edge's own
+// registration there.
+type Consul struct {
+	Address    string `yaml:"address"`     // agent HTTP API; default 127.0.0.1:8500
+	Token      string `yaml:"token"`       // ACL token; secret: /config shows it elided
+	Datacenter string `yaml:"datacenter"`  // default: the agent's
+	Service    string `yaml:"service"`     // default podium-origin
+	Tag        string `yaml:"tag"`         // only instances with this tag
+	AllowStale bool   `yaml:"allow_stale"` // let any server answer
+	// Register, when set, registers this edge as a service with an HTTP
+	// check on its own /ping, marked critical first thing on SIGTERM.
+	Register *ConsulRegister `yaml:"register"`
+}
+
+// ConsulRegister is the edge's own registration.
+type ConsulRegister struct {
+	Name                    string   `yaml:"name"`    // default podium-edge
+	Address                 string   `yaml:"address"` // what others dial; default the listen host, or 127.0.0.1
+	Tags                    []string `yaml:"tags"`
+	CheckInterval           Duration `yaml:"check_interval"`            // default 2s
+	CheckTimeout            Duration `yaml:"check_timeout"`             // default 1s
+	DeregisterCriticalAfter Duration `yaml:"deregister_critical_after"` // default 1m (Consul's floor)
 }
 
 // StaticUpstream is one entry of discovery.static.
@@ -366,6 +393,9 @@ func LoadFile(path string) (*Edge, error) {
 func Load(file string, data []byte) (*Edge, error) {
 	cfg := DefaultEdge()
 	root, err := decodeStrict(file, data, cfg, func(top *yaml.Node) {
+		if d := mappingValue(top, "discovery"); d != nil && mappingValue(d, "consul") != nil {
+			cfg.Discovery.Static = nil
+		}
 		// A file that lists ratelimits lists all of them: the defaults'
 		// "default" policy must not silently apply to a config without it.
 		if mappingValue(top, "ratelimits") != nil {
@@ -420,8 +450,31 @@ func (c *Edge) validate(v *validator) {
 	checkAddr(v, "listen", c.Listen)
 	checkAddr(v, "admin", c.Admin)
 
-	if len(c.Discovery.Static) == 0 {
-		v.addf("discovery.static", "must list at least one upstream (host:port)")
+	switch cs := c.Discovery.Consul; {
+	case cs != nil && len(c.Discovery.Static) > 0:
+		v.addf("discovery", "set static or consul, not both")
+	case cs == nil && len(c.Discovery.Static) == 0:
+		v.addf("discovery.static", "must list at least one upstream (host:port), or set discovery.consul")
+	case cs != nil:
+		if cs.Address != "" {
+			a := cs.Address
+			if _, rest, ok := strings.Cut(a, "://"); ok {
+				a = rest
+			}
+			if _, _, err := net.SplitHostPort(a); err != nil || !validPort(a) {
+				v.addf("discovery.consul.address", "must be host:port such as 127.0.0.1:8500, got %q", cs.Address)
+			}
+		}
+		if r := cs.Register; r != nil {
+			if r.Address != "" {
+				if ip, err := netip.ParseAddr(r.Address); err != nil || ip.IsUnspecified() {
+					v.addf("discovery.consul.register.address", "must be an IP address others can dial (not 0.0.0.0), got %q", r.Address)
+				}
+			}
+			if r.CheckInterval < 0 || r.CheckTimeout < 0 || r.DeregisterCriticalAfter < 0 {
+				v.addf("discovery.consul.register", "durations must be >= 0")
+			}
+		}
 	}
 	seen := map[string]bool{}
 	for i, u := range c.Discovery.Static {
@@ -679,10 +732,16 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// Redacted returns the config as YAML for /config. Nothing in the edge
-// config is secret yet; a discovery token, when one exists, is elided here.
+// Redacted returns the config as YAML for /config, with the Consul token
+// elided.
 func (c *Edge) Redacted() ([]byte, error) {
-	return yaml.Marshal(c)
+	out := *c
+	if cs := c.Discovery.Consul; cs != nil && cs.Token != "" {
+		cp := *cs
+		cp.Token = "<elided>"
+		out.Discovery.Consul = &cp
+	}
+	return yaml.Marshal(&out)
 }
 
 // Validate checks a config built or changed in code (flags over a file).

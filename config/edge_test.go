@@ -36,6 +36,8 @@ func TestLoadFileBad(t *testing.T) {
 		{"unknown-policy.bad.yaml", []string{":2: routes[0].ratelimit: no policy \"typo\" in ratelimits (have: buy, default)"}},
 		{"zero-rate.bad.yaml", []string{":2: ratelimits.buy.rate: must be > 0"}},
 		{"bad-key.bad.yaml", []string{`ratelimits.api.key: must be "ip" or "header:NAME", got "cookie:x"`}},
+		{"static-and-consul.bad.yaml", []string{":1: discovery: set static or consul, not both"}},
+		{"consul-address.bad.yaml", []string{":3: discovery.consul.address: must be host:port"}},
 		{"rise-string.bad.yaml", []string{"line 2", "cannot unmarshal"}},
 	}
 	seen := map[string]bool{}
@@ -121,6 +123,23 @@ func TestRateLimitsReplaceDefaults(t *testing.T) {
 	}
 	if got := def.RoutePolicy(Route{RateLimit: "none"}); got != "" {
 		t.Errorf("ratelimit: none gives %q", got)
+	}
+}
+
+func TestConsulReplacesStaticAndTokenElided(t *testing.T) {
+	cfg, err := Load("e.yaml", []byte("discovery:\n  consul: {service: podium-origin, token: s3cret, register: {}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Discovery.Static) != 0 || cfg.Discovery.Consul == nil || cfg.Discovery.Consul.Register == nil {
+		t.Fatalf("discovery = %+v, want consul only", cfg.Discovery)
+	}
+	out, _ := cfg.Redacted()
+	if strings.Contains(string(out), "s3cret") || !strings.Contains(string(out), "<elided>") {
+		t.Errorf("/config shows the token:\n%s", out)
+	}
+	if cfg.Discovery.Consul.Token != "s3cret" {
+		t.Error("Redacted changed the running config")
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/config"
 	"github.com/podium-edge/podium/discovery"
+	"github.com/podium-edge/podium/discovery/consul"
 	"github.com/podium-edge/podium/healthcheck"
 	"github.com/podium-edge/podium/proxy"
 	"github.com/valyala/fasthttp"
@@ -164,12 +165,32 @@ func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownT
 	bg, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
 	e.startProber(bg, cfg)
-	e.updatePool(staticSource(cfg))
+	var registration *consul.Service
+	if cs := cfg.Discovery.Consul; cs != nil {
+		w, err := consul.NewWatcher(consulConfig(cs), log)
+		if err != nil {
+			return err
+		}
+		go func() {
+			// A lost agent keeps the last known set: the watcher does not
+			// push until it hears from Consul again.
+			if err := w.Run(bg, e.updatePool); err != nil && !errors.Is(err, context.Canceled) {
+				log.Error("consul discovery stopped; keeping the last known upstreams", "error", err)
+			}
+		}()
+		if cs.Register != nil {
+			if registration, err = registerEdge(bg, cs, ln.Addr(), log); err != nil {
+				return err
+			}
+		}
+	} else {
+		e.updatePool(staticSource(cfg))
+	}
 	if f.config != "" {
 		go watchConfig(bg, f.config, log, e.reload)
 	}
 
-	log.Info("edge listening", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "upstreams", len(cfg.Discovery.Static), "reuse_port", cfg.ReusePort)
+	log.Info("edge listening", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "discovery", discoveryName(cfg), "reuse_port", cfg.ReusePort)
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- p.Server().Serve(ln) }()
 	select {
@@ -179,6 +200,22 @@ func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownT
 	}
 	log.Info("shutting down: /ping answers 503 draining, answers close their connections", "drain", drain.String())
 	p.SetDraining(true)
+	if registration != nil {
+		// Out of Consul first, so nothing that discovers edges there sends
+		// new work while this one drains (fabio #815).
+		mctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := registration.MarkCritical(mctx); err != nil {
+			log.Warn("could not mark this edge critical in consul", "error", err)
+		}
+		cancel()
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := registration.Deregister(dctx); err != nil {
+				log.Warn("could not deregister this edge from consul", "error", err)
+			}
+		}()
+	}
 	time.Sleep(drain)
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
@@ -226,13 +263,22 @@ func (e *edge) reload(bg context.Context, why string) {
 		e.log.Error("config reload rejected; the running config stays", "trigger", why, "error", err.Error())
 		return
 	}
+	// Switching between static and Consul, or retargeting Consul, needs a
+	// restart; the running source stays until then.
+	var sourceRestart bool
+	if !reflect.DeepEqual(cfg.Discovery.Consul, e.cfg.Discovery.Consul) {
+		sourceRestart = true
+		cfg.Discovery = e.cfg.Discovery
+	}
 	needRestart, err := e.p.Reload(cfg)
 	if err != nil {
 		e.p.ReloadFailed()
 		e.log.Error("config reload failed; the running config stays", "trigger", why, "error", err.Error())
 		return
 	}
-	if !reflect.DeepEqual(cfg.Discovery.Static, e.cfg.Discovery.Static) {
+	if sourceRestart {
+		needRestart = append(needRestart, "discovery.consul")
+	} else if cfg.Discovery.Consul == nil && !reflect.DeepEqual(cfg.Discovery.Static, e.cfg.Discovery.Static) {
 		e.updatePool(staticSource(cfg))
 	}
 	if cfg.HealthCheck != e.cfg.HealthCheck {
@@ -244,6 +290,50 @@ func (e *edge) reload(bg context.Context, why string) {
 		return
 	}
 	e.log.Info("config reloaded", "trigger", why)
+}
+
+func consulConfig(cs *config.Consul) consul.Config {
+	return consul.Config{Address: cs.Address, Token: cs.Token, Datacenter: cs.Datacenter,
+		Service: cs.Service, Tag: cs.Tag, AllowStale: cs.AllowStale}
+}
+
+// registerEdge registers this edge in Consul with a check on its /ping.
+func registerEdge(ctx context.Context, cs *config.Consul, listenAddr net.Addr, log *slog.Logger) (*consul.Service, error) {
+	client, err := consulConfig(cs).NewClient()
+	if err != nil {
+		return nil, err
+	}
+	r := cs.Register
+	tcp, _ := listenAddr.(*net.TCPAddr)
+	addr := r.Address
+	if addr == "" {
+		addr = "127.0.0.1"
+		if tcp != nil && !tcp.IP.IsUnspecified() {
+			addr = tcp.IP.String()
+		}
+	}
+	name := r.Name
+	if name == "" {
+		name = "podium-edge"
+	}
+	port := 0
+	if tcp != nil {
+		port = tcp.Port
+	}
+	svc, err := consul.Register(ctx, client, consul.Registration{
+		Name: name, Addr: addr, Port: port, Tags: r.Tags,
+		Meta:                    map[string]string{"version": version},
+		CheckPath:               "/ping",
+		CheckInterval:           r.CheckInterval.D(),
+		CheckTimeout:            r.CheckTimeout.D(),
+		DeregisterCriticalAfter: r.DeregisterCriticalAfter.D(),
+		Logger:                  log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registering the edge in consul: %w", err)
+	}
+	log.Info("registered in consul", "service", name, "id", svc.ID(), "addr", fmt.Sprintf("%s:%d", addr, port))
+	return svc, nil
 }
 
 func staticSource(cfg *config.Edge) []discovery.Target {
@@ -260,4 +350,11 @@ func targetsToConfigs(ts []discovery.Target) []balancer.Config {
 		out[i] = balancer.Config{ID: t.ID, Addr: t.Addr, Weight: t.Weight}
 	}
 	return out
+}
+
+func discoveryName(cfg *config.Edge) string {
+	if cs := cfg.Discovery.Consul; cs != nil {
+		return "consul service " + cs.Service
+	}
+	return fmt.Sprintf("static, %d upstreams", len(cfg.Discovery.Static))
 }
