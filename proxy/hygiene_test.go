@@ -310,3 +310,26 @@ func TestEdgePing(t *testing.T) {
 		t.Error("the edge's own /ping was forwarded")
 	}
 }
+
+func TestSlowClientBodyTimesOut(t *testing.T) {
+	u := newUpstream(t)
+	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.Timeouts.ReadBody = config.Duration(300 * time.Millisecond) })
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /api/games/1/buy HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n{\"qu") // and stall
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	b, _ := io.ReadAll(c)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("a stalled body kept the connection %v, want closed after read_body (300ms)", took)
+	}
+	if len(b) > 0 && !strings.HasPrefix(string(b), "HTTP/1.1 408") {
+		t.Errorf("answer to a stalled body: %q, want 408 or a plain close", b)
+	}
+	if u.count.Load() != 0 {
+		t.Error("a half-sent body reached the upstream")
+	}
+}

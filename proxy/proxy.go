@@ -103,9 +103,13 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 	p.server = &fasthttp.Server{
 		Handler:      p.Handle,
 		ErrorHandler: p.handleParseError,
-		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 			// The headers are in; from here the client gets read_body to send
-			// the body (fasthttp's ReadTimeout covered the headers).
+			// a body (fasthttp's ReadTimeout covered the headers). Requests
+			// without one skip this: each deadline set is a timer update.
+			if h.ContentLength() == 0 {
+				return fasthttp.RequestConfig{}
+			}
 			return fasthttp.RequestConfig{ReadTimeout: cfg.Timeouts.ReadBody.D()}
 		},
 		Name:                          "podium",
