@@ -21,6 +21,9 @@ import (
 	"time"
 )
 
+// seedGames is the number of sessions migration 0002 seeds (ids 1..624).
+const seedGames = 624
+
 // The tests run against a real MariaDB primary and two GTID replicas that
 // TestMain starts with scripts/mariadb-cluster.sh in a temporary state
 // directory on free loopback ports, and stops at the end.

@@ -199,7 +199,7 @@ func (s *Server) pageNotFound(w http.ResponseWriter, r *http.Request) {
 }
 
 // pageGameLimit bounds the all-sessions page: the whole Paris programme is
-// 626 sessions; a runaway table must not render an unbounded page.
+// 624 sessions; a runaway table must not render an unbounded page.
 const pageGameLimit = 5000
 
 func (s *Server) pageGames(w http.ResponseWriter, r *http.Request) {
