@@ -229,7 +229,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			}
 			s.m.requests.WithLabelValues(route, r.Method, fmt.Sprint(sw.status)).Inc()
 			s.m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
-			if s.cfg.AccessLog || sw.status >= 500 {
+			// A 503 /ping is the drain or an outage, both logged once on
+			// their transition; the edge's probes would repeat it every 2s.
+			if s.cfg.AccessLog || (sw.status >= 500 && r.URL.Path != "/ping") {
 				lvl := slog.LevelInfo
 				if sw.status >= 500 {
 					lvl = slog.LevelWarn
