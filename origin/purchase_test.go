@@ -292,3 +292,80 @@ func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
 		t.Errorf("sold %d, want 3", sold)
 	}
 }
+
+// A purchase whose connection is killed mid-transaction is retried on a new
+// connection, and sells once.
+func TestPurchaseRetriedAfterLostConnection(t *testing.T) {
+	s := startServer(t, nil)
+	game := createGame(t, 5)
+	// Hold the game's row so that the purchase waits inside its UPDATE.
+	lock, err := tc.primaryDB.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback() //nolint:errcheck
+	if _, err := lock.Exec("SELECT remaining FROM games WHERE id = ? FOR UPDATE", game); err != nil {
+		t.Fatal(err)
+	}
+	bought := make(chan response, 1)
+	go func() {
+		r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), `{"quantity": 2, "email": "a@example.com"}`, "Content-Type", "application/json")
+		if err != nil {
+			r = response{Status: -1, Body: []byte(err.Error())}
+		}
+		bought <- r
+	}()
+	// Find the purchase's session waiting in its UPDATE, and kill it (a
+	// user may kill its own sessions).
+	var victim int64
+	for i := 0; victim == 0; i++ {
+		if i > 500 {
+			t.Fatal("the purchase never reached its UPDATE")
+		}
+		err := tc.primaryDB.QueryRow(`SELECT ID FROM information_schema.PROCESSLIST
+			WHERE INFO LIKE 'UPDATE games SET remaining%' AND INFO LIKE ? LIMIT 1`, fmt.Sprintf("%%WHERE id = %d %%", game)).Scan(&victim)
+		if err != nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if _, err := tc.primaryDB.Exec(fmt.Sprintf("KILL CONNECTION %d", victim)); err != nil {
+		t.Fatal(err)
+	}
+	// The retry queues on the lock again; wait until it does, then let go.
+	for i := 0; metricValue(t, s.m.retries.WithLabelValues("connection")) < 1; i++ {
+		if i > 500 {
+			t.Fatal("the killed purchase was not retried")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := lock.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-bought; r.Status != http.StatusCreated {
+		t.Fatalf("purchase after its connection was killed: %d %s", r.Status, r.Body)
+	}
+	if remaining, sold, orders, _ := gameState(t, game); remaining != 3 || sold != 2 || orders != 1 {
+		t.Errorf("remaining %d, sold %d in %d orders; want 3, 2 in 1", remaining, sold, orders)
+	}
+}
+
+// An attempt whose COMMIT succeeded but whose answer was lost is retried
+// with the same order token: the retry returns the committed order and
+// takes no more seats.
+func TestRetryAfterLostCommitSellsOnce(t *testing.T) {
+	s := startServer(t, nil)
+	game := createGame(t, 5)
+	p := purchaseRequest{GameID: game, Quantity: 2, Email: "a@example.com"}
+	token := []byte("0123456789abcdef")
+	first, err := s.db.purchaseOnce(context.Background(), p, token, p.hash())
+	if err != nil || first.Status != http.StatusCreated {
+		t.Fatalf("first attempt: %+v %v", first, err)
+	}
+	again, err := s.db.purchaseOnce(context.Background(), p, token, p.hash())
+	if err != nil || again.Status != http.StatusCreated || !bytes.Equal(again.Body, first.Body) {
+		t.Fatalf("retried attempt: %d %s %v, want the first answer %s", again.Status, again.Body, err, first.Body)
+	}
+	if remaining, sold, orders, _ := gameState(t, game); remaining != 3 || sold != 2 || orders != 1 {
+		t.Errorf("remaining %d, sold %d in %d orders; want 3, 2 in 1", remaining, sold, orders)
+	}
+}
