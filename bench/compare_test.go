@@ -42,6 +42,9 @@ func TestCompareAgainstHAProxyAndNginx(t *testing.T) {
 		Connections: 16,
 		PacedRate:   1000,
 		Rounds:      1,
+		// Not realtime: under `go test ./...` other packages' tests run
+		// beside this one and must not be starved by SCHED_FIFO load.
+		Priority: PriorityNormal,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -107,7 +110,8 @@ func TestCompareAgainstHAProxyAndNginx(t *testing.T) {
 			}
 			// The synthetic upstream's own counter: without a cache every
 			// request reaches it; behind a cache with a 2 s lifetime, a
-			// 2 s run lets through a handful.
+			// 2 s run lets through a handful (none, if the one refresh
+			// falls outside the measured window).
 			switch {
 			case tr.UpstreamRequests < 0:
 				t.Errorf("%s: upstream request count unknown", name)
@@ -115,8 +119,8 @@ func TestCompareAgainstHAProxyAndNginx(t *testing.T) {
 				if tr.UpstreamRequests != tr.Requests {
 					t.Errorf("%s: %d requests reached the upstream, want all %d", name, tr.UpstreamRequests, tr.Requests)
 				}
-			case tr.UpstreamRequests*20 > tr.Requests || tr.UpstreamRequests == 0:
-				t.Errorf("%s: %d of %d requests reached the upstream through the cache, want 1..5%%", name, tr.UpstreamRequests, tr.Requests)
+			case tr.UpstreamRequests*20 > tr.Requests:
+				t.Errorf("%s: %d of %d requests reached the upstream through the cache, want at most 5%%", name, tr.UpstreamRequests, tr.Requests)
 			}
 			if s.Name == "proxied-get-paced" {
 				if got := tr.Throughput; got < 950 || got > 1050 {
