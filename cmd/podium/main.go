@@ -21,7 +21,7 @@ type subcommand struct {
 func subcommands() []subcommand {
 	return []subcommand{
 		{"edge", "run the edge reverse proxy (podium edge -config edge.yaml)", runEdge},
-		{"origin", "run the ticket service (podium origin -config origin.yaml)", runOrigin},
+		{"origin", "run the ticket service (podium origin -h; podium origin migrate)", runOrigin},
 		{"bench", "run load scenarios and peer comparisons (podium bench -h)", runBench},
 		{"version", "print the version", func([]string) error { fmt.Println("podium", version); return nil }},
 	}

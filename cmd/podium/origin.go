@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/podium-edge/podium/discovery/consul"
 	"github.com/podium-edge/podium/origin"
 )
 
@@ -48,6 +49,10 @@ func runOrigin(args []string) error {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", originEnvDuration("PODIUM_ORIGIN_SHUTDOWN_TIMEOUT", origin.DefaultShutdownTimeout), "wait this long for in-flight requests at shutdown [PODIUM_ORIGIN_SHUTDOWN_TIMEOUT]")
 	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", originEnvDuration("PODIUM_ORIGIN_IDEMPOTENCY_TTL", origin.DefaultIdempotencyTTL), "keep Idempotency-Keys and their answers this long [PODIUM_ORIGIN_IDEMPOTENCY_TTL]")
 	fs.BoolVar(&cfg.AccessLog, "access-log", originEnvBool("PODIUM_ORIGIN_ACCESS_LOG"), "log every request, not only 5xx [PODIUM_ORIGIN_ACCESS_LOG]")
+	consulAddr := fs.String("consul", originEnv("PODIUM_CONSUL_ADDR", ""), "register in the Consul agent at this `host:port` (e.g. 127.0.0.1:8500); empty: do not register [PODIUM_CONSUL_ADDR]")
+	consulService := fs.String("consul-service", originEnv("PODIUM_CONSUL_SERVICE", "podium-origin"), "Consul service `name` [PODIUM_CONSUL_SERVICE]")
+	consulToken := fs.String("consul-token", originEnv("PODIUM_CONSUL_TOKEN", ""), "Consul ACL `token` [PODIUM_CONSUL_TOKEN]")
+	weight := fs.Int("weight", originEnvInt("PODIUM_ORIGIN_WEIGHT", 1), "share of traffic relative to other origins, published as Consul meta weight [PODIUM_ORIGIN_WEIGHT]")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -80,7 +85,63 @@ func runOrigin(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
-	return srv.Run(ctx, ln)
+	if *consulAddr == "" {
+		return srv.Run(ctx, ln)
+	}
+	if *weight < 1 || *weight > 1000 {
+		return fmt.Errorf("-weight must be 1..1000, got %d", *weight)
+	}
+	// Registered once listening; on SIGTERM, critical in Consul first, so
+	// no edge sends new requests, and only then /ping 503, the drain and
+	// the shutdown (fabio issue #815 asks for exactly this order).
+	regCtx, stopReg := context.WithCancel(context.Background())
+	defer stopReg()
+	svc, err := registerOrigin(regCtx, *consulAddr, *consulToken, *consulService, ln.Addr().(*net.TCPAddr), *weight, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	go func() {
+		<-ctx.Done()
+		mctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := svc.MarkCritical(mctx); err != nil {
+			log.Warn("origin: could not mark this instance critical in consul", "error", err)
+		}
+		cancel()
+		cancelRun()
+	}()
+	err = srv.Run(runCtx, ln)
+	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if derr := svc.Deregister(dctx); derr != nil {
+		log.Warn("origin: could not deregister from consul", "error", derr)
+	}
+	return err
+}
+
+// registerOrigin registers the origin with an HTTP check on its /ping.
+func registerOrigin(ctx context.Context, addr, token, service string, at *net.TCPAddr, weight int, log *slog.Logger) (*consul.Service, error) {
+	client, err := consul.Config{Address: addr, Token: token}.NewClient()
+	if err != nil {
+		return nil, err
+	}
+	host := at.IP.String()
+	if at.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	svc, err := consul.Register(ctx, client, consul.Registration{
+		Name: service, Addr: host, Port: at.Port,
+		Tags:   []string{"origin"},
+		Meta:   map[string]string{consul.MetaWeight: strconv.Itoa(weight), "version": version},
+		Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registering in consul at %s: %w (is the agent running? scripts/consul.sh start)", addr, err)
+	}
+	log.Info("origin: registered in consul", "service", service, "id", svc.ID())
+	return svc, nil
 }
 
 func runOriginMigrate(args []string) error {
