@@ -284,6 +284,9 @@ func TestPingAndMetrics(t *testing.T) {
 		`podium_origin_http_requests_total{code="200",method="GET",route="GET /api/games/{id}"}`,
 		`podium_origin_db_up{addr=`,
 		`podium_origin_db_reads_total{target="replica"}`,
+		`podium_origin_db_query_duration_seconds_count{op="get_game"}`,
+		`go_sql_open_connections{db_name="primary"}`,
+		`go_sql_in_use_connections{db_name="replica1"}`,
 	} {
 		if !strings.Contains(string(m.Body), want) {
 			t.Errorf("/metrics lacks %s", want)

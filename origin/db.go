@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // ErrUnavailable is returned when no database can serve a request: the
@@ -130,6 +131,9 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 	}
 	c := &cluster{cfg: cfg, log: log, m: m, primary: primary, primaryName: name}
 	c.primaryUp.Store(true) // optimistic until the first check says otherwise
+	// Pool usage (open, in use, idle, waits) as database/sql keeps it:
+	// go_sql_* series labelled db_name.
+	m.reg.MustRegister(collectors.NewDBStatsCollector(primary, "primary"))
 	for i, dsn := range cfg.ReplicaDSNs {
 		db, name, err := openDB(dsn, cfg.ReplicaConns, cfg, nil)
 		if err != nil {
@@ -138,6 +142,7 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 		}
 		r := &replica{name: name, db: db}
 		r.lagSeconds.Store(-1)
+		m.reg.MustRegister(collectors.NewDBStatsCollector(db, fmt.Sprintf("replica%d", i+1)))
 		c.replicas = append(c.replicas, r)
 	}
 	return c, nil

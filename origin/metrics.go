@@ -1,6 +1,8 @@
 package origin
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -20,6 +22,13 @@ type metrics struct {
 	dbUp       *prometheus.GaugeVec
 	replicaLag *prometheus.GaugeVec
 	inFlight   prometheus.Gauge
+	queries    *prometheus.HistogramVec
+}
+
+// observeQuery records how long one database operation took (a listing
+// read, one purchase transaction), retries and replica fallbacks included.
+func (m *metrics) observeQuery(op string, start time.Time) {
+	m.queries.WithLabelValues(op).Observe(time.Since(start).Seconds())
 }
 
 func newMetrics() *metrics {
@@ -66,9 +75,14 @@ func newMetrics() *metrics {
 			Name: "podium_origin_http_requests_in_flight",
 			Help: "HTTP requests being answered now.",
 		}),
+		queries: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podium_origin_db_query_duration_seconds",
+			Help:    "Time of one database operation, by operation: list_games, get_game, list_sports, purchase.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"op"}),
 	}
 	m.reg.MustRegister(m.requests, m.duration, m.purchases, m.seatsSold, m.retries, m.reads,
-		m.gtidWaits, m.dbUp, m.replicaLag, m.inFlight,
+		m.gtidWaits, m.dbUp, m.replicaLag, m.inFlight, m.queries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

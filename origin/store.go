@@ -53,6 +53,7 @@ type gameFilter struct {
 
 // listGames returns up to f.Limit games and whether more follow.
 func (c *cluster) listGames(ctx context.Context, gtid string, f gameFilter) ([]Game, bool, error) {
+	defer c.m.observeQuery("list_games", time.Now())
 	var where []string
 	var args []any
 	if f.Sport != "" {
@@ -113,6 +114,7 @@ func (c *cluster) listGames(ctx context.Context, gtid string, f gameFilter) ([]G
 
 // getGame returns one game; an unknown id is sql.ErrNoRows.
 func (c *cluster) getGame(ctx context.Context, gtid string, id int64) (Game, error) {
+	defer c.m.observeQuery("get_game", time.Now())
 	var g Game
 	err := c.read(ctx, gtid, func(ctx context.Context, db querier) error {
 		var err error
@@ -127,6 +129,7 @@ func (c *cluster) getGame(ctx context.Context, gtid string, id int64) (Game, err
 
 // listSports returns the distinct sports, for the pages' filter links.
 func (c *cluster) listSports(ctx context.Context, gtid string) ([]string, error) {
+	defer c.m.observeQuery("list_sports", time.Now())
 	var sports []string
 	err := c.read(ctx, gtid, func(ctx context.Context, db querier) error {
 		sports = sports[:0]
@@ -224,6 +227,7 @@ func jsonBody(v any) []byte {
 // retried up to PurchaseRetries times; what still fails returns an error
 // wrapping ErrUnavailable, with nothing written.
 func (c *cluster) purchase(ctx context.Context, p purchaseRequest) (purchaseOutcome, error) {
+	defer c.m.observeQuery("purchase", time.Now())
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.PurchaseTimeout)
 	defer cancel()
 	// One token for every attempt of this request: if an attempt's COMMIT

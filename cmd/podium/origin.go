@@ -61,7 +61,9 @@ func runOrigin(args []string) error {
 	}
 	cfg.ReplicaDSNs = originSplitList(*replicas)
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// JSON lines, as the edge writes them, so one request ID finds the
+	// whole trail across both.
+	log := slog.New(slog.NewJSONHandler(os.Stdout, nil)).With("component", "origin")
 	// The driver's own messages (a pooled connection found dead after a
 	// database restart) go to the same log, marked as its.
 	mysql.SetLogger(slog.NewLogLogger(log.With("component", "mysql").Handler(), slog.LevelWarn))
