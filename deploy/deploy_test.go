@@ -3,7 +3,8 @@ package deploy_test
 // These tests keep the alert rules and the dashboard honest:
 //
 //   - promtool (Debian's prometheus package) checks the rule files and the
-//     demo's scrape config, and runs the alert unit tests;
+//     demo's scrape config, runs the alert unit tests, and parses every
+//     dashboard query with Prometheus's own parser;
 //   - every alert has a firing and a quiet case in alerts_test.yml;
 //   - every metric name a rule or a dashboard query reads is one that the
 //     edge or the origin really exports, taken from their live registries
@@ -78,6 +79,7 @@ func TestPromtool(t *testing.T) {
 		{"check rules", []string{"check", "rules", rulesFile, alertsFile}},
 		{"test rules", []string{"test", "rules", alertTestFile}},
 		{"check config", []string{"check", "config", promConfig}},
+		{"dashboard queries parse", []string{"check", "rules", dashboardAsRules(t)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -91,6 +93,52 @@ func TestPromtool(t *testing.T) {
 			}
 		})
 	}
+}
+
+// grafanaVar matches a Grafana variable reference: $name or ${name...}.
+var grafanaVar = regexp.MustCompile(`\$(\{[^}]*\}|\w+)`)
+
+// dashboardAsRules writes every dashboard query as a recording rule in a
+// temporary rule file, so that promtool parses it with Prometheus's own
+// PromQL parser (promtool has no offline "check query"). Grafana's interval
+// variables become durations and the others match anything, which is what
+// they stand for in the label matchers where the dashboard uses them.
+func dashboardAsRules(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := dashboardQueries(dashboardFile, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type rule struct {
+		Record string `yaml:"record"`
+		Expr   string `yaml:"expr"`
+	}
+	var rules []rule
+	for i, q := range qs {
+		expr := grafanaVar.ReplaceAllStringFunc(q.expr, func(v string) string {
+			switch strings.Trim(v, "${}") {
+			case "__rate_interval", "__interval":
+				return "1m"
+			case "__range":
+				return "1h"
+			}
+			return ".*"
+		})
+		rules = append(rules, rule{Record: fmt.Sprintf("dashboard:query:%d", i), Expr: expr})
+	}
+	out, err := yaml.Marshal(map[string]any{"groups": []any{map[string]any{"name": "dashboard", "rules": rules}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard_rules.yml")
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // ruleFile is the part of a Prometheus rule file these tests read.
