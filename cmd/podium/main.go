@@ -23,6 +23,7 @@ func subcommands() []subcommand {
 		{"edge", "run the edge reverse proxy (podium edge -config edge.yaml)", runEdge},
 		{"origin", "run the ticket service (podium origin -h; podium origin migrate)", runOrigin},
 		{"bench", "run load scenarios and peer comparisons (podium bench -h)", runBench},
+		{"smoke", "check a running stack: /ping on edge and origins, one listing, one detail (podium smoke -h)", runSmoke},
 		{"version", "print the version", func([]string) error { fmt.Println("podium", version); return nil }},
 	}
 }
