@@ -52,7 +52,6 @@ import (
 )
 
 const (
-	rulesFile     = "prometheus/rules.yml"
 	alertsFile    = "prometheus/alerts.yml"
 	alertTestFile = "prometheus/alerts_test.yml"
 	promConfig    = "prometheus/prometheus.yml"
@@ -76,7 +75,7 @@ func TestPromtool(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"check rules", []string{"check", "rules", rulesFile, alertsFile}},
+		{"check rules", []string{"check", "rules", alertsFile}},
 		{"test rules", []string{"test", "rules", alertTestFile}},
 		{"check config", []string{"check", "config", promConfig}},
 		{"dashboard queries parse", []string{"check", "rules", dashboardAsRules(t)}},
@@ -192,10 +191,8 @@ func TestAlertsAreDocumentedAndTested(t *testing.T) {
 	if err := yaml.Unmarshal(data, &tf); err != nil {
 		t.Fatalf("parsing %s: %v", alertTestFile, err)
 	}
-	for _, f := range []string{"rules.yml", "alerts.yml"} {
-		if !slices.Contains(tf.RuleFiles, f) {
-			t.Errorf("%s: rule_files does not load %s", alertTestFile, f)
-		}
+	if !slices.Contains(tf.RuleFiles, "alerts.yml") {
+		t.Errorf("%s: rule_files does not load alerts.yml", alertTestFile)
 	}
 	firing, quiet := map[string]int{}, map[string]int{}
 	for _, tc := range tf.Tests {
@@ -690,12 +687,9 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 	}
 
 	var qs []query
-	for _, f := range []string{rulesFile, alertsFile} {
-		q, rec := ruleQueries(t, f)
-		qs = append(qs, q...)
-		for _, r := range rec {
-			cat.recorded[r] = true
-		}
+	qs, rec := ruleQueries(t, alertsFile)
+	for _, r := range rec {
+		cat.recorded[r] = true
 	}
 	data, err := os.ReadFile(dashboardFile)
 	if err != nil {
