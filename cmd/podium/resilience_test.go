@@ -126,7 +126,8 @@ func edgeConfig(listen, admin string, weights []int, ups ...string) string {
 	for i, u := range ups {
 		fmt.Fprintf(&b, "    - {addr: %q, weight: %d}\n", u, weights[i%len(weights)])
 	}
-	b.WriteString("healthcheck: {interval: 500ms, timeout: 250ms}\nroutes:\n  - {name: all, match: {path_prefix: /}}\n")
+	// One test client at 200 req/s: no per-client limit here.
+	b.WriteString("healthcheck: {interval: 500ms, timeout: 250ms}\nroutes:\n  - {name: all, match: {path_prefix: /}}\nratelimits: {}\n")
 	return b.String()
 }
 
@@ -223,14 +224,18 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	up := httpUpstream(t)
 	listen := freePort(t)
 	adminA, adminB := freePort(t), freePort(t)
-	a, _ := startEdgeProcess(t, bin, "-upstreams", up, "-listen", listen, "-admin", adminA, "-drain", "2s")
+	cfgA := filepath.Join(t.TempDir(), "a.yaml")
+	cfgB := filepath.Join(t.TempDir(), "b.yaml")
+	os.WriteFile(cfgA, []byte(edgeConfig(listen, adminA, []int{1}, up)), 0o644)
+	os.WriteFile(cfgB, []byte(edgeConfig(listen, adminB, []int{1}, up)), 0o644)
+	a, _ := startEdgeProcess(t, bin, "-config", cfgA, "-drain", "2s")
 	waitOK(t, "http://"+listen+"/x")
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	st := loadUntil("http://"+listen+"/x", 300, stop, &wg)
 	time.Sleep(2 * time.Second)
-	startEdgeProcess(t, bin, "-upstreams", up, "-listen", listen, "-admin", adminB)
+	startEdgeProcess(t, bin, "-config", cfgB)
 	waitOK(t, "http://"+adminB+"/ping")
 	a.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
