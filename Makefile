@@ -9,7 +9,7 @@ GOTESTFLAGS   ?=
 # Packages on the request path also run under the race detector.
 RACE_PKGS     := ./config/... ./balancer/... ./healthcheck/... ./proxy/... ./discovery/...
 
-.PHONY: all build test test-go test-race lint deps consul demo demo-clean bench hooks clean
+.PHONY: all build test test-go test-race lint deps consul demo demo-clean bench smoke hooks clean
 
 all: build
 
@@ -42,8 +42,21 @@ demo: deps build
 demo-clean:
 	scripts/demo.sh clean
 
+# The comparison's origin scenario runs on a MariaDB cluster of its own
+# (ports 3317-3319), apart from the demo's.
+BENCH_DB := PODIUM_DB_STATE_DIR=.state/bench-mariadb PODIUM_DB_PRIMARY_PORT=3317 PODIUM_DB_REPLICA1_PORT=3318 PODIUM_DB_REPLICA2_PORT=3319
+
 bench: deps build
-	$(BIN) bench compare
+	$(BENCH_DB) scripts/mariadb-cluster.sh start
+	eval "$$($(BENCH_DB) scripts/mariadb-cluster.sh env)" && $(BIN) bench compare; \
+	  status=$$?; $(BENCH_DB) scripts/mariadb-cluster.sh stop; exit $$status
+
+# Checks a running stack (make demo's by default): /ping on edge and
+# origins, one listing, one detail. No writes unless SMOKE_FLAGS=-write.
+SMOKE_EDGE    ?= http://127.0.0.1:8080
+SMOKE_ORIGINS ?= http://127.0.0.1:9001,http://127.0.0.1:9002,http://127.0.0.1:9003
+smoke: build
+	$(BIN) smoke -edge $(SMOKE_EDGE) -origins $(SMOKE_ORIGINS) $(SMOKE_FLAGS)
 
 hooks:
 	git config core.hooksPath .githooks

@@ -127,10 +127,16 @@ func TestHitHeadersAnd304(t *testing.T) {
 	if first.header.Get("X-Cache") != "MISS" {
 		t.Errorf("first X-Cache %q, want MISS", first.header.Get("X-Cache"))
 	}
+	if ct := first.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("MISS Content-Type %q, want the origin's application/json", ct)
+	}
 	time.Sleep(1100 * time.Millisecond)
 	hit := do(t, "GET", e.url("/api/games"))
 	if hit.header.Get("X-Cache") != "HIT" || hit.body != first.body || hit.header.Get("ETag") != `"seats-500"` {
 		t.Errorf("hit: %d %q X-Cache %q ETag %q", hit.code, hit.body, hit.header.Get("X-Cache"), hit.header.Get("ETag"))
+	}
+	if ct := hit.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("HIT Content-Type %q, want the origin's application/json", ct)
 	}
 	if age := hit.header.Get("Age"); age != "1" {
 		t.Errorf("Age %q after 1.1s, want 1", age)
@@ -238,6 +244,7 @@ func TestUncacheableResponsesNotStored(t *testing.T) {
 		case "private":
 			w.Header().Set("Cache-Control", "private, max-age=60")
 		}
+		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, "for "+r.Header.Get("X-Who"))
 	}
 	e := cachingEdge(t, []*testUpstream{u})
@@ -248,6 +255,9 @@ func TestUncacheableResponsesNotStored(t *testing.T) {
 		b := do(t, "GET", e.url("/api/games/"+m), "X-Who", "bob")
 		if got := u.count.Load() - before; got != 2 {
 			t.Errorf("%s: origin saw %d requests, want 2 (never from cache)", m, got)
+		}
+		if ct := a.header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("%s: Content-Type %q, want the origin's", m, ct)
 		}
 		if b.body != "for bob" || b.header.Get("X-Cache") == "HIT" {
 			t.Errorf("%s: bob got %q X-Cache %q", m, b.body, b.header.Get("X-Cache"))
