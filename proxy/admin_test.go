@@ -61,6 +61,7 @@ func TestAdminMetrics(t *testing.T) {
 		`podium_edge_healthcheck_duration_seconds_count{upstream="` + u.addr + `"}`,
 		`podium_edge_upstream_state_changes_total{state="up",upstream="` + u.addr + `"} 1`,
 		`podium_edge_in_flight_requests 0`,
+		`podium_edge_request_duration_seconds_count{route="api"} 3`,
 		`go_goroutines`,
 		`process_cpu_seconds_total`,
 	} {

@@ -55,14 +55,14 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 	if e != nil && e.Fresh(now) {
 		p.metrics.cacheHit.Inc()
 		p.serveEntry(ctx, e, xcHit, now)
-		rt.counts.inc(method, ctx.Response.StatusCode())
+		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
 		p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), nil, reqID, 0, 0)
 		return
 	}
 	if e != nil && e.ServeWhileRevalidating(now) {
 		p.metrics.cacheStale.Inc()
 		p.serveEntry(ctx, e, xcStale, now)
-		rt.counts.inc(method, ctx.Response.StatusCode())
+		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
 		p.revalidateInBackground(st, req, rt, key, hash, baseLen, e)
 		return
 	}
@@ -125,7 +125,7 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 	if method == 1 {
 		ctx.Response.SkipBody = true
 	}
-	rt.counts.inc(method, ctx.Response.StatusCode())
+	rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
 	p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), res.host, reqID, res.took, 0)
 }
 

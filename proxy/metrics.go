@@ -63,7 +63,16 @@ func methodIndex(m []byte) int {
 // CounterVec lookup costs a hash and an RLock per request; this costs
 // neither, and the collector emits only the non-zero series at scrape time.
 type routeCounts struct {
-	counts [8 * codeSlots]atomic.Uint64 // [method][code-100]
+	counts   [8 * codeSlots]atomic.Uint64 // [method][code-100]
+	duration prometheus.Observer          // podium_edge_request_duration_seconds{route}
+}
+
+// done counts a finished request and observes its duration at the edge,
+// from the first byte read to the answer being ready (the write to the
+// client follows).
+func (c *routeCounts) done(method, code int, start time.Time) {
+	c.inc(method, code)
+	c.duration.Observe(time.Since(start).Seconds())
 }
 
 const codeSlots = 500 // status codes 100..599
@@ -78,9 +87,10 @@ func (c *routeCounts) inc(method, code int) {
 // requestCounter holds every route's counts by name. Routes that a reload
 // removes keep their series until restart, as counters should.
 type requestCounter struct {
-	desc   *prometheus.Desc
-	mu     sync.Mutex // guards byName; only reloads and scrapes take it
-	byName map[string]*routeCounts
+	desc     *prometheus.Desc
+	duration *prometheus.HistogramVec
+	mu       sync.Mutex // guards byName; only reloads and scrapes take it
+	byName   map[string]*routeCounts
 }
 
 func (c *requestCounter) get(name string) *routeCounts {
@@ -88,7 +98,7 @@ func (c *requestCounter) get(name string) *routeCounts {
 	defer c.mu.Unlock()
 	rc := c.byName[name]
 	if rc == nil {
-		rc = &routeCounts{}
+		rc = &routeCounts{duration: c.duration.WithLabelValues(name)}
 		c.byName[name] = rc
 	}
 	return rc
@@ -182,6 +192,13 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 				"Requests answered by the edge, by route, method and status code.",
 				[]string{"route", "method", "code"}, nil),
 			byName: map[string]*routeCounts{},
+			// The latency SLOs are per route, measured where fans feel it:
+			// cache hits and the edge's own queueing included.
+			duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+				Name:    "podium_edge_request_duration_seconds",
+				Help:    "Time from reading a request to its answer being ready, by route (cache hits included).",
+				Buckets: latencyBuckets,
+			}, []string{"route"}),
 		},
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podium_edge_config_reloads_total",
@@ -297,7 +314,7 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 	for _, k := range errorKinds {
 		m.errors[k] = errs.WithLabelValues(k) // resolved once; zero series exist from the start
 	}
-	reg.MustRegister(m.requests, m.upstreamDuration, errs, m.healthDuration, m.healthFailures, m.healthChanges, inFlight,
+	reg.MustRegister(m.requests, m.requests.duration, m.upstreamDuration, errs, m.healthDuration, m.healthFailures, m.healthChanges, inFlight,
 		&poolCollector{
 			pool:     pool,
 			inflight: prometheus.NewDesc("podium_edge_upstream_in_flight_requests", "Requests in flight to each upstream.", []string{"upstream"}, nil),

@@ -232,7 +232,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	path := ctx.Path()
 	if bytes.Equal(path, strPing) && (method == 0 || method == 1) {
 		p.ping(ctx)
-		p.none.counts.inc(method, ctx.Response.StatusCode())
+		p.none.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
 		return
 	}
 
@@ -290,7 +290,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if status < 300 && status >= 200 && (len(rt.purge) > 0 || method > 1) {
 		p.invalidate(ctx, rt)
 	}
-	rt.counts.inc(method, status)
+	rt.counts.done(method, status, ctx.Time())
 	p.accessLog(st, ctx, rt, status, h, reqID, elapsed, retries)
 }
 
@@ -497,7 +497,7 @@ func (p *Proxy) logUpstreamError(reqID []byte, h *balancer.Host, f *upstreamFail
 func (p *Proxy) reject(st *state, ctx *fasthttp.RequestCtx, rt *route, method, status int, kind, msg string, reqID []byte, h *balancer.Host) {
 	writeError(ctx, status, msg, reqID)
 	p.metrics.errors[kind].Inc()
-	rt.counts.inc(method, status)
+	rt.counts.done(method, status, ctx.Time())
 	p.accessLog(st, ctx, rt, status, h, reqID, 0, 0)
 }
 
