@@ -37,6 +37,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -535,8 +536,9 @@ var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 // edgeMetrics builds a real edge over one real loopback upstream, sends it
 // requests that reach the upstream, hit the cache and hit a rate limit,
 // records health checks, and gathers its registry. The registry is
-// returned too, for descriptors that no request observed.
-func edgeMetrics(t *testing.T) (map[string]dto.MetricType, func(string) bool) {
+// returned too, for descriptors that no request observed, and so are the
+// gathered families, for their series (histogram buckets, route labels).
+func edgeMetrics(t *testing.T) (map[string]dto.MetricType, func(string) bool, []*dto.MetricFamily) {
 	t.Helper()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/ping" {
@@ -600,7 +602,7 @@ func edgeMetrics(t *testing.T) (map[string]dto.MetricType, func(string) bool) {
 	}
 	fams := map[string]dto.MetricType{}
 	addFamilies(fams, mfs)
-	return fams, registeredIn(p.Metrics().Registry)
+	return fams, registeredIn(p.Metrics().Registry), mfs
 }
 
 // originMetrics builds a real origin whose databases are a loopback port
@@ -676,7 +678,7 @@ func originMetrics(t *testing.T) map[string]dto.MetricType {
 }
 
 func TestQueriesUseExportedMetrics(t *testing.T) {
-	edge, registered := edgeMetrics(t)
+	edge, registered, _ := edgeMetrics(t)
 	orig := originMetrics(t)
 	cat := &catalog{families: map[string]dto.MetricType{}, registered: registered, recorded: map[string]bool{}}
 	for n, typ := range edge {
@@ -720,7 +722,7 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 		}
 	}
 	// Guard against a tokenizer that silently reads nothing.
-	for _, must := range []string{"podium_edge_requests_total", "podium_origin_purchases_total", "slo:podium_sli_errors:ratio_rate1h"} {
+	for _, must := range []string{"podium_edge_requests_total", "podium_edge_request_duration_seconds_bucket", "podium_origin_purchases_total", "slo:podium_sli_errors:ratio_rate1h"} {
 		if !used[must] {
 			t.Errorf("no query reads %s: the rules or the dashboard lost it, or metricNames stopped seeing names", must)
 		}
@@ -940,5 +942,130 @@ func TestRegisteredProbe(t *testing.T) {
 	}
 	if len(after) != len(before) {
 		t.Errorf("probing changed the registry: %d families before, %d after", len(before), len(after))
+	}
+}
+
+// latencySelector matches a selector of the edge's request-duration
+// histogram in a rule, and labelMatcher one label matcher inside it.
+var (
+	latencySelector = regexp.MustCompile(`(podium_[a-z_]+_duration_seconds_(?:bucket|count))\{([^}]*)\}`)
+	labelMatcher    = regexp.MustCompile(`([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"`)
+)
+
+// TestLatencySLIsReadEdgeBuckets checks what promtool and the name check
+// cannot: a latency SLI whose le="..." is not a bucket boundary of the
+// histogram, or whose route regexp names a route that does not exist,
+// selects no series, so the SLI has no value and its alerts never fire,
+// silently. Every *_latency recording rule must read the edge's
+// podium_edge_request_duration_seconds (what fans feel, cache hits
+// included), with the SLO's threshold as a real bucket of the histogram the
+// edge exports and exactly the SLO's routes of the embedded default config,
+// the same on the bucket and the count.
+func TestLatencySLIsReadEdgeBuckets(t *testing.T) {
+	_, _, mfs := edgeMetrics(t)
+	bounds := map[string]bool{} // le values as the exposition format writes them
+	var boundList []float64     // the same, in order, for messages
+	routesSeen := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() != "podium_edge_request_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, b := range m.GetHistogram().GetBucket() {
+				le := strconv.FormatFloat(b.GetUpperBound(), 'g', -1, 64)
+				if !bounds[le] {
+					boundList = append(boundList, b.GetUpperBound())
+				}
+				bounds[le] = true
+			}
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "route" {
+					routesSeen[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	// edgeMetrics sent a listing miss and hit and two purchases.
+	if !routesSeen["api_games"] || !routesSeen["buy"] {
+		t.Fatalf("podium_edge_request_duration_seconds has series for routes %v, want api_games and buy (observed for every request)", routesSeen)
+	}
+	routes := map[string]bool{}
+	for _, r := range config.DefaultEdge().Routes {
+		routes[r.Name] = true
+	}
+
+	want := map[string]struct {
+		le     string
+		routes []string
+	}{
+		"listing_latency":  {"0.25", []string{"api_game", "api_games", "game", "games"}},
+		"purchase_latency": {"1", []string{"buy", "buy_page"}},
+	}
+	windows := map[string]int{}
+	for _, g := range readRules(t, alertsFile).Groups {
+		for _, r := range g.Rules {
+			slo := r.Labels["slo"]
+			if r.Record == "" || !strings.HasSuffix(slo, "_latency") {
+				continue
+			}
+			where := fmt.Sprintf("%s: %s{slo=%q}", alertsFile, r.Record, slo)
+			w, ok := want[slo]
+			if !ok {
+				t.Errorf("%s: unknown latency SLO; add it to this test with its threshold and routes", where)
+				continue
+			}
+			windows[slo]++
+			var sawBucket, sawCount bool
+			for _, sel := range latencySelector.FindAllStringSubmatch(r.Expr, -1) {
+				name, matchers := sel[1], sel[2]
+				if !strings.HasPrefix(name, "podium_edge_request_duration_seconds_") {
+					t.Errorf("%s reads %s: the latency SLIs are measured at the edge (podium_edge_request_duration_seconds)", where, name)
+					continue
+				}
+				var le string
+				var rs []string
+				for _, m := range labelMatcher.FindAllStringSubmatch(matchers, -1) {
+					switch {
+					case m[1] == "le" && m[2] == "=":
+						le = m[3]
+					case m[1] == "route" && m[2] == "=~":
+						rs = strings.Split(m[3], "|")
+					default:
+						t.Errorf("%s: unexpected matcher %s in %s", where, m[0], sel[0])
+					}
+				}
+				for _, rt := range rs {
+					if !routes[rt] {
+						t.Errorf("%s: route %q is not a route of the default config", where, rt)
+					}
+				}
+				slices.Sort(rs)
+				if !slices.Equal(rs, w.routes) {
+					t.Errorf("%s: %s selects routes %q, want %q", where, name, rs, w.routes)
+				}
+				switch {
+				case strings.HasSuffix(name, "_bucket"):
+					sawBucket = true
+					if le != w.le {
+						t.Errorf("%s: bucket le=%q, want %q", where, le, w.le)
+					}
+					if !bounds[le] {
+						t.Errorf("%s: le=%q is not a bucket of podium_edge_request_duration_seconds (buckets %v): the SLI would select nothing", where, le, boundList)
+					}
+				case le != "":
+					t.Errorf("%s: le matcher on %s", where, name)
+				default:
+					sawCount = true
+				}
+			}
+			if !sawBucket || !sawCount {
+				t.Errorf("%s: want a podium_edge_request_duration_seconds_bucket and a _count selector in %q", where, r.Expr)
+			}
+		}
+	}
+	for slo := range want {
+		if windows[slo] != 6 {
+			t.Errorf("%s: %d recording rules, want 6 (5m, 30m, 1h, 2h, 6h, 1d)", slo, windows[slo])
+		}
 	}
 }
