@@ -165,11 +165,13 @@ func UpstreamCommand(args []string, stderr io.Writer) error {
 	delay := fs.Duration("delay", 0, "sleep before each answer (not /ping)")
 	listingSize := fs.Int("listing-size", 8192, "size of the JSON answer to /api/games, in bytes")
 	listingCC := fs.String("listing-cache-control", "public, max-age=2", "Cache-Control sent with /api/games (empty: none)")
+	slowEvery := fs.Int("slow-every", 0, "make every N-th answer slow (10 = 10% of answers); 0: none")
+	slowDelay := fs.Duration("slow-delay", 5*time.Second, "how long a slow answer (see -slow-every) sleeps")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *size < 0 || *delay < 0 || *listingSize < 0 {
-		return errors.New("-size, -listing-size and -delay must not be negative")
+	if *size < 0 || *delay < 0 || *listingSize < 0 || *slowEvery < 0 || *slowDelay < 0 {
+		return errors.New("-size, -listing-size, -delay, -slow-every and -slow-delay must not be negative")
 	}
 	lns, err := ListenAll(*listen)
 	if err != nil {
@@ -177,7 +179,8 @@ func UpstreamCommand(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	u := &Upstream{Size: *size, Delay: *delay, ListingSize: *listingSize, ListingCacheControl: *listingCC}
+	u := &Upstream{Size: *size, Delay: *delay, ListingSize: *listingSize, ListingCacheControl: *listingCC,
+		SlowEvery: *slowEvery, SlowDelay: *slowDelay}
 	return u.Serve(ctx, lns...)
 }
 

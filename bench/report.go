@@ -46,6 +46,11 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 	} else {
 		b.WriteString("Closed loop: each connection sends its next request when the previous answer arrives; latency runs from the send.\n\n")
 	}
+	if r.Retried > 0 {
+		f := r.FirstTry
+		fmt.Fprintf(&b, "The edge retried %d answers on another upstream (X-Podium-Retries). The %d answered at the first try: p50 %s ms, p90 %s ms, p99 %s ms, max %s ms.\n\n",
+			r.Retried, r.Requests-r.Retried, ms(f.P50), ms(f.P90), ms(f.P99), ms(f.Max))
+	}
 	b.WriteString("## Streams and request kinds\n\n")
 	b.WriteString("| stream | op | requests | errors | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Streams {

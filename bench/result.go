@@ -30,6 +30,11 @@ type Result struct {
 	// figure a coordinated-omission-prone tool would print.
 	Latency     Percentiles `json:"latency"`
 	Uncorrected Percentiles `json:"uncorrected_latency"`
+	// Retried counts answers a Podium edge got only by retrying on another
+	// upstream (X-Podium-Retries); FirstTry is the latency of all the
+	// others, which a slow upstream must not drag down.
+	Retried  int64       `json:"retried,omitempty"`
+	FirstTry Percentiles `json:"first_try_latency,omitempty"`
 	// SendLag (open mode) runs from the intended to the actual send: the
 	// time requests queued for a free connection plus the generator's own
 	// timer and scheduling delay. Large with no server stall means the
@@ -108,6 +113,7 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 		Errors:   map[string]int64{},
 	}
 	all := newLatencyHistogram()
+	allFirst := newLatencyHistogram()
 	allService := newLatencyHistogram()
 	allLag := newLatencyHistogram()
 	var tls []*timeline
@@ -128,6 +134,8 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 		for _, rec := range sr.recorders {
 			rec.flush()
 			lat.Merge(rec.latency)
+			allFirst.Merge(rec.firstTry)
+			res.Retried += rec.retried
 			allService.Merge(rec.service)
 			allLag.Merge(rec.lag)
 			for i := range rec.ops {
@@ -172,6 +180,9 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 	res.Requests = all.TotalCount()
 	res.Throughput = float64(res.Requests) / r.span(res).Seconds()
 	res.Latency = summarize(all)
+	if res.Retried > 0 {
+		res.FirstTry = summarize(allFirst)
+	}
 	res.Uncorrected = summarize(allService)
 	res.Percentile = distribution(all)
 	if r.sc.Mode == ModeOpen {

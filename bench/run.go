@@ -325,7 +325,8 @@ func (w *worker) do(req *fasthttp.Request, resp *fasthttp.Response, seq uint64, 
 	if err == nil {
 		status = resp.StatusCode()
 	}
-	w.rec.record(mi, intended.Sub(w.start), done.Sub(intended), done.Sub(sent), status, err, int64(len(resp.Body())))
+	retried := err == nil && len(resp.Header.Peek(retriesHeader)) > 0
+	w.rec.record(mi, intended.Sub(w.start), done.Sub(intended), done.Sub(sent), status, err, int64(len(resp.Body())), retried)
 	if w.r.sc.Mode == ModeOpen {
 		_ = w.rec.lag.RecordValue(micros(sent.Sub(intended)))
 	}
@@ -501,6 +502,8 @@ func (r *runner) printProgress(el time.Duration, rate, target float64, done, err
 // recorder holds one worker's measurements. It is owned by one goroutine
 // during the run and read only after it ends; not safe for concurrent use.
 type recorder struct {
+	firstTry *hdrhistogram.Histogram // from intended time, answers the edge did not retry
+	retried  int64                   // answers carrying X-Podium-Retries
 	latency  *hdrhistogram.Histogram // from intended time
 	service  *hdrhistogram.Histogram // from actual send
 	lag      *hdrhistogram.Histogram // intended time to actual send (open mode)
@@ -523,6 +526,7 @@ type opRecord struct {
 
 func newRecorder(ops int, tl *timeline) *recorder {
 	rec := &recorder{
+		firstTry: newLatencyHistogram(),
 		latency:  newLatencyHistogram(),
 		service:  newLatencyHistogram(),
 		lag:      newLatencyHistogram(),
@@ -539,9 +543,19 @@ func newRecorder(ops int, tl *timeline) *recorder {
 	return rec
 }
 
-func (rec *recorder) record(mi int, at, latency, service time.Duration, status int, err error, n int64) {
+// retriesHeader is what a Podium edge adds to an answer it got only after
+// retrying on another upstream; the report splits latency on it, so a
+// reader sees what the requests that needed no retry went through.
+const retriesHeader = "X-Podium-Retries"
+
+func (rec *recorder) record(mi int, at, latency, service time.Duration, status int, err error, n int64, retried bool) {
 	v := micros(latency)
 	_ = rec.latency.RecordValue(v)
+	if retried {
+		rec.retried++
+	} else {
+		_ = rec.firstTry.RecordValue(v)
+	}
 	_ = rec.service.RecordValue(micros(service))
 	op := &rec.ops[mi]
 	_ = op.hist.RecordValue(v)

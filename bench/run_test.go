@@ -138,7 +138,7 @@ func TestHistogramMergeIsExact(t *testing.T) {
 		v := int64(math.Exp(rng.Float64() * math.Log(float64(histMaxMicros))))
 		d := time.Duration(v) * time.Microsecond
 		_ = one.RecordValue(micros(d))
-		parts[i%len(parts)].record(0, time.Duration(i%10)*time.Second, d, d, 200, nil, 0)
+		parts[i%len(parts)].record(0, time.Duration(i%10)*time.Second, d, d, 200, nil, 0, false)
 	}
 	merged := newLatencyHistogram()
 	for _, p := range parts {
@@ -351,5 +351,37 @@ func TestClientIPStaysInBenchmarkRange(t *testing.T) {
 			t.Errorf("clientIP(%d) = %s repeats", n, s)
 		}
 		seen[s] = true
+	}
+}
+
+func TestRetriedAnswersReportedApart(t *testing.T) {
+	// Every 10th answer is slow and marked as a Podium edge marks an
+	// answer it had to retry; the first-try latency must leave them out.
+	var n atomic.Int64
+	dial := serveInMemory(t, func(c *fasthttp.RequestCtx) {
+		if n.Add(1)%10 == 0 {
+			time.Sleep(50 * time.Millisecond)
+			c.Response.Header.Set(retriesHeader, "1")
+		}
+		c.SetBodyString("ok")
+	})
+	sc := getScenario(ModeOpen, 2*time.Second, 32, 500)
+	res, err := Run(context.Background(), sc, RunOptions{Target: "http://127.0.0.1:9", Dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := res.Requests / 10; res.Retried < want-2 || res.Retried > want+2 {
+		t.Errorf("retried = %d of %d, want about a tenth", res.Retried, res.Requests)
+	}
+	if res.Latency.P99 < 40_000 {
+		t.Errorf("overall p99 = %d µs, want the slow tenth in it (>= 40 ms)", res.Latency.P99)
+	}
+	if res.FirstTry.P99 >= 40_000 {
+		t.Errorf("first-try p99 = %d µs, want the slow retried answers left out (< 40 ms)", res.FirstTry.P99)
+	}
+	var md strings.Builder
+	WriteMarkdown(&md, res)
+	if !strings.Contains(md.String(), "answered at the first try") {
+		t.Errorf("the report does not show the first-try latency:\n%s", md.String())
 	}
 }

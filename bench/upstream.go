@@ -34,6 +34,12 @@ type Upstream struct {
 	// Delay, when set, is slept before every answer but /ping (a slow
 	// origin).
 	Delay time.Duration
+	// SlowEvery, when > 0, makes every SlowEvery-th answer (counted over
+	// the upstream's requests) sleep SlowDelay first: SlowEvery 10 is 10%
+	// of answers, deterministically spread, for retry and per-try timeout
+	// measurements.
+	SlowEvery int
+	SlowDelay time.Duration
 
 	requests atomic.Int64
 }
@@ -81,9 +87,12 @@ func (u *Upstream) Serve(ctx context.Context, lns ...net.Listener) error {
 				fmt.Fprintf(c, `{"requests":%d}`, u.requests.Load())
 				return
 			}
-			u.requests.Add(1)
+			n := u.requests.Add(1)
 			if u.Delay > 0 {
 				time.Sleep(u.Delay)
+			}
+			if u.SlowEvery > 0 && n%int64(u.SlowEvery) == 0 {
+				time.Sleep(u.SlowDelay)
 			}
 			if bytes.HasPrefix(path, []byte("/api/games")) {
 				c.SetContentType("application/json")
