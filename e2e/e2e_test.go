@@ -122,6 +122,7 @@ func testSmoke(t *testing.T, s *stack, game int64) {
 	if err != nil {
 		t.Fatalf("podium smoke on a healthy stack: %v\n%s", err, out)
 	}
+	t.Logf("podium smoke -edge %s -origins %s:\n%s", s.edgeURL, origins, out)
 	// 1 edge ping + 3 origin pings + listing + detail, all ok, nothing written.
 	if n := strings.Count(out, " ok"); n != 6 || strings.Contains(out, "FAIL") || strings.Contains(out, "POST") {
 		t.Errorf("podium smoke: want 6 ok rows and no POST:\n%s", out)
@@ -163,7 +164,8 @@ func testSmoke(t *testing.T, s *stack, game int64) {
 	if err == nil {
 		t.Fatalf("podium smoke against a dead edge exited 0:\n%s", out)
 	}
-	for _, want := range []string{"FAIL", "connection refused", "checks failed"} {
+	t.Logf("podium smoke against a dead edge and origin (%v):\n%s", err, out)
+	for _, want := range []string{"FAIL", "nothing listens at " + strings.TrimPrefix(dead, "http://"), "connection refused", "checks failed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("podium smoke against a dead edge: output lacks %q:\n%s", want, out)
 		}

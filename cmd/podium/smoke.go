@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -164,6 +165,9 @@ func (s *smoker) do(req *http.Request) (status int, body []byte, took time.Durat
 	start := time.Now()
 	resp, err := s.client.Do(req)
 	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			err = fmt.Errorf("nothing listens at %s: is it running, and is the URL right? (%w)", req.URL.Host, err)
+		}
 		return 0, nil, time.Since(start), err
 	}
 	defer resp.Body.Close()
