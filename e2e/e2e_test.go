@@ -32,6 +32,7 @@ func TestStack(t *testing.T) {
 		{"browser", func(t *testing.T) { testBrowser(t, s, buyGame, soldOutGame) }},
 		{"contract", func(t *testing.T) { testContract(t, s, ss, buyGame, soldOutGame) }},
 		{"smoke", func(t *testing.T) { testSmoke(t, s, buyGame) }},
+		{"bench scenarios", func(t *testing.T) { testBenchScenarios(t, s, ss) }},
 		{"browser with every origin down", func(t *testing.T) { testBrowserOriginsDown(t, s) }},
 	}
 	for _, step := range steps {
