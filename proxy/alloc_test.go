@@ -32,3 +32,20 @@ func TestProxyPathAllocsWithRateLimit(t *testing.T) {
 		t.Errorf("a rate-limited proxied GET allocates %v times, want 0", n)
 	}
 }
+
+func TestCachedHitAllocs(t *testing.T) {
+	p := inmemoryEdge(t, func(c *config.Edge) {
+		c.Routes = config.DefaultRoutes()
+		c.RateLimits = map[string]config.RateLimit{"default": {Rate: 1e9, Burst: 1e9}, "buy": {Rate: 2, Burst: 5}}
+		c.TrustedProxies = []string{"192.0.2.0/24"}
+	})
+	s := newRawServer(rawListing)
+	s.serve(t, p) // the fill
+	s.serve(t, p)
+	if got := string(s.ctx.Response.Header.Peek("X-Cache")); got != "HIT" {
+		t.Fatalf("X-Cache %q, want HIT", got)
+	}
+	if n := testing.AllocsPerRun(2000, func() { s.serve(t, p) }); n != 0 {
+		t.Errorf("a cached hit allocates %v times, want 0", n)
+	}
+}

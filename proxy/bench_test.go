@@ -104,3 +104,25 @@ func BenchmarkProxyGET(b *testing.B) {
 		}
 	})
 }
+
+const rawListing = "GET /api/games HTTP/1.1\r\nHost: edge.example\r\nUser-Agent: test\r\nAccept: application/json\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+
+// BenchmarkCachedHit is the edge's own cost per cached listing hit: parse,
+// rate limit, route, key, lookup, serve from memory, metrics.
+func BenchmarkCachedHit(b *testing.B) {
+	p := inmemoryEdge(b, func(c *config.Edge) {
+		c.Routes = config.DefaultRoutes()
+		c.RateLimits = map[string]config.RateLimit{"default": {Rate: 1e9, Burst: 1e9}, "buy": {Rate: 2, Burst: 5}}
+		c.TrustedProxies = []string{"192.0.2.0/24"}
+	})
+	s := newRawServer(rawListing)
+	s.serve(b, p) // fill
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		s := newRawServer(rawListing)
+		for pb.Next() {
+			s.serve(b, p)
+		}
+	})
+}

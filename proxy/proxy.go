@@ -315,7 +315,9 @@ func (p *Proxy) allowed(st *state, ctx *fasthttp.RequestCtx, rt *route, method i
 	if h := lim.Policy().Header; h != "" {
 		hv = ctx.Request.Header.Peek(h)
 	}
-	ok, wait := lim.Allow(lim.Key(client, hv), time.Now())
+	// The request's arrival time: close enough for a token bucket, and one
+	// clock read fewer per request.
+	ok, wait := lim.Allow(lim.Key(client, hv), ctx.Time())
 	if ok {
 		return true
 	}
@@ -360,6 +362,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 	var tried [6]*balancer.Host
 	var last *upstreamFailure
 	var h *balancer.Host
+	var end time.Time
 	for attempt := 0; ; attempt++ {
 		h = p.pool.PickExcept(tried[:attempt])
 		if h == nil {
@@ -373,15 +376,22 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 			return h, time.Since(start), attempt - 1, last
 		}
 		tried[attempt] = h
-		timeout := min(perTry, time.Until(deadline))
+		timeout := perTry // perTry <= total: the first attempt needs no clock read
+		if attempt > 0 {
+			timeout = min(perTry, time.Until(deadline))
+		}
 		if attempt > 0 {
 			p.activeRetries.Add(1)
 		}
 		up := h.Transport.(*upstream)
 		h.Acquire()
-		t0 := time.Now()
+		t0 := start
+		if attempt > 0 {
+			t0 = time.Now()
+		}
 		err := up.client.DoTimeout(req, resp, timeout)
-		took := time.Since(t0)
+		end = time.Now() // one clock read serves the attempt and the total
+		took := end.Sub(t0)
 		h.Release()
 		if attempt > 0 {
 			p.activeRetries.Add(-1)
@@ -405,7 +415,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		p.upstreamFailed(h)
 		last = &upstreamFailure{status: status, kind: kind, msg: msg, err: err}
 		if !p.retryable(st, req, attempt, kind, deadline) {
-			return h, time.Since(start), attempt, last
+			return h, end.Sub(start), attempt, last
 		}
 		p.metrics.retries[kind].Inc()
 	}
@@ -414,7 +424,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		stripHopByHop(&resp.Header, mask, tokens)
 	}
 	resp.Header.ResetConnectionClose()
-	return h, time.Since(start), countTried(tried[:]) - 1, nil
+	return h, end.Sub(start), countTried(tried[:]) - 1, nil
 }
 
 func countTried(t []*balancer.Host) int {
