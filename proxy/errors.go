@@ -62,16 +62,25 @@ func writeError(ctx *fasthttp.RequestCtx, status int, msg string, requestID []by
 	var b bytes.Buffer
 	b.WriteString(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>`)
 	b.WriteString(strconv.Itoa(status) + " " + html.EscapeString(title))
-	b.WriteString(` · Podium</title><style>body{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#1d2433}h1{font-size:1.6rem}p.id{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head><body><h1>`)
+	b.WriteString(` · Podium</title><style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}p.id{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head><body><header>Podium · Paris 2024 tickets</header><main><h1>`)
 	b.WriteString(html.EscapeString(title))
 	b.WriteString(`</h1><p>`)
-	b.WriteString(html.EscapeString(msg))
+	b.WriteString(html.EscapeString(sentence(msg)))
 	b.WriteString(`</p><p><a href="/games">Back to the games</a></p><p class="id">Error `)
 	b.WriteString(strconv.Itoa(status))
 	if len(requestID) > 0 {
 		b.WriteString(` · request `)
 		b.WriteString(html.EscapeString(string(requestID)))
 	}
-	b.WriteString(`</p></body></html>`)
+	b.WriteString(`</p></main></body></html>`)
 	ctx.Response.SetBodyRaw(b.Bytes())
+}
+
+// sentence capitalises a message for a page: the JSON error keeps the
+// lower-case form errors take in Go; a page reads as prose.
+func sentence(msg string) string {
+	if msg == "" || msg[0] < 'a' || msg[0] > 'z' {
+		return msg
+	}
+	return string(msg[0]-'a'+'A') + msg[1:] + "."
 }

@@ -72,7 +72,9 @@ type routeCounts struct {
 // client follows).
 func (c *routeCounts) done(method, code int, start time.Time) {
 	c.inc(method, code)
-	c.duration.Observe(time.Since(start).Seconds())
+	if !start.IsZero() { // a request fasthttp could not parse has no start time
+		c.duration.Observe(time.Since(start).Seconds())
+	}
 }
 
 const codeSlots = 500 // status codes 100..599

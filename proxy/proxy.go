@@ -696,7 +696,7 @@ func (p *Proxy) accessLog(st *state, ctx *fasthttp.RequestCtx, rt *route, status
 		slog.String("route", rt.name),
 		slog.String("upstream", upAddr),
 		slog.Int("status", status),
-		slog.Float64("duration_ms", float64(time.Since(ctx.Time()).Microseconds())/1000),
+		slog.Float64("duration_ms", sinceMillis(ctx.Time())),
 		slog.Float64("upstream_ms", float64(upstreamTime.Microseconds())/1000),
 		slog.Int("retries", retries),
 		slog.String("cache", string(ctx.Response.Header.Peek("X-Cache"))),
@@ -709,4 +709,13 @@ type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
 	l.log.Debug("fasthttp", "message", fmt.Sprintf(format, args...))
+}
+
+// sinceMillis is the milliseconds since t, or 0 when t is unset (a request
+// fasthttp could not parse never got a start time).
+func sinceMillis(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(time.Since(t).Microseconds()) / 1000
 }
