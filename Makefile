@@ -18,6 +18,7 @@ build:
 
 deps:
 	scripts/deps.sh
+	e2e/install-chromium.sh
 
 # The Consul agent is built once (about 6 minutes cold) into .cache/bin.
 consul:
