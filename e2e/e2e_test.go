@@ -33,6 +33,7 @@ func TestStack(t *testing.T) {
 		{"contract", func(t *testing.T) { testContract(t, s, ss, buyGame, soldOutGame) }},
 		{"smoke", func(t *testing.T) { testSmoke(t, s, buyGame) }},
 		{"bench scenarios", func(t *testing.T) { testBenchScenarios(t, s, ss) }},
+		{"purchase retried only with a key", func(t *testing.T) { testPurchaseRetry(t, s, buyGame) }},
 		{"browser with every origin down", func(t *testing.T) { testBrowserOriginsDown(t, s) }},
 	}
 	for _, step := range steps {
