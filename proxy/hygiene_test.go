@@ -341,3 +341,19 @@ func TestSlowClientBodyTimesOut(t *testing.T) {
 		t.Error("a half-sent body reached the upstream")
 	}
 }
+
+func TestPanicAnswers500AndEdgeServesOn(t *testing.T) {
+	u := newUpstream(t)
+	e := startEdge(t, []*testUpstream{u}, nil)
+	h := e.p.Pool().Hosts()[0]
+	good := h.Transport
+	h.Transport = "not a transport" // the type assertion in forward panics
+	r := do(t, "GET", e.url("/api/games"))
+	if r.code != 500 || !strings.Contains(r.body, `"request_id"`) {
+		t.Errorf("a panicking request got %d %q, want the edge's JSON 500", r.code, r.body)
+	}
+	h.Transport = good
+	if r := do(t, "GET", e.url("/x")); r.code != 200 {
+		t.Errorf("after a recovered panic the edge answered %d, want 200", r.code)
+	}
+}

@@ -28,11 +28,12 @@ const (
 	errNoRoute       = "no_route"           // no route matched → 404
 	errRateLimited   = "rate_limited"       // client over its rate → 429
 	errShed          = "shed"               // route over max_in_flight → 503
+	errPanic         = "panic"              // a bug, recovered → 500
 
 	retryStatus5xx = "status_5xx" // a retry reason: the upstream answered one of retries.on_status
 )
 
-var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errNoRoute, errRateLimited, errShed}
+var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errNoRoute, errRateLimited, errShed, errPanic}
 
 // methods are the method label values; anything else counts as OTHER, so
 // a client cannot mint label values.

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -210,6 +211,10 @@ var (
 func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
+	// fasthttp does not recover handler panics: one bad request would take
+	// the whole edge down with every fan's connection. Answer 500, log the
+	// stack once, close that connection, keep serving.
+	defer p.recoverPanic(ctx)
 	st := p.state.Load()
 	req := &ctx.Request
 
@@ -501,6 +506,20 @@ func (p *Proxy) logUpstreamError(reqID []byte, h *balancer.Host, f *upstreamFail
 	p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
 		slog.String("request_id", string(reqID)), slog.String("upstream", h.Addr),
 		slog.String("kind", f.kind), slog.String("error", f.err.Error()))
+}
+
+func (p *Proxy) recoverPanic(ctx *fasthttp.RequestCtx) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	p.metrics.errors[errPanic].Inc()
+	var idBuf [64]byte
+	id := p.requestID(&ctx.Request, false, idBuf[:0])
+	p.log.Error("panic serving a request; answered 500", "request_id", string(id), "path", string(ctx.Path()),
+		"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	writeError(ctx, fasthttp.StatusInternalServerError, "the edge failed on this request; it has been logged", id)
+	ctx.SetConnectionClose()
 }
 
 // reject answers with the edge's own error and counts it.
