@@ -124,14 +124,20 @@ func TestEdgeProcessServesAndDrains(t *testing.T) {
 	if resp.StatusCode != 503 || string(b) != "draining\n" {
 		t.Errorf("/ping while draining = %d %q, want 503 draining", resp.StatusCode, b)
 	}
+	waitExit(t, cmd, 10*time.Second, "edge")
+}
+
+// waitExit waits for a process sent SIGTERM to exit with status 0.
+func waitExit(t *testing.T, cmd *exec.Cmd, timeout time.Duration, what string) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Errorf("edge exited with %v, want 0", err)
+			t.Errorf("%s exited with %v, want 0", what, err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("edge did not exit within 10s of SIGTERM")
+	case <-time.After(timeout):
+		t.Fatalf("%s did not exit within %v of SIGTERM", what, timeout)
 	}
 }

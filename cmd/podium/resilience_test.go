@@ -238,16 +238,7 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	startEdgeProcess(t, bin, "-config", cfgB)
 	waitOK(t, "http://"+adminB+"/ping")
 	a.Process.Signal(syscall.SIGTERM)
-	exited := make(chan error, 1)
-	go func() { exited <- a.Wait() }()
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("old edge exited with %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("old edge did not exit")
-	}
+	waitExit(t, a, 20*time.Second, "old edge")
 	time.Sleep(2 * time.Second) // the new edge alone
 	close(stop)
 	wg.Wait()
