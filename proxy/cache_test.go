@@ -315,3 +315,32 @@ func TestAdminPurge(t *testing.T) {
 		t.Errorf("after purge: X-Cache %q", r.header.Get("X-Cache"))
 	}
 }
+
+func TestStaleWhileRevalidate(t *testing.T) {
+	u := newTicketUpstream(t)
+	u.cc.Store("public, max-age=1, stale-while-revalidate=30")
+	e := cachingEdge(t, []*testUpstream{u.testUpstream})
+	do(t, "GET", e.url("/api/games"))
+	u.seats.Store(400)
+	u.delay.Store(int64(500 * time.Millisecond)) // a slow origin: the fan must not wait for it
+	time.Sleep(1100 * time.Millisecond)
+	start := time.Now()
+	r := do(t, "GET", e.url("/api/games"))
+	if took := time.Since(start); r.header.Get("X-Cache") != "STALE" || r.body != `{"remaining":500}` || took > 300*time.Millisecond {
+		t.Errorf("expired within stale-while-revalidate: %q X-Cache %q after %v, want the stale copy at once", r.body, r.header.Get("X-Cache"), took)
+	}
+	// The background revalidation lands; the next fan sees the new count.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if r = do(t, "GET", e.url("/api/games")); r.body == `{"remaining":400}` {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r.body != `{"remaining":400}` || r.header.Get("X-Cache") != "HIT" {
+		t.Errorf("after the background revalidation: %q X-Cache %q, want the new count as a HIT", r.body, r.header.Get("X-Cache"))
+	}
+	if got := u.listings.Load(); got != 2 {
+		t.Errorf("origin saw %d listing requests, want 2 (the fill and one revalidation)", got)
+	}
+}
