@@ -53,7 +53,7 @@ bench: deps build
 	  status=$$?; $(BENCH_DB) scripts/mariadb-cluster.sh stop; exit $$status
 
 # Checks a running stack (make demo's by default): /ping on edge and
-# origins, one listing, one detail. No writes unless SMOKE_FLAGS=-write.
+# origins, one listing, one detail. No writes unless SMOKE_FLAGS="-write -game N".
 SMOKE_EDGE    ?= http://127.0.0.1:8080
 SMOKE_ORIGINS ?= http://127.0.0.1:9001,http://127.0.0.1:9002,http://127.0.0.1:9003
 smoke: build
