@@ -326,3 +326,29 @@ func TestValidGTID(t *testing.T) {
 		}
 	}
 }
+
+func TestAccessLogSampling(t *testing.T) {
+	tests := []struct {
+		name   string
+		all    bool
+		sample float64
+		status int
+		path   string
+		roll   float64
+		want   bool
+	}{
+		{"5xx always", false, 0, 503, "/api/games", 0.99, true},
+		{"503 ping is the drain, logged on its transition", false, 1, 503, "/ping", 0, false},
+		{"success, no sampling", false, 0, 200, "/api/games", 0, false},
+		{"success, -access-log", true, 0, 200, "/api/games", 0.99, true},
+		{"success inside the sample", false, 0.1, 200, "/api/games", 0.05, true},
+		{"success outside the sample", false, 0.1, 200, "/api/games", 0.5, false},
+		{"4xx sampled like success", false, 0.1, 404, "/api/games/0", 0.5, false},
+	}
+	for _, tt := range tests {
+		s := &Server{cfg: Config{AccessLog: tt.all, AccessLogSample: tt.sample}}
+		if got := s.logRequest(tt.status, tt.path, tt.roll); got != tt.want {
+			t.Errorf("%s: logRequest = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -101,6 +101,9 @@ type Config struct {
 	// AccessLog logs every request at Info level when true; by default only
 	// 5xx answers and panics are logged.
 	AccessLog bool
+	// AccessLogSample, between 0 and 1, is the share of the other requests
+	// logged when AccessLog is false (5xx are always logged). Zero logs none.
+	AccessLogSample float64
 }
 
 // withDefaults returns c with every zero field set to its default.

@@ -2,11 +2,12 @@ package origin
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -169,7 +170,7 @@ func visibleASCII(s string, max int) bool {
 
 func newRequestID() string {
 	var b [12]byte
-	rand.Read(b[:])
+	crand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
 
@@ -231,7 +232,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			s.m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 			// A 503 /ping is the drain or an outage, both logged once on
 			// their transition; the edge's probes would repeat it every 2s.
-			if s.cfg.AccessLog || (sw.status >= 500 && r.URL.Path != "/ping") {
+			if s.logRequest(sw.status, r.URL.Path, rand.Float64()) {
 				lvl := slog.LevelInfo
 				if sw.status >= 500 {
 					lvl = slog.LevelWarn
@@ -242,6 +243,21 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(sw, r)
 	})
+}
+
+// logRequest decides whether one answer gets an access-log line: every 5xx
+// (but a 503 /ping, which is the drain or an outage, both logged once on
+// their transition; the edge's probes would repeat it every 2 s), and of
+// the rest all with AccessLog, else the AccessLogSample share. roll is a
+// uniform number in [0, 1).
+func (s *Server) logRequest(status int, path string, roll float64) bool {
+	switch {
+	case status >= 500:
+		return path != "/ping"
+	case s.cfg.AccessLog:
+		return true
+	}
+	return roll < s.cfg.AccessLogSample
 }
 
 // ping answers the edge's health check: 200 pong while some database can

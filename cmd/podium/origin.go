@@ -49,12 +49,16 @@ func runOrigin(args []string) error {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", originEnvDuration("PODIUM_ORIGIN_SHUTDOWN_TIMEOUT", origin.DefaultShutdownTimeout), "wait this long for in-flight requests at shutdown [PODIUM_ORIGIN_SHUTDOWN_TIMEOUT]")
 	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", originEnvDuration("PODIUM_ORIGIN_IDEMPOTENCY_TTL", origin.DefaultIdempotencyTTL), "keep Idempotency-Keys and their answers this long [PODIUM_ORIGIN_IDEMPOTENCY_TTL]")
 	fs.BoolVar(&cfg.AccessLog, "access-log", originEnvBool("PODIUM_ORIGIN_ACCESS_LOG"), "log every request, not only 5xx [PODIUM_ORIGIN_ACCESS_LOG]")
+	fs.Float64Var(&cfg.AccessLogSample, "access-log-sample", originEnvFloat("PODIUM_ORIGIN_ACCESS_LOG_SAMPLE", 0), "share (0..1) of successful requests logged when -access-log is off; 5xx are always logged [PODIUM_ORIGIN_ACCESS_LOG_SAMPLE]")
 	consulAddr := fs.String("consul", originEnv("PODIUM_CONSUL_ADDR", ""), "register in the Consul agent at this `host:port` (e.g. 127.0.0.1:8500); empty: do not register [PODIUM_CONSUL_ADDR]")
 	consulService := fs.String("consul-service", originEnv("PODIUM_CONSUL_SERVICE", "podium-origin"), "Consul service `name` [PODIUM_CONSUL_SERVICE]")
 	consulToken := fs.String("consul-token", originEnv("PODIUM_CONSUL_TOKEN", ""), "Consul ACL `token` [PODIUM_CONSUL_TOKEN]")
 	weight := fs.Int("weight", originEnvInt("PODIUM_ORIGIN_WEIGHT", 1), "share of traffic relative to other origins, published as Consul meta weight [PODIUM_ORIGIN_WEIGHT]")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if cfg.AccessLogSample < 0 || cfg.AccessLogSample > 1 {
+		return fmt.Errorf("-access-log-sample must be between 0 and 1, got %g", cfg.AccessLogSample)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (flags only; see podium origin -h)", fs.Arg(0))
@@ -178,6 +182,19 @@ func originEnv(name, def string) string {
 
 // The env fallbacks below ignore a malformed value with a warning rather
 // than failing: the flag is the place to be strict, and it still is.
+func originEnvFloat(name string, def float64) float64 {
+	v := originEnv(name, "")
+	if v == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "podium origin: ignoring %s=%q: not a number\n", name, v)
+		return def
+	}
+	return f
+}
+
 func originEnvInt(name string, def int) int {
 	v := originEnv(name, "")
 	if v == "" {
