@@ -603,7 +603,7 @@ func (c *Edge) validate(v *validator) {
 			v.addf(fmt.Sprintf("routes[%d].max_in_flight", i), "must be >= 0 (0 means no cap), got %d", r.MaxInFlight)
 		}
 	}
-	c.allow = c.allow[:0]
+	c.allow = nil
 	for i, s := range c.RateLimitAllow {
 		p, err := parsePrefix(s)
 		if err != nil {
@@ -613,7 +613,8 @@ func (c *Edge) validate(v *validator) {
 		c.allow = append(c.allow, p)
 	}
 
-	c.trusted = c.trusted[:0]
+	// Fresh slices: a copy of a running config must not write into its arrays.
+	c.trusted = nil
 	for i, s := range c.TrustedProxies {
 		p, err := parsePrefix(s)
 		if err != nil {
