@@ -18,7 +18,7 @@ import (
 func TestCompareAgainstHAProxyAndNginx(t *testing.T) {
 	for _, bin := range []string{"haproxy", "nginx", "taskset"} {
 		if _, err := exec.LookPath(lookBin("", bin)); err != nil {
-			t.Fatalf("%s not installed (%v): run scripts/bench-deps.sh", bin, err)
+			t.Fatalf("%s not installed (%v): run scripts/deps.sh peers", bin, err)
 		}
 	}
 	// The origin scenario runs only with a database; keep this test to

@@ -2,16 +2,16 @@
 # deps.sh: install the Debian packages Podium's demo, tests and bench use,
 # once, skipping what is already there. Safe to run any number of times.
 #
-#   scripts/deps.sh [group...]   groups: db, peers, all (default: all)
+#   scripts/deps.sh [group...]   groups: db, peers, obs, all (default: all)
 #
 # db     mariadb-server mariadb-client   (the origin's primary and replicas)
-# peers  haproxy nginx-light wrk         (the comparison peers and a load tool)
+# peers  haproxy nginx-light wrk util-linux  (the comparison peers, a load tool, taskset)
 # obs    prometheus                      (promtool checks metrics and alert rules)
 set -euo pipefail
 
 declare -A groups=(
 	[db]="mariadb-server mariadb-client"
-	[peers]="haproxy nginx-light wrk"
+	[peers]="haproxy nginx-light wrk util-linux"
 	[obs]="prometheus"
 )
 want=()
