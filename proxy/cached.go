@@ -332,12 +332,7 @@ func etagMatch(list, etag []byte) bool {
 	etag = bytes.TrimPrefix(etag, []byte("W/"))
 	for len(list) > 0 {
 		var t []byte
-		if i := bytes.IndexByte(list, ','); i >= 0 {
-			t, list = list[:i], list[i+1:]
-		} else {
-			t, list = list, nil
-		}
-		t = bytes.TrimSpace(t)
+		t, list = nextToken(list)
 		if bytes.Equal(t, []byte("*")) || bytes.Equal(bytes.TrimPrefix(t, []byte("W/")), etag) {
 			return true
 		}

@@ -119,19 +119,8 @@ func (s *rawScan) scan(raw []byte) {
 			}
 			s.hop |= 1 << i
 			if i == hopConnection {
-				for len(value) > 0 {
-					var tok []byte
-					if j := bytes.IndexByte(value, ','); j >= 0 {
-						tok, value = value[:j], value[j+1:]
-					} else {
-						tok, value = value, nil
-					}
-					tok = bytes.TrimSpace(tok)
-					if len(tok) > 0 && s.nConnTokens < len(s.connTokens) {
-						s.connTokens[s.nConnTokens] = tok
-						s.nConnTokens++
-					}
-				}
+				n := s.nConnTokens
+				s.nConnTokens += len(splitTokens(value, s.connTokens[n:n]))
 			}
 		}
 	}
@@ -142,12 +131,7 @@ func (s *rawScan) scan(raw []byte) {
 func (s *rawScan) scanContentLength(value []byte) {
 	for len(value) > 0 {
 		var v []byte
-		if j := bytes.IndexByte(value, ','); j >= 0 {
-			v, value = value[:j], value[j+1:]
-		} else {
-			v, value = value, nil
-		}
-		v = bytes.TrimSpace(v)
+		v, value = nextToken(value)
 		if !allDigits(v) {
 			s.clInvalid = true
 			continue
@@ -233,4 +217,24 @@ func responseHopMask(h *fasthttp.ResponseHeader, toks [][]byte) (uint16, [][]byt
 		}
 	}
 	return mask, toks
+}
+
+// nextToken splits the first element off a comma-separated field value
+// (RFC 9110 §5.6.1), trimmed of whitespace; it may be empty.
+func nextToken(v []byte) (tok, rest []byte) {
+	tok, rest, _ = bytes.Cut(v, []byte{','})
+	return bytes.TrimSpace(tok), rest
+}
+
+// splitTokens appends the non-empty elements of a comma-separated value to
+// dst, up to dst's capacity, without allocating.
+func splitTokens(v []byte, dst [][]byte) [][]byte {
+	for len(v) > 0 {
+		var tok []byte
+		tok, v = nextToken(v)
+		if len(tok) > 0 && len(dst) < cap(dst) {
+			dst = append(dst, tok)
+		}
+	}
+	return dst
 }

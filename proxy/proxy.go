@@ -247,7 +247,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	if rt.policy != "" && !p.allowed(st, ctx, rt, method, peer, reqID) {
+	if rt.policy != "" && !p.allowed(st, ctx, rt, method, peer, trusted, reqID) {
 		return
 	}
 	if c := rt.inflight; c != nil {
@@ -304,13 +304,13 @@ var strXFFKey = string(strXForwardedFor)
 // allowed applies the route's rate limit to the client (the socket peer,
 // or for a trusted peer the right-most untrusted X-Forwarded-For address),
 // and answers 429 with Retry-After when the client is over it.
-func (p *Proxy) allowed(st *state, ctx *fasthttp.RequestCtx, rt *route, method int, peer netip.Addr, reqID []byte) bool {
+func (p *Proxy) allowed(st *state, ctx *fasthttp.RequestCtx, rt *route, method int, peer netip.Addr, trusted bool, reqID []byte) bool {
 	lim := p.limits.Limiter(rt.policy)
 	if lim == nil {
 		return true
 	}
 	client := peer
-	if st.isTrusted(peer) {
+	if trusted {
 		client = ratelimit.ClientIPFields(peer, ctx.Request.Header.PeekAll(strXFFKey), st.trusted)
 	}
 	if st.allow.Contains(client) {
@@ -677,21 +677,6 @@ func printable(b []byte) bool {
 		}
 	}
 	return true
-}
-
-func splitTokens(v []byte, dst [][]byte) [][]byte {
-	for len(v) > 0 {
-		var tok []byte
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			tok, v = v[:i], v[i+1:]
-		} else {
-			tok, v = v, nil
-		}
-		if tok = bytes.TrimSpace(tok); len(tok) > 0 && len(dst) < cap(dst) {
-			dst = append(dst, tok)
-		}
-	}
-	return dst
 }
 
 // accessLog writes one JSON line per request: always for errors, for a
