@@ -146,6 +146,8 @@ func TestKey(t *testing.T) {
 		{"/api/games", "b=2&a=1", "h", "/api/games?a=1&b=2\x00h"},
 		{"/api/games", "a=1&&b=2&", "h", "/api/games?a=1&b=2\x00h"},
 		{"/api/games", "sport=x&sport=a", "h", "/api/games?sport=x&sport=a\x00h"},
+		// Past 16 parameters the query is kept whole, as sent.
+		{"/p", "q=1&p=1&o=1&n=1&m=1&l=1&k=1&j=1&i=1&h=1&g=1&f=1&e=1&d=1&c=1&b=1&a=1", "h", "/p?q=1&p=1&o=1&n=1&m=1&l=1&k=1&j=1&i=1&h=1&g=1&f=1&e=1&d=1&c=1&b=1&a=1\x00h"},
 	}
 	for _, tt := range tests {
 		if got := string(AppendKey(nil, []byte(tt.path), []byte(tt.query), []byte(tt.host))); got != tt.want {

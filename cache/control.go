@@ -34,16 +34,9 @@ func ParseControl(v []byte) Control {
 	c := Control{MaxAge: -1, SMaxAge: -1, StaleWhileRevalidate: -1, StaleIfError: -1}
 	for len(v) > 0 {
 		var d []byte
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			d, v = v[:i], v[i+1:]
-		} else {
-			d, v = v, nil
-		}
-		d = bytes.TrimSpace(d)
-		name, arg := d, []byte(nil)
-		if i := bytes.IndexByte(d, '='); i >= 0 {
-			name, arg = bytes.TrimSpace(d[:i]), bytes.Trim(bytes.TrimSpace(d[i+1:]), `"`)
-		}
+		d, v, _ = bytes.Cut(v, []byte{','})
+		name, arg, _ := bytes.Cut(bytes.TrimSpace(d), []byte{'='})
+		name, arg = bytes.TrimSpace(name), bytes.Trim(bytes.TrimSpace(arg), `"`)
 		switch {
 		case eq(name, "no-store"):
 			c.NoStore = true

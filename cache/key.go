@@ -33,21 +33,17 @@ func AppendKey(dst, path, query, host []byte) []byte {
 // appendSortedQuery normalises a query: parameters sorted (a stable
 // insertion sort, so repeated names keep their order), empty ones dropped.
 // "b=2&a=1" and "a=1&b=2" are one entry.
-func appendSortedQuery(dst, q []byte) []byte {
+func appendSortedQuery(dst, query []byte) []byte {
 	var params [maxQueryParams][]byte
 	n := 0
-	for len(q) > 0 {
+	for q := query; len(q) > 0; {
 		var p []byte
-		if i := bytes.IndexByte(q, '&'); i >= 0 {
-			p, q = q[:i], q[i+1:]
-		} else {
-			p, q = q, nil
-		}
+		p, q, _ = bytes.Cut(q, []byte{'&'})
 		if len(p) == 0 {
 			continue
 		}
 		if n == maxQueryParams {
-			return append(dst, q...) // too many to sort: keep as sent
+			return append(dst, query...) // too many to sort: the whole query as sent
 		}
 		params[n] = p
 		n++
