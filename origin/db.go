@@ -172,25 +172,35 @@ func (c *cluster) canRead() bool {
 // healthLoop checks the primary and the replicas every HealthInterval until
 // ctx ends. A panic in a check is logged and the loop goes on.
 func (c *cluster) healthLoop(ctx context.Context) {
-	t := time.NewTicker(c.cfg.HealthInterval)
+	c.every(ctx, c.cfg.HealthInterval, "database health check", c.check)
+}
+
+func (c *cluster) checkSafely(ctx context.Context) {
+	c.safely("database health check", func() { c.check(ctx) })
+}
+
+// every runs fn each interval until ctx ends. The origin's background loops
+// share it, so each logs a panic with its stack and keeps going.
+func (c *cluster) every(ctx context.Context, interval time.Duration, what string, fn func(context.Context)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.checkSafely(ctx)
+			c.safely(what, func() { fn(ctx) })
 		}
 	}
 }
 
-func (c *cluster) checkSafely(ctx context.Context) {
+func (c *cluster) safely(what string, fn func()) {
 	defer func() {
 		if p := recover(); p != nil {
-			c.log.Error("origin: panic in database health check", "panic", p, "stack", string(debug.Stack()))
+			c.log.Error("origin: panic in "+what, "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
-	c.check(ctx)
+	fn()
 }
 
 // check runs one round of health checks: the primary first, because a

@@ -472,25 +472,11 @@ func (c *cluster) sweepKeys(ctx context.Context, now time.Time) (int64, error) {
 
 // sweepLoop runs sweepKeys every few minutes until ctx ends.
 func (c *cluster) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(5 * time.Minute)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			func() {
-				defer func() {
-					if p := recover(); p != nil {
-						c.log.Error("origin: panic sweeping idempotency keys", "panic", p)
-					}
-				}()
-				if n, err := c.sweepKeys(ctx, time.Now()); err != nil {
-					c.log.Warn("origin: sweeping idempotency keys", "err", err)
-				} else if n > 0 {
-					c.log.Info("origin: expired idempotency keys deleted", "count", n)
-				}
-			}()
+	c.every(ctx, 5*time.Minute, "sweeping idempotency keys", func(ctx context.Context) {
+		if n, err := c.sweepKeys(ctx, time.Now()); err != nil {
+			c.log.Warn("origin: sweeping idempotency keys", "err", err)
+		} else if n > 0 {
+			c.log.Info("origin: expired idempotency keys deleted", "count", n)
 		}
-	}
+	})
 }
