@@ -95,8 +95,6 @@ type tally struct {
 	byAddr map[string]int
 	first  map[string]time.Time
 	last   map[string]time.Time
-	failed int
-	sent   int
 }
 
 func (tl *tally) hit(addr string) {
@@ -116,46 +114,9 @@ func (tl *tally) snapshot(addr string) (n int, first, last time.Time) {
 	return tl.byAddr[addr], tl.first[addr], tl.last[addr]
 }
 
-func steadyTally(url string, rate int, stop <-chan struct{}, wg *sync.WaitGroup) *tally {
+func steadyTally(url string, rate int, stop <-chan struct{}, wg *sync.WaitGroup) (*tally, *loadStats) {
 	tl := &tally{byAddr: map[string]int{}, first: map[string]time.Time{}, last: map[string]time.Time{}}
-	client := &http.Client{Timeout: 5 * time.Second}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(time.Second / time.Duration(rate))
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				resp, err := client.Get(url)
-				tl.mu.Lock()
-				tl.sent++
-				tl.mu.Unlock()
-				if err != nil {
-					tl.mu.Lock()
-					tl.failed++
-					tl.mu.Unlock()
-					return
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					tl.mu.Lock()
-					tl.failed++
-					tl.mu.Unlock()
-					return
-				}
-				tl.hit(string(b))
-			}()
-		}
-	}()
-	return tl
+	return tl, loadUntil(url, rate, stop, wg, func(body []byte) { tl.hit(string(body)) })
 }
 
 func TestEdgeWithConsul(t *testing.T) {
@@ -189,7 +150,7 @@ ratelimits: {}
 	passing := time.Now()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	tl := steadyTally("http://"+listen+"/x", 200, stop, &wg)
+	tl, load := steadyTally("http://"+listen+"/x", 200, stop, &wg)
 	defer func() { close(stop); wg.Wait() }()
 
 	// All three get traffic within 1 s of their checks passing.
@@ -234,24 +195,18 @@ ratelimits: {}
 	t.Logf("registration (check passing) to first proxied request: %v", first.Sub(joined).Round(time.Millisecond))
 
 	// It leaves with SIGTERM under load: no failed request.
-	tl.mu.Lock()
-	failedBefore := tl.failed
-	tl.mu.Unlock()
+	failedBefore := load.failures()
 	fourth.cmd.Process.Signal(syscall.SIGTERM)
 	fourth.cmd.Wait()
 	time.Sleep(500 * time.Millisecond)
-	tl.mu.Lock()
-	failedLeave := tl.failed - failedBefore
-	tl.mu.Unlock()
+	failedLeave := load.failures() - failedBefore
 	if failedLeave != 0 {
 		t.Errorf("%d requests failed while an origin left with SIGTERM, want 0", failedLeave)
 	}
 
 	// One origin is SIGKILLed under load.
 	victim := origins[1]
-	tl.mu.Lock()
-	failedBefore = tl.failed
-	tl.mu.Unlock()
+	failedBefore = load.failures()
 	victim.cmd.Process.Kill()
 	killed := time.Now()
 	var gone time.Duration
@@ -263,9 +218,7 @@ ratelimits: {}
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(time.Second)
-	tl.mu.Lock()
-	failedKill := tl.failed - failedBefore
-	tl.mu.Unlock()
+	failedKill := load.failures() - failedBefore
 	t.Logf("SIGKILL to out of rotation: %v; client requests failed meanwhile: %d (retries on another origin cover them)", gone.Round(time.Millisecond), failedKill)
 	if gone == 0 {
 		t.Errorf("killed origin still in rotation 10s later")
@@ -275,14 +228,10 @@ ratelimits: {}
 	}
 
 	// The agent goes away for 10 s: the edge serves the last known set.
-	tl.mu.Lock()
-	failedBefore = tl.failed
-	tl.mu.Unlock()
+	failedBefore = load.failures()
 	agent.Stop()
 	time.Sleep(10 * time.Second)
-	tl.mu.Lock()
-	failedOutage := tl.failed - failedBefore
-	tl.mu.Unlock()
+	failedOutage := load.failures() - failedBefore
 	if failedOutage != 0 {
 		t.Errorf("%d requests failed while the Consul agent was down, want 0", failedOutage)
 	}

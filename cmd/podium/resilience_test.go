@@ -79,10 +79,14 @@ func waitOK(t *testing.T, url string) {
 }
 
 // loadUntil sends GETs at rate per second until stop closes; it counts
-// connection refusals apart from other failures.
+// connection refusals apart from other failures, and hands each 200's body
+// to onBody when that is set.
 type loadStats struct{ sent, refused, failed atomic.Int64 }
 
-func loadUntil(url string, rate int, stop <-chan struct{}, wg *sync.WaitGroup) *loadStats {
+// failures is every request that did not get a 200.
+func (st *loadStats) failures() int64 { return st.refused.Load() + st.failed.Load() }
+
+func loadUntil(url string, rate int, stop <-chan struct{}, wg *sync.WaitGroup, onBody func([]byte)) *loadStats {
 	st := &loadStats{}
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
 	wg.Add(1)
@@ -109,10 +113,14 @@ func loadUntil(url string, rate int, stop <-chan struct{}, wg *sync.WaitGroup) *
 					}
 					return
 				}
-				io.Copy(io.Discard, resp.Body)
+				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 {
 					st.failed.Add(1)
+					return
+				}
+				if onBody != nil {
+					onBody(body)
 				}
 			}()
 		}
@@ -159,7 +167,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	st := loadUntil("http://"+listen+"/x", 200, stop, &wg)
+	st := loadUntil("http://"+listen+"/x", 200, stop, &wg, nil)
 	// 20 reloads over 30 s: weights, the upstream set and the routes
 	// change; half by rewriting the file, half by SIGHUP.
 	for i := range 20 {
@@ -233,7 +241,7 @@ func TestZeroDowntimeRestart(t *testing.T) {
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	st := loadUntil("http://"+listen+"/x", 300, stop, &wg)
+	st := loadUntil("http://"+listen+"/x", 300, stop, &wg, nil)
 	time.Sleep(2 * time.Second)
 	startEdgeProcess(t, bin, "-config", cfgB)
 	waitOK(t, "http://"+adminB+"/ping")
