@@ -267,21 +267,7 @@ func TestEdgeErrors(t *testing.T) {
 func TestSlowClientHeadersTimeOut(t *testing.T) {
 	u := newUpstream(t)
 	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.Timeouts.ReadHeader = config.Duration(300 * time.Millisecond) })
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "GET /x HTTP/1.1\r\nHost: edge\r\n") // and never finish
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start := time.Now()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := c.Read(buf); err != nil {
-			break
-		}
-	}
-	if took := time.Since(start); took > 3*time.Second {
+	if _, took := stall(t, e.addr, "GET /x HTTP/1.1\r\nHost: edge\r\n"); took > 3*time.Second {
 		t.Errorf("slowloris connection still open after %v, want closed after read_header (300ms)", took)
 	}
 	if u.count.Load() != 0 {
@@ -322,16 +308,8 @@ func TestEdgePing(t *testing.T) {
 func TestSlowClientBodyTimesOut(t *testing.T) {
 	u := newUpstream(t)
 	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.Timeouts.ReadBody = config.Duration(300 * time.Millisecond) })
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "POST /api/games/1/buy HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n{\"qu") // and stall
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start := time.Now()
-	b, _ := io.ReadAll(c)
-	if took := time.Since(start); took > 3*time.Second {
+	b, took := stall(t, e.addr, "POST /api/games/1/buy HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n{\"qu")
+	if took > 3*time.Second {
 		t.Errorf("a stalled body kept the connection %v, want closed after read_body (300ms)", took)
 	}
 	if len(b) > 0 && !strings.HasPrefix(string(b), "HTTP/1.1 408") {
@@ -356,4 +334,21 @@ func TestPanicAnswers500AndEdgeServesOn(t *testing.T) {
 	if r := do(t, "GET", e.url("/x")); r.code != 200 {
 		t.Errorf("after a recovered panic the edge answered %d, want 200", r.code)
 	}
+}
+
+// stall sends a request that never finishes and reads until the edge
+// closes the connection (5 s at most); it returns what the edge answered
+// and how long the connection stayed open.
+func stall(t *testing.T, addr, partial string) ([]byte, time.Duration) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, partial)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	b, _ := io.ReadAll(c)
+	return b, time.Since(start)
 }
