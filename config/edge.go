@@ -364,11 +364,15 @@ func DefaultRoutes() []Route {
 		return &RouteCache{TTL: Duration(DefaultListingTTL), StaleIfError: Duration(DefaultStaleIfError)}
 	}
 	get := []string{"GET", "HEAD"}
+	// A purchase, from the API or the page form, changes the listing and
+	// that game's pages.
+	purchase := func(name, path string) Route {
+		return Route{Name: name, Match: Match{Path: path, Methods: []string{"POST"}}, RateLimit: "buy",
+			Purge: []string{"/api/games", "/games", "/api/games/$1", "/games/$1"}}
+	}
 	return []Route{
-		{Name: "buy", Match: Match{Path: "/api/games/*/buy", Methods: []string{"POST"}}, RateLimit: "buy",
-			Purge: []string{"/api/games", "/games", "/api/games/$1", "/games/$1"}},
-		{Name: "buy_page", Match: Match{Path: "/games/*/buy", Methods: []string{"POST"}}, RateLimit: "buy",
-			Purge: []string{"/api/games", "/games", "/api/games/$1", "/games/$1"}},
+		purchase("buy", "/api/games/*/buy"),
+		purchase("buy_page", "/games/*/buy"),
 		{Name: "api_games", Match: Match{Path: "/api/games", Methods: get}, Cache: listing()},
 		{Name: "api_game", Match: Match{Path: "/api/games/*", Methods: get}, Cache: listing()},
 		{Name: "games", Match: Match{Path: "/games", Methods: get}, Cache: listing()},
