@@ -176,7 +176,11 @@ func (p *Proxy) attach(h *balancer.Host) {
 			MaxResponseBodySize:           maxResponseBytes,
 			ReadBufferSize:                p.boot.Limits.MaxHeaderBytes,
 			Dial: func(addr string) (net.Conn, error) {
-				return fasthttp.DialTimeout(addr, connect)
+				c, err := fasthttp.DialTimeout(addr, connect)
+				if err != nil {
+					return nil, err
+				}
+				return newUpstreamConn(c), nil
 			},
 			// One silent retry, on the same host, and only where it cannot
 			// repeat work: an idempotent request whose pooled keep-alive
