@@ -57,14 +57,27 @@ type CompareScenario struct {
 	// the load CPU, sharing the MariaDB cluster named by PODIUM_DB_*)
 	// instead of the synthetic upstream.
 	Origin bool
+	// WrkPath, when set, has the scenario driven by wrk (-t1, closed loop,
+	// Connections connections, GET of this path) instead of `podium bench
+	// run`: wrk is the load tool the edge's acceptance names, and, written
+	// in C over epoll, it keeps every proxy saturated where the Go
+	// generator tops out first. wrk sends every request from one address,
+	// so Podium's config for these runs limits no client on GETs, as
+	// HAProxy's and nginx's configs limit none (PeerConfig.OneClient).
+	WrkPath string
 	// args returns the `bench run` arguments for the measured phase.
 	args func(o *CompareOptions) []string
 }
 
 // unavailable says why cs cannot run here, or "" when it can.
-func (cs *CompareScenario) unavailable() string {
+func (cs *CompareScenario) unavailable(o *CompareOptions) string {
 	if cs.Pending != "" {
 		return cs.Pending
+	}
+	if cs.WrkPath != "" {
+		if _, err := exec.LookPath(lookBin(o.Wrk, "wrk")); err != nil {
+			return "needs wrk: run `scripts/deps.sh peers` (as root) first"
+		}
 	}
 	if cs.Origin && os.Getenv("PODIUM_DB_PRIMARY") == "" {
 		return "needs the origin's database: run `scripts/mariadb-cluster.sh start` and `eval \"$(scripts/mariadb-cluster.sh env)\"` first (PODIUM_DB_PRIMARY is not set)"
@@ -74,6 +87,20 @@ func (cs *CompareScenario) unavailable() string {
 
 // CompareScenarios are the comparison's scenarios, in report order.
 var CompareScenarios = []CompareScenario{
+	{
+		Name: "proxied-get-wrk",
+		Title: "Proxied GET under wrk: 2 KiB body from the synthetic upstream, 64 connections, `wrk -t1` closed loop on the load CPU (every proxy saturated). " +
+			"Equivalent configs: no per-client rate limit in any of them; Podium's metrics on, as always",
+		Rounds:  5,
+		WrkPath: "/bench/payload",
+	},
+	{
+		Name: "cached-listing-wrk",
+		Title: "Cached listing under wrk: GET /api/games?limit=50 (8 KiB JSON, Cache-Control max-age=2 from the synthetic upstream), 64 connections, `wrk -t1` closed loop. " +
+			"Podium's cache vs nginx proxy_cache + proxy_cache_lock vs HAProxy's cache; no per-client rate limit in any of them",
+		Rounds:  3,
+		WrkPath: "/api/games?limit=50",
+	},
 	{
 		Name:   "proxied-get",
 		Title:  "Proxied GET, 2 KiB body from the synthetic upstream, 64 connections, closed loop (maximum throughput)",
@@ -124,6 +151,8 @@ type CompareOptions struct {
 	// Podium, HAProxy, Nginx are the binaries under test: default this
 	// executable, "haproxy", "nginx" (looked up in PATH and /usr/sbin).
 	Podium, HAProxy, Nginx string
+	// Wrk is the generator of the WrkPath scenarios: default wrk in PATH.
+	Wrk string
 	// Taskset pins processes: default "taskset". LoadCPU runs the
 	// generator and upstreams, ProxyCPU the proxy: default "0" and "1".
 	Taskset           string
@@ -176,6 +205,7 @@ func (o *CompareOptions) defaults() error {
 	}
 	o.HAProxy = lookBin(o.HAProxy, "haproxy")
 	o.Nginx = lookBin(o.Nginx, "nginx")
+	o.Wrk = lookBin(o.Wrk, "wrk")
 	if o.Taskset == "" {
 		o.Taskset = "taskset"
 	}
@@ -211,7 +241,7 @@ func (o *CompareOptions) defaults() error {
 	}
 	if len(o.Scenarios) == 0 {
 		for i := range CompareScenarios {
-			if CompareScenarios[i].unavailable() == "" {
+			if CompareScenarios[i].unavailable(o) == "" {
 				o.Scenarios = append(o.Scenarios, CompareScenarios[i].Name)
 			}
 		}
@@ -446,7 +476,7 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 			Connections: opts.Connections, BodySize: opts.BodySize, Upstreams: c.upstreams, PacedRate: opts.PacedRate, Priority: opts.Priority},
 	}
 	for _, cs := range CompareScenarios {
-		why := cs.unavailable()
+		why := cs.unavailable(&opts)
 		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Pending: why}
 		if why == "" && !contains(opts.Scenarios, cs.Name) {
 			continue
@@ -733,6 +763,10 @@ func waitReady(ctx context.Context, ch *child, url string, wantLen int, timeout 
 
 // PeerConfig is what every config template is rendered from.
 type PeerConfig struct {
+	// OneClient is set when all the load comes from one address with no
+	// X-Forwarded-For (wrk): Podium's template then drops its per-client
+	// limit on GETs, which HAProxy's and nginx's configs do not have.
+	OneClient bool
 	Listen      string
 	Admin       string
 	Upstreams   []string
@@ -745,7 +779,7 @@ type PeerConfig struct {
 
 // startProxy renders target's config and starts it on the proxy CPU. It
 // returns the base URL to load and the process.
-func (c *comparison) startProxy(name, target string, upstreams []string) (string, *child, string, error) {
+func (c *comparison) startProxy(name, target string, upstreams []string, oneClient bool) (string, *child, string, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return "", nil, "", err
@@ -758,7 +792,7 @@ func (c *comparison) startProxy(name, target string, upstreams []string) (string
 	if err := os.MkdirAll(scratch, 0o755); err != nil {
 		return "", nil, "", fmt.Errorf("creating %s: %w", scratch, err)
 	}
-	pc := PeerConfig{Listen: listen, Admin: admin, Upstreams: upstreams, Connections: c.opts.Connections, Dir: scratch}
+	pc := PeerConfig{OneClient: oneClient, Listen: listen, Admin: admin, Upstreams: upstreams, Connections: c.opts.Connections, Dir: scratch}
 	if os.Geteuid() == 0 {
 		pc.User = "root root"
 	}
@@ -816,7 +850,7 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	if target != TargetDirect {
 		var err error
 		var cfg string
-		base, proxy, cfg, err = c.startProxy(name, target, be.addrs)
+		base, proxy, cfg, err = c.startProxy(name, target, be.addrs, cs.WrkPath != "")
 		tr.Config = cfg
 		if err != nil {
 			return fail("%v", err)
@@ -826,8 +860,13 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 			return fail("%s did not proxy: %v", target, err)
 		}
 	}
-	runArgs := cs.args(&c.opts)
-	if _, err := c.generate(ctx, base, runArgs, c.opts.Warmup, filepath.Join(c.dir, "runs", name+"-warmup")); err != nil {
+	run := func(d time.Duration, prefix string) (*Result, error) {
+		if cs.WrkPath != "" {
+			return c.generateWrk(ctx, base+cs.WrkPath, d, prefix)
+		}
+		return c.generate(ctx, base, cs.args(&c.opts), d, prefix)
+	}
+	if _, err := run(c.opts.Warmup, filepath.Join(c.dir, "runs", name+"-warmup")); err != nil {
 		return fail("warm-up: %v", err)
 	}
 	var pids []int
@@ -842,7 +881,7 @@ func (c *comparison) measure(ctx context.Context, cs *CompareScenario, target st
 	busy0 := machineBusySeconds()
 	ureq0, uerr0 := c.upstreamRequests(be)
 	prefix := filepath.Join(c.dir, "runs", name)
-	res, err := c.generate(ctx, base, runArgs, c.opts.Duration, prefix)
+	res, err := run(c.opts.Duration, prefix)
 	if err != nil {
 		return fail("measured run: %v", err)
 	}
@@ -1126,7 +1165,7 @@ func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
 		fmt.Fprintf(w, "Command: `%s`\n", rep.Command)
 	}
 	me := rep.Method
-	fmt.Fprintf(w, "\nMethod: the proxy under test is pinned to CPU %s (one process/thread: HAProxy `nbthread 1`, nginx `worker_processes 1`, Podium `GOMAXPROCS` = 1 from its affinity); the load generator (`podium bench run`) and the %d synthetic upstreams (%d-byte body) share CPU %s; all of them run at %s scheduling priority (realtime: SCHED_FIFO 10, so neighbours on this shared machine cannot preempt them; the kernel's RT throttling still takes 50 ms a second, which can show as a ~50 ms max in saturated runs, alike for every target). Each target gets a %s warm-up, then a %s measured run at %d connections; targets are measured in interleaved rounds (A B C D, A B C D, …; the count is under each scenario's title) and the round with the median proxy CPU per request is shown, every round's figure in the last column. \"Reached upstream\" is the share of requests the synthetic upstream answered (from its own counter): 100%% without a cache. Proxy CPU is utime+stime from /proc/PID/stat over the measured run ÷ requests completed (nginx: master + worker); peak RSS is VmHWM. Ratios are Podium's figure over the peer's, from this same run (CPU and p99: lower is better; throughput: higher is better). When the load CPU is near 100%% busy, throughput is the generator's limit, not the proxy's: CPU µs/request is the figure that compares proxies. \"Other CPU\" is what the rest of the machine (other processes, interrupts, hypervisor steal) used during the run, in cores: above about 0.2 that round's latency tail says more about the neighbours than about the proxy.\n\n",
+	fmt.Fprintf(w, "\nMethod: the proxy under test is pinned to CPU %s (one process/thread: HAProxy `nbthread 1`, nginx `worker_processes 1`, Podium `GOMAXPROCS` = 1 from its affinity); the load generator (`podium bench run`, or `wrk -t1` in the scenarios named -wrk) and the %d synthetic upstreams (%d-byte body) share CPU %s; all of them run at %s scheduling priority (realtime: SCHED_FIFO 10, so neighbours on this shared machine cannot preempt them; the kernel's RT throttling still takes 50 ms a second, which can show as a ~50 ms max in saturated runs, alike for every target). Each target gets a %s warm-up, then a %s measured run at %d connections; targets are measured in interleaved rounds (A B C D, A B C D, …; the count is under each scenario's title) and the round with the median proxy CPU per request is shown, every round's figure in the last column. \"Reached upstream\" is the share of requests the synthetic upstream answered (from its own counter): 100%% without a cache. Proxy CPU is utime+stime from /proc/PID/stat over the measured run ÷ requests completed (nginx: master + worker); peak RSS is VmHWM. Ratios are Podium's figure over the peer's, from this same run (CPU and p99: lower is better; throughput: higher is better). When the load CPU is near 100%% busy, throughput is the generator's limit, not the proxy's: CPU µs/request is the figure that compares proxies. \"Other CPU\" is what the rest of the machine (other processes, interrupts, hypervisor steal) used during the run, in cores: above about 0.2 that round's latency tail says more about the neighbours than about the proxy.\n\n",
 		me.ProxyCPU, len(me.Upstreams), me.BodySize, me.LoadCPU, me.Priority, me.Warmup, me.Duration, me.Connections)
 	for _, s := range rep.Scenarios {
 		fmt.Fprintf(w, "## %s\n\n%s\n\n", s.Name, s.Title)
