@@ -766,7 +766,7 @@ type PeerConfig struct {
 	// OneClient is set when all the load comes from one address with no
 	// X-Forwarded-For (wrk): Podium's template then drops its per-client
 	// limit on GETs, which HAProxy's and nginx's configs do not have.
-	OneClient bool
+	OneClient   bool
 	Listen      string
 	Admin       string
 	Upstreams   []string
