@@ -50,8 +50,9 @@ var heldBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b
 // An upstreamConn is used by one goroutine at a time, as a pooled
 // HostClient connection is; it must not be copied.
 type upstreamConn struct {
-	tc  *net.TCPConn
-	raw syscall.RawConn
+	tc          *net.TCPConn
+	raw         syscall.RawConn
+	local, peer net.Addr // fasthttp asks for both on every request
 
 	held      *[]byte   // request bytes written and not yet sent; nil when none
 	writeDL   time.Time // the deadline Write's caller asked for
@@ -83,7 +84,7 @@ func newUpstreamConn(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	uc := &upstreamConn{tc: tc, raw: raw}
+	uc := &upstreamConn{tc: tc, raw: raw, local: tc.LocalAddr(), peer: tc.RemoteAddr()}
 	uc.onReadable = uc.sendThenRead
 	return uc
 }
@@ -216,7 +217,7 @@ func (c *upstreamConn) release() {
 }
 
 func (c *upstreamConn) opError(op string, errno error) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: c.tc.LocalAddr(), Addr: c.tc.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.peer, Err: os.NewSyscallError(op, errno)}
 }
 
 // relabel makes RawConn's "raw-read" errors read like any other read error
@@ -239,8 +240,8 @@ func (c *upstreamConn) Close() error {
 	return c.tc.Close()
 }
 
-func (c *upstreamConn) LocalAddr() net.Addr  { return c.tc.LocalAddr() }
-func (c *upstreamConn) RemoteAddr() net.Addr { return c.tc.RemoteAddr() }
+func (c *upstreamConn) LocalAddr() net.Addr  { return c.local }
+func (c *upstreamConn) RemoteAddr() net.Addr { return c.peer }
 
 func (c *upstreamConn) SetDeadline(t time.Time) error {
 	c.writeDL = t
