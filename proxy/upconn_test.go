@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -13,7 +15,13 @@ import (
 // upconnPair dials a loopback listener whose accepted side serve runs on.
 func upconnPair(t *testing.T, serve func(net.Conn)) *upstreamConn {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return upconnPairWith(t, &net.ListenConfig{}, serve)
+}
+
+// upconnPairWith is upconnPair with the listener made by lc.
+func upconnPairWith(t *testing.T, lc *net.ListenConfig, serve func(net.Conn)) *upstreamConn {
+	t.Helper()
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,22 +136,40 @@ func TestUpstreamConnDeadlines(t *testing.T) {
 		}
 	})
 	t.Run("write", func(t *testing.T) {
+		// Small buffers both ends, locked so autotuning cannot grow them
+		// (the accepted socket inherits the listener's SO_RCVBUF, and the
+		// window it advertises from the start follows it): a held request
+		// of 15 KiB cannot go out whole to a peer that reads nothing.
+		lc := &net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+			return errors.Join(err, serr)
+		}}
 		stop := make(chan struct{})
-		uc := upconnPair(t, func(s net.Conn) { <-stop })
+		uc := upconnPairWith(t, lc, func(s net.Conn) { <-stop })
 		defer close(stop)
 		if err := uc.tc.SetWriteBuffer(4096); err != nil {
 			t.Fatal(err)
 		}
-		uc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
 		uc.SetReadDeadline(time.Now().Add(10 * time.Second))
-		// Fill the upstream's receive buffer and our send buffer first,
-		// so that the held request cannot go out whole.
-		filler := bytes.Repeat([]byte("f"), 32<<20)
-		if _, err := uc.Write(filler); err == nil {
-			t.Fatal("32 MiB went to a peer that reads nothing: the write deadline did not apply")
-		}
 		uc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
-		requestTimesOut(t, uc, 5*time.Second) // the write deadline's 200ms, not the read deadline's 10s
+		if n, err := uc.Write(bytes.Repeat([]byte("h"), 15<<10)); err != nil || n != 15<<10 || uc.held == nil {
+			t.Fatalf("Write of 15 KiB = %d, %v, held %v: want it held", n, err, uc.held != nil)
+		}
+		start := time.Now()
+		_, err := uc.Read(make([]byte, 16))
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("Read error = %v, want the write deadline's timeout", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("gave up after %v, want about 200ms (the write deadline), not the 10s read deadline", d)
+		}
+		// A write too big to hold goes out at once, under the same deadline.
+		uc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := uc.Write(bytes.Repeat([]byte("f"), 1<<20)); !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("1 MiB Write to a peer that reads nothing: %v, want the write deadline's timeout", err)
+		}
 	})
 }
 
