@@ -247,13 +247,7 @@ func TestPostRetriedOnlyWithIdempotencyKey(t *testing.T) {
 	good := newUpstream(t)
 	e := startEdge(t, []*testUpstream{{addr: half.addr}, good}, nil)
 	// Make the half origin the one picked first: keep the good one busy.
-	pick := func() {
-		for e.p.Pool().Hosts()[1].InFlight() == 0 {
-			e.p.Pool().Hosts()[1].Acquire()
-		}
-	}
-	pick()
-	defer e.p.Pool().Hosts()[1].Release()
+	keepBusy(t, e, good.addr)
 
 	r := do(t, "POST", e.url("/api/games/1/buy"))
 	if r.code != 502 || half.got.Load() != 1 || good.count.Load() != 0 {
@@ -283,13 +277,32 @@ func TestRetryBudget(t *testing.T) {
 		c.Retries.MinConcurrent = 1
 		c.Retries.BudgetPercent = 0
 	})
+	// Every request goes to the half origin first (least connections,
+	// the slow one looking busy), fails there, and wants a retry.
+	keepBusy(t, e, slow.addr)
 	e.p.activeRetries.Store(1) // a retry is already under way
 	before := testCounter(e.p.metrics.retryBudgetExhausted)
-	for range 5 {
-		do(t, "GET", e.url("/x"))
+	for range 4 { // under outlier ejection's 5 failures in a row
+		if r := do(t, "GET", e.url("/x")); r.code != 502 {
+			t.Errorf("GET: %d, want 502 (no retry left in the budget)", r.code)
+		}
 	}
-	if testCounter(e.p.metrics.retryBudgetExhausted) == before {
-		t.Error("retries went past a spent budget")
+	if got := testCounter(e.p.metrics.retryBudgetExhausted) - before; got != 4 {
+		t.Errorf("%v retries refused for a spent budget, want all 4", got)
 	}
 	e.p.activeRetries.Store(0)
+}
+
+// keepBusy makes the upstream at addr look one request busier to least
+// connections until the test ends, so that a pick prefers the others.
+func keepBusy(t *testing.T, e *testEdge, addr string) {
+	t.Helper()
+	for _, h := range e.p.Pool().Hosts() {
+		if h.Addr == addr {
+			h.Acquire()
+			t.Cleanup(h.Release)
+			return
+		}
+	}
+	t.Fatalf("no upstream %s in the pool", addr)
 }
