@@ -3,6 +3,7 @@ package origin
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -293,28 +294,39 @@ func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
 	}
 }
 
+// buyBehindLock holds game's row in a transaction of its own (rolled back
+// when the test ends, or earlier by the caller), then starts a purchase of
+// quantity seats at base, which waits on that row. The purchase's answer
+// arrives on the channel; a transport failure as Status -1.
+func buyBehindLock(t *testing.T, base string, game int64, quantity int) (*sql.Tx, <-chan response) {
+	t.Helper()
+	lock, err := tc.primaryDB.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lock.Rollback() }) //nolint:errcheck
+	if _, err := lock.Exec("SELECT remaining FROM games WHERE id = ? FOR UPDATE", game); err != nil {
+		t.Fatal(err)
+	}
+	bought := make(chan response, 1)
+	go func() {
+		body := fmt.Sprintf(`{"quantity": %d, "email": "a@example.com"}`, quantity)
+		r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", base, game), body, "Content-Type", "application/json")
+		if err != nil {
+			r = response{Status: -1, Body: []byte(err.Error())}
+		}
+		bought <- r
+	}()
+	return lock, bought
+}
+
 // A purchase whose connection is killed mid-transaction is retried on a new
 // connection, and sells once.
 func TestPurchaseRetriedAfterLostConnection(t *testing.T) {
 	s := startServer(t, nil)
 	game := createGame(t, 5)
 	// Hold the game's row so that the purchase waits inside its UPDATE.
-	lock, err := tc.primaryDB.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Rollback() //nolint:errcheck
-	if _, err := lock.Exec("SELECT remaining FROM games WHERE id = ? FOR UPDATE", game); err != nil {
-		t.Fatal(err)
-	}
-	bought := make(chan response, 1)
-	go func() {
-		r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), `{"quantity": 2, "email": "a@example.com"}`, "Content-Type", "application/json")
-		if err != nil {
-			r = response{Status: -1, Body: []byte(err.Error())}
-		}
-		bought <- r
-	}()
+	lock, bought := buyBehindLock(t, s.URL, game, 2)
 	// Find the purchase's session waiting in its UPDATE, and kill it (a
 	// user may kill its own sessions).
 	var victim int64

@@ -213,22 +213,7 @@ func TestGracefulShutdownFinishesInFlight(t *testing.T) {
 
 	// Hold the game's row so that a purchase is in flight for as long as
 	// the test wants.
-	lock, err := tc.primaryDB.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Rollback() //nolint:errcheck
-	if _, err := lock.Exec("SELECT remaining FROM games WHERE id = ? FOR UPDATE", game); err != nil {
-		t.Fatal(err)
-	}
-	bought := make(chan response, 1)
-	go func() {
-		r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", url, game), `{"quantity": 1, "email": "a@example.com"}`, "Content-Type", "application/json")
-		if err != nil {
-			r = response{Status: -1, Body: []byte(err.Error())}
-		}
-		bought <- r
-	}()
+	lock, bought := buyBehindLock(t, url, game, 1)
 	for i := 0; metricValue(t, s.m.inFlight) < 1; i++ {
 		if i > 500 {
 			t.Fatal("the purchase never became in flight")
