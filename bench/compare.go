@@ -75,7 +75,7 @@ func (cs *CompareScenario) unavailable(o *CompareOptions) string {
 		return cs.Pending
 	}
 	if cs.WrkPath != "" {
-		if _, err := exec.LookPath(lookBin(o.Wrk, "wrk")); err != nil {
+		if _, err := exec.LookPath(o.Wrk); err != nil {
 			return "needs wrk: run `scripts/deps.sh peers` (as root) first"
 		}
 	}
@@ -556,6 +556,7 @@ type comparison struct {
 	opts      CompareOptions
 	dir       string
 	upstreams []string
+	wrkScript string // wrkScript's file, written on first use
 }
 
 // child is a process the comparison started, with its log.

@@ -91,13 +91,16 @@ func (s *wrkSummary) result(url string, d time.Duration) *Result {
 // generateWrk runs wrk for d against url, pinned to the load CPU at the
 // comparison's priority, and writes its output and the Result beside prefix.
 func (c *comparison) generateWrk(ctx context.Context, url string, d time.Duration, prefix string) (*Result, error) {
-	script := filepath.Join(c.dir, "runs", "summary.lua")
-	if err := os.WriteFile(script, []byte(wrkScript), 0o644); err != nil {
-		return nil, fmt.Errorf("writing the wrk script: %w", err)
+	if c.wrkScript == "" {
+		script := filepath.Join(c.dir, "runs", "summary.lua")
+		if err := os.WriteFile(script, []byte(wrkScript), 0o644); err != nil {
+			return nil, fmt.Errorf("writing the wrk script: %w", err)
+		}
+		c.wrkScript = script
 	}
 	secs := max(1, int(d.Round(time.Second)/time.Second))
 	argv := c.pinned(c.opts.LoadCPU, []string{c.opts.Wrk, "-t1", "-c" + strconv.Itoa(c.opts.Connections),
-		"-d" + strconv.Itoa(secs) + "s", "--timeout", "5s", "-s", script, url})
+		"-d" + strconv.Itoa(secs) + "s", "--timeout", "5s", "-s", c.wrkScript, url})
 	cctx, cancel := context.WithTimeout(ctx, d+time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, c.opts.Taskset, argv...)

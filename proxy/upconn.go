@@ -99,7 +99,7 @@ func (c *upstreamConn) Write(p []byte) (int, error) {
 		c.held = heldBufs.Get().(*[]byte)
 	}
 	if len(*c.held)+len(p) > maxHeldRequest {
-		if _, err := c.flushHeld(); err != nil {
+		if _, err := c.flushHeldFrom(0); err != nil {
 			return 0, err
 		}
 		return c.blockingWrite(p)
@@ -184,9 +184,8 @@ func (c *upstreamConn) sendThenRead(fd uintptr) bool {
 	}
 }
 
-// flushHeld sends everything held, blocking under the write deadline.
-func (c *upstreamConn) flushHeld() (int, error) { return c.flushHeldFrom(0) }
-
+// flushHeldFrom sends what is held from off on, blocking under the write
+// deadline, and lets the buffer go.
 func (c *upstreamConn) flushHeldFrom(off int) (int, error) {
 	if c.held == nil {
 		return 0, nil
