@@ -55,14 +55,14 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 	if e != nil && e.Fresh(now) {
 		p.metrics.cacheHit.Inc()
 		p.serveEntry(ctx, e, xcHit, now)
-		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
+		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), now)
 		p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), nil, reqID, 0, 0)
 		return
 	}
 	if e != nil && e.ServeWhileRevalidating(now) {
 		p.metrics.cacheStale.Inc()
 		p.serveEntry(ctx, e, xcStale, now)
-		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
+		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), now)
 		p.revalidateInBackground(st, req, rt, key, hash, baseLen, e)
 		return
 	}
@@ -114,18 +114,19 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 		// A waiter whose variant differs, or a response that may not be
 		// shared: ask the origin itself.
 		p.metrics.cacheMiss.Inc()
-		h, took, _, fail := p.forward(st, fillReq, &ctx.Response)
+		start := time.Now()
+		h, end, _, fail := p.forward(st, fillReq, &ctx.Response, start)
 		if fail != nil {
 			p.reject(st, ctx, rt, method, fail.status, fail.kind, fail.msg, reqID, h)
 			return
 		}
 		ctx.Response.Header.Set("X-Cache", xcMiss)
-		res = &fillResult{host: h, took: took}
+		res = &fillResult{host: h, took: end.Sub(start)}
 	}
 	if method == 1 {
 		ctx.Response.SkipBody = true
 	}
-	rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
+	rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), time.Now())
 	p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), res.host, reqID, res.took, 0)
 }
 
@@ -167,9 +168,8 @@ func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, ha
 	}
 	resp := fasthttp.AcquireResponse()
 	sent := time.Now()
-	h, took, _, fail := p.forward(st, req, resp)
-	received := time.Now()
-	res := &fillResult{host: h, took: took}
+	h, received, _, fail := p.forward(st, req, resp, sent)
+	res := &fillResult{host: h, took: received.Sub(sent)}
 	status := resp.StatusCode()
 	if fail != nil || status >= 500 {
 		// stale-if-error: the entry just expired, or the last good copy.

@@ -71,10 +71,10 @@ type routeCounts struct {
 // done counts a finished request and observes its duration at the edge,
 // from the first byte read to the answer being ready (the write to the
 // client follows).
-func (c *routeCounts) done(method, code int, start time.Time) {
+func (c *routeCounts) done(method, code int, start, now time.Time) {
 	c.inc(method, code)
 	if !start.IsZero() { // a request fasthttp could not parse has no start time
-		c.duration.Observe(time.Since(start).Seconds())
+		c.duration.Observe(now.Sub(start).Seconds())
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -165,30 +164,22 @@ func (p *Proxy) attach(h *balancer.Host) {
 	connect := p.boot.Timeouts.Connect.D()
 	h.Transport = &upstream{
 		duration: p.metrics.upstreamDuration.WithLabelValues(h.Addr),
+		// The HostClient keeps the connection pool (dialling, the limit,
+		// idle-connection cleanup); requests go through upstream.do, not
+		// HostClient.Do, so its request options would be unused here.
 		client: &fasthttp.HostClient{
-			Addr:                          h.Addr,
-			NoDefaultUserAgentHeader:      true,
-			DisablePathNormalizing:        true, // forward the path as the client sent it
-			DisableHeaderNamesNormalizing: true, // and the upstream's header names as it sent them
-			MaxConns:                      p.boot.UpstreamPool.MaxConns,
-			MaxIdleConnDuration:           p.boot.UpstreamPool.MaxIdleTime.D(),
-			MaxConnWaitTimeout:            connect,
-			MaxResponseBodySize:           maxResponseBytes,
-			ReadBufferSize:                p.boot.Limits.MaxHeaderBytes,
+			Addr:                h.Addr,
+			MaxConns:            p.boot.UpstreamPool.MaxConns,
+			MaxIdleConnDuration: p.boot.UpstreamPool.MaxIdleTime.D(),
+			MaxConnWaitTimeout:  connect,
+			MaxResponseBodySize: maxResponseBytes,
+			ReadBufferSize:      p.boot.Limits.MaxHeaderBytes,
 			Dial: func(addr string) (net.Conn, error) {
 				c, err := fasthttp.DialTimeout(addr, connect)
 				if err != nil {
 					return nil, err
 				}
 				return newUpstreamConn(c), nil
-			},
-			// One silent retry, on the same host, and only where it cannot
-			// repeat work: an idempotent request whose pooled keep-alive
-			// connection the upstream had already closed. Anything else is
-			// the caller's decision.
-			MaxIdemponentCallAttempts: 2,
-			RetryIfErr: func(req *fasthttp.Request, attempts int, err error) (bool, bool) {
-				return false, isIdempotent(req.Header.Method()) && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
 			},
 		},
 	}
@@ -241,7 +232,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	path := ctx.Path()
 	if bytes.Equal(path, strPing) && (method == 0 || method == 1) {
 		p.ping(ctx)
-		p.none.counts.done(method, ctx.Response.StatusCode(), ctx.Time())
+		p.none.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), time.Now())
 		return
 	}
 
@@ -286,7 +277,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	h, elapsed, retries, fail := p.forward(st, req, &ctx.Response)
+	h, end, retries, fail := p.forward(st, req, &ctx.Response, ctx.Time())
 	if retries > 0 {
 		defer setRetries(ctx, retries)
 	}
@@ -299,8 +290,8 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if status < 300 && status >= 200 && (len(rt.purge) > 0 || method > 1) {
 		p.invalidate(ctx, rt)
 	}
-	rt.counts.done(method, status, ctx.Time())
-	p.accessLog(st, ctx, rt, status, h, reqID, elapsed, retries)
+	rt.counts.done(method, status, ctx.Time(), end)
+	p.accessLog(st, ctx, rt, status, h, reqID, end.Sub(ctx.Time()), retries)
 }
 
 var strXFFKey = string(strXForwardedFor)
@@ -359,14 +350,19 @@ type upstreamFailure struct {
 // undefined and the returned failure says what the client gets. Nothing
 // has reached the client before forward returns, so a retry can never
 // follow a byte the client has seen.
-func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Response) (*balancer.Host, time.Duration, int, *upstreamFailure) {
+//
+// start is when the request reached the edge's handler (ctx.Time(), the
+// clock read fasthttp already made): the upstream timeout and the first
+// attempt's duration count from it, which saves a clock read per request
+// and adds the edge's own microseconds before the send. forward returns
+// when the last attempt ended, so the caller needs no clock read either.
+func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Response, start time.Time) (*balancer.Host, time.Time, int, *upstreamFailure) {
 	rc := &st.cfg.Retries
 	total := st.cfg.Timeouts.Upstream.D()
 	perTry := rc.PerTryTimeout.D()
 	if perTry <= 0 || perTry > total {
 		perTry = total
 	}
-	start := time.Now()
 	deadline := start.Add(total)
 	var tried [6]*balancer.Host
 	var last *upstreamFailure
@@ -376,29 +372,27 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		h = p.pool.PickExcept(tried[:attempt])
 		if h == nil {
 			if last == nil {
-				return nil, 0, attempt, &failNoUpstream
+				return nil, start, attempt, &failNoUpstream
 			}
 			h = tried[attempt-1]
 			if last.err == nil {
 				break // the last answer was a 5xx: the client gets it as it is
 			}
-			return h, time.Since(start), attempt - 1, last
+			return h, end, attempt - 1, last
 		}
 		tried[attempt] = h
-		timeout := perTry // perTry <= total: the first attempt needs no clock read
+		// A retry starts when the attempt before it ended: close enough,
+		// and no clock read. perTry <= total, so the first attempt's
+		// timeout is perTry.
+		t0, timeout := start, perTry
 		if attempt > 0 {
-			timeout = min(perTry, time.Until(deadline))
-		}
-		if attempt > 0 {
+			t0 = end
+			timeout = min(perTry, deadline.Sub(t0))
 			p.activeRetries.Add(1)
 		}
 		up := h.Transport.(*upstream)
 		h.Acquire()
-		t0 := start
-		if attempt > 0 {
-			t0 = time.Now()
-		}
-		err := up.client.DoTimeout(req, resp, timeout)
+		err := up.do(req, resp, t0, timeout)
 		end = time.Now() // one clock read serves the attempt and the total
 		took := end.Sub(t0)
 		h.Release()
@@ -424,7 +418,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		p.upstreamFailed(h)
 		last = &upstreamFailure{status: status, kind: kind, msg: msg, err: err}
 		if !p.retryable(st, req, attempt, kind, deadline) {
-			return h, end.Sub(start), attempt, last
+			return h, end, attempt, last
 		}
 		p.metrics.retries[kind].Inc()
 	}
@@ -433,7 +427,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		stripHopByHop(&resp.Header, mask, tokens)
 	}
 	resp.Header.ResetConnectionClose()
-	return h, end.Sub(start), countTried(tried[:]) - 1, nil
+	return h, end, countTried(tried[:]) - 1, nil
 }
 
 func countTried(t []*balancer.Host) int {
@@ -530,7 +524,7 @@ func (p *Proxy) recoverPanic(ctx *fasthttp.RequestCtx) {
 func (p *Proxy) reject(st *state, ctx *fasthttp.RequestCtx, rt *route, method, status int, kind, msg string, reqID []byte, h *balancer.Host) {
 	writeError(ctx, status, msg, reqID)
 	p.metrics.errors[kind].Inc()
-	rt.counts.done(method, status, ctx.Time())
+	rt.counts.done(method, status, ctx.Time(), time.Now())
 	p.accessLog(st, ctx, rt, status, h, reqID, 0, 0)
 }
 

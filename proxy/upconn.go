@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // maxHeldRequest is the most of a request an upstream connection holds back
@@ -45,7 +46,15 @@ var heldBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b
 //
 // Write deadlines are kept, not set on the socket, until a send would
 // block: a request under the socket buffer never does, so the per-request
-// SetWriteDeadline (a timer update) is saved too.
+// SetWriteDeadline (a timer update) is saved too. Read deadlines are
+// re-armed only when the armed one is out of date (see arm).
+//
+// The request goes out with sendto(2) and the answer's first bytes come in
+// with recvfrom(2), as HAProxy does: on a socket they are read(2) and
+// write(2) without the file-layer steps (file position lock, permission
+// and notification hooks), about 0.1 µs less each on the reference VM.
+// The socket is non-blocking, so they are made as raw system calls, without
+// handing the goroutine's processor to the scheduler for the call.
 //
 // An upstreamConn is used by one goroutine at a time, as a pooled
 // HostClient connection is; it must not be copied.
@@ -57,6 +66,7 @@ type upstreamConn struct {
 	held      *[]byte   // request bytes written and not yet sent; nil when none
 	writeDL   time.Time // the deadline Write's caller asked for
 	appliedDL time.Time // the write deadline the socket has
+	readDL    time.Time // the read deadline the socket has
 
 	// State of one Read, for onReadable (a method value made once, so a
 	// Read allocates nothing).
@@ -67,8 +77,9 @@ type upstreamConn struct {
 	sent       bool
 	blocked    bool
 
-	// eagain counts read(2) calls that found nothing, for tests.
-	eagain int
+	// eagain counts reads that found nothing and rearms read deadlines put
+	// on the socket, for tests.
+	eagain, rearms int
 }
 
 var _ net.Conn = (*upstreamConn)(nil)
@@ -151,7 +162,7 @@ func (c *upstreamConn) sendThenRead(fd uintptr) bool {
 	if !c.sent {
 		held := *c.held
 		for c.off < len(held) {
-			n, err := syscall.Write(int(fd), held[c.off:])
+			n, err := send(fd, held[c.off:])
 			switch {
 			case err == syscall.EINTR:
 				continue
@@ -168,7 +179,7 @@ func (c *upstreamConn) sendThenRead(fd uintptr) bool {
 		return false // the answer cannot be there yet: wait for it
 	}
 	for {
-		n, err := syscall.Read(int(fd), c.buf)
+		n, err := recv(fd, c.buf)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -242,15 +253,63 @@ func (c *upstreamConn) Close() error {
 func (c *upstreamConn) LocalAddr() net.Addr  { return c.local }
 func (c *upstreamConn) RemoteAddr() net.Addr { return c.peer }
 
-func (c *upstreamConn) SetDeadline(t time.Time) error {
-	c.writeDL = t
-	return c.tc.SetReadDeadline(t)
+// arm sets the deadlines of one exchange: the request must be sent and its
+// answer read by d, timeout from the exchange's start.
+//
+// The write deadline is kept for a send that blocks. Setting a read
+// deadline costs two clock reads and a runtime timer update, so an armed
+// read deadline no earlier than d and at most timeout/64 later is kept as
+// it is, and a new one is armed that much late: under steady traffic a
+// connection re-arms once per timeout/64 (156 ms for the default 10 s)
+// instead of on every request, and a timeout fires at most 1.6% late.
+// An armed deadline earlier than d, a stale one that already fired while
+// the connection sat idle included, is always replaced.
+func (c *upstreamConn) arm(d time.Time, timeout time.Duration) error {
+	c.writeDL = d
+	if late := c.readDL.Sub(d); late >= 0 && late <= timeout>>6 {
+		return nil
+	}
+	return c.SetReadDeadline(d.Add(timeout >> 6))
 }
 
-func (c *upstreamConn) SetReadDeadline(t time.Time) error { return c.tc.SetReadDeadline(t) }
+func (c *upstreamConn) SetDeadline(t time.Time) error {
+	c.writeDL = t
+	return c.SetReadDeadline(t)
+}
+
+func (c *upstreamConn) SetReadDeadline(t time.Time) error {
+	c.rearms++
+	if err := c.tc.SetReadDeadline(t); err != nil {
+		c.readDL = time.Time{}
+		return err
+	}
+	c.readDL = t
+	return nil
+}
 
 // SetWriteDeadline is applied when a send has to block (see blockingWrite).
 func (c *upstreamConn) SetWriteDeadline(t time.Time) error {
 	c.writeDL = t
 	return nil
+}
+
+// send is sendto(2) of p on the connected socket fd, with MSG_NOSIGNAL: a
+// peer that reset the connection is an EPIPE error, never a signal.
+func send(fd uintptr, p []byte) (int, error) {
+	raceSend(p)
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), syscall.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// recv is recvfrom(2) into p on the connected socket fd.
+func recv(fd uintptr, p []byte) (int, error) {
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	raceRecv(fd, p[:n])
+	return int(n), nil
 }

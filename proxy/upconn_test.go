@@ -204,3 +204,72 @@ func TestUpstreamConnIdleCloseReadsAsEOF(t *testing.T) {
 		t.Fatalf("Read error = %v, want io.EOF", err)
 	}
 }
+
+// arm re-arms the read deadline once per timeout/64 of steady traffic, not
+// per exchange; a deadline that fired while the connection sat idle in the
+// pool is replaced; and the timeout still fires, at most timeout/64 late.
+func TestUpstreamConnArmsLazily(t *testing.T) {
+	const timeout = 6400 * time.Millisecond // re-armed at most every 100 ms
+	uc := upconnPair(t, func(s net.Conn) {
+		buf := make([]byte, 64)
+		for {
+			n, err := s.Read(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "hang" {
+				continue // never answered
+			}
+			if _, err := s.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	})
+	exchange := func(i int, msg string, timeout time.Duration) error {
+		if err := uc.arm(time.Now().Add(timeout), timeout); err != nil {
+			t.Fatalf("exchange %d: arm: %v", i, err)
+		}
+		if _, err := uc.Write([]byte(msg)); err != nil {
+			t.Fatalf("exchange %d: write: %v", i, err)
+		}
+		buf := make([]byte, 64)
+		n, err := uc.Read(buf)
+		if err == nil && string(buf[:n]) != msg {
+			t.Fatalf("exchange %d: got %q, want %q", i, buf[:n], msg)
+		}
+		return err
+	}
+	for i := range 30 { // about 30 ms of traffic
+		if err := exchange(i, "ping", timeout); err != nil {
+			t.Fatalf("exchange %d: %v", i, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if uc.rearms > 2 {
+		t.Errorf("30 exchanges within 100 ms armed the read deadline %d times, want at most 2", uc.rearms)
+	}
+
+	// Idle past a short deadline: it fires with nobody reading; the next
+	// exchange must not see it.
+	if err := exchange(100, "short", 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(120 * time.Millisecond)
+	if err := exchange(101, "after idle", timeout); err != nil {
+		t.Fatalf("an exchange after a deadline fired in the pool: %v", err)
+	}
+
+	// A request never answered times out (and if no deadline was armed at
+	// all, the watchdog's close fails the read instead of hanging the test).
+	watchdog := time.AfterFunc(2*time.Second, func() { uc.tc.Close() })
+	defer watchdog.Stop()
+	start := time.Now()
+	err := exchange(102, "hang", 200*time.Millisecond)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("unanswered request: %v, want a timeout", err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > 200*time.Millisecond+200*time.Millisecond>>6+500*time.Millisecond {
+		t.Errorf("timed out after %v, want 200 ms .. 203 ms (and scheduling)", took)
+	}
+}
