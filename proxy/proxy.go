@@ -114,6 +114,7 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 		},
 		Name:                          "podium",
 		ReadBufferSize:                cfg.Limits.MaxHeaderBytes,
+		WriteBufferSize:               clientWriteBuffer,
 		MaxRequestBodySize:            cfg.Limits.MaxBodyBytes,
 		ReadTimeout:                   cfg.Timeouts.ReadHeader.D(),
 		IdleTimeout:                   cfg.Timeouts.Idle.D(),
@@ -151,7 +152,7 @@ func (p *Proxy) SetDraining(v bool) { p.draining.Store(v) }
 // gracefully: open requests finish, idle connections close.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
-	go func() { errc <- p.server.Serve(ln) }()
+	go func() { errc <- p.server.Serve(p.WrapListener(ln)) }()
 	select {
 	case err := <-errc:
 		return err

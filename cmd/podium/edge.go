@@ -192,7 +192,7 @@ func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownT
 
 	log.Info("edge listening", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "discovery", discoveryName(cfg), "reuse_port", cfg.ReusePort)
 	srvDone := make(chan error, 1)
-	go func() { srvDone <- p.Server().Serve(ln) }()
+	go func() { srvDone <- p.Server().Serve(p.WrapListener(ln)) }()
 	select {
 	case err := <-srvDone:
 		return err

@@ -1,0 +1,310 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// clientWriteBuffer is the size of the buffered writer fasthttp puts in
+// front of each client connection. A write of exactly this many bytes is
+// that buffer flushed full, with the rest of the response to follow.
+const clientWriteBuffer = 4096
+
+// WrapListener makes the connections ln accepts clientConns, as Serve
+// does; a caller that runs Server().Serve itself wraps its listener first.
+func (p *Proxy) WrapListener(ln net.Listener) net.Listener {
+	t := p.boot.Timeouts
+	return &clientListener{Listener: ln, slack: min(t.ReadHeader.D(), t.ReadBody.D(), t.Idle.D()) >> 6}
+}
+
+type clientListener struct {
+	net.Listener
+	slack time.Duration
+}
+
+func (l *clientListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newClientConn(c, l.slack), nil
+}
+
+// clientConn is a client's connection to the edge, under fasthttp's
+// server. It changes three things about a *net.TCPConn, all about cost
+// per request; what fasthttp and the client see is the same.
+//
+// Read deadlines are applied lazily. fasthttp sets one before each
+// request (the idle timeout) and another once its first byte is in (the
+// header timeout): two clock reads and a runtime timer update each. Here
+// SetReadDeadline only records the deadline; it is put on the socket when
+// a read finds nothing and must wait, and a deadline already on the
+// socket that is no earlier than the wanted one and at most slack later
+// (1/64 of the shortest client timeout: 78 ms with the defaults) is left
+// as it is. So a keep-alive connection re-arms its timer about once per
+// slack, and a client timeout fires at most slack late. A deadline on the
+// socket that passes while no read is waiting (a long request to a slow
+// upstream) is not a timeout: the read re-arms the wanted one and goes on.
+//
+// Reads and writes are recvfrom(2) and sendto(2), without the file
+// layer's steps (see upstreamConn).
+//
+// fasthttp sends a response over its write buffer in two writes (the full
+// buffer, then the rest) when the connection is not a *net.TCPConn, where
+// it would use one writev(2). A write of exactly a full buffer is held
+// (copied) and goes out with the next write as one writev, or before the
+// next read, or on Close. Responses the edge writes are whole (it buffers
+// upstream bodies), so a held buffer never waits on anything but the
+// rest of its own response.
+type clientConn struct {
+	*net.TCPConn // addresses, write deadlines, the socket options
+	raw          syscall.RawConn
+	slack        time.Duration
+
+	wantRD, armedRD time.Time
+
+	// held is a full write buffer not yet sent. Only the serving goroutine
+	// sets it; Close, which fasthttp's Shutdown may call from another
+	// goroutine on an idle connection, takes what is left.
+	held atomic.Pointer[[]byte]
+
+	// State of one Read or Write, for the callbacks (method values made
+	// once, so neither allocates).
+	onRead, onWrite func(fd uintptr) bool
+	buf             []byte
+	vec             [2][]byte
+	n               int
+	err             error
+
+	// rearms counts read deadlines put on the socket and sends the send
+	// system calls, for tests.
+	rearms, sends int
+}
+
+var fullBufs = sync.Pool{New: func() any { b := make([]byte, clientWriteBuffer); return &b }}
+
+func newClientConn(c net.Conn, slack time.Duration) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	cc := &clientConn{TCPConn: tc, raw: raw, slack: slack}
+	cc.onRead = cc.readOnce
+	cc.onWrite = cc.writeOnce
+	return cc
+}
+
+// SetReadDeadline records t; Read applies it when it has to wait.
+func (c *clientConn) SetReadDeadline(t time.Time) error {
+	c.wantRD = t
+	return nil
+}
+
+func (c *clientConn) SetDeadline(t time.Time) error {
+	c.wantRD = t
+	return c.TCPConn.SetWriteDeadline(t)
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
+	if h := c.held.Swap(nil); h != nil {
+		// The response must be out before this side waits for the next
+		// request.
+		_, err := c.writev(*h, nil)
+		fullBufs.Put(h)
+		if err != nil {
+			return 0, err
+		}
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		c.buf, c.n, c.err = p, 0, nil
+		err := c.raw.Read(c.onRead)
+		c.buf = nil
+		switch {
+		case err == nil && c.err != nil:
+			return 0, c.err
+		case err == nil && c.n == 0:
+			return 0, io.EOF
+		case err == nil:
+			return c.n, nil
+		case errors.Is(err, os.ErrDeadlineExceeded) && c.earlyDeadline():
+			continue
+		}
+		return 0, relabel(err, "read")
+	}
+}
+
+// readOnce runs under the poller's read lock each time the socket may be
+// readable.
+func (c *clientConn) readOnce(fd uintptr) bool {
+	for {
+		n, err := recv(fd, c.buf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			if c.err = c.armRead(); c.err != nil {
+				return true
+			}
+			return false
+		case err != nil:
+			c.err = c.opError("read", err)
+			return true
+		}
+		c.n = n
+		return true
+	}
+}
+
+// armRead puts the wanted read deadline on the socket unless the one there
+// already does (see clientConn).
+func (c *clientConn) armRead() error {
+	want, armed := c.wantRD, c.armedRD
+	switch {
+	case want.IsZero() && armed.IsZero():
+		return nil
+	case !want.IsZero() && !armed.IsZero():
+		if late := armed.Sub(want); late >= 0 && late <= c.slack {
+			return nil
+		}
+		want = want.Add(c.slack)
+	case !want.IsZero():
+		want = want.Add(c.slack)
+	}
+	c.rearms++
+	c.armedRD = time.Time{}
+	if err := c.TCPConn.SetReadDeadline(want); err != nil {
+		return err
+	}
+	c.armedRD = want
+	return nil
+}
+
+// earlyDeadline says whether a read deadline that fired was one put on the
+// socket for an earlier wait, not the one wanted now, and if so puts the
+// wanted one there.
+func (c *clientConn) earlyDeadline() bool {
+	if !c.wantRD.IsZero() && !time.Now().Before(c.wantRD) {
+		return false
+	}
+	c.rearms++
+	c.armedRD = time.Time{}
+	if c.TCPConn.SetReadDeadline(c.wantRD) != nil {
+		return false
+	}
+	c.armedRD = c.wantRD
+	return true
+}
+
+func (c *clientConn) Write(p []byte) (int, error) {
+	if h := c.held.Swap(nil); h != nil {
+		n, err := c.writev(*h, p)
+		fullBufs.Put(h)
+		return max(0, n-clientWriteBuffer), err
+	}
+	if len(p) == clientWriteBuffer {
+		b := fullBufs.Get().(*[]byte)
+		copy(*b, p)
+		c.held.Store(b)
+		return len(p), nil
+	}
+	return c.writev(p, nil)
+}
+
+// writev sends a then b in as few system calls as the socket allows,
+// waiting (under the write deadline) while its buffer is full, and
+// returns how many bytes went out.
+func (c *clientConn) writev(a, b []byte) (int, error) {
+	c.vec[0], c.vec[1], c.n, c.err = a, b, 0, nil
+	err := c.raw.Write(c.onWrite)
+	c.vec[0], c.vec[1] = nil, nil
+	if err == nil {
+		err = c.err
+	} else {
+		err = relabel(err, "write")
+	}
+	return c.n, err
+}
+
+// writeOnce runs under the poller's write lock each time the socket may
+// be writable.
+func (c *clientConn) writeOnce(fd uintptr) bool {
+	for len(c.vec[0])+len(c.vec[1]) > 0 {
+		var n int
+		var err error
+		if len(c.vec[1]) == 0 || len(c.vec[0]) == 0 {
+			p := c.vec[0]
+			if len(p) == 0 {
+				p = c.vec[1]
+			}
+			n, err = send(fd, p)
+		} else {
+			n, err = sendv(fd, &c.vec)
+		}
+		c.sends++
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			c.err = c.opError("write", err)
+			return true
+		}
+		c.n += n
+		for i := range c.vec {
+			k := min(n, len(c.vec[i]))
+			c.vec[i] = c.vec[i][k:]
+			n -= k
+		}
+	}
+	return true
+}
+
+// Close sends what is held, waiting at most the shortest client timeout
+// for the client to take it, and closes the connection. (Only the serving
+// goroutine can have something held: it closes after a response that
+// asked to, while fasthttp's Shutdown closes connections that wait in
+// Read, which sent everything first.)
+func (c *clientConn) Close() error {
+	if h := c.held.Swap(nil); h != nil {
+		if c.TCPConn.SetWriteDeadline(time.Now().Add(c.slack<<6)) == nil {
+			_, _ = c.writev(*h, nil)
+		}
+		fullBufs.Put(h)
+	}
+	return c.TCPConn.Close()
+}
+
+func (c *clientConn) opError(op string, errno error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+}
+
+// sendv is writev(2) of both slices of v on the connected socket fd (both
+// non-empty).
+func sendv(fd uintptr, v *[2][]byte) (int, error) {
+	var iov [2]syscall.Iovec
+	for i := range v {
+		raceSend(v[i])
+		iov[i].Base = unsafe.SliceData(v[i])
+		iov[i].SetLen(len(v[i]))
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}

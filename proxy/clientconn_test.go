@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// clientPair is a clientConn accepted on loopback and the client's end.
+func clientPair(t *testing.T, slack time.Duration) (*clientConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	c, err := (&clientListener{Listener: ln, slack: slack}).Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, ok := c.(*clientConn)
+	if !ok {
+		t.Fatalf("accepted %T, want *clientConn", c)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc, peer
+}
+
+// A keep-alive connection whose every read waits re-arms its deadline once
+// per slack, not once per read.
+func TestClientConnArmsReadDeadlineLazily(t *testing.T) {
+	c, peer := clientPair(t, time.Second)
+	const reads = 50
+	go func() {
+		for range reads {
+			time.Sleep(2 * time.Millisecond) // so each read finds nothing first
+			if _, err := peer.Write([]byte{'x'}); err != nil {
+				return
+			}
+		}
+	}()
+	var b [16]byte
+	for i := range reads {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second)) // as fasthttp does per request
+		if _, err := c.Read(b[:]); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	// 50 reads over about 100 ms, all within one slack of each other.
+	if c.rearms > 2 {
+		t.Errorf("%d reads armed the socket's deadline %d times, want at most 2", reads, c.rearms)
+	}
+}
+
+// The deadline still fires, at most slack late.
+func TestClientConnReadDeadlineFires(t *testing.T) {
+	const slack = 20 * time.Millisecond
+	c, _ := clientPair(t, slack)
+	start := time.Now()
+	c.SetReadDeadline(start.Add(100 * time.Millisecond))
+	var b [16]byte
+	_, err := c.Read(b[:])
+	took := time.Since(start)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read with no data: %v, want a timeout", err)
+	}
+	if !strings.Contains(err.Error(), "read tcp") {
+		t.Errorf("timeout reads %q, want a read error like any net.Conn's", err)
+	}
+	if took < 100*time.Millisecond || took > 100*time.Millisecond+slack+500*time.Millisecond {
+		t.Errorf("timed out after %v, want 100ms..100ms+slack (and scheduling)", took)
+	}
+}
+
+// A deadline put on the socket for one wait that passes while nobody
+// reads (a request busy with a slow upstream) does not fail a later read
+// that wants a later deadline.
+func TestClientConnStaleDeadlineIsNotATimeout(t *testing.T) {
+	c, peer := clientPair(t, 10*time.Millisecond)
+	var b [16]byte
+	go func() { time.Sleep(20 * time.Millisecond); peer.Write([]byte("a")) }()
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Read(b[:]); err != nil { // waits, so arms now+60ms
+		t.Fatal(err)
+	}
+	if c.rearms != 1 {
+		t.Fatalf("a read that waited armed %d deadlines, want 1", c.rearms)
+	}
+	time.Sleep(100 * time.Millisecond) // the armed deadline passes
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	go func() { time.Sleep(20 * time.Millisecond); peer.Write([]byte("b")) }()
+	n, err := c.Read(b[:])
+	if err != nil || string(b[:n]) != "b" {
+		t.Fatalf("read after a stale deadline: %q, %v; want \"b\"", b[:n], err)
+	}
+	// And no deadline at all means none.
+	c.SetReadDeadline(time.Time{})
+	go func() { time.Sleep(30 * time.Millisecond); peer.Write([]byte("c")) }()
+	if n, err := c.Read(b[:]); err != nil || string(b[:n]) != "c" {
+		t.Fatalf("read without a deadline: %q, %v; want \"c\"", b[:n], err)
+	}
+}
+
+// fasthttp's full write buffer and the rest of the response leave in one
+// system call; a full buffer alone leaves before the next read or on close.
+func TestClientConnFullBufferWrites(t *testing.T) {
+	full := bytes.Repeat([]byte("a"), clientWriteBuffer)
+	rest := bytes.Repeat([]byte("b"), 1000)
+
+	t.Run("with the rest", func(t *testing.T) {
+		c, peer := clientPair(t, time.Second)
+		if n, err := c.Write(full); n != len(full) || err != nil {
+			t.Fatalf("Write(full) = %d, %v", n, err)
+		}
+		if c.sends != 0 {
+			t.Fatalf("a full buffer went out on its own (%d sends)", c.sends)
+		}
+		if n, err := c.Write(rest); n != len(rest) || err != nil {
+			t.Fatalf("Write(rest) = %d, %v, want %d", n, err, len(rest))
+		}
+		if c.sends != 1 {
+			t.Errorf("full buffer and rest took %d system calls, want 1", c.sends)
+		}
+		got := make([]byte, len(full)+len(rest))
+		if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, append(append([]byte{}, full...), rest...)) {
+			t.Fatalf("peer got %d bytes (%v), not full+rest in order", len(got), err)
+		}
+	})
+
+	t.Run("then a read", func(t *testing.T) {
+		c, peer := clientPair(t, time.Second)
+		c.Write(full)
+		go func() {
+			got := make([]byte, len(full))
+			if _, err := io.ReadFull(peer, got); err == nil && bytes.Equal(got, full) {
+				peer.Write([]byte("next request"))
+			}
+		}()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		var b [32]byte
+		n, err := c.Read(b[:])
+		if err != nil || string(b[:n]) != "next request" {
+			t.Fatalf("read after a held buffer: %q, %v (the peer never got the buffer?)", b[:n], err)
+		}
+	})
+
+	t.Run("then close", func(t *testing.T) {
+		c, peer := clientPair(t, time.Second)
+		c.Write(full)
+		c.Close()
+		peer.SetReadDeadline(time.Now().Add(2 * time.Second))
+		got, err := io.ReadAll(peer)
+		if err != nil || !bytes.Equal(got, full) {
+			t.Fatalf("peer got %d bytes (%v) before the close, want the %d held", len(got), err, len(full))
+		}
+	})
+}
+
+// Through the edge, responses around and over the write buffer arrive
+// whole, and a client that closes after each gets every byte.
+func TestEdgeResponsesAroundWriteBuffer(t *testing.T) {
+	u := newUpstream(t)
+	u.handler = func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(bytes.Repeat([]byte{'z'}, n))
+	}
+	e := startEdge(t, []*testUpstream{u}, nil)
+	client := &http.Client{Timeout: 5 * time.Second}
+	sizes := []int{0, 1, 2048, 8192, 12000, 100000, 1 << 20}
+	for n := 3700; n <= 4100; n++ { // one of these makes header+body exactly a full buffer
+		sizes = append(sizes, n)
+	}
+	for _, n := range sizes {
+		for _, closing := range []bool{false, true} {
+			req, _ := http.NewRequest("GET", e.url("/blob?n="+strconv.Itoa(n)), nil)
+			req.Close = closing
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("%d bytes (close %v): %v", n, closing, err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || len(body) != n || bytes.Count(body, []byte{'z'}) != n {
+				t.Fatalf("%d bytes (close %v): status %d, got %d bytes, %v", n, closing, resp.StatusCode, len(body), err)
+			}
+		}
+	}
+}
