@@ -3,6 +3,9 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -167,6 +170,69 @@ func TestCompareAgainstHAProxyAndNginx(t *testing.T) {
 	for _, want := range []string{"| haproxy |", "| nginx |", "| direct |", "podium failed:"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("compare.md lacks %q", want)
+		}
+	}
+}
+
+// HAProxy and nginx, as the comparison configures them, add the
+// forwarding headers Podium adds to every proxied request, so the three
+// do the same work per request.
+func TestPeersAddPodiumsForwardingHeaders(t *testing.T) {
+	got := make(chan http.Header, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		h.Set("Host", r.Host)
+		select {
+		case got <- h:
+		default:
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o := CompareOptions{ResultsDir: dir, Connections: 4, Priority: PriorityNormal}
+	if err := o.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	c := &comparison{opts: o, dir: dir}
+	for _, target := range []string{TargetHAProxy, TargetNginx} {
+		base, ch, _, err := c.startProxy("headers-"+target, target, []string{strings.TrimPrefix(up.URL, "http://")}, false)
+		if err != nil {
+			t.Fatalf("%s: %v", target, err)
+		}
+		if err := waitReady(context.Background(), ch, base+"/x", 2, 10*time.Second); err != nil {
+			ch.stop()
+			t.Fatalf("%s: %v", target, err)
+		}
+		for len(got) > 0 { // the readiness probes
+			<-got
+		}
+		req, _ := http.NewRequest("GET", base+"/x", nil)
+		req.Host = "tickets.example"
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		ch.stop()
+		if err != nil {
+			t.Fatalf("%s: %v", target, err)
+		}
+		h := <-got
+		for k, want := range map[string]string{
+			"X-Forwarded-For":   "127.0.0.1",
+			"X-Forwarded-Proto": "http",
+			"X-Forwarded-Host":  "tickets.example",
+			"Host":              "tickets.example",
+		} {
+			if h.Get(k) != want {
+				t.Errorf("%s sent %s %q, want %q", target, k, h.Get(k), want)
+			}
+		}
+		if id := h.Get("X-Request-ID"); len(id) < 16 {
+			t.Errorf("%s sent X-Request-ID %q, want a generated ID", target, id)
 		}
 	}
 }
