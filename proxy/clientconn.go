@@ -91,12 +91,8 @@ type clientConn struct {
 var fullBufs = sync.Pool{New: func() any { b := make([]byte, clientWriteBuffer); return &b }}
 
 func newClientConn(c net.Conn, slack time.Duration) net.Conn {
-	tc, ok := c.(*net.TCPConn)
+	tc, raw, ok := rawTCP(c)
 	if !ok {
-		return c
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
 		return c
 	}
 	cc := &clientConn{TCPConn: tc, raw: raw, slack: slack}
@@ -290,7 +286,7 @@ func (c *clientConn) Close() error {
 }
 
 func (c *clientConn) opError(op string, errno error) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+	return sockError(op, errno, c.LocalAddr(), c.RemoteAddr())
 }
 
 // sendv is writev(2) of both slices of v on the connected socket fd (both

@@ -87,12 +87,8 @@ var _ net.Conn = (*upstreamConn)(nil)
 // newUpstreamConn wraps a dialled TCP connection; anything else is returned
 // as it is.
 func newUpstreamConn(c net.Conn) net.Conn {
-	tc, ok := c.(*net.TCPConn)
+	tc, raw, ok := rawTCP(c)
 	if !ok {
-		return c
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
 		return c
 	}
 	uc := &upstreamConn{tc: tc, raw: raw, local: tc.LocalAddr(), peer: tc.RemoteAddr()}
@@ -227,7 +223,24 @@ func (c *upstreamConn) release() {
 }
 
 func (c *upstreamConn) opError(op string, errno error) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.peer, Err: os.NewSyscallError(op, errno)}
+	return sockError(op, errno, c.local, c.peer)
+}
+
+// rawTCP is c as a TCP connection and its raw socket, for the wrappers
+// that make their own system calls; ok is false for anything else.
+func rawTCP(c net.Conn) (tc *net.TCPConn, raw syscall.RawConn, ok bool) {
+	tc, ok = c.(*net.TCPConn)
+	if !ok {
+		return nil, nil, false
+	}
+	raw, err := tc.SyscallConn()
+	return tc, raw, err == nil
+}
+
+// sockError is a failed system call on a socket as net.Conn reports it
+// ("read tcp A->B: ...").
+func sockError(op string, errno error, local, peer net.Addr) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: local, Addr: peer, Err: os.NewSyscallError(op, errno)}
 }
 
 // relabel makes RawConn's "raw-read" errors read like any other read error
