@@ -38,11 +38,11 @@ func newTicketUpstream(t *testing.T) *ticketUpstream {
 			etag := fmt.Sprintf(`"seats-%d"`, u.seats.Load())
 			w.Header().Set("ETag", etag)
 			w.Header().Set("Cache-Control", u.cc.Load().(string))
-			w.Header().Set("Content-Type", "application/json")
 			if r.Header.Get("If-None-Match") == etag {
-				w.WriteHeader(304)
+				w.WriteHeader(304) // without Content-Type, as the origin answers
 				return
 			}
+			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, `{"remaining":%d}`, u.seats.Load())
 		default:
 			io.WriteString(w, "other")
@@ -174,8 +174,18 @@ func TestExpiredEntryRevalidatesWith304(t *testing.T) {
 	if got := e.p.metrics.cacheRevalidated; testCounter(got) != 1 {
 		t.Errorf("revalidated %v times, want 1 (a 304 from the origin)", testCounter(got))
 	}
-	if r2 := do(t, "GET", e.url("/api/games")); r2.header.Get("X-Cache") != "HIT" {
+	// The 304 carries no Content-Type: the stored one stays (a client
+	// library's default must not stand in for a header the origin did not
+	// send).
+	if ct := r.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("revalidated answer has Content-Type %q, want the stored application/json", ct)
+	}
+	r2 := do(t, "GET", e.url("/api/games"))
+	if r2.header.Get("X-Cache") != "HIT" {
 		t.Errorf("after a 304 the entry is not fresh again: X-Cache %q", r2.header.Get("X-Cache"))
+	}
+	if ct := r2.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("hit after revalidation has Content-Type %q, want application/json", ct)
 	}
 }
 

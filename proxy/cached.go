@@ -167,6 +167,10 @@ func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, ha
 		}
 	}
 	resp := fasthttp.AcquireResponse()
+	// Only what the origin sent: fasthttp would otherwise make up a
+	// "text/plain" Content-Type for a response without one, and a 304's
+	// made-up one would replace the stored entry's real one.
+	resp.Header.SetNoDefaultContentType(true)
 	sent := time.Now()
 	h, received, _, fail := p.forward(st, req, resp, sent)
 	res := &fillResult{host: h, took: received.Sub(sent)}
