@@ -5,11 +5,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"github.com/valyala/fasthttp"
 )
 
 // clientWriteBuffer is the size of the buffered writer fasthttp puts in
@@ -56,13 +55,15 @@ func (l *clientListener) Accept() (net.Conn, error) {
 // Reads and writes are recvfrom(2) and sendto(2), without the file
 // layer's steps (see upstreamConn).
 //
-// fasthttp sends a response over its write buffer in two writes (the full
-// buffer, then the rest) when the connection is not a *net.TCPConn, where
-// it would use one writev(2). A write of exactly a full buffer is held
-// (copied) and goes out with the next write as one writev, or before the
-// next read, or on Close. Responses the edge writes are whole (it buffers
-// upstream bodies), so a held buffer never waits on anything but the
-// rest of its own response.
+// fasthttp sends a response bigger than its 4 KiB write buffer with one
+// writev(2) on a *net.TCPConn and in two writes on anything else, so such
+// responses cost clientConn one system call more. (Holding the full buffer
+// to send it with the rest was tried: under pipelining fasthttp may leave
+// the rest in its buffer until the next response, so a held buffer could
+// wait on another request's upstream.) fasthttp also keeps a response in
+// its buffer while a pipelined request is waiting, and on a *net.TCPConn
+// writev had sent big ones at once: the handler asks for the flush
+// instead (flushBig).
 type clientConn struct {
 	*net.TCPConn // addresses, write deadlines, the socket options
 	raw          syscall.RawConn
@@ -70,16 +71,10 @@ type clientConn struct {
 
 	wantRD, armedRD time.Time
 
-	// held is a full write buffer not yet sent. Only the serving goroutine
-	// sets it; Close, which fasthttp's Shutdown may call from another
-	// goroutine on an idle connection, takes what is left.
-	held atomic.Pointer[[]byte]
-
 	// State of one Read or Write, for the callbacks (method values made
 	// once, so neither allocates).
 	onRead, onWrite func(fd uintptr) bool
 	buf             []byte
-	vec             [2][]byte
 	n               int
 	err             error
 
@@ -87,8 +82,6 @@ type clientConn struct {
 	// system calls, for tests.
 	rearms, sends int
 }
-
-var fullBufs = sync.Pool{New: func() any { b := make([]byte, clientWriteBuffer); return &b }}
 
 func newClientConn(c net.Conn, slack time.Duration) net.Conn {
 	tc, raw, ok := rawTCP(c)
@@ -113,15 +106,6 @@ func (c *clientConn) SetDeadline(t time.Time) error {
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {
-	if h := c.held.Swap(nil); h != nil {
-		// The response must be out before this side waits for the next
-		// request.
-		_, err := c.writev(*h, nil)
-		fullBufs.Put(h)
-		if err != nil {
-			return 0, err
-		}
-	}
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -205,51 +189,23 @@ func (c *clientConn) earlyDeadline() bool {
 	return true
 }
 
+// Write sends p, waiting (under the write deadline) while the socket
+// buffer is full.
 func (c *clientConn) Write(p []byte) (int, error) {
-	if h := c.held.Swap(nil); h != nil {
-		n, err := c.writev(*h, p)
-		fullBufs.Put(h)
-		return max(0, n-clientWriteBuffer), err
-	}
-	if len(p) == clientWriteBuffer {
-		b := fullBufs.Get().(*[]byte)
-		copy(*b, p)
-		c.held.Store(b)
-		return len(p), nil
-	}
-	return c.writev(p, nil)
-}
-
-// writev sends a then b in as few system calls as the socket allows,
-// waiting (under the write deadline) while its buffer is full, and
-// returns how many bytes went out.
-func (c *clientConn) writev(a, b []byte) (int, error) {
-	c.vec[0], c.vec[1], c.n, c.err = a, b, 0, nil
+	c.buf, c.n, c.err = p, 0, nil
 	err := c.raw.Write(c.onWrite)
-	c.vec[0], c.vec[1] = nil, nil
-	if err == nil {
-		err = c.err
-	} else {
-		err = relabel(err, "write")
+	c.buf = nil
+	if err != nil {
+		return c.n, relabel(err, "write")
 	}
-	return c.n, err
+	return c.n, c.err
 }
 
 // writeOnce runs under the poller's write lock each time the socket may
 // be writable.
 func (c *clientConn) writeOnce(fd uintptr) bool {
-	for len(c.vec[0])+len(c.vec[1]) > 0 {
-		var n int
-		var err error
-		if len(c.vec[1]) == 0 || len(c.vec[0]) == 0 {
-			p := c.vec[0]
-			if len(p) == 0 {
-				p = c.vec[1]
-			}
-			n, err = send(fd, p)
-		} else {
-			n, err = sendv(fd, &c.vec)
-		}
+	for len(c.buf) > 0 {
+		n, err := send(fd, c.buf)
 		c.sends++
 		switch {
 		case err == syscall.EINTR:
@@ -261,46 +217,21 @@ func (c *clientConn) writeOnce(fd uintptr) bool {
 			return true
 		}
 		c.n += n
-		for i := range c.vec {
-			k := min(n, len(c.vec[i]))
-			c.vec[i] = c.vec[i][k:]
-			n -= k
-		}
+		c.buf = c.buf[n:]
 	}
 	return true
-}
-
-// Close sends what is held, waiting at most the shortest client timeout
-// for the client to take it, and closes the connection. (Only the serving
-// goroutine can have something held: it closes after a response that
-// asked to, while fasthttp's Shutdown closes connections that wait in
-// Read, which sent everything first.)
-func (c *clientConn) Close() error {
-	if h := c.held.Swap(nil); h != nil {
-		if c.TCPConn.SetWriteDeadline(time.Now().Add(c.slack<<6)) == nil {
-			_, _ = c.writev(*h, nil)
-		}
-		fullBufs.Put(h)
-	}
-	return c.TCPConn.Close()
 }
 
 func (c *clientConn) opError(op string, errno error) error {
 	return sockError(op, errno, c.LocalAddr(), c.RemoteAddr())
 }
 
-// sendv is writev(2) of both slices of v on the connected socket fd (both
-// non-empty).
-func sendv(fd uintptr, v *[2][]byte) (int, error) {
-	var iov [2]syscall.Iovec
-	for i := range v {
-		raceSend(v[i])
-		iov[i].Base = unsafe.SliceData(v[i])
-		iov[i].SetLen(len(v[i]))
+// flushBig has fasthttp send a response bigger than half its write buffer
+// as soon as it is written, even with a pipelined request waiting (see
+// clientConn): fasthttp flushes after a handler that set a write deadline.
+// The zero deadline is no deadline, as before.
+func flushBig(ctx *fasthttp.RequestCtx) {
+	if len(ctx.Response.Body()) > clientWriteBuffer/2 {
+		_ = ctx.SetWriteDeadline(time.Time{})
 	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
 }

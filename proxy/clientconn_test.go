@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -113,59 +114,65 @@ func TestClientConnStaleDeadlineIsNotATimeout(t *testing.T) {
 	}
 }
 
-// fasthttp's full write buffer and the rest of the response leave in one
-// system call; a full buffer alone leaves before the next read or on close.
-func TestClientConnFullBufferWrites(t *testing.T) {
-	full := bytes.Repeat([]byte("a"), clientWriteBuffer)
-	rest := bytes.Repeat([]byte("b"), 1000)
-
-	t.Run("with the rest", func(t *testing.T) {
+// A write goes out at once, whatever its size.
+func TestClientConnWritesAtOnce(t *testing.T) {
+	for _, n := range []int{1, clientWriteBuffer, 1 << 20} {
 		c, peer := clientPair(t, time.Second)
-		if n, err := c.Write(full); n != len(full) || err != nil {
-			t.Fatalf("Write(full) = %d, %v", n, err)
-		}
-		if c.sends != 0 {
-			t.Fatalf("a full buffer went out on its own (%d sends)", c.sends)
-		}
-		if n, err := c.Write(rest); n != len(rest) || err != nil {
-			t.Fatalf("Write(rest) = %d, %v, want %d", n, err, len(rest))
-		}
-		if c.sends != 1 {
-			t.Errorf("full buffer and rest took %d system calls, want 1", c.sends)
-		}
-		got := make([]byte, len(full)+len(rest))
-		if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, append(append([]byte{}, full...), rest...)) {
-			t.Fatalf("peer got %d bytes (%v), not full+rest in order", len(got), err)
-		}
-	})
-
-	t.Run("then a read", func(t *testing.T) {
-		c, peer := clientPair(t, time.Second)
-		c.Write(full)
+		p := bytes.Repeat([]byte("a"), n)
+		done := make(chan error, 1)
 		go func() {
-			got := make([]byte, len(full))
-			if _, err := io.ReadFull(peer, got); err == nil && bytes.Equal(got, full) {
-				peer.Write([]byte("next request"))
+			got := make([]byte, n)
+			peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err := io.ReadFull(peer, got)
+			if err == nil && !bytes.Equal(got, p) {
+				err = errors.New("different bytes")
 			}
+			done <- err
 		}()
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		var b [32]byte
-		n, err := c.Read(b[:])
-		if err != nil || string(b[:n]) != "next request" {
-			t.Fatalf("read after a held buffer: %q, %v (the peer never got the buffer?)", b[:n], err)
+		if w, err := c.Write(p); w != n || err != nil {
+			t.Fatalf("Write(%d bytes) = %d, %v", n, w, err)
 		}
-	})
+		if err := <-done; err != nil {
+			t.Fatalf("%d bytes written, the peer read: %v", n, err)
+		}
+	}
+}
 
-	t.Run("then close", func(t *testing.T) {
-		c, peer := clientPair(t, time.Second)
-		c.Write(full)
-		c.Close()
-		peer.SetReadDeadline(time.Now().Add(2 * time.Second))
-		got, err := io.ReadAll(peer)
-		if err != nil || !bytes.Equal(got, full) {
-			t.Fatalf("peer got %d bytes (%v) before the close, want the %d held", len(got), err, len(full))
+// Pipelined requests: a big response goes out when it is ready, not when
+// the next request's (slow) answer is.
+func TestEdgePipelinedBigResponseNotHeldBack(t *testing.T) {
+	u := newUpstream(t)
+	u.handler = func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(1500 * time.Millisecond)
 		}
-	})
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		w.Write(bytes.Repeat([]byte{'z'}, n))
+	}
+	e := startEdge(t, []*testUpstream{u}, nil)
+	for _, n := range []int{3000, 4000, 6000, 9000} {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		c.Write([]byte("GET /big?n=" + strconv.Itoa(n) + " HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%d bytes: %v", n, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		took := time.Since(start)
+		c.Close()
+		if err != nil || len(body) != n {
+			t.Fatalf("%d bytes: got %d, %v", n, len(body), err)
+		}
+		if took > 700*time.Millisecond {
+			t.Errorf("a %d-byte response pipelined before a 1.5 s one took %v, want it at once", n, took)
+		}
+	}
 }
 
 // Through the edge, responses around and over the write buffer arrive

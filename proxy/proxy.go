@@ -291,6 +291,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if status < 300 && status >= 200 && (len(rt.purge) > 0 || method > 1) {
 		p.invalidate(ctx, rt)
 	}
+	flushBig(ctx)
 	rt.counts.done(method, status, ctx.Time(), end)
 	p.accessLog(st, ctx, rt, status, h, reqID, end.Sub(ctx.Time()), retries)
 }
