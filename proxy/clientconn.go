@@ -5,8 +5,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
 )
@@ -56,14 +58,15 @@ func (l *clientListener) Accept() (net.Conn, error) {
 // layer's steps (see upstreamConn).
 //
 // fasthttp sends a response bigger than its 4 KiB write buffer with one
-// writev(2) on a *net.TCPConn and in two writes on anything else, so such
-// responses cost clientConn one system call more. (Holding the full buffer
-// to send it with the rest was tried: under pipelining fasthttp may leave
-// the rest in its buffer until the next response, so a held buffer could
-// wait on another request's upstream.) fasthttp also keeps a response in
-// its buffer while a pipelined request is waiting, and on a *net.TCPConn
-// writev had sent big ones at once: the handler asks for the flush
-// instead (flushBig).
+// writev(2) on a *net.TCPConn and in two writes on anything else: its
+// full buffer, then the rest. For a body over the buffer (the handler says
+// so through flushBig) clientConn holds that full buffer and sends it with
+// the rest in one writev. Only then: the rest is certain to follow within
+// the same response, because the body alone overflows the buffer and
+// flushBig has fasthttp flush the response at once, even with a pipelined
+// request waiting (fasthttp keeps responses in its buffer while one waits,
+// which its writev path had avoided for big ones). So nothing is ever
+// held across requests, and a connection fasthttp sees idle holds nothing.
 type clientConn struct {
 	*net.TCPConn // addresses, write deadlines, the socket options
 	raw          syscall.RawConn
@@ -71,10 +74,17 @@ type clientConn struct {
 
 	wantRD, armedRD time.Time
 
+	// bigBody is set by flushBig for the response being written; held is
+	// its first, full buffer until the rest comes. Both belong to the
+	// serving goroutine.
+	bigBody bool
+	held    *[]byte
+
 	// State of one Read or Write, for the callbacks (method values made
 	// once, so neither allocates).
 	onRead, onWrite func(fd uintptr) bool
 	buf             []byte
+	vec             [2][]byte
 	n               int
 	err             error
 
@@ -106,6 +116,15 @@ func (c *clientConn) SetDeadline(t time.Time) error {
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {
+	c.bigBody = false
+	if h := c.held; h != nil { // not expected: the rest always follows
+		c.held = nil
+		_, err := c.writev(*h, nil)
+		fullBufs.Put(h)
+		if err != nil {
+			return 0, err
+		}
+	}
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -190,11 +209,36 @@ func (c *clientConn) earlyDeadline() bool {
 }
 
 // Write sends p, waiting (under the write deadline) while the socket
-// buffer is full.
+// buffer is full; the full buffer of a big response is held for the rest
+// (see clientConn).
 func (c *clientConn) Write(p []byte) (int, error) {
-	c.buf, c.n, c.err = p, 0, nil
+	if h := c.held; h != nil {
+		c.held = nil
+		n, err := c.writev(*h, p)
+		fullBufs.Put(h)
+		return max(0, n-clientWriteBuffer), err
+	}
+	if c.bigBody {
+		c.bigBody = false // the response's first write decides
+		if len(p) == clientWriteBuffer {
+			b := fullBufs.Get().(*[]byte)
+			copy(*b, p)
+			c.held = b
+			return len(p), nil
+		}
+	}
+	return c.writev(p, nil)
+}
+
+var fullBufs = sync.Pool{New: func() any { b := make([]byte, clientWriteBuffer); return &b }}
+
+// writev sends a then b in as few system calls as the socket allows,
+// waiting (under the write deadline) while its buffer is full, and
+// returns how many bytes went out.
+func (c *clientConn) writev(a, b []byte) (int, error) {
+	c.vec[0], c.vec[1], c.n, c.err = a, b, 0, nil
 	err := c.raw.Write(c.onWrite)
-	c.buf = nil
+	c.vec[0], c.vec[1] = nil, nil
 	if err != nil {
 		return c.n, relabel(err, "write")
 	}
@@ -204,8 +248,17 @@ func (c *clientConn) Write(p []byte) (int, error) {
 // writeOnce runs under the poller's write lock each time the socket may
 // be writable.
 func (c *clientConn) writeOnce(fd uintptr) bool {
-	for len(c.buf) > 0 {
-		n, err := send(fd, c.buf)
+	for len(c.vec[0])+len(c.vec[1]) > 0 {
+		var n int
+		var err error
+		switch {
+		case len(c.vec[1]) == 0:
+			n, err = send(fd, c.vec[0])
+		case len(c.vec[0]) == 0:
+			n, err = send(fd, c.vec[1])
+		default:
+			n, err = sendv(fd, &c.vec)
+		}
 		c.sends++
 		switch {
 		case err == syscall.EINTR:
@@ -217,7 +270,11 @@ func (c *clientConn) writeOnce(fd uintptr) bool {
 			return true
 		}
 		c.n += n
-		c.buf = c.buf[n:]
+		for i := range c.vec {
+			k := min(n, len(c.vec[i]))
+			c.vec[i] = c.vec[i][k:]
+			n -= k
+		}
 	}
 	return true
 }
@@ -231,7 +288,28 @@ func (c *clientConn) opError(op string, errno error) error {
 // clientConn): fasthttp flushes after a handler that set a write deadline.
 // The zero deadline is no deadline, as before.
 func flushBig(ctx *fasthttp.RequestCtx) {
-	if len(ctx.Response.Body()) > clientWriteBuffer/2 {
-		_ = ctx.SetWriteDeadline(time.Time{})
+	n := len(ctx.Response.Body())
+	if n <= clientWriteBuffer/2 || ctx.Response.SkipBody || ctx.IsHead() {
+		return
 	}
+	_ = ctx.SetWriteDeadline(time.Time{})
+	if c, ok := ctx.Conn().(*clientConn); ok && n > clientWriteBuffer {
+		c.bigBody = true
+	}
+}
+
+// sendv is writev(2) of both slices of v on the connected socket fd (both
+// non-empty).
+func sendv(fd uintptr, v *[2][]byte) (int, error) {
+	var iov [2]syscall.Iovec
+	for i := range v {
+		raceSend(v[i])
+		iov[i].Base = unsafe.SliceData(v[i])
+		iov[i].SetLen(len(v[i]))
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }

@@ -138,6 +138,33 @@ func TestClientConnWritesAtOnce(t *testing.T) {
 	}
 }
 
+// A big response's full first buffer leaves with the rest in one system
+// call; without flushBig's word a full buffer goes out at once.
+func TestClientConnBigResponseOneSend(t *testing.T) {
+	full := bytes.Repeat([]byte("a"), clientWriteBuffer)
+	rest := bytes.Repeat([]byte("b"), 1000)
+	c, peer := clientPair(t, time.Second)
+	c.bigBody = true
+	if n, err := c.Write(full); n != len(full) || err != nil || c.sends != 0 {
+		t.Fatalf("Write(full) = %d, %v after %d sends; want it held", n, err, c.sends)
+	}
+	if n, err := c.Write(rest); n != len(rest) || err != nil {
+		t.Fatalf("Write(rest) = %d, %v, want %d", n, err, len(rest))
+	}
+	if c.sends != 1 {
+		t.Errorf("full buffer and rest took %d system calls, want 1", c.sends)
+	}
+	got := make([]byte, len(full)+len(rest))
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, append(append([]byte{}, full...), rest...)) {
+		t.Fatalf("peer got %v, not full+rest in order", err)
+	}
+	// The word is for one response only.
+	if _, err := c.Write(full); err != nil || c.sends != 2 {
+		t.Errorf("a full buffer of the next response: %d sends (%v), want sent at once", c.sends, err)
+	}
+}
+
 // Pipelined requests: a big response goes out when it is ready, not when
 // the next request's (slow) answer is.
 func TestEdgePipelinedBigResponseNotHeldBack(t *testing.T) {
