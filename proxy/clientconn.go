@@ -149,47 +149,33 @@ func (c *clientConn) Read(p []byte) (int, error) {
 // readOnce runs under the poller's read lock each time the socket may be
 // readable.
 func (c *clientConn) readOnce(fd uintptr) bool {
-	for {
-		n, err := recv(fd, c.buf)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			if c.err = c.armRead(); c.err != nil {
-				return true
-			}
-			return false
-		case err != nil:
-			c.err = c.opError("read", err)
-			return true
-		}
-		c.n = n
+	n, err := recv(fd, c.buf)
+	switch {
+	case err == syscall.EAGAIN:
+		c.err = c.armRead()
+		return c.err != nil // wait, unless the deadline could not be set
+	case err != nil:
+		c.err = c.opError("read", err)
 		return true
 	}
+	c.n = n
+	return true
 }
 
 // armRead puts the wanted read deadline on the socket unless the one there
 // already does (see clientConn).
 func (c *clientConn) armRead() error {
-	want, armed := c.wantRD, c.armedRD
+	want := c.wantRD
 	switch {
-	case want.IsZero() && armed.IsZero():
+	case want.IsZero() && c.armedRD.IsZero():
 		return nil
-	case !want.IsZero() && !armed.IsZero():
-		if late := armed.Sub(want); late >= 0 && late <= c.slack {
-			return nil
-		}
-		want = want.Add(c.slack)
-	case !want.IsZero():
-		want = want.Add(c.slack)
+	case want.IsZero():
+		return c.putReadDeadline(want) // clear the one on the socket
 	}
-	c.rearms++
-	c.armedRD = time.Time{}
-	if err := c.TCPConn.SetReadDeadline(want); err != nil {
-		return err
+	if late := c.armedRD.Sub(want); !c.armedRD.IsZero() && late >= 0 && late <= c.slack {
+		return nil
 	}
-	c.armedRD = want
-	return nil
+	return c.putReadDeadline(want.Add(c.slack))
 }
 
 // earlyDeadline says whether a read deadline that fired was one put on the
@@ -199,13 +185,18 @@ func (c *clientConn) earlyDeadline() bool {
 	if !c.wantRD.IsZero() && !time.Now().Before(c.wantRD) {
 		return false
 	}
+	return c.putReadDeadline(c.wantRD) == nil
+}
+
+// putReadDeadline sets the socket's read deadline and remembers it.
+func (c *clientConn) putReadDeadline(t time.Time) error {
 	c.rearms++
 	c.armedRD = time.Time{}
-	if c.TCPConn.SetReadDeadline(c.wantRD) != nil {
-		return false
+	if err := c.TCPConn.SetReadDeadline(t); err != nil {
+		return err
 	}
-	c.armedRD = c.wantRD
-	return true
+	c.armedRD = t
+	return nil
 }
 
 // Write sends p, waiting (under the write deadline) while the socket
@@ -261,8 +252,6 @@ func (c *clientConn) writeOnce(fd uintptr) bool {
 		}
 		c.sends++
 		switch {
-		case err == syscall.EINTR:
-			continue
 		case err == syscall.EAGAIN:
 			return false
 		case err != nil:
@@ -307,9 +296,14 @@ func sendv(fd uintptr, v *[2][]byte) (int, error) {
 		iov[i].Base = unsafe.SliceData(v[i])
 		iov[i].SetLen(len(v[i]))
 	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
-	if e != 0 {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
+		switch e {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
 		return 0, e
 	}
-	return int(n), nil
 }

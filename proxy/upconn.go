@@ -160,8 +160,6 @@ func (c *upstreamConn) sendThenRead(fd uintptr) bool {
 		for c.off < len(held) {
 			n, err := send(fd, held[c.off:])
 			switch {
-			case err == syscall.EINTR:
-				continue
 			case err == syscall.EAGAIN:
 				c.blocked = true
 				return true
@@ -174,21 +172,17 @@ func (c *upstreamConn) sendThenRead(fd uintptr) bool {
 		c.sent = true
 		return false // the answer cannot be there yet: wait for it
 	}
-	for {
-		n, err := recv(fd, c.buf)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			c.eagain++
-			return false // woken early: wait again
-		case err != nil:
-			c.err = c.opError("read", err)
-			return true
-		}
-		c.n = n
+	n, err := recv(fd, c.buf)
+	switch {
+	case err == syscall.EAGAIN:
+		c.eagain++
+		return false // woken early: wait again
+	case err != nil:
+		c.err = c.opError("read", err)
 		return true
 	}
+	c.n = n
+	return true
 }
 
 // flushHeldFrom sends what is held from off on, blocking under the write
@@ -308,21 +302,33 @@ func (c *upstreamConn) SetWriteDeadline(t time.Time) error {
 
 // send is sendto(2) of p on the connected socket fd, with MSG_NOSIGNAL: a
 // peer that reset the connection is an EPIPE error, never a signal.
+// It and recv (and sendv) retry a call a signal interrupted, so callers
+// see only EAGAIN and real errors.
 func send(fd uintptr, p []byte) (int, error) {
 	raceSend(p)
-	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), syscall.MSG_NOSIGNAL, 0, 0)
-	if e != 0 {
+	for {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), syscall.MSG_NOSIGNAL, 0, 0)
+		switch e {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
 		return 0, e
 	}
-	return int(n), nil
 }
 
 // recv is recvfrom(2) into p on the connected socket fd.
 func recv(fd uintptr, p []byte) (int, error) {
-	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
-	if e != 0 {
+	for {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
+		switch e {
+		case 0:
+			raceRecv(fd, p[:n])
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
 		return 0, e
 	}
-	raceRecv(fd, p[:n])
-	return int(n), nil
 }
