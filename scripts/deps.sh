@@ -28,7 +28,9 @@ done
 
 missing=()
 for p in "${want[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	# A command substitution, not `| grep -q`: under pipefail grep's early
+	# exit can SIGPIPE dpkg-query and fail the test for an installed package.
+	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
