@@ -36,10 +36,12 @@ type Host struct {
 	// host is published and never changed after.
 	Transport any
 
-	inflight     atomic.Int64
-	healthy      atomic.Bool
-	healthySince atomic.Int64 // unix nanoseconds of the last down→up flip, for slow start
-	removed      atomic.Bool
+	inflight      atomic.Int64
+	healthy       atomic.Bool
+	healthySince  atomic.Int64 // unix nanoseconds of the last down→up flip, for slow start
+	healthChanged atomic.Int64 // unix nanoseconds of the last flip either way; 0 before the first
+	removed       atomic.Bool
+	probe         atomic.Pointer[Probe] // the active health check's latest result; nil before the first
 
 	// Passive health (outlier detection), Envoy's consecutive-5xx model.
 	failures     atomic.Int32 // consecutive failed requests
@@ -102,8 +104,38 @@ func (h *Host) SetHealthy(up bool, now time.Time) bool {
 	if up {
 		h.healthySince.Store(now.UnixNano())
 	}
+	h.healthChanged.Store(now.UnixNano())
 	return true
 }
+
+// HealthChanged is when h's health last flipped, up or down; zero if it
+// never has (a new host starts down, so zero with Healthy false means it
+// has never been up).
+func (h *Host) HealthChanged() time.Time {
+	if t := h.healthChanged.Load(); t != 0 {
+		return time.Unix(0, t)
+	}
+	return time.Time{}
+}
+
+// Probe is the result of one active health check of a host, kept so that
+// an operator can see why a host is down (the admin listener's /upstreams)
+// rather than only that it is. It is an immutable value: the prober
+// publishes a new one after each probe and never changes a published one.
+type Probe struct {
+	At     time.Time     // when the probe started
+	RTT    time.Duration // until the status line arrived, or the probe failed
+	Err    error         // why it failed; nil when it passed
+	Passes int           // consecutive passes, this one included; 0 if it failed
+	Fails  int           // consecutive failures, this one included; 0 if it passed
+}
+
+// LastProbe returns h's latest active health check, or nil before the
+// first. The result must not be modified.
+func (h *Host) LastProbe() *Probe { return h.probe.Load() }
+
+// SetProbe publishes r as h's latest active health check.
+func (h *Host) SetProbe(r Probe) { h.probe.Store(&r) }
 
 // Removed reports whether discovery has dropped h from the pool; in-flight
 // requests finish, new ones never pick it.
@@ -242,6 +274,8 @@ func (p *Pool) Update(cfgs []Config) {
 				if prev := old.byID[id]; prev != nil && prev.Addr == c.Addr {
 					h.healthy.Store(prev.healthy.Load())
 					h.healthySince.Store(prev.healthySince.Load())
+					h.healthChanged.Store(prev.healthChanged.Load())
+					h.probe.Store(prev.probe.Load())
 				}
 			}
 			if p.OnAdd != nil {

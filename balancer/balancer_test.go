@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"testing"
@@ -115,10 +116,46 @@ func TestUpdateKeepsState(t *testing.T) {
 	if fmt.Sprint(added) != "[a:1 b:1 c:1]" || fmt.Sprint(removed) != "[b:1]" {
 		t.Errorf("added %v removed %v, want [a:1 b:1 c:1] and [b:1]", added, removed)
 	}
-	// A new weight for the same instance keeps it in rotation.
+	// A new weight for the same instance keeps it in rotation, and what
+	// the health check last said of it (the admin listener shows it).
+	a.SetProbe(Probe{At: time.Now(), RTT: time.Millisecond, Passes: 4})
 	p.Update([]Config{{Addr: "a:1", Weight: 3}})
-	if h := p.Hosts()[0]; h.Weight != 3 || !h.Healthy() {
+	h := p.Hosts()[0]
+	if h.Weight != 3 || !h.Healthy() {
 		t.Errorf("reweighted host = weight %d healthy %v, want 3 true", h.Weight, h.Healthy())
+	}
+	if got, want := h.HealthChanged(), a.HealthChanged(); got.IsZero() || !got.Equal(want) {
+		t.Errorf("reweighted host's health changed at %v, want %v", got, want)
+	}
+	if got := h.LastProbe(); got == nil || got.Passes != 4 {
+		t.Errorf("reweighted host's last probe = %+v, want the old host's (4 passes)", got)
+	}
+}
+
+func TestLastProbeIsPublishedWhole(t *testing.T) {
+	var h Host
+	if got := h.LastProbe(); got != nil {
+		t.Fatalf("a host never probed has last probe %+v, want nil", got)
+	}
+	if !h.HealthChanged().IsZero() {
+		t.Errorf("a host never flipped has health changed at %v, want zero", h.HealthChanged())
+	}
+	err := errors.New("probe a:1/ping: status 503")
+	h.SetProbe(Probe{Err: err, Fails: 3})
+	got := h.LastProbe()
+	if got.Err != err || got.Fails != 3 || got.Passes != 0 {
+		t.Errorf("last probe = %+v, want the failure just set", got)
+	}
+	// Readers hold on to what they loaded; the next probe does not change it.
+	h.SetProbe(Probe{Passes: 1})
+	if got.Err != err || h.LastProbe().Passes != 1 {
+		t.Errorf("publishing a probe changed one already read")
+	}
+	now := time.Now()
+	h.SetHealthy(true, now)
+	h.SetHealthy(false, now.Add(time.Second))
+	if got := h.HealthChanged(); !got.Equal(now.Add(time.Second)) {
+		t.Errorf("health changed at %v, want the down flip at %v", got, now.Add(time.Second))
 	}
 }
 
