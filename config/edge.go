@@ -89,6 +89,10 @@ type Edge struct {
 	Outlier        Outlier              `yaml:"outlier"`
 	trusted        []netip.Prefix       // parsed TrustedProxies
 	allow          []netip.Prefix       // parsed RateLimitAllow
+	// routesEmbedded: Routes are DefaultRoutes, not written by the user, so
+	// a policy they name that ratelimits lacks falls back (see validate).
+	routesEmbedded bool
+	notices        []string // what validation changed or assumed; see Notices
 }
 
 // RateLimit is a named per-client token bucket policy. A policy named
@@ -333,6 +337,7 @@ func DefaultEdge() *Edge {
 			Fall:     DefaultHealthFall,
 		},
 		Routes:         DefaultRoutes(),
+		routesEmbedded: true,
 		TrustedProxies: DefaultTrustedProxies,
 		Timeouts: Timeouts{
 			Connect:    Duration(DefaultConnectTimeout),
@@ -400,6 +405,9 @@ func Load(file string, data []byte) (*Edge, error) {
 		if d := mappingValue(top, "discovery"); d != nil && mappingValue(d, "consul") != nil {
 			cfg.Discovery.Static = nil
 		}
+		if mappingValue(top, "routes") != nil {
+			cfg.routesEmbedded = false
+		}
 		// A file that lists ratelimits lists all of them: the defaults'
 		// "default" policy must not silently apply to a config without it.
 		if mappingValue(top, "ratelimits") != nil {
@@ -416,6 +424,11 @@ func Load(file string, data []byte) (*Edge, error) {
 	}
 	return cfg, nil
 }
+
+// Notices are what validation assumed for the operator, to be logged at
+// start and on reload and printed by -check: today, an embedded default
+// route whose rate limit policy the file's ratelimits lacks.
+func (c *Edge) Notices() []string { return c.notices }
 
 // AllowPrefixes returns the parsed ratelimit_allow.
 func (c *Edge) AllowPrefixes() []netip.Prefix { return c.allow }
@@ -600,7 +613,21 @@ func (c *Edge) validate(v *validator) {
 	for i, r := range c.Routes {
 		if r.RateLimit != "" && r.RateLimit != "none" {
 			if _, ok := c.RateLimits[r.RateLimit]; !ok {
-				v.addf(fmt.Sprintf("routes[%d].ratelimit", i), "no policy %q in ratelimits (have: %s)", r.RateLimit, policyNames(c.RateLimits))
+				if c.routesEmbedded {
+					// A file that defines only its own ratelimits (say just
+					// default) and keeps the embedded routes: those routes'
+					// policy falls back to default, and the operator is told.
+					fallback := c.RoutePolicy(Route{})
+					c.Routes[i].RateLimit = ""
+					if fallback == "" {
+						fallback = "none"
+					}
+					c.notices = append(c.notices, fmt.Sprintf("route %s (embedded default) names rate limit policy %q, which ratelimits does not define; it uses %s. Define ratelimits.%s to give it its own limit",
+						r.Name, r.RateLimit, fallback, r.RateLimit))
+				} else {
+					v.addf(fmt.Sprintf("routes[%d].ratelimit", i), "no policy %q in ratelimits (have: %s); define ratelimits.%s, name one of those, or write ratelimit: none",
+						r.RateLimit, policyNames(c.RateLimits), r.RateLimit)
+				}
 			}
 		}
 		if r.MaxInFlight < 0 {

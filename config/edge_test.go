@@ -33,7 +33,7 @@ func TestLoadFileBad(t *testing.T) {
 		{"dup-route.bad.yaml", []string{":3: routes[1].name:", "used by an earlier route"}},
 		{"retry-post.bad.yaml", []string{":2: retries.methods[0]:", "POST is retried only with an Idempotency-Key"}},
 		{"ejection-cap.bad.yaml", []string{":3: outlier.max_ejection: must be >= outlier.base_ejection (30s), got 10s"}},
-		{"unknown-policy.bad.yaml", []string{":2: routes[0].ratelimit: no policy \"typo\" in ratelimits (have: buy, default)"}},
+		{"unknown-policy.bad.yaml", []string{":2: routes[0].ratelimit: no policy \"typo\" in ratelimits (have: buy, default); define ratelimits.typo, name one of those, or write ratelimit: none"}},
 		{"zero-rate.bad.yaml", []string{":2: ratelimits.buy.rate: must be > 0"}},
 		{"bad-key.bad.yaml", []string{`ratelimits.api.key: must be "ip" or "header:NAME", got "cookie:x"`}},
 		{"static-and-consul.bad.yaml", []string{":1: discovery: set static or consul, not both"}},
@@ -191,5 +191,53 @@ func TestExampleConfigsLoad(t *testing.T) {
 	}
 	if _, err := os.Stat("../deploy/edge/edge.yaml"); err != nil {
 		t.Errorf("the documented example deploy/edge/edge.yaml is missing: %v", err)
+	}
+}
+
+// TestOnlyDefaultRateLimit: a file that defines only ratelimits.default and
+// keeps the embedded routes loads; the purchase routes fall back to the
+// default policy and the fallback is reported, not silent. The same policy
+// name in a route the file writes itself is still an error naming the fix.
+func TestOnlyDefaultRateLimit(t *testing.T) {
+	cfg, err := LoadFile("testdata/only-default-ratelimit.yaml")
+	if err != nil {
+		t.Fatalf("LoadFile: %v", err)
+	}
+	fellBack := 0
+	for _, r := range cfg.Routes {
+		if got, want := cfg.RoutePolicy(r), "default"; got != want {
+			t.Errorf("route %s: policy %q, want %q", r.Name, got, want)
+		}
+		if r.Name == "buy" || r.Name == "buy_page" {
+			fellBack++
+		}
+	}
+	if fellBack != 2 {
+		t.Fatalf("found %d purchase routes in the embedded defaults, want 2", fellBack)
+	}
+	notes := strings.Join(cfg.Notices(), "\n")
+	for _, want := range []string{"route buy (embedded default)", "route buy_page (embedded default)", `"buy"`, "uses default", "ratelimits.buy"} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notices %q lack %q", notes, want)
+		}
+	}
+	if got := cfg.Validate("again"); got != nil || len(cfg.Notices()) != 2 {
+		t.Errorf("validating again: err %v, %d notices; want nil and the same 2", got, len(cfg.Notices()))
+	}
+	// The effective config round-trips: what /config prints loads back.
+	out, err := cfg.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load("effective", out); err != nil {
+		t.Errorf("effective config does not load back: %v\n%s", err, out)
+	}
+
+	_, err = Load("explicit.yaml", []byte("ratelimits:\n  default: {rate: 20, burst: 40}\nroutes:\n  - {match: {path: /api/games/*/buy}, ratelimit: buy}\n"))
+	if err == nil || !strings.Contains(err.Error(), `routes[0].ratelimit: no policy "buy" in ratelimits (have: default); define ratelimits.buy`) {
+		t.Errorf("a route the file writes naming a missing policy: err %v, want one naming the fix", err)
+	}
+	if d := DefaultEdge(); len(d.Notices()) != 0 || d.Validate("defaults") != nil || len(d.Notices()) != 0 {
+		t.Errorf("the embedded defaults need no fallback; notices %v", d.Notices())
 	}
 }

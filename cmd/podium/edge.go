@@ -87,11 +87,23 @@ func runEdge(args []string) error {
 		return err
 	}
 	if *check {
+		for _, n := range cfg.Notices() {
+			fmt.Fprintln(os.Stderr, "podium edge -check: note:", n)
+		}
 		out, _ := cfg.Redacted()
 		fmt.Print(string(out))
 		return nil
 	}
+	logNotices(log, cfg, "start")
 	return serveEdge(f, cfg, log, *drain, *shutdownTimeout)
+}
+
+// logNotices logs what validation assumed (config.Edge.Notices), so an
+// operator learns of a fallback from the log, not from a surprise.
+func logNotices(log *slog.Logger, cfg *config.Edge, trigger string) {
+	for _, n := range cfg.Notices() {
+		log.Warn("config note", "trigger", trigger, "note", n)
+	}
 }
 
 // listen opens a TCP listener, with SO_REUSEPORT when asked, so a second
@@ -285,6 +297,7 @@ func (e *edge) reload(bg context.Context, why string) {
 		e.startProber(bg, cfg)
 	}
 	e.cfg = cfg
+	logNotices(e.log, cfg, why)
 	if len(needRestart) > 0 {
 		e.log.Warn("config reloaded; some changes need a restart to take effect", "trigger", why, "restart_for", needRestart)
 		return

@@ -141,3 +141,44 @@ func waitExit(t *testing.T, cmd *exec.Cmd, timeout time.Duration, what string) {
 		t.Fatalf("%s did not exit within %v of SIGTERM", what, timeout)
 	}
 }
+
+// TestEdgeCheck: `podium edge -check` validates, prints the effective config
+// (which loads back as a config) and exits 0; what validation assumed is
+// said on stderr; a bad config exits 1 without printing a config.
+func TestEdgeCheck(t *testing.T) {
+	bin := buildPodium(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "edge.yaml")
+	os.WriteFile(path, []byte("ratelimits:\n  default: {rate: 20, burst: 40}\n"), 0o644)
+	cmd := exec.Command(bin, "edge", "-check", "-config", path)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("-check on a config with only ratelimits.default: %v\n%s", err, stderr.String())
+	}
+	for _, want := range []string{"note: route buy (embedded default)", "it uses default", "Define ratelimits.buy"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr %q lacks %q", stderr.String(), want)
+		}
+	}
+	if !strings.Contains(string(out), "rate: 20") || strings.Contains(string(out), "note:") {
+		t.Errorf("stdout is not the effective config alone:\n%s", out)
+	}
+	// The printed config is itself a valid config that needs no fallback.
+	effective := filepath.Join(dir, "effective.yaml")
+	os.WriteFile(effective, out, 0o644)
+	cmd = exec.Command(bin, "edge", "-check", "-config", effective)
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	again, err := cmd.Output()
+	if err != nil || string(again) != string(out) || stderr.Len() != 0 {
+		t.Errorf("-check on its own output: err %v, stderr %q, same output %v", err, stderr.String(), string(again) == string(out))
+	}
+	os.WriteFile(path, []byte("healthcheck: {interval: 0s}\n"), 0o644)
+	out, err = exec.Command(bin, "edge", "-check", "-config", path).Output()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || len(out) != 0 {
+		t.Errorf("-check on a bad config: err %v, stdout %q; want exit 1 and no config", err, out)
+	}
+}
