@@ -46,6 +46,9 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 	} else {
 		b.WriteString("Closed loop: each connection sends its next request when the previous answer arrives; latency runs from the send.\n\n")
 	}
+	if r.ExpectedCount > 0 {
+		fmt.Fprintf(&b, "%d answers were statuses the scenario expects (%s), counted apart, not as errors.\n\n", r.ExpectedCount, counts(r.Expected))
+	}
 	if r.Retried > 0 {
 		f := r.FirstTry
 		fmt.Fprintf(&b, "The edge retried %d answers on another upstream (X-Podium-Retries). The %d answered at the first try: p50 %s ms, p90 %s ms, p99 %s ms, max %s ms.\n\n",
@@ -64,9 +67,9 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		}
 	}
 	b.WriteString("\n## Responses\n\n")
-	fmt.Fprintf(&b, "| stream | statuses | errors by kind |\n|---|---|---|\n")
+	fmt.Fprintf(&b, "| stream | statuses | expected (not errors) | errors by kind |\n|---|---|---|---|\n")
 	for _, s := range r.Streams {
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", s.Name, counts(s.Statuses), counts(s.Errors))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", s.Name, counts(s.Statuses), counts(s.Expected), counts(s.Errors))
 	}
 	g := r.Generator
 	fmt.Fprintf(&b, "\n## Generator\n\nThe generator itself used %.2f s user + %.2f s system CPU: %.1f µs per request (max RSS %d KiB). ",

@@ -43,13 +43,17 @@ type Result struct {
 	// Statuses counts responses by HTTP status; Errors counts failures by
 	// kind: transport errors (timeout, refused, reset, closed, not_sent,
 	// other) and "http_4xx"/"http_5xx" for error statuses.
-	Statuses   map[string]int64  `json:"statuses"`
-	Errors     map[string]int64  `json:"errors"`
-	ErrorCount int64             `json:"error_count"`
-	BytesRead  int64             `json:"body_bytes_read"`
-	Streams    []StreamResult    `json:"streams"`
-	Timeline   []TimelinePoint   `json:"timeline"`
-	Percentile []PercentilePoint `json:"percentiles"`
+	Statuses   map[string]int64 `json:"statuses"`
+	Errors     map[string]int64 `json:"errors"`
+	ErrorCount int64            `json:"error_count"`
+	// Expected counts, by status, the answers >= 400 that the scenario
+	// names as right (MixEntry.Expect); they are in Statuses, not Errors.
+	Expected      map[string]int64  `json:"expected,omitempty"`
+	ExpectedCount int64             `json:"expected_count"`
+	BytesRead     int64             `json:"body_bytes_read"`
+	Streams       []StreamResult    `json:"streams"`
+	Timeline      []TimelinePoint   `json:"timeline"`
+	Percentile    []PercentilePoint `json:"percentiles"`
 	// UncorrectedPercentile is the distribution from the actual send (open
 	// mode only; in closed mode it is Percentile).
 	UncorrectedPercentile []PercentilePoint `json:"uncorrected_percentiles,omitempty"`
@@ -67,6 +71,7 @@ type StreamResult struct {
 	Latency     Percentiles      `json:"latency"`
 	Statuses    map[string]int64 `json:"statuses"`
 	Errors      map[string]int64 `json:"errors"`
+	Expected    map[string]int64 `json:"expected,omitempty"`
 	Ops         []OpResult       `json:"ops"`
 }
 
@@ -111,6 +116,7 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 		Elapsed:  end.Sub(start),
 		Statuses: map[string]int64{},
 		Errors:   map[string]int64{},
+		Expected: map[string]int64{},
 	}
 	all := newLatencyHistogram()
 	allFirst := newLatencyHistogram()
@@ -120,7 +126,7 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 	for _, sr := range streams {
 		st := sr.stream
 		out := StreamResult{Name: st.Name, Connections: st.Connections, Clients: st.Clients,
-			Statuses: map[string]int64{}, Errors: map[string]int64{}}
+			Statuses: map[string]int64{}, Errors: map[string]int64{}, Expected: map[string]int64{}}
 		if r.sc.Mode == ModeOpen {
 			out.Rate = st.Rate
 			res.TargetRequests += sr.sched.countBefore(r.sc.Duration)
@@ -145,12 +151,17 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 			}
 			for code, n := range rec.statuses {
 				out.Statuses[strconv.Itoa(code)] += n
+				n -= rec.expected[code]
 				switch {
+				case n == 0:
 				case code >= 500:
 					out.Errors["http_5xx"] += n
 				case code >= 400:
 					out.Errors["http_4xx"] += n
 				}
+			}
+			for code, n := range rec.expected {
+				out.Expected[strconv.Itoa(code)] += n
 			}
 			for k, n := range rec.kinds {
 				out.Errors[k] += n
@@ -173,6 +184,10 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 		for k, n := range out.Errors {
 			res.Errors[k] += n
 			res.ErrorCount += n
+		}
+		for k, n := range out.Expected {
+			res.Expected[k] += n
+			res.ExpectedCount += n
 		}
 		res.Streams = append(res.Streams, out)
 		tls = append(tls, sr.timeline)

@@ -148,7 +148,7 @@ func (r *runner) run(ctx context.Context) *Result {
 			jobs = make(chan job, 4096)
 		}
 		for w := 0; w < st.Connections; w++ {
-			rec := newRecorder(len(st.Mix), sr.timeline)
+			rec := newRecorder(st.Mix, sr.timeline)
 			sr.recorders[w] = rec
 			wk := &worker{r: r, sr: sr, rec: rec, start: start, id: w,
 				rng: mrand.New(mrand.NewPCG(uint64(i)<<32|uint64(w), uint64(time.Now().UnixNano())))}
@@ -326,12 +326,12 @@ func (w *worker) do(req *fasthttp.Request, resp *fasthttp.Response, seq uint64, 
 		status = resp.StatusCode()
 	}
 	retried := err == nil && len(resp.Header.Peek(retriesHeader)) > 0
-	w.rec.record(mi, intended.Sub(w.start), done.Sub(intended), done.Sub(sent), status, err, int64(len(resp.Body())), retried)
+	failed := w.rec.record(mi, intended.Sub(w.start), done.Sub(intended), done.Sub(sent), status, err, int64(len(resp.Body())), retried)
 	if w.r.sc.Mode == ModeOpen {
 		_ = w.rec.lag.RecordValue(micros(sent.Sub(intended)))
 	}
 	w.r.done.Add(1)
-	if err != nil || status >= 400 {
+	if failed {
 		w.r.errs.Add(1)
 	}
 }
@@ -509,6 +509,7 @@ type recorder struct {
 	lag      *hdrhistogram.Histogram // intended time to actual send (open mode)
 	ops      []opRecord
 	statuses map[int]int64
+	expected map[int]int64 // statuses >= 400 the op's mix entry expects
 	kinds    map[string]int64
 	bytes    int64
 
@@ -520,11 +521,13 @@ type recorder struct {
 }
 
 type opRecord struct {
+	mix            *MixEntry
 	hist           *hdrhistogram.Histogram
 	requests, errs int64
 }
 
-func newRecorder(ops int, tl *timeline) *recorder {
+func newRecorder(mix []MixEntry, tl *timeline) *recorder {
+	ops := len(mix)
 	rec := &recorder{
 		firstTry: newLatencyHistogram(),
 		latency:  newLatencyHistogram(),
@@ -532,6 +535,7 @@ func newRecorder(ops int, tl *timeline) *recorder {
 		lag:      newLatencyHistogram(),
 		ops:      make([]opRecord, ops),
 		statuses: map[int]int64{},
+		expected: map[int]int64{},
 		kinds:    map[string]int64{},
 		tl:       tl,
 		slot:     -1,
@@ -539,6 +543,7 @@ func newRecorder(ops int, tl *timeline) *recorder {
 	}
 	for i := range rec.ops {
 		rec.ops[i].hist = newLatencyHistogram()
+		rec.ops[i].mix = &mix[i]
 	}
 	return rec
 }
@@ -548,7 +553,9 @@ func newRecorder(ops int, tl *timeline) *recorder {
 // reader sees what the requests that needed no retry went through.
 const retriesHeader = "X-Podium-Retries"
 
-func (rec *recorder) record(mi int, at, latency, service time.Duration, status int, err error, n int64, retried bool) {
+// record counts one answer and says whether it failed: a transport error,
+// or a status >= 400 that the op's mix entry does not expect.
+func (rec *recorder) record(mi int, at, latency, service time.Duration, status int, err error, n int64, retried bool) (failed bool) {
 	v := micros(latency)
 	_ = rec.latency.RecordValue(v)
 	if retried {
@@ -560,19 +567,25 @@ func (rec *recorder) record(mi int, at, latency, service time.Duration, status i
 	op := &rec.ops[mi]
 	_ = op.hist.RecordValue(v)
 	op.requests++
-	failed := false
 	if err != nil {
 		rec.kinds[errorKind(err)]++
 		failed = true
 	} else {
 		rec.statuses[status]++
 		rec.bytes += n
-		failed = status >= 400
+		if status >= 400 {
+			if op.mix.expects(status) {
+				rec.expected[status]++
+			} else {
+				failed = true
+			}
+		}
 	}
 	if failed {
 		op.errs++
 	}
 	rec.timelineAdd(at, v, failed)
+	return failed
 }
 
 func (rec *recorder) recordNotSent(at, latency time.Duration) {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	mrand "math/rand/v2"
 	"net"
@@ -131,7 +132,7 @@ func TestHistogramMergeIsExact(t *testing.T) {
 	parts := make([]*recorder, 7)
 	tl := newTimeline(time.Second, 10*time.Second)
 	for i := range parts {
-		parts[i] = newRecorder(1, tl)
+		parts[i] = newRecorder([]MixEntry{{Op: OpGet, Weight: 1, Path: "/x"}}, tl)
 	}
 	for i := 0; i < 200_000; i++ {
 		// Log-uniform from 1 µs to 60 s, so every bucket range is hit.
@@ -193,6 +194,9 @@ func TestClosedLoopCountsEveryRequest(t *testing.T) {
 	}
 	if res.Errors["http_5xx"] != res.Statuses["503"] || res.ErrorCount != res.Statuses["503"] {
 		t.Errorf("errors %v (count %d), want http_5xx = %d", res.Errors, res.ErrorCount, res.Statuses["503"])
+	}
+	if res.ExpectedCount != 0 || len(res.Expected) != 0 {
+		t.Errorf("expected answers %v (count %d) in a scenario that expects none", res.Expected, res.ExpectedCount)
 	}
 	l := res.Latency
 	if !(l.P50 <= l.P90 && l.P90 <= l.P99 && l.P99 <= l.P999 && l.P999 <= l.Max && l.P50 > 0) {
@@ -383,5 +387,71 @@ func TestRetriedAnswersReportedApart(t *testing.T) {
 	WriteMarkdown(&md, res)
 	if !strings.Contains(md.String(), "answered at the first try") {
 		t.Errorf("the report does not show the first-try latency:\n%s", md.String())
+	}
+}
+
+// A status the scenario expects (buy-storm's sold-out 409) is reported
+// apart from errors; the same op's other error statuses, and other ops'
+// 409s, are still errors.
+func TestExpectedStatusesAreNotErrors(t *testing.T) {
+	var served atomic.Int64
+	dial := serveInMemory(t, func(c *fasthttp.RequestCtx) {
+		n := served.Add(1)
+		switch {
+		case string(c.Path()) == "/list":
+			c.SetStatusCode(409) // not expected on this op
+		case n%7 == 0:
+			c.SetStatusCode(503)
+		case n%2 == 0:
+			c.SetStatusCode(409)
+		}
+	})
+	sc := getScenario(ModeClosed, time.Second, 4, 0)
+	sc.Streams[0].Mix = []MixEntry{
+		{Op: OpGet, Weight: 9, Path: "/buy", Expect: []int{409}},
+		{Op: OpGet, Weight: 1, Path: "/list"},
+	}
+	res, err := Run(context.Background(), sc, RunOptions{Target: "http://127.0.0.1:9", Dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := res.Streams[0].Ops
+	var listErrs int64
+	if ops[1].Path == "/list" {
+		listErrs = ops[1].Errors
+	}
+	if listErrs == 0 || listErrs != ops[1].Requests {
+		t.Fatalf("the op that expects nothing: %d errors of %d requests, all 409s; want every one an error", listErrs, ops[1].Requests)
+	}
+	expected409 := res.Statuses["409"] - listErrs
+	if expected409 == 0 {
+		t.Fatalf("no 409 on the buy op; statuses %v", res.Statuses)
+	}
+	if got := res.Expected["409"]; got != expected409 || res.ExpectedCount != expected409 {
+		t.Errorf("expected = %v (count %d), want 409: %d", res.Expected, res.ExpectedCount, expected409)
+	}
+	if got, want := res.Errors["http_4xx"], listErrs; got != want {
+		t.Errorf("http_4xx errors = %d, want %d (only the list op's 409s)", got, want)
+	}
+	if got, want := res.ErrorCount, listErrs+res.Statuses["503"]; got != want || res.Statuses["503"] == 0 {
+		t.Errorf("error count = %d, want %d (list 409s + every 503: %v)", got, want, res.Statuses)
+	}
+	if got, want := ops[0].Errors, res.Statuses["503"]; got != want {
+		t.Errorf("buy op errors = %d, want its 503s only (%d)", got, want)
+	}
+	var md strings.Builder
+	if err := WriteMarkdown(&md, res); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%d answers were statuses the scenario expects (409: %d)", expected409, expected409); !strings.Contains(md.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, md.String())
+	}
+}
+
+func TestExpectOnlyErrorStatuses(t *testing.T) {
+	sc := getScenario(ModeClosed, time.Second, 1, 0)
+	sc.Streams[0].Mix[0].Expect = []int{200}
+	if err := sc.Validate(); err == nil || !strings.Contains(err.Error(), "expect 200: list error statuses (400-599)") {
+		t.Errorf("expect: [200]: err %v", err)
 	}
 }

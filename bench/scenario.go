@@ -108,6 +108,21 @@ type MixEntry struct {
 	Path   string `yaml:"path" json:"path,omitempty"` // OpGet only
 	// Quantity is the tickets per buy; 0 means 1.
 	Quantity int `yaml:"quantity" json:"quantity,omitempty"`
+	// Expect lists the error statuses (400-599) that are this request
+	// kind's right answer in this scenario: a sold-out game's 409 in
+	// buy-storm, an abuser's 429 in mixed-abuse. They are reported under
+	// Expected, apart from errors. Empty: every status >= 400 is an error.
+	Expect []int `yaml:"expect" json:"expect,omitempty"`
+}
+
+// expects says whether status is one m names in Expect.
+func (m *MixEntry) expects(status int) bool {
+	for _, s := range m.Expect {
+		if s == status {
+			return true
+		}
+	}
+	return false
 }
 
 // Defaults.
@@ -186,6 +201,11 @@ func (s *Scenario) Validate() error {
 			m := &st.Mix[j]
 			if m.Weight <= 0 {
 				return fmt.Errorf("%s: mix %s: weight must be positive", where, m.Op)
+			}
+			for _, code := range m.Expect {
+				if code < 400 || code > 599 {
+					return fmt.Errorf("%s: mix %s: expect %d: list error statuses (400-599); 2xx and 3xx are never errors", where, m.Op, code)
+				}
 			}
 			switch m.Op {
 			case OpGet:

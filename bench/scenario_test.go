@@ -34,6 +34,22 @@ func TestShippedScenariosLoad(t *testing.T) {
 	if len(ma.Streams) != 2 {
 		t.Errorf("mixed-abuse has %d streams, want fans and abusers", len(ma.Streams))
 	}
+	// The answers a scenario calls right: buy-storm's sold-out 409s, the
+	// abusers' 429s; never the fans' 429s.
+	bs, _ := LoadScenario("buy-storm")
+	if m := bs.Streams[0].Mix[0]; m.Op != OpBuy || !m.expects(409) {
+		t.Errorf("buy-storm's buy expects %v, want 409", m.Expect)
+	}
+	for _, m := range ma.Streams[1].Mix {
+		if !m.expects(429) {
+			t.Errorf("mixed-abuse abusers' %s expects %v, want 429", m.Op, m.Expect)
+		}
+	}
+	for _, m := range ma.Streams[0].Mix {
+		if len(m.Expect) != 0 {
+			t.Errorf("mixed-abuse fans' %s expects %v; a fan's error is an error", m.Op, m.Expect)
+		}
+	}
 }
 
 func TestBadScenariosRejected(t *testing.T) {
