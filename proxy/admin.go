@@ -1,17 +1,21 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http/pprof"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/podium-edge/podium/balancer"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
 
 // AdminHandler serves the admin listener (loopback by default, as Envoy's
-// admin port is): /metrics, /ping and /config. It is kept off the public
+// admin port is): /metrics, /ping, /config and /upstreams. It is kept off the public
 // listener so that neither the running config nor the metrics leak.
 func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{
@@ -37,6 +41,8 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			p.ping(ctx)
 		case "/cache/purge":
 			p.adminPurge(ctx)
+		case "/upstreams":
+			p.adminUpstreams(ctx)
 		case "/config":
 			out, err := p.state.Load().cfg.Redacted()
 			if err != nil {
@@ -47,11 +53,11 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			ctx.SetBody(out)
 		case "/":
 			ctx.SetContentType("text/plain; charset=utf-8")
-			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n  POST /cache/purge?prefix=/api/games  drop cached entries by path prefix\n  /debug/pprof/  Go profiles\n")
+			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n  /upstreams  each upstream's health, last probe and its error, ejection (JSON; ?format=text for a line each)\n  POST /cache/purge?prefix=/api/games  drop cached entries by path prefix\n  /debug/pprof/  Go profiles\n")
 		default:
 			ctx.SetStatusCode(fasthttp.StatusNotFound)
 			ctx.SetContentType("text/plain; charset=utf-8")
-			ctx.SetBodyString("not found: try /metrics, /ping or /config\n")
+			ctx.SetBodyString("not found: try /metrics, /ping, /config or /upstreams\n")
 		}
 	}
 }
@@ -77,4 +83,133 @@ func (p *Proxy) adminPurge(ctx *fasthttp.RequestCtx) {
 		p.metrics.cachePurged.Add(float64(n))
 	}
 	fmt.Fprintf(ctx, `{"purged":%d,"prefix":%q}`+"\n", n, prefix)
+}
+
+// upstreamStatus is one upstream as /upstreams shows it: what an operator
+// needs to see why it does or does not take traffic (Envoy's /clusters).
+type upstreamStatus struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Weight  int    `json:"weight"`
+	// InRotation: healthy and not ejected, so a request may be sent to it.
+	InRotation bool `json:"in_rotation"`
+	Healthy    bool `json:"healthy"`
+	// HealthChanged is when it last went up or down; absent if it never
+	// has (a new upstream starts down: never up).
+	HealthChanged *time.Time   `json:"health_changed,omitempty"`
+	Ejected       bool         `json:"ejected"`
+	EjectedUntil  *time.Time   `json:"ejected_until,omitempty"` // while ejected
+	Ejections     int          `json:"ejections"`
+	InFlight      int64        `json:"in_flight"`
+	LastProbe     *probeStatus `json:"last_probe"` // null before the first probe
+}
+
+type probeStatus struct {
+	Time                time.Time `json:"time"`
+	RTTSeconds          float64   `json:"rtt_seconds"`
+	Error               string    `json:"error,omitempty"` // absent when it passed
+	ConsecutivePasses   int       `json:"consecutive_passes"`
+	ConsecutiveFailures int       `json:"consecutive_failures"`
+
+	rtt time.Duration // for the text form, which shows it as a duration
+}
+
+func newUpstreamStatus(h *balancer.Host, now time.Time) upstreamStatus {
+	u := upstreamStatus{ID: h.ID, Address: h.Addr, Weight: h.Weight, Healthy: h.Healthy(),
+		Ejected: h.Ejected(now), Ejections: h.Ejections(), InFlight: h.InFlight()}
+	u.InRotation = u.Healthy && !u.Ejected
+	if t := h.HealthChanged(); !t.IsZero() {
+		u.HealthChanged = &t
+	}
+	if u.Ejected {
+		t := h.EjectedUntil()
+		u.EjectedUntil = &t
+	}
+	if pr := h.LastProbe(); pr != nil {
+		u.LastProbe = &probeStatus{Time: pr.At, RTTSeconds: pr.RTT.Seconds(),
+			ConsecutivePasses: pr.Passes, ConsecutiveFailures: pr.Fails, rtt: pr.RTT}
+		if pr.Err != nil {
+			u.LastProbe.Error = pr.Err.Error()
+		}
+	}
+	return u
+}
+
+// adminUpstreams shows every upstream in the pool, in discovery's order:
+// JSON by default, for jq and tooling; ?format=text gives one line each,
+// for an operator at a terminal. Issue 14: "no healthy ticket service
+// instance" with no reason anywhere; the reason is here, and in the log.
+func (p *Proxy) adminUpstreams(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	now := time.Now()
+	hosts := p.pool.Hosts()
+	list := make([]upstreamStatus, len(hosts))
+	for i, h := range hosts {
+		list[i] = newUpstreamStatus(h, now)
+	}
+	switch format := string(ctx.QueryArgs().Peek("format")); format {
+	case "", "json":
+		out, err := json.MarshalIndent(struct {
+			Upstreams []upstreamStatus `json:"upstreams"`
+		}{list}, "", "  ")
+		if err != nil {
+			ctx.Error("rendering upstreams: "+err.Error(), fasthttp.StatusInternalServerError)
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBody(append(out, '\n'))
+	case "text":
+		ctx.SetContentType("text/plain; charset=utf-8")
+		if len(list) == 0 {
+			ctx.SetBodyString("no upstreams in the pool: see discovery in /config\n")
+			return
+		}
+		b := ctx.Response.BodyWriter()
+		for _, u := range list {
+			fmt.Fprint(b, upstreamLine(u, now), "\n")
+		}
+	default:
+		ctx.SetStatusCode(fasthttp.StatusBadRequest)
+		ctx.SetContentType("text/plain; charset=utf-8")
+		fmt.Fprintf(ctx, "unknown format %q: use ?format=json (the default) or ?format=text\n", format)
+	}
+}
+
+// upstreamLine is one upstream in logfmt, the form of the edge's own log:
+//
+//	127.0.0.1:9002 id="o2" weight=1 state=down for=2m3s ejected=false ejections=0 in_flight=0 probe_age=1.2s rtt=412µs passes=0 fails=61 error="probe 127.0.0.1:9002/ping: status 503"
+func upstreamLine(u upstreamStatus, now time.Time) string {
+	var b strings.Builder
+	b.WriteString(u.Address)
+	if u.ID != u.Address {
+		b.WriteString(" id=" + strconv.Quote(u.ID))
+	}
+	state := "down"
+	switch {
+	case u.InRotation:
+		state = "up"
+	case u.Healthy:
+		state = "ejected"
+	}
+	fmt.Fprintf(&b, " weight=%d state=%s", u.Weight, state)
+	if u.HealthChanged != nil {
+		fmt.Fprintf(&b, " for=%s", now.Sub(*u.HealthChanged).Round(time.Millisecond))
+	} else if !u.Healthy {
+		b.WriteString(" never_up=true")
+	}
+	fmt.Fprintf(&b, " ejected=%t", u.Ejected)
+	if u.EjectedUntil != nil {
+		fmt.Fprintf(&b, " ejected_for=%s", u.EjectedUntil.Sub(now).Round(time.Millisecond))
+	}
+	fmt.Fprintf(&b, " ejections=%d in_flight=%d", u.Ejections, u.InFlight)
+	if pr := u.LastProbe; pr != nil {
+		fmt.Fprintf(&b, " probe_age=%s rtt=%s passes=%d fails=%d", now.Sub(pr.Time).Round(time.Millisecond),
+			pr.rtt.Round(time.Microsecond), pr.ConsecutivePasses, pr.ConsecutiveFailures)
+		if pr.Error != "" {
+			b.WriteString(" error=" + strconv.Quote(pr.Error))
+		}
+	} else {
+		b.WriteString(" probe=none_yet")
+	}
+	return b.String()
 }

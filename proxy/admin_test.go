@@ -2,13 +2,16 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/config"
 	"github.com/valyala/fasthttp"
 )
@@ -104,5 +107,162 @@ func TestAdminConfigAndPing(t *testing.T) {
 	}
 	if code, _ := get(t, admin+"/nope"); code != 404 {
 		t.Errorf("admin /nope = %d, want 404", code)
+	}
+}
+
+// TestAdminUpstreams: issue 14, item 4. Requests failed with "no healthy
+// ticket service instance" and the reason was nowhere; /upstreams shows,
+// per upstream, whether it takes traffic and what its last probe said.
+func TestAdminUpstreams(t *testing.T) {
+	fine, falls, ejected := newUpstream(t), newUpstream(t), newUpstream(t)
+	e := startEdge(t, []*testUpstream{fine, falls, ejected}, nil, func(c *config.Edge) {
+		c.Outlier.UnejectOnActivePass = false // the ejection must outlast the next probe
+	})
+	admin := startAdmin(t, e)
+
+	// An upstream that never answers its first probe (the issue's case),
+	// one that goes down, and one that passive health checking ejects.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	never := ln.Addr().String()
+	ln.Close() // connections to it are refused from now on
+	e.p.Pool().Update([]balancer.Config{{Addr: fine.addr}, {Addr: falls.addr}, {Addr: ejected.addr}, {ID: "never-up", Addr: never}})
+	e.prober.Notify()
+	falls.stop()
+	var ej *balancer.Host
+	for _, h := range e.p.Pool().Hosts() {
+		if h.Addr == ejected.addr {
+			ej = h
+		}
+	}
+	for range config.DefaultConsecutiveFails {
+		e.p.Pool().Failed(ej, time.Now())
+	}
+	if !ej.Ejected(time.Now()) {
+		t.Fatal("the test could not eject an upstream")
+	}
+
+	type probe struct {
+		Time                time.Time `json:"time"`
+		RTTSeconds          float64   `json:"rtt_seconds"`
+		Error               *string   `json:"error"`
+		ConsecutivePasses   int       `json:"consecutive_passes"`
+		ConsecutiveFailures int       `json:"consecutive_failures"`
+	}
+	type upstream struct {
+		ID            string     `json:"id"`
+		Address       string     `json:"address"`
+		Weight        int        `json:"weight"`
+		InRotation    bool       `json:"in_rotation"`
+		Healthy       bool       `json:"healthy"`
+		HealthChanged *time.Time `json:"health_changed"`
+		Ejected       bool       `json:"ejected"`
+		EjectedUntil  *time.Time `json:"ejected_until"`
+		Ejections     int        `json:"ejections"`
+		InFlight      *int64     `json:"in_flight"`
+		LastProbe     *probe     `json:"last_probe"`
+	}
+	var got map[string]upstream
+	// Poll the real endpoint until the probes have judged both failing
+	// upstreams (fall is 3 probes, 100ms apart).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get(t, admin+"/upstreams")
+		if code != 200 {
+			t.Fatalf("/upstreams = %d %s", code, body)
+		}
+		var out struct{ Upstreams []upstream }
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatalf("/upstreams is not JSON: %v\n%s", err, body)
+		}
+		got = map[string]upstream{}
+		for _, u := range out.Upstreams {
+			got[u.Address] = u
+		}
+		n, f := got[never], got[falls.addr]
+		if n.LastProbe != nil && !f.Healthy && f.LastProbe != nil && f.LastProbe.ConsecutiveFailures >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failing upstreams were not judged within 10s:\n%s", body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(got) != 4 {
+		t.Errorf("/upstreams lists %d upstreams, want 4", len(got))
+	}
+	for _, c := range []struct {
+		name, addr, id                   string
+		inRotation, healthy, everChanged bool
+		ejected                          bool
+		errWant                          string // "" when the last probe passed
+	}{
+		{"fine", fine.addr, fine.addr, true, true, true, false, ""},
+		{"went down", falls.addr, falls.addr, false, false, true, false, "connection refused"},
+		{"ejected", ejected.addr, ejected.addr, false, true, true, true, ""},
+		{"never up", never, "never-up", false, false, false, false, "connection refused"},
+	} {
+		u, ok := got[c.addr]
+		if !ok {
+			t.Errorf("%s: %s is not listed", c.name, c.addr)
+			continue
+		}
+		if u.ID != c.id || u.Weight != 1 || u.InFlight == nil {
+			t.Errorf("%s: id %q weight %d in_flight %v, want %q 1 0", c.name, u.ID, u.Weight, u.InFlight, c.id)
+		}
+		if u.InRotation != c.inRotation || u.Healthy != c.healthy || u.Ejected != c.ejected {
+			t.Errorf("%s: in_rotation %v healthy %v ejected %v, want %v %v %v", c.name,
+				u.InRotation, u.Healthy, u.Ejected, c.inRotation, c.healthy, c.ejected)
+		}
+		if (u.HealthChanged != nil) != c.everChanged {
+			t.Errorf("%s: health_changed %v, want it present: %v", c.name, u.HealthChanged, c.everChanged)
+		}
+		if c.ejected && (u.EjectedUntil == nil || !u.EjectedUntil.After(time.Now()) || u.Ejections != 1) {
+			t.Errorf("%s: ejected_until %v ejections %d, want a future time and 1", c.name, u.EjectedUntil, u.Ejections)
+		}
+		pr := u.LastProbe
+		if pr == nil {
+			t.Errorf("%s: no last_probe", c.name)
+			continue
+		}
+		if pr.Time.IsZero() || pr.RTTSeconds <= 0 {
+			t.Errorf("%s: last probe at %v rtt %vs, want both set", c.name, pr.Time, pr.RTTSeconds)
+		}
+		switch {
+		case c.errWant == "" && (pr.Error != nil || pr.ConsecutivePasses < 1 || pr.ConsecutiveFailures != 0):
+			t.Errorf("%s: last probe error %v passes %d fails %d, want a pass", c.name, pr.Error, pr.ConsecutivePasses, pr.ConsecutiveFailures)
+		case c.errWant != "" && (pr.Error == nil || !strings.Contains(*pr.Error, c.errWant) || !strings.Contains(*pr.Error, c.addr) || pr.ConsecutivePasses != 0 || pr.ConsecutiveFailures < 1):
+			t.Errorf("%s: last probe error %v passes %d fails %d, want a failure naming %s and %q", c.name, pr.Error, pr.ConsecutivePasses, pr.ConsecutiveFailures, c.addr, c.errWant)
+		}
+	}
+
+	// The same, one line each, for a terminal.
+	code, body := get(t, admin+"/upstreams?format=text")
+	if code != 200 {
+		t.Fatalf("/upstreams?format=text = %d %s", code, body)
+	}
+	lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("text form has %d lines, want 4:\n%s", len(lines), body)
+	}
+	for _, want := range []string{
+		fine.addr + " weight=1 state=up ",
+		falls.addr + " weight=1 state=down for=",
+		ejected.addr + " weight=1 state=ejected ",
+		never + ` id="never-up" weight=1 state=down never_up=true ejected=false`,
+	} {
+		if !strings.Contains(body, "\n"+want) && !strings.HasPrefix(body, want) {
+			t.Errorf("text form lacks a line starting %q:\n%s", want, body)
+		}
+	}
+	for _, l := range lines {
+		if strings.Contains(l, "state=down") && !strings.Contains(l, `error="probe `) {
+			t.Errorf("a down upstream's line gives no probe error: %s", l)
+		}
+	}
+	if code, _ := get(t, admin+"/upstreams?format=xml"); code != 400 {
+		t.Errorf("/upstreams?format=xml = %d, want 400", code)
 	}
 }
