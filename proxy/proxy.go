@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -101,17 +102,9 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 		// in-flight requests finish on them first.
 	}
 	p.server = &fasthttp.Server{
-		Handler:      p.Handle,
-		ErrorHandler: p.handleParseError,
-		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-			// The headers are in; from here the client gets read_body to send
-			// a body (fasthttp's ReadTimeout covered the headers). Requests
-			// without one skip this: each deadline set is a timer update.
-			if h.ContentLength() == 0 {
-				return fasthttp.RequestConfig{}
-			}
-			return fasthttp.RequestConfig{ReadTimeout: cfg.Timeouts.ReadBody.D()}
-		},
+		Handler:                       p.Handle,
+		ErrorHandler:                  p.handleParseError,
+		HeaderReceived:                p.headerReceived,
 		Name:                          "podium",
 		ReadBufferSize:                cfg.Limits.MaxHeaderBytes,
 		WriteBufferSize:               clientWriteBuffer,
@@ -224,9 +217,10 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 
 	if why := scan.smuggling(); why != "" {
 		// Never forwarded, and the connection is closed: what follows
-		// on it cannot be framed safely.
-		ctx.SetConnectionClose()
+		// on it cannot be framed safely. (After reject: writeError resets
+		// the response, and with it a close set before.)
 		p.reject(st, ctx, p.none, method, fasthttp.StatusBadRequest, errSmuggling, "malformed request: "+why, reqID, nil)
+		ctx.SetConnectionClose()
 		return
 	}
 
@@ -541,6 +535,40 @@ func (p *Proxy) ping(ctx *fasthttp.RequestCtx) {
 	ctx.SetBodyString("pong\n")
 }
 
+// headerReceived runs when a request's headers are parsed, before fasthttp
+// reads its body. The headers are in; from here the client gets read_body
+// to send a body (fasthttp's ReadTimeout covered the headers).
+//
+// A request whose framing headers are wrong (rawScan.smuggling: both
+// Transfer-Encoding and Content-Length, a coding other than chunked, ...)
+// is not read further. fasthttp's own parser lets some of them through
+// (CL+TE is read as chunked, "identity" as the Content-Length), and would
+// wait up to read_body for a body the edge then refuses (issue 14); Envoy
+// and HAProxy answer as soon as the headers are in. So its body is
+// declared empty and the connection marked to close: the handler runs at
+// once and answers 400 from the same check, and whatever the client sends
+// after the headers is never read as a request.
+func (p *Proxy) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	// 0, or -2 (neither Content-Length nor chunked): fasthttp reads no
+	// body, and Handle checks the headers. Every GET returns here, without
+	// the scan and without the clock read a body deadline costs.
+	if n := h.ContentLength(); n == 0 || n == -2 {
+		return fasthttp.RequestConfig{}
+	}
+	// A request with a body pays for a second pass over its headers
+	// (Handle makes the first one that counts): about the cost of the
+	// deadline set just below.
+	var scan rawScan
+	scan.scan(h.RawHeaders())
+	if scan.smuggling() != "" {
+		h.SetContentLength(0)
+		h.Del("Expect") // no 100 Continue inviting a body that will not be read
+		h.SetConnectionClose()
+		return fasthttp.RequestConfig{}
+	}
+	return fasthttp.RequestConfig{ReadTimeout: p.boot.Timeouts.ReadBody.D()}
+}
+
 // handleParseError answers requests fasthttp could not parse. fasthttp
 // closes the connection after it.
 func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
@@ -549,6 +577,11 @@ func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
 	st, none := p.state.Load(), p.none
+	if t := parseErrorTarget(err); t != nil {
+		// A request whose headers fasthttp rejected has lost its request
+		// line; the error's format (JSON for /api/) and the log need it.
+		ctx.Request.SetRequestURIBytes(t)
+	}
 	switch {
 	case errors.As(err, &small):
 		p.reject(st, ctx, none, 7, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeaderLimit,
@@ -565,18 +598,71 @@ func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // parseReason keeps fasthttp's own words out of the response while still
-// saying which part of the request was bad.
+// saying which part of the request was bad. It reads only fasthttp's
+// message, not the request bytes its error quotes: a header value that
+// says "chunked" must not make a bad Content-Length read as a bad chunk.
 func parseReason(err error) string {
-	s := err.Error()
+	s, _ := splitParseError(err)
+	s = strings.ToLower(s)
 	switch {
-	case bytes.Contains([]byte(s), []byte("chunk")):
-		return "invalid chunked body"
-	case bytes.Contains([]byte(s), []byte("Content-Length")), bytes.Contains([]byte(s), []byte("content-length")):
-		return "invalid Content-Length"
-	case bytes.Contains([]byte(s), []byte("ransfer-encoding")), bytes.Contains([]byte(s), []byte("ransfer-Encoding")):
+	case strings.Contains(s, "transfer-encoding"):
 		return "unsupported Transfer-Encoding"
+	case strings.Contains(s, "chunk"):
+		return "invalid chunked body"
+	case strings.Contains(s, "content-length"):
+		return "invalid Content-Length"
+	case strings.Contains(s, "invalid header key"):
+		return "invalid header name"
 	}
 	return "could not parse the request line or headers"
+}
+
+// parseErrorContents is where fasthttp's header error quotes the bytes it
+// could not parse (unless Server.SecureErrorLogMessage is set). Inside a
+// Go-quoted string every '"' is escaped, so the first occurrence of this
+// text is fasthttp's own, whatever the client sent.
+const parseErrorContents = `, contents: "`
+
+// splitParseError splits a fasthttp header error into its message and the
+// start of the request it quotes (nil when it quotes none).
+func splitParseError(err error) (msg string, head []byte) {
+	s := err.Error()
+	i := strings.Index(s, parseErrorContents)
+	if i < 0 {
+		return s, nil
+	}
+	msg = s[:i]
+	if j := strings.LastIndex(msg, ": buffer size="); j >= 0 {
+		msg = msg[:j]
+	}
+	q, qerr := strconv.QuotedPrefix(s[i+len(parseErrorContents)-1:])
+	if qerr != nil {
+		return msg, nil
+	}
+	u, qerr := strconv.Unquote(q)
+	if qerr != nil {
+		return msg, nil
+	}
+	return msg, []byte(u)
+}
+
+// parseErrorTarget is the request-target of a request fasthttp rejected
+// while parsing its headers, or nil. fasthttp forgets the request line
+// when it rejects the headers, but the edge's error must still be JSON for
+// an /api/ path; the request line is the start of the bytes its error
+// quotes ("POST /api/games/1/buy HTTP/1.1\r\n...").
+func parseErrorTarget(err error) []byte {
+	_, head := splitParseError(err)
+	line, _, _ := bytes.Cut(head, []byte{'\n'})
+	_, rest, ok := bytes.Cut(line, []byte{' '})
+	if !ok {
+		return nil
+	}
+	target, _, ok := bytes.Cut(rest, []byte{' '})
+	if !ok || len(target) == 0 || (target[0] != '/' && !bytes.Contains(target, []byte("://"))) {
+		return nil
+	}
+	return target
 }
 
 // classify maps an upstream error to the client's status.
