@@ -1,6 +1,7 @@
 package deploy_test
 
-// These tests keep the alert rules and the dashboard honest:
+// These tests keep the alert rules, the dashboard and the console pages
+// (consoles_test.go reads their queries) honest:
 //
 //   - promtool (Debian's prometheus package) checks the rule files and the
 //     demo's scrape config, runs the alert unit tests, and parses every
@@ -80,6 +81,7 @@ func TestPromtool(t *testing.T) {
 		{"test rules", []string{"test", "rules", alertTestFile}},
 		{"check config", []string{"check", "config", promConfig}},
 		{"dashboard queries parse", []string{"check", "rules", dashboardAsRules(t)}},
+		{"console queries parse", []string{"check", "rules", queriesAsRules(t, "console", consoleQueries(t))}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -113,13 +115,8 @@ func dashboardAsRules(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type rule struct {
-		Record string `yaml:"record"`
-		Expr   string `yaml:"expr"`
-	}
-	var rules []rule
 	for i, q := range qs {
-		expr := grafanaVar.ReplaceAllStringFunc(q.expr, func(v string) string {
+		qs[i].expr = grafanaVar.ReplaceAllStringFunc(q.expr, func(v string) string {
 			switch strings.Trim(v, "${}") {
 			case "__rate_interval", "__interval":
 				return "1m"
@@ -128,13 +125,33 @@ func dashboardAsRules(t *testing.T) string {
 			}
 			return ".*"
 		})
-		rules = append(rules, rule{Record: fmt.Sprintf("dashboard:query:%d", i), Expr: expr})
 	}
-	out, err := yaml.Marshal(map[string]any{"groups": []any{map[string]any{"name": "dashboard", "rules": rules}}})
+	return queriesAsRules(t, "dashboard", qs)
+}
+
+// recordNameRune is what a recording rule's name cannot hold.
+var recordNameRune = regexp.MustCompile(`[^A-Za-z0-9_]+`)
+
+// queriesAsRules writes qs as the recording rules of one group in a
+// temporary rule file, for `promtool check rules` to parse. Each rule is
+// named NAME:<where the query was found>:<i>, so that promtool's error
+// names the panel or the console line.
+func queriesAsRules(t *testing.T, name string, qs []query) string {
+	t.Helper()
+	type rule struct {
+		Record string `yaml:"record"`
+		Expr   string `yaml:"expr"`
+	}
+	var rules []rule
+	for i, q := range qs {
+		where := strings.Trim(recordNameRune.ReplaceAllString(q.where, "_"), "_")
+		rules = append(rules, rule{Record: fmt.Sprintf("%s:%s:%d", name, where, i), Expr: q.expr})
+	}
+	out, err := yaml.Marshal(map[string]any{"groups": []any{map[string]any{"name": name, "rules": rules}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "dashboard_rules.yml")
+	path := filepath.Join(t.TempDir(), name+"_rules.yml")
 	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -705,6 +722,11 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 		t.Fatalf("%s: only %d queries found; is the dashboard readable?", dashboardFile, len(dq))
 	}
 	qs = append(qs, dq...)
+	cq := consoleQueries(t)
+	if len(cq) < 60 {
+		t.Fatalf("%s: only %d queries found; are the console pages readable?", consolesDir, len(cq))
+	}
+	qs = append(qs, cq...)
 
 	used := map[string]bool{}
 	for _, q := range qs {
@@ -722,9 +744,10 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 		}
 	}
 	// Guard against a tokenizer that silently reads nothing.
-	for _, must := range []string{"podium_edge_requests_total", "podium_edge_request_duration_seconds_bucket", "podium_origin_purchases_total", "slo:podium_sli_errors:ratio_rate1h"} {
+	for _, must := range []string{"podium_edge_requests_total", "podium_edge_request_duration_seconds_bucket", "podium_origin_purchases_total", "slo:podium_sli_errors:ratio_rate1h",
+		"go_sql_idle_connections"} { // only the consoles read the idle connections
 		if !used[must] {
-			t.Errorf("no query reads %s: the rules or the dashboard lost it, or metricNames stopped seeing names", must)
+			t.Errorf("no query reads %s: the rules, the dashboard or the consoles lost it, or metricNames stopped seeing names", must)
 		}
 	}
 	if testing.Verbose() {
