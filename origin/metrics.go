@@ -1,6 +1,7 @@
 package origin
 
 import (
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,19 @@ func (m *metrics) observeQuery(op string, start time.Time) {
 	m.queries.WithLabelValues(op).Observe(time.Since(start).Seconds())
 }
 
+// methodLabel bounds the method label of the request counter: the methods
+// of RFC 9110 section 9 (and PATCH, RFC 5789) keep their name, anything else
+// a client invents is "other". A raw method would let one client mint a
+// new series per request until Prometheus, or the origin's memory, gave out.
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodPatch, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return method
+	}
+	return "other"
+}
+
 // latencyBuckets run from 0.5 ms to 10 s: the edge's own, so the two
 // services' latencies read on the same scale.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
@@ -40,7 +54,7 @@ func newMetrics() *metrics {
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podium_origin_http_requests_total",
-			Help: "HTTP requests answered, by route pattern, method and status code.",
+			Help: "HTTP requests answered, by route pattern, method (other for a method outside RFC 9110 and PATCH) and status code.",
 		}, []string{"route", "method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "podium_origin_http_request_duration_seconds",

@@ -228,7 +228,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			if sw.status == 0 {
 				sw.status = http.StatusOK
 			}
-			s.m.requests.WithLabelValues(route, r.Method, fmt.Sprint(sw.status)).Inc()
+			s.m.requests.WithLabelValues(route, methodLabel(r.Method), fmt.Sprint(sw.status)).Inc()
 			s.m.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 			// A 503 /ping is the drain or an outage, both logged once on
 			// their transition; the edge's probes would repeat it every 2s.
