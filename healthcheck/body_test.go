@@ -83,7 +83,7 @@ func TestProbeJudgesByStatus(t *testing.T) {
 			io.WriteString(w, "draining")
 		}, "status 503"},
 	}
-	const timeout = time.Second
+	const timeout = 2 * time.Second
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			addr := upstream(t, c.handler)

@@ -70,7 +70,7 @@ func runScript(t *testing.T, downLogInterval time.Duration, steps []step) []reco
 	judged := make(chan struct{}) // closed when the step after the last has been probed
 	var n int                     // probes seen; only the loop's goroutine touches it
 	p := &Prober{
-		Pool: pool, Interval: time.Millisecond, Timeout: 2 * time.Second, Rise: 2, Fall: 3,
+		Pool: pool, Interval: time.Millisecond, Timeout: 10 * time.Second, Rise: 2, Fall: 3,
 		DownLogInterval: downLogInterval,
 		Logger:          slog.New(rec),
 		// OnProbe runs after a probe and before the prober judges it: it
@@ -209,7 +209,7 @@ func TestProbeIsPublishedOnTheHost(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan string, 1)
-	p := &Prober{Pool: pool, Interval: time.Millisecond, Timeout: 2 * time.Second, Logger: slog.New(&recorder{}),
+	p := &Prober{Pool: pool, Interval: time.Millisecond, Timeout: 10 * time.Second, Logger: slog.New(&recorder{}),
 		OnProbe: func(h *balancer.Host, rtt time.Duration, err error) {
 			pr := h.LastProbe()
 			var s string
