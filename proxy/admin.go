@@ -15,8 +15,9 @@ import (
 )
 
 // AdminHandler serves the admin listener (loopback by default, as Envoy's
-// admin port is): /metrics, /ping, /config and /upstreams. It is kept off the public
-// listener so that neither the running config nor the metrics leak.
+// admin port is): /metrics, /ping, /config and /upstreams. It is kept off
+// the public listener so that neither the running config nor the metrics
+// nor the upstreams' addresses and errors leak.
 func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
