@@ -27,34 +27,34 @@ func runOrigin(args []string) error {
 	if len(args) > 0 && args[0] == "migrate" {
 		return runOriginMigrate(args[1:])
 	}
-	fs := flag.NewFlagSet("podium origin", flag.ContinueOnError)
+	fs := newEnvFlagSet("podium origin")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: podium origin [flags]\n       podium origin migrate [-migrate-dsn DSN]\n\nflags (each falls back to the environment variable in brackets):\n")
+		fmt.Fprintf(fs.Output(), "usage: podium origin [flags]\n       podium origin migrate [-migrate-dsn DSN]\n\n%s", envFlagsHelp)
 		fs.PrintDefaults()
 	}
 	var cfg origin.Config
-	fs.StringVar(&cfg.Listen, "listen", originEnv("PODIUM_ORIGIN_LISTEN", origin.DefaultListen), "HTTP listen `address` [PODIUM_ORIGIN_LISTEN]")
-	fs.StringVar(&cfg.PrimaryDSN, "primary", originEnv("PODIUM_DB_PRIMARY", ""), "primary database `DSN`, user:pass@tcp(host:port)/podium [PODIUM_DB_PRIMARY]")
-	replicas := fs.String("replicas", originEnv("PODIUM_DB_REPLICAS", ""), "comma-separated replica `DSNs` [PODIUM_DB_REPLICAS]")
-	migrateDSN := fs.String("migrate-dsn", originEnv("PODIUM_DB_MIGRATE", ""), "if set, apply schema migrations with this `DSN` (a user with CREATE/ALTER) before serving [PODIUM_DB_MIGRATE]")
-	fs.IntVar(&cfg.MaxPerOrder, "max-per-order", originEnvInt("PODIUM_ORIGIN_MAX_PER_ORDER", origin.DefaultMaxPerOrder), "most tickets in one purchase [PODIUM_ORIGIN_MAX_PER_ORDER]")
-	fs.DurationVar(&cfg.ListingMaxAge, "listing-max-age", originEnvDuration("PODIUM_ORIGIN_LISTING_MAX_AGE", origin.DefaultListingMaxAge), "Cache-Control max-age of listings and details [PODIUM_ORIGIN_LISTING_MAX_AGE]")
-	fs.DurationVar(&cfg.ReplicaMaxLag, "replica-max-lag", originEnvDuration("PODIUM_ORIGIN_REPLICA_MAX_LAG", origin.DefaultReplicaMaxLag), "skip a replica lagging more than this [PODIUM_ORIGIN_REPLICA_MAX_LAG]")
-	fs.DurationVar(&cfg.HealthInterval, "health-interval", originEnvDuration("PODIUM_ORIGIN_HEALTH_INTERVAL", origin.DefaultHealthInterval), "database health check period [PODIUM_ORIGIN_HEALTH_INTERVAL]")
-	fs.DurationVar(&cfg.GTIDWait, "gtid-wait", originEnvDuration("PODIUM_ORIGIN_GTID_WAIT", origin.DefaultGTIDWait), "longest MASTER_GTID_WAIT on a replica before reading from the primary [PODIUM_ORIGIN_GTID_WAIT]")
-	fs.DurationVar(&cfg.PurchaseTimeout, "purchase-timeout", originEnvDuration("PODIUM_ORIGIN_PURCHASE_TIMEOUT", origin.DefaultPurchaseTimeout), "bound on one purchase with its retries [PODIUM_ORIGIN_PURCHASE_TIMEOUT]")
-	fs.IntVar(&cfg.PrimaryConns, "primary-conns", originEnvInt("PODIUM_ORIGIN_PRIMARY_CONNS", origin.DefaultPrimaryConns), "primary connection pool size [PODIUM_ORIGIN_PRIMARY_CONNS]")
-	fs.IntVar(&cfg.ReplicaConns, "replica-conns", originEnvInt("PODIUM_ORIGIN_REPLICA_CONNS", origin.DefaultReplicaConns), "connection pool size per replica [PODIUM_ORIGIN_REPLICA_CONNS]")
-	fs.DurationVar(&cfg.DrainDelay, "drain", originEnvDuration("PODIUM_ORIGIN_DRAIN", origin.DefaultDrainDelay), "after SIGTERM, answer /ping 503 this long before closing the listener [PODIUM_ORIGIN_DRAIN]")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", originEnvDuration("PODIUM_ORIGIN_SHUTDOWN_TIMEOUT", origin.DefaultShutdownTimeout), "wait this long for in-flight requests at shutdown [PODIUM_ORIGIN_SHUTDOWN_TIMEOUT]")
-	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", originEnvDuration("PODIUM_ORIGIN_IDEMPOTENCY_TTL", origin.DefaultIdempotencyTTL), "keep Idempotency-Keys and their answers this long [PODIUM_ORIGIN_IDEMPOTENCY_TTL]")
-	fs.BoolVar(&cfg.AccessLog, "access-log", originEnvBool("PODIUM_ORIGIN_ACCESS_LOG"), "log every request, not only 5xx [PODIUM_ORIGIN_ACCESS_LOG]")
-	fs.Float64Var(&cfg.AccessLogSample, "access-log-sample", originEnvFloat("PODIUM_ORIGIN_ACCESS_LOG_SAMPLE", 0), "share (0..1) of successful requests logged when -access-log is off; 5xx are always logged [PODIUM_ORIGIN_ACCESS_LOG_SAMPLE]")
-	consulAddr := fs.String("consul", originEnv("PODIUM_CONSUL_ADDR", ""), "register in the Consul agent at this `host:port` (e.g. 127.0.0.1:8500); empty: do not register [PODIUM_CONSUL_ADDR]")
-	consulService := fs.String("consul-service", originEnv("PODIUM_CONSUL_SERVICE", "podium-origin"), "Consul service `name` [PODIUM_CONSUL_SERVICE]")
-	consulToken := fs.String("consul-token", originEnv("PODIUM_CONSUL_TOKEN", ""), "Consul ACL `token` [PODIUM_CONSUL_TOKEN]")
-	weight := fs.Int("weight", originEnvInt("PODIUM_ORIGIN_WEIGHT", 1), "share of traffic relative to other origins, published as Consul meta weight [PODIUM_ORIGIN_WEIGHT]")
-	if err := fs.Parse(args); err != nil {
+	fs.StringVar(&cfg.Listen, "listen", origin.DefaultListen, "HTTP listen `address`"+fs.env("listen", "PODIUM_ORIGIN_LISTEN"))
+	fs.StringVar(&cfg.PrimaryDSN, "primary", "", "primary database `DSN`, user:pass@tcp(host:port)/podium"+fs.env("primary", "PODIUM_DB_PRIMARY"))
+	replicas := fs.String("replicas", "", "comma-separated replica `DSNs`"+fs.env("replicas", "PODIUM_DB_REPLICAS"))
+	migrateDSN := fs.String("migrate-dsn", "", "if set, apply schema migrations with this `DSN` (a user with CREATE/ALTER) before serving"+fs.env("migrate-dsn", "PODIUM_DB_MIGRATE"))
+	fs.IntVar(&cfg.MaxPerOrder, "max-per-order", origin.DefaultMaxPerOrder, "most tickets in one purchase"+fs.env("max-per-order", "PODIUM_ORIGIN_MAX_PER_ORDER"))
+	fs.DurationVar(&cfg.ListingMaxAge, "listing-max-age", origin.DefaultListingMaxAge, "Cache-Control max-age of listings and details"+fs.env("listing-max-age", "PODIUM_ORIGIN_LISTING_MAX_AGE"))
+	fs.DurationVar(&cfg.ReplicaMaxLag, "replica-max-lag", origin.DefaultReplicaMaxLag, "skip a replica lagging more than this"+fs.env("replica-max-lag", "PODIUM_ORIGIN_REPLICA_MAX_LAG"))
+	fs.DurationVar(&cfg.HealthInterval, "health-interval", origin.DefaultHealthInterval, "database health check period"+fs.env("health-interval", "PODIUM_ORIGIN_HEALTH_INTERVAL"))
+	fs.DurationVar(&cfg.GTIDWait, "gtid-wait", origin.DefaultGTIDWait, "longest MASTER_GTID_WAIT on a replica before reading from the primary"+fs.env("gtid-wait", "PODIUM_ORIGIN_GTID_WAIT"))
+	fs.DurationVar(&cfg.PurchaseTimeout, "purchase-timeout", origin.DefaultPurchaseTimeout, "bound on one purchase with its retries"+fs.env("purchase-timeout", "PODIUM_ORIGIN_PURCHASE_TIMEOUT"))
+	fs.IntVar(&cfg.PrimaryConns, "primary-conns", origin.DefaultPrimaryConns, "primary connection pool size"+fs.env("primary-conns", "PODIUM_ORIGIN_PRIMARY_CONNS"))
+	fs.IntVar(&cfg.ReplicaConns, "replica-conns", origin.DefaultReplicaConns, "connection pool size per replica"+fs.env("replica-conns", "PODIUM_ORIGIN_REPLICA_CONNS"))
+	fs.DurationVar(&cfg.DrainDelay, "drain", origin.DefaultDrainDelay, "after SIGTERM, answer /ping 503 this long before closing the listener"+fs.env("drain", "PODIUM_ORIGIN_DRAIN"))
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", origin.DefaultShutdownTimeout, "wait this long for in-flight requests at shutdown"+fs.env("shutdown-timeout", "PODIUM_ORIGIN_SHUTDOWN_TIMEOUT"))
+	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", origin.DefaultIdempotencyTTL, "keep Idempotency-Keys and their answers this long"+fs.env("idempotency-ttl", "PODIUM_ORIGIN_IDEMPOTENCY_TTL"))
+	fs.BoolVar(&cfg.AccessLog, "access-log", false, "log every request, not only 5xx"+fs.env("access-log", "PODIUM_ORIGIN_ACCESS_LOG"))
+	fs.Float64Var(&cfg.AccessLogSample, "access-log-sample", 0, "share (0..1) of successful requests logged when -access-log is off; 5xx are always logged"+fs.env("access-log-sample", "PODIUM_ORIGIN_ACCESS_LOG_SAMPLE"))
+	consulAddr := fs.String("consul", "", "register in the Consul agent at this `host:port` (e.g. 127.0.0.1:8500); empty: do not register"+fs.env("consul", "PODIUM_CONSUL_ADDR"))
+	consulService := fs.String("consul-service", "podium-origin", "Consul service `name`"+fs.env("consul-service", "PODIUM_CONSUL_SERVICE"))
+	consulToken := fs.String("consul-token", "", "Consul ACL `token`"+fs.env("consul-token", "PODIUM_CONSUL_TOKEN"))
+	weight := fs.Int("weight", 1, "share of traffic relative to other origins, published as Consul meta weight"+fs.env("weight", "PODIUM_ORIGIN_WEIGHT"))
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if cfg.AccessLogSample < 0 || cfg.AccessLogSample > 1 {
@@ -151,9 +151,13 @@ func registerOrigin(ctx context.Context, addr, token, service string, at *net.TC
 }
 
 func runOriginMigrate(args []string) error {
-	fs := flag.NewFlagSet("podium origin migrate", flag.ContinueOnError)
-	dsn := fs.String("migrate-dsn", originEnv("PODIUM_DB_MIGRATE", ""), "migration `DSN`: a user with CREATE, ALTER, INDEX and DML on the database [PODIUM_DB_MIGRATE]")
-	if err := fs.Parse(args); err != nil {
+	fs := newEnvFlagSet("podium origin migrate")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: podium origin migrate [-migrate-dsn DSN]\n\n%s", envFlagsHelp)
+		fs.PrintDefaults()
+	}
+	dsn := fs.String("migrate-dsn", "", "migration `DSN`: a user with CREATE, ALTER, INDEX and DML on the database"+fs.env("migrate-dsn", "PODIUM_DB_MIGRATE"))
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if *dsn == "" {
@@ -173,57 +177,54 @@ func runOriginMigrate(args []string) error {
 	return nil
 }
 
-func originEnv(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok && v != "" {
-		return v
-	}
-	return def
+// envFlagsHelp heads the flag list of -h.
+const envFlagsHelp = "flags (a flag not given takes the environment variable in brackets, when set;\nvalues from the environment are never printed):\n"
+
+// envFlagSet is a FlagSet whose flags fall back to environment variables.
+// The defaults that -h prints stay the built-in ones: a variable's value is
+// applied only after parsing, so a DSN's password or a Consul token never
+// reaches a terminal, a CI log or a bug report through the help text
+// (issue 22.9). The help says which variables are set, not what they hold.
+type envFlagSet struct {
+	*flag.FlagSet
+	// vars maps a flag name to the variable it falls back to.
+	vars map[string]string
 }
 
-// The env fallbacks below ignore a malformed value with a warning rather
-// than failing: the flag is the place to be strict, and it still is.
-func originEnvFloat(name string, def float64) float64 {
-	v := originEnv(name, "")
-	if v == "" {
-		return def
-	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "podium origin: ignoring %s=%q: not a number\n", name, v)
-		return def
-	}
-	return f
+func newEnvFlagSet(name string) *envFlagSet {
+	return &envFlagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), vars: map[string]string{}}
 }
 
-func originEnvInt(name string, def int) int {
-	v := originEnv(name, "")
-	if v == "" {
-		return def
+// env binds the flag name to variable and returns the suffix of the flag's usage:
+// the variable's name, and whether it is set.
+func (fs *envFlagSet) env(name, variable string) string {
+	fs.vars[name] = variable
+	if os.Getenv(variable) != "" {
+		return " [" + variable + " is set]"
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "podium origin: ignoring %s=%q: not an integer\n", name, v)
-		return def
-	}
-	return n
+	return " [" + variable + "]"
 }
 
-func originEnvDuration(name string, def time.Duration) time.Duration {
-	v := originEnv(name, "")
-	if v == "" {
-		return def
+// parse parses args, then gives each flag that args did not set the value
+// of its variable, when that is set and not empty. A malformed value is
+// ignored with a warning that names the variable but not its value (which
+// may be a secret): the flag is the place to be strict, and it still is.
+func (fs *envFlagSet) parse(args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "podium origin: ignoring %s=%q: not a duration like 500ms\n", name, v)
-		return def
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, variable := range fs.vars {
+		v := os.Getenv(variable)
+		if given[name] || v == "" {
+			continue
+		}
+		if err := fs.Set(name, v); err != nil {
+			fmt.Fprintf(fs.Output(), "%s: ignoring %s: not a valid value for -%s\n", fs.Name(), variable, name)
+		}
 	}
-	return d
-}
-
-func originEnvBool(name string) bool {
-	b, _ := strconv.ParseBool(originEnv(name, "false"))
-	return b
+	return nil
 }
 
 func originSplitList(s string) []string {
