@@ -73,6 +73,11 @@ type Edge struct {
 	Listen         string               `yaml:"listen"`
 	ReusePort      bool                 `yaml:"reuse_port"`
 	Admin          string               `yaml:"admin"`
+	// AdminToken, when set, is the bearer token every admin request but
+	// /ping must carry (Authorization: Bearer TOKEN). Without it the admin
+	// listener must be on loopback: it serves the config, the upstreams,
+	// pprof and cache purges. Elided from /config.
+	AdminToken string `yaml:"admin_token"`
 	Discovery      Discovery            `yaml:"discovery"`
 	Balancer       Balancer             `yaml:"balancer"`
 	HealthCheck    HealthCheck          `yaml:"healthcheck"`
@@ -466,6 +471,12 @@ func (c *Edge) TrustedPrefixes() []netip.Prefix { return c.trusted }
 func (c *Edge) validate(v *validator) {
 	checkAddr(v, "listen", c.Listen)
 	checkAddr(v, "admin", c.Admin)
+	if c.AdminToken == "" && !IsLoopbackAddr(c.Admin) {
+		v.addf("admin", "%q is reachable beyond this host, and the admin listener serves the config, the upstreams, pprof and cache purges: bind it to 127.0.0.1:PORT, or set admin_token", c.Admin)
+	}
+	if t := c.AdminToken; t != "" && (len(t) < 16 || strings.ContainsAny(t, " \t\r\n")) {
+		v.addf("admin_token", "must be at least 16 characters without spaces (e.g. openssl rand -hex 16), got %d characters", len(t))
+	}
 
 	switch cs := c.Discovery.Consul; {
 	case cs != nil && len(c.Discovery.Static) > 0:
@@ -730,6 +741,21 @@ func checkAddr(v *validator, key, addr string) {
 	}
 }
 
+// IsLoopbackAddr says whether host:port listens on loopback only: a
+// loopback IP or "localhost". ":port" and "0.0.0.0:port" are every
+// interface, so not.
+func IsLoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
 func validPort(addr string) bool {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -765,9 +791,12 @@ func parsePrefix(s string) (netip.Prefix, error) {
 }
 
 // Redacted returns the config as YAML for /config, with the Consul token
-// elided.
+// and the admin token elided.
 func (c *Edge) Redacted() ([]byte, error) {
 	out := *c
+	if out.AdminToken != "" {
+		out.AdminToken = "<elided>"
+	}
 	if cs := c.Discovery.Consul; cs != nil && cs.Token != "" {
 		cp := *cs
 		cp.Token = "<elided>"

@@ -33,6 +33,8 @@ func TestLoadFileBad(t *testing.T) {
 		{"dup-route.bad.yaml", []string{":3: routes[1].name:", "used by an earlier route"}},
 		{"retry-post.bad.yaml", []string{":2: retries.methods[0]:", "POST is retried only with an Idempotency-Key"}},
 		{"ejection-cap.bad.yaml", []string{":3: outlier.max_ejection: must be >= outlier.base_ejection (30s), got 10s"}},
+		{"admin-public.bad.yaml", []string{`admin-public.bad.yaml:2: admin: "0.0.0.0:9901" is reachable beyond this host`, "bind it to 127.0.0.1:PORT, or set admin_token"}},
+		{"admin-short-token.bad.yaml", []string{"admin-short-token.bad.yaml:2: admin_token: must be at least 16 characters", "got 7 characters"}},
 		{"unknown-policy.bad.yaml", []string{":2: routes[0].ratelimit: no policy \"typo\" in ratelimits (have: buy, default); define ratelimits.typo, name one of those, or write ratelimit: none"}},
 		{"zero-rate.bad.yaml", []string{":2: ratelimits.buy.rate: must be > 0"}},
 		{"bad-key.bad.yaml", []string{`ratelimits.api.key: must be "ip" or "header:NAME", got "cookie:x"`}},
@@ -239,5 +241,40 @@ func TestOnlyDefaultRateLimit(t *testing.T) {
 	}
 	if d := DefaultEdge(); len(d.Notices()) != 0 || d.Validate("defaults") != nil || len(d.Notices()) != 0 {
 		t.Errorf("the embedded defaults need no fallback; notices %v", d.Notices())
+	}
+}
+
+// TestAdminAddress: the admin listener stays on loopback unless a token
+// guards it, and the token never leaves through /config.
+func TestAdminAddress(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		ok   bool
+	}{
+		{"admin: 127.0.0.1:9901\n", true},
+		{"admin: 127.0.0.53:9901\n", true},
+		{"admin: \"[::1]:9901\"\n", true},
+		{"admin: localhost:9901\n", true},
+		{"admin: \":9901\"\n", false},
+		{"admin: 0.0.0.0:9901\n", false},
+		{"admin: \"[::]:9901\"\n", false},
+		{"admin: 10.1.2.3:9901\n", false},
+		{"admin: 10.1.2.3:9901\nadmin_token: 0123456789abcdef0123\n", true},
+	} {
+		_, err := Load("edge.yaml", []byte(tc.yaml))
+		if got := err == nil; got != tc.ok {
+			t.Errorf("%q: accepted %v, want %v (err %v)", tc.yaml, got, tc.ok, err)
+		}
+	}
+	cfg, err := Load("edge.yaml", []byte("admin: 10.1.2.3:9901\nadmin_token: 0123456789abcdef0123\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cfg.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "0123456789abcdef0123") || !strings.Contains(string(out), "admin_token: <elided>") {
+		t.Errorf("/config shows the admin token or hides that one is set:\n%s", out)
 	}
 }

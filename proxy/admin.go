@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"bytes"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"net/http/pprof"
 	"strconv"
 	"strings"
@@ -24,7 +28,11 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 	}))
 	profile := fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Index)
 	cpuProfile := fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Profile)
+	token := p.boot.AdminToken // admin_token needs a restart, as admin does
 	return func(ctx *fasthttp.RequestCtx) {
+		if !adminAllowed(ctx, token) {
+			return
+		}
 		// Go's profiler, as every Go service exposes it: on the loopback
 		// admin port only, where an operator can reach it and fans cannot.
 		if path := string(ctx.Path()); strings.HasPrefix(path, "/debug/pprof/") {
@@ -213,4 +221,73 @@ func upstreamLine(u upstreamStatus, now time.Time) string {
 		b.WriteString(" probe=none_yet")
 	}
 	return b.String()
+}
+
+// adminAllowed answers, and returns false for, an admin request that must
+// not be served:
+//
+//   - Without admin_token the listener is on loopback (config refuses
+//     anything else), and a request must name it so: a Host other than a
+//     loopback address or localhost is a browser led there by DNS
+//     rebinding (a page whose name now resolves to 127.0.0.1), 403.
+//   - With admin_token, every path but /ping needs "Authorization: Bearer
+//     TOKEN" (compared in constant time), 401 otherwise, so Prometheus and
+//     operators can reach a non-loopback admin port and nobody else can.
+//   - An unsafe method (POST /cache/purge) sent by a browser from another
+//     origin is refused, 403, as Go's http.CrossOriginProtection does it:
+//     Sec-Fetch-Site must be same-origin or none, or, from a browser too
+//     old to send it, Origin must match Host. curl and Prometheus send
+//     neither header.
+func adminAllowed(ctx *fasthttp.RequestCtx, token string) bool {
+	deny := func(code int, msg string) bool {
+		ctx.SetStatusCode(code)
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("admin: " + msg + "\n")
+		return false
+	}
+	if token == "" {
+		if !loopbackHost(ctx.Host()) {
+			return deny(fasthttp.StatusForbidden, fmt.Sprintf("Host %q is not 127.0.0.1, [::1] or localhost; this listener answers loopback names only (DNS rebinding)", ctx.Host()))
+		}
+	} else if string(ctx.Path()) != "/ping" {
+		got, ok := bytes.CutPrefix(ctx.Request.Header.Peek("Authorization"), []byte("Bearer "))
+		if !ok || subtle.ConstantTimeCompare(got, []byte(token)) != 1 {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="podium-admin"`)
+			return deny(fasthttp.StatusUnauthorized, "send Authorization: Bearer <admin_token>")
+		}
+	}
+	if ctx.IsGet() || ctx.IsHead() || ctx.IsOptions() {
+		return true
+	}
+	switch site := string(ctx.Request.Header.Peek("Sec-Fetch-Site")); site {
+	case "same-origin", "none":
+		return true
+	case "":
+		origin := ctx.Request.Header.Peek("Origin")
+		if len(origin) == 0 {
+			return true
+		}
+		if _, host, ok := bytes.Cut(origin, []byte("://")); ok && bytes.Equal(host, ctx.Host()) {
+			return true
+		}
+		return deny(fasthttp.StatusForbidden, fmt.Sprintf("cross-origin %s from %q refused", ctx.Method(), origin))
+	default:
+		return deny(fasthttp.StatusForbidden, fmt.Sprintf("cross-origin %s (Sec-Fetch-Site: %s) refused", ctx.Method(), site))
+	}
+}
+
+// loopbackHost says whether a Host header names this machine's loopback:
+// 127.0.0.0/8, ::1 or localhost, with or without a port.
+func loopbackHost(h []byte) bool {
+	host := string(h)
+	if hp, _, err := net.SplitHostPort(host); err == nil {
+		host = hp
+	} else {
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

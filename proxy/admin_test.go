@@ -266,3 +266,64 @@ func TestAdminUpstreams(t *testing.T) {
 		t.Errorf("/upstreams?format=xml = %d, want 400", code)
 	}
 }
+
+// TestAdminRefusesForeignRequests: issue 22, item 10. The admin listener
+// serves the config, pprof and cache purges with no authentication, so a
+// browser must not reach it through DNS rebinding (a foreign Host) or a
+// cross-site form (POST /cache/purge), and a non-loopback admin port needs
+// a token.
+func TestAdminRefusesForeignRequests(t *testing.T) {
+	u := newUpstream(t)
+	open := startAdmin(t, startEdge(t, []*testUpstream{u}, nil))
+	const token = "0123456789abcdef0123"
+	guarded := startAdmin(t, startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.AdminToken = token }))
+	for _, tc := range []struct {
+		name, base, method, path string
+		headers                  []string
+		want                     int
+	}{
+		{"loopback Host", open, "GET", "/config", nil, 200},
+		{"localhost Host", open, "GET", "/config", []string{"Host", "localhost:9901"}, 200},
+		{"IPv6 loopback Host", open, "GET", "/config", []string{"Host", "[::1]:9901"}, 200},
+		{"rebound name", open, "GET", "/config", []string{"Host", "evil.example:9901"}, 403},
+		{"rebound name, pprof", open, "GET", "/debug/pprof/", []string{"Host", "evil.example"}, 403},
+		{"rebound name, purge", open, "POST", "/cache/purge?prefix=/", []string{"Host", "evil.example"}, 403},
+		{"purge from curl", open, "POST", "/cache/purge?prefix=/api/games", nil, 200},
+		{"purge cross-site", open, "POST", "/cache/purge?prefix=/", []string{"Sec-Fetch-Site", "cross-site"}, 403},
+		{"purge same-site other port", open, "POST", "/cache/purge?prefix=/", []string{"Sec-Fetch-Site", "same-site"}, 403},
+		{"purge foreign Origin", open, "POST", "/cache/purge?prefix=/", []string{"Origin", "https://evil.example"}, 403},
+		{"purge same origin", open, "POST", "/cache/purge?prefix=/", []string{"Sec-Fetch-Site", "same-origin"}, 200},
+		{"token: none sent", guarded, "GET", "/metrics", nil, 401},
+		{"token: wrong", guarded, "GET", "/config", []string{"Authorization", "Bearer 0123456789abcdef0124"}, 401},
+		{"token: not bearer", guarded, "GET", "/config", []string{"Authorization", token}, 401},
+		{"token: right, any Host", guarded, "GET", "/config", []string{"Authorization", "Bearer " + token, "Host", "edge-7.internal:9901"}, 200},
+		{"token: ping needs none", guarded, "GET", "/ping", []string{"Host", "edge-7.internal:9901"}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := fasthttp.AcquireRequest()
+			resp := fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI(tc.base + tc.path)
+			req.Header.SetMethod(tc.method)
+			for i := 0; i < len(tc.headers); i += 2 {
+				if tc.headers[i] == "Host" {
+					req.UseHostHeader = true
+				}
+				req.Header.Set(tc.headers[i], tc.headers[i+1])
+			}
+			if err := fasthttp.DoTimeout(req, resp, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.StatusCode(); got != tc.want {
+				t.Errorf("%s %s = %d, want %d: %s", tc.method, tc.path, got, tc.want, resp.Body())
+			}
+			if tc.want == 401 && string(resp.Header.Peek("WWW-Authenticate")) != `Bearer realm="podium-admin"` {
+				t.Errorf("401 without WWW-Authenticate: %q", resp.Header.Peek("WWW-Authenticate"))
+			}
+			if tc.want == 200 && tc.path == "/config" && strings.Contains(string(resp.Body()), token) {
+				t.Errorf("/config shows the admin token")
+			}
+		})
+	}
+}
