@@ -70,14 +70,14 @@ var DefaultTrustedProxies []string
 // An Edge is treated as immutable once loaded; it may be shared by
 // goroutines that only read it.
 type Edge struct {
-	Listen         string               `yaml:"listen"`
-	ReusePort      bool                 `yaml:"reuse_port"`
-	Admin          string               `yaml:"admin"`
+	Listen    string `yaml:"listen"`
+	ReusePort bool   `yaml:"reuse_port"`
+	Admin     string `yaml:"admin"`
 	// AdminToken, when set, is the bearer token every admin request but
 	// /ping must carry (Authorization: Bearer TOKEN). Without it the admin
 	// listener must be on loopback: it serves the config, the upstreams,
 	// pprof and cache purges. Elided from /config.
-	AdminToken string `yaml:"admin_token"`
+	AdminToken     string               `yaml:"admin_token"`
 	Discovery      Discovery            `yaml:"discovery"`
 	Balancer       Balancer             `yaml:"balancer"`
 	HealthCheck    HealthCheck          `yaml:"healthcheck"`
