@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // GTIDHeader carries the GTID of a purchase's commit in its answer, and a
@@ -84,19 +86,51 @@ func readGTID(r *http.Request) (gtid string, ok bool) {
 	return "", true
 }
 
-// listingQuery parses the listing's query string. Each problem is a message
-// for a 400.
-func (s *Server) listingQuery(q url.Values) (gameFilter, error) {
-	f := gameFilter{Limit: DefaultPageLimit, Sport: strings.TrimSpace(q.Get("sport"))}
-	if len(f.Sport) > 64 {
-		return f, errors.New("sport: at most 64 characters")
+// The listing's times are bounded by MariaDB's DATETIME, 1000-01-01 to
+// 9999-12-31 (the range the server documents as supported): outside it the
+// driver cannot even encode a parameter (year 0, year 10000), and issue 22.3
+// showed what a failed encoding did to the replicas.
+var (
+	minListingTime = time.Date(1000, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxListingTime = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+)
+
+// parseSport normalises the sport filter. A name longer than the column,
+// not UTF-8, or holding a control character is a message for a 400: no
+// sport is called that, and the database need not be asked.
+func parseSport(raw string) (string, error) {
+	sport := strings.TrimSpace(raw)
+	if len(sport) > 64 {
+		return "", errors.New("sport: at most 64 characters")
 	}
+	if !utf8.ValidString(sport) || strings.ContainsFunc(sport, unicode.IsControl) {
+		return "", errors.New("sport: not a sport name; the names are those of GET /api/games, e.g. sport=Athletics")
+	}
+	return sport, nil
+}
+
+// listingQuery parses the listing's query string. Each problem is a message
+// for a 400. What it returns is within the bounds the database can take:
+// no value a client sends reaches a query that could fail because of it.
+func (s *Server) listingQuery(q url.Values) (gameFilter, error) {
+	f := gameFilter{Limit: DefaultPageLimit}
+	sport, err := parseSport(q.Get("sport"))
+	if err != nil {
+		return f, err
+	}
+	f.Sport = sport
 	if d := q.Get("date"); d != "" {
 		day, err := time.Parse(time.DateOnly, d)
 		if err != nil {
 			return f, fmt.Errorf("date: want YYYY-MM-DD (a UTC day), got %q", d)
 		}
+		if day.Before(minListingTime) || day.After(maxListingTime) {
+			return f, fmt.Errorf("date: want a day between %s and %s, got %q", minListingTime.Format(time.DateOnly), maxListingTime.Format(time.DateOnly), d)
+		}
 		f.From, f.To = day, day.AddDate(0, 0, 1)
+		if f.To.After(maxListingTime) {
+			f.To = time.Time{} // the last day a DATETIME holds: no upper bound needed
+		}
 	}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
@@ -121,16 +155,21 @@ func encodeCursor(g Game) string {
 	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%d.%d", g.StartsAt.Unix(), g.ID))
 }
 
+// decodeCursor reads a cursor back. A cursor is client input like any
+// other: its time must lie in the range a DATETIME holds.
 func decodeCursor(s string) (time.Time, int64, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
-		return time.Time{}, 0, err
+		return time.Time{}, 0, errors.New("malformed")
 	}
 	ts, id, ok := strings.Cut(string(b), ".")
 	sec, err1 := strconv.ParseInt(ts, 10, 64)
 	n, err2 := strconv.ParseInt(id, 10, 64)
 	if !ok || err1 != nil || err2 != nil || n <= 0 {
 		return time.Time{}, 0, errors.New("malformed")
+	}
+	if sec < minListingTime.Unix() || sec > maxListingTime.Unix() {
+		return time.Time{}, 0, errors.New("time out of range")
 	}
 	return time.Unix(sec, 0).UTC(), n, nil
 }

@@ -333,6 +333,15 @@ func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context
 				// the bounded answer.
 				break
 			}
+			if !replicaFault(err) {
+				// The read itself failed (issue 22.3: a parameter the
+				// driver could not encode): it would fail the same on
+				// every replica, and setting them all aside would turn
+				// one bad request into an outage. The primary gets one
+				// try, in case the error is a replica's after all.
+				c.log.Warn("origin: replica read failed; not the replica's fault, trying the primary", "replica", r.name, "err", err)
+				break
+			}
 			r.skipUntil.Store(time.Now().Add(c.cfg.ReplicaCooldown).UnixNano())
 			c.log.Warn("origin: replica read failed, skipping it for a while",
 				"replica", r.name, "cooldown", c.cfg.ReplicaCooldown, "err", err)
@@ -424,6 +433,44 @@ func isConnError(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, sql.ErrConnDone) || errors.As(err, &ne)
+}
+
+// Server-side conditions that say a replica cannot serve reads now, as
+// opposed to errors of the statement (bad data, bad syntax) that any
+// database would return for the same request.
+var replicaFaultErrors = map[uint16]bool{
+	1021: true, // ER_DISK_FULL
+	1030: true, // ER_GET_ERRNO: storage engine error
+	1037: true, // ER_OUTOFMEMORY
+	1038: true, // ER_OUT_OF_SORTMEMORY
+	1040: true, // ER_CON_COUNT_ERROR: too many connections
+	1041: true, // ER_OUT_OF_RESOURCES
+	1044: true, // ER_DBACCESS_DENIED_ERROR: grants missing on this node
+	1045: true, // ER_ACCESS_DENIED_ERROR
+	1049: true, // ER_BAD_DB_ERROR: database missing on this node
+	1054: true, // ER_BAD_FIELD_ERROR: a replica that has not applied a migration
+	1129: true, // ER_HOST_IS_BLOCKED
+	1142: true, // ER_TABLEACCESS_DENIED_ERROR
+	1146: true, // ER_NO_SUCH_TABLE: a replica without the schema
+	1152: true, // ER_ABORTING_CONNECTION
+	1184: true, // ER_NEW_ABORTING_CONNECTION
+	1194: true, // ER_CRASHED_ON_USAGE
+	1195: true, // ER_CRASHED_ON_REPAIR
+	1205: true, // ER_LOCK_WAIT_TIMEOUT
+	1969: true, // ER_STATEMENT_TIMEOUT: max_statement_time on an overloaded node
+}
+
+// replicaFault reports whether a failed read says that the replica, or the
+// way to it, is unwell, so that reads should avoid it for a while: the
+// connection is lost, refused or timed out, or the server reports a
+// condition of its own (replicaFaultErrors). Anything else, a value the
+// driver cannot encode or the server refuses, was caused by the request
+// and says nothing about the replica.
+func replicaFault(err error) bool {
+	if isConnError(err) {
+		return true
+	}
+	return replicaFaultErrors[mysqlErrNumber(err)]
 }
 
 // retryReason names why a purchase attempt may be tried again, or "" when

@@ -204,9 +204,9 @@ const pageGameLimit = 5000
 
 func (s *Server) pageGames(w http.ResponseWriter, r *http.Request) {
 	gtid, _ := readGTID(r)
-	sport := strings.TrimSpace(r.URL.Query().Get("sport"))
-	if len(sport) > 64 {
-		s.pages.renderError(w, r, http.StatusBadRequest, "That sport name is too long.")
+	sport, err := parseSport(r.URL.Query().Get("sport"))
+	if err != nil {
+		s.pages.renderError(w, r, http.StatusBadRequest, "There is no such sport; pick one from the list on /games.")
 		return
 	}
 	games, _, err := s.db.listGames(r.Context(), gtid, gameFilter{Sport: sport, Limit: pageGameLimit})
