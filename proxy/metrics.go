@@ -172,6 +172,7 @@ type Metrics struct {
 	shed                 prometheus.Counter
 	retryBudgetExhausted prometheus.Counter
 	ejections            prometheus.Counter
+	staleConns           prometheus.Counter
 
 	cacheHit, cacheMiss, cacheStale prometheus.Counter
 	cacheStaleOnError               prometheus.Counter
@@ -247,6 +248,10 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 			Name: "podium_edge_upstream_ejections_total",
 			Help: "Upstreams ejected by outlier detection.",
 		}),
+		staleConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podium_edge_upstream_stale_connections_total",
+			Help: "Pooled upstream connections the upstream had closed, found when a request was sent on one; the request went again on a fresh connection to the same upstream (not a retry).",
+		}),
 	}
 	retries := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_edge_retries_total",
@@ -273,7 +278,7 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 		clients: prometheus.NewDesc("podium_edge_ratelimit_clients", "Clients with a bucket, by policy.", []string{"policy"}, nil),
 		evicted: prometheus.NewDesc("podium_edge_ratelimit_evicted_total", "Buckets forgotten because the policy was at max_clients (raise it if this climbs).", []string{"policy"}, nil),
 	})
-	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections, m.reloads, m.reloadOK, m.reloadTime, m.restartRequired)
+	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections, m.staleConns, m.reloads, m.reloadOK, m.reloadTime, m.restartRequired)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	m.reloadOK.Set(1)

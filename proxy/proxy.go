@@ -38,6 +38,7 @@ const maxResponseBytes = 32 << 20
 type upstream struct {
 	client   *fasthttp.HostClient
 	duration prometheus.Observer
+	stale    prometheus.Counter // requests do sent again on a fresh connection
 }
 
 // Proxy is the edge's request handler and the servers around it. Build it
@@ -158,6 +159,7 @@ func (p *Proxy) attach(h *balancer.Host) {
 	connect := p.boot.Timeouts.Connect.D()
 	h.Transport = &upstream{
 		duration: p.metrics.upstreamDuration.WithLabelValues(h.Addr),
+		stale:    p.metrics.staleConns,
 		// The HostClient keeps the connection pool (dialling, the limit,
 		// idle-connection cleanup); requests go through upstream.do, not
 		// HostClient.Do, so its request options would be unused here.
@@ -360,6 +362,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		perTry = total
 	}
 	deadline := start.Add(total)
+	replayable := st.replayable(req)
 	var tried [6]*balancer.Host
 	var last *upstreamFailure
 	var h *balancer.Host
@@ -388,7 +391,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		}
 		up := h.Transport.(*upstream)
 		h.Acquire()
-		err := up.do(req, resp, t0, timeout)
+		err := up.do(req, resp, t0, timeout, replayable)
 		end = time.Now() // one clock read serves the attempt and the total
 		took := end.Sub(t0)
 		h.Release()
@@ -403,7 +406,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 				break
 			}
 			p.upstreamFailed(h)
-			if !st.retryStatus(status) || !p.retryable(st, req, attempt, errUpstream, deadline) {
+			if !st.retryStatus(status) || !p.retryable(st, replayable, attempt, errUpstream, deadline) {
 				break
 			}
 			p.metrics.retries[retryStatus5xx].Inc()
@@ -413,7 +416,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		status, kind, msg := classify(err)
 		p.upstreamFailed(h)
 		last = &upstreamFailure{status: status, kind: kind, msg: msg, err: err}
-		if !p.retryable(st, req, attempt, kind, deadline) {
+		if !p.retryable(st, replayable, attempt, kind, deadline) {
 			return h, end, attempt, last
 		}
 		p.metrics.retries[kind].Inc()
@@ -434,24 +437,35 @@ func countTried(t []*balancer.Host) int {
 	return n
 }
 
+// replayable says whether req may be sent twice without doing its work
+// twice: an idempotent method (GET, HEAD, OPTIONS, and retries.methods),
+// or a POST carrying an Idempotency-Key, which the origin deduplicates (no
+// peer proxy retries those; the ticket origin's purchase contract makes
+// it safe).
+func (st *state) replayable(req *fasthttp.Request) bool {
+	m := req.Header.Method()
+	if isIdempotent(m) || len(req.Header.Peek("Idempotency-Key")) > 0 {
+		return true
+	}
+	for _, allowed := range st.cfg.Retries.Methods {
+		if string(m) == allowed {
+			return true
+		}
+	}
+	return false
+}
+
 // retryable says whether a failed attempt may be sent again, to another
-// upstream. Only where it cannot do the work twice: an idempotent method
-// (GET, HEAD, OPTIONS, and retries.methods); a request that provably never
-// reached an upstream (connect refused, or a dial that timed out); or a
-// POST carrying an Idempotency-Key, which the origin deduplicates (no peer
-// proxy retries those; the ticket origin's purchase contract makes it
-// safe). And only within max_retries, the time left, and the budget.
-func (p *Proxy) retryable(st *state, req *fasthttp.Request, attempt int, kind string, deadline time.Time) bool {
+// upstream. Only where it cannot do the work twice: a replayable request,
+// or one that provably never reached an upstream (connect refused, or a
+// dial that timed out). And only within max_retries, the time left, and
+// the budget.
+func (p *Proxy) retryable(st *state, replayable bool, attempt int, kind string, deadline time.Time) bool {
 	rc := &st.cfg.Retries
 	if attempt >= rc.MaxRetries || attempt+1 >= 6 || time.Until(deadline) <= 0 {
 		return false
 	}
-	m := req.Header.Method()
-	safe := isIdempotent(m) || kind == errRefused || len(req.Header.Peek("Idempotency-Key")) > 0
-	for _, allowed := range rc.Methods {
-		safe = safe || string(m) == allowed
-	}
-	if !safe {
+	if !replayable && kind != errRefused {
 		return false
 	}
 	// Envoy's retry budget: retries in flight at most budget_percent of

@@ -22,50 +22,78 @@ import (
 // deadline, and an upstreamConn re-arms its read deadline only when the
 // armed one is out of date (see upstreamConn.arm).
 //
-// One silent retry, on the same host, and only where it cannot repeat
-// work: an idempotent request whose pooled keep-alive connection the
-// upstream had already closed. Anything else is forward's decision.
-func (u *upstream) do(req *fasthttp.Request, resp *fasthttp.Response, start time.Time, timeout time.Duration) error {
+// A request that fails on a pooled connection an earlier request used,
+// before any byte of its answer, is sent again at once on a fresh
+// connection to the same upstream, where that cannot do its work twice
+// (upstreamConn.stale): replayable says it may be sent twice (an
+// idempotent method, or an Idempotency-Key); anything else only when it
+// provably never left the edge. That is an upstream closing an idle
+// keep-alive connection (Node's keepAliveTimeout is 5 s by default) as
+// the edge took it from the pool. It is not a retry: it goes to the same upstream, it is not
+// counted, and the upstream is not blamed for it. A failure on a fresh
+// connection, or once an answer has begun, is the caller's to handle.
+func (u *upstream) do(req *fasthttp.Request, resp *fasthttp.Response, start time.Time, timeout time.Duration, replayable bool) error {
 	if timeout <= 0 {
 		return fasthttp.ErrTimeout
 	}
 	deadline := start.Add(timeout)
 	req.URI().DisablePathNormalizing = true // forward the path as the client sent it
-	for attempt := 0; ; attempt++ {
-		retry, err := u.roundTrip(req, resp, deadline, timeout)
-		if err == nil {
-			return nil
-		}
-		if err == io.EOF {
-			err = fasthttp.ErrConnectionClosed
-		}
-		if !retry || attempt > 0 || req.IsBodyStream() || !isIdempotent(req.Header.Method()) ||
-			!errors.Is(err, fasthttp.ErrConnectionClosed) {
-			return err
-		}
-	}
-}
-
-// roundTrip is one exchange on one connection. retry says whether the
-// request may be sent again on a fresh connection (fasthttp's rule: any
-// failure but a response body over the limit).
-func (u *upstream) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, timeout time.Duration) (retry bool, err error) {
 	hc := u.client
 	cc, err := hc.AcquireConn(timeout, req.ConnectionClose())
 	if err != nil {
-		return false, err
+		return err
 	}
 	conn := cc.Conn()
-	if uc, ok := conn.(*upstreamConn); ok {
-		err = uc.arm(deadline, timeout)
+	uc, _ := conn.(*upstreamConn) // nil only for a test's in-memory dialer
+	for {
+		err = u.exchange(conn, uc, req, resp, deadline, timeout, !replayable)
+		if err == nil {
+			break
+		}
+		if uc == nil || !uc.stale(replayable) || req.IsBodyStream() || errors.Is(err, fasthttp.ErrTimeout) {
+			hc.CloseConn(cc)
+			if err == io.EOF {
+				err = fasthttp.ErrConnectionClosed
+			}
+			return err
+		}
+		u.stale.Inc()
+		if err = uc.redial(u.dial); err != nil {
+			hc.CloseConn(cc)
+			return err
+		}
+	}
+	if req.ConnectionClose() || resp.ConnectionClose() {
+		hc.CloseConn(cc)
+		return nil
+	}
+	if uc != nil {
+		uc.reused = true
+	}
+	hc.ReleaseConn(cc)
+	return nil
+}
+
+// dial makes a new connection to the upstream with the HostClient's dialer.
+func (u *upstream) dial() (net.Conn, error) { return u.client.Dial(u.client.Addr) }
+
+// exchange is one request and its answer on conn (uc when it is an
+// upstreamConn); check has a reused connection checked for a close by the
+// upstream before the request is sent (upstreamConn.begin).
+func (u *upstream) exchange(conn net.Conn, uc *upstreamConn, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, timeout time.Duration, check bool) error {
+	var err error
+	if uc != nil {
+		if err = uc.begin(check); err == nil {
+			err = uc.arm(deadline, timeout)
+		}
 	} else {
 		err = conn.SetDeadline(deadline)
 	}
 	if err != nil {
-		hc.CloseConn(cc)
-		return true, err
+		return err
 	}
 
+	hc := u.client
 	bw := hc.AcquireWriter(conn)
 	err = req.Write(bw)
 	if err == nil {
@@ -73,12 +101,11 @@ func (u *upstream) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, dea
 	}
 	hc.ReleaseWriter(bw)
 	if err != nil {
-		hc.CloseConn(cc)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			err = fasthttp.ErrTimeout
 		}
-		return true, err
+		return err
 	}
 
 	// ReadLimitBody resets the header and body it reads into but keeps
@@ -89,14 +116,5 @@ func (u *upstream) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, dea
 	br := hc.AcquireReader(conn)
 	err = resp.ReadLimitBody(br, hc.MaxResponseBodySize)
 	hc.ReleaseReader(br)
-	if err != nil {
-		hc.CloseConn(cc)
-		return !errors.Is(err, fasthttp.ErrBodyTooLarge), err
-	}
-	if req.ConnectionClose() || resp.ConnectionClose() {
-		hc.CloseConn(cc)
-	} else {
-		hc.ReleaseConn(cc)
-	}
-	return false, nil
+	return err
 }

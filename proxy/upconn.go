@@ -77,6 +77,14 @@ type upstreamConn struct {
 	sent       bool
 	blocked    bool
 
+	// What the exchange in progress has done, for upstream.do's decision
+	// to send its request again on a fresh connection (see stale).
+	reused   bool // an earlier exchange on this socket got its answer
+	wrote    bool // some byte of this exchange's request went into the socket
+	answered bool // some byte of its answer came back
+	onProbe  func(fd uintptr)
+	probeErr error
+
 	// eagain counts reads that found nothing and rearms read deadlines put
 	// on the socket, for tests.
 	eagain, rearms int
@@ -93,7 +101,91 @@ func newUpstreamConn(c net.Conn) net.Conn {
 	}
 	uc := &upstreamConn{tc: tc, raw: raw, local: tc.LocalAddr(), peer: tc.RemoteAddr()}
 	uc.onReadable = uc.sendThenRead
+	uc.onProbe = uc.probe
 	return uc
+}
+
+// errUpstreamClosed is a pooled connection found closed by the upstream
+// before a request was sent on it.
+var errUpstreamClosed = errors.New("the upstream had closed the pooled connection")
+
+// begin starts an exchange. With check, a connection an earlier exchange
+// used is first checked for a close by the upstream while it sat in the
+// pool, and if it was closed, begin returns errUpstreamClosed and the
+// request is not sent: provably, it never reached the upstream.
+//
+// The check is one recvfrom(2) with MSG_PEEK: a FIN or reset that came
+// while the connection was idle is waiting there. It narrows the window
+// in which a request that must not be sent twice can be lost to an idle
+// close to the microseconds between the check and the send. A request
+// that may be sent twice needs no check (upstream.do resends it after a
+// failure), so only the others pay for the system call.
+func (c *upstreamConn) begin(check bool) error {
+	c.wrote, c.answered = false, false
+	if !check || !c.reused {
+		return nil
+	}
+	c.probeErr = nil
+	if err := c.raw.Control(c.onProbe); err != nil {
+		return err
+	}
+	return c.probeErr
+}
+
+func (c *upstreamConn) probe(fd uintptr) {
+	var b [1]byte
+	for {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		switch {
+		case e == syscall.EINTR:
+			continue
+		case e == syscall.EAGAIN:
+			return // nothing waiting: the connection is open
+		case e != 0:
+			c.probeErr = c.opError("read", e)
+		case n == 0:
+			c.probeErr = errUpstreamClosed
+		default:
+			// Bytes nobody asked for: whatever they are, this connection's
+			// framing is lost.
+			c.probeErr = errors.New("the upstream sent bytes on an idle connection")
+		}
+		return
+	}
+}
+
+// stale says whether the exchange that just failed may be sent again on a
+// fresh connection, as if it had not been tried: it failed on a
+// connection an earlier exchange used, before any byte of its answer came,
+// and it may be sent twice (replayable) or provably never left the edge.
+// That is the upstream closing a pooled connection, at its keep-alive
+// timeout or on a restart, just before or as the edge used it. nginx
+// likewise does not count a failure on a cached connection as a try
+// (ngx_http_upstream_next), and Go's Transport resends on a new
+// connection (persistConn.shouldRetryRequest).
+func (c *upstreamConn) stale(replayable bool) bool {
+	return c.reused && !c.answered && (replayable || !c.wrote)
+}
+
+// redial replaces c's socket by a new connection to the same upstream,
+// made by dial, so that c keeps its place in the HostClient's pool (and
+// its count towards max_conns). On error c is closed.
+func (c *upstreamConn) redial(dial func() (net.Conn, error)) error {
+	c.release()
+	c.tc.Close()
+	nc, err := dial()
+	if err != nil {
+		return err
+	}
+	fresh, ok := nc.(*upstreamConn)
+	if !ok {
+		nc.Close()
+		return errors.New("redial: the dialer made no TCP connection")
+	}
+	c.tc, c.raw, c.local, c.peer = fresh.tc, fresh.raw, fresh.local, fresh.peer
+	c.writeDL, c.appliedDL, c.readDL = time.Time{}, time.Time{}, time.Time{}
+	c.reused, c.wrote, c.answered = false, false, false
+	return nil
 }
 
 // Write holds p until the next Read, up to maxHeldRequest bytes in all;
@@ -119,7 +211,7 @@ func (c *upstreamConn) Write(p []byte) (int, error) {
 // read(2); with nothing held it is a plain read (the rest of a response).
 func (c *upstreamConn) Read(p []byte) (int, error) {
 	if c.held == nil {
-		return c.tc.Read(p)
+		return c.readPlain(p)
 	}
 	if len(p) == 0 {
 		return 0, nil
@@ -139,7 +231,7 @@ func (c *upstreamConn) Read(p []byte) (int, error) {
 		if _, err := c.flushHeldFrom(c.off); err != nil {
 			return 0, err
 		}
-		return c.tc.Read(p)
+		return c.readPlain(p)
 	}
 	c.release()
 	if c.err != nil {
@@ -149,6 +241,15 @@ func (c *upstreamConn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return c.n, nil
+}
+
+// readPlain is a read with nothing to send first.
+func (c *upstreamConn) readPlain(p []byte) (int, error) {
+	n, err := c.tc.Read(p)
+	if n > 0 {
+		c.answered = true
+	}
+	return n, err
 }
 
 // sendThenRead runs under the poller's read lock: the first call sends the
@@ -168,6 +269,7 @@ func (c *upstreamConn) sendThenRead(fd uintptr) bool {
 				return true
 			}
 			c.off += n
+			c.wrote = true
 		}
 		c.sent = true
 		return false // the answer cannot be there yet: wait for it
@@ -182,6 +284,7 @@ func (c *upstreamConn) sendThenRead(fd uintptr) bool {
 		return true
 	}
 	c.n = n
+	c.answered = n > 0
 	return true
 }
 
@@ -203,7 +306,11 @@ func (c *upstreamConn) blockingWrite(p []byte) (int, error) {
 		}
 		c.appliedDL = c.writeDL
 	}
-	return c.tc.Write(p)
+	n, err := c.tc.Write(p)
+	if n > 0 {
+		c.wrote = true
+	}
+	return n, err
 }
 
 func (c *upstreamConn) release() {
