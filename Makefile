@@ -9,7 +9,7 @@ GOTESTFLAGS   ?=
 # Packages on the request path also run under the race detector.
 RACE_PKGS     := ./config/... ./balancer/... ./healthcheck/... ./proxy/... ./discovery/...
 
-.PHONY: all build test test-go test-race lint deps consul demo demo-clean bench smoke hooks clean
+.PHONY: all build test test-go test-race lint fuzz deps consul demo demo-clean bench smoke hooks clean
 
 all: build
 
@@ -30,6 +30,14 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 test: deps consul lint test-race test-go
+	scripts/fuzz.sh $(CI_FUZZTIME)
+
+# Every Fuzz target in the module for FUZZTIME each; make test runs them
+# for CI_FUZZTIME. A crasher lands in the package's testdata/fuzz/: commit it.
+FUZZTIME      ?= 20s
+CI_FUZZTIME   ?= 8s
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
 
 test-race:
 	$(GO) test -race -count=1 $(GOTESTFLAGS) $(RACE_PKGS)
