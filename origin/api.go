@@ -73,17 +73,29 @@ func (s *Server) serverError(w http.ResponseWriter, r *http.Request, err error) 
 	s.pages.renderError(w, r, status, msg)
 }
 
-// readGTID returns the GTID a read must observe: the API's header, or the
-// pages' cookie. ok is false for a malformed header (a client bug worth a
-// 400); a malformed cookie is ignored, as a browser cannot fix it.
-func readGTID(r *http.Request) (gtid string, ok bool) {
+// readGTID returns the GTID a read must observe, checked against the
+// cluster (cluster.checkGTID) and in canonical form: the API's header, or
+// the pages' cookie. A header that is malformed or outside the cluster
+// returns the message of a 400 (a client bug worth reporting); such a
+// cookie is ignored, as a browser cannot fix it.
+func (s *Server) readGTID(r *http.Request) (gtid, problem string) {
 	if h := r.Header.Get(GTIDHeader); h != "" {
-		return h, validGTID(h)
+		gtid, err := s.db.checkGTID(r.Context(), h)
+		var refused errGTIDRefused
+		switch {
+		case errors.As(err, &refused):
+			return "", fmt.Sprintf("%s: %.80q %s", GTIDHeader, h, refused.msg)
+		case err != nil:
+			return "", GTIDHeader + ": " + err.Error()
+		}
+		return gtid, ""
 	}
-	if c, err := r.Cookie(GTIDCookie); err == nil && validGTID(c.Value) {
-		return c.Value, true
+	if c, err := r.Cookie(GTIDCookie); err == nil {
+		if gtid, err := s.db.checkGTID(r.Context(), c.Value); err == nil {
+			return gtid, ""
+		}
 	}
-	return "", true
+	return "", ""
 }
 
 // The listing's times are bounded by MariaDB's DATETIME, 1000-01-01 to
@@ -183,9 +195,9 @@ type gameList struct {
 }
 
 func (s *Server) apiListGames(w http.ResponseWriter, r *http.Request) {
-	gtid, ok := readGTID(r)
-	if !ok {
-		apiError(w, r, http.StatusBadRequest, GTIDHeader+": want a GTID position such as 0-1-42 from a purchase's answer")
+	gtid, problem := s.readGTID(r)
+	if problem != "" {
+		apiError(w, r, http.StatusBadRequest, problem)
 		return
 	}
 	f, err := s.listingQuery(r.URL.Query())
@@ -212,9 +224,9 @@ func (s *Server) apiListGames(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) apiGetGame(w http.ResponseWriter, r *http.Request) {
-	gtid, ok := readGTID(r)
-	if !ok {
-		apiError(w, r, http.StatusBadRequest, GTIDHeader+": want a GTID position such as 0-1-42 from a purchase's answer")
+	gtid, problem := s.readGTID(r)
+	if problem != "" {
+		apiError(w, r, http.StatusBadRequest, problem)
 		return
 	}
 	id, ok := parseGameID(r.PathValue("id"))

@@ -68,6 +68,12 @@ type Config struct {
 	// GTIDWait bounds MASTER_GTID_WAIT for a read-your-writes read; past it
 	// the read goes to the primary (DefaultGTIDWait).
 	GTIDWait time.Duration
+	// GTIDWaitConns bounds the MASTER_GTID_WAITs running at once on one
+	// replica, each holding a connection for up to GTIDWait. A read that
+	// finds every replica's waits taken reads from the primary. Zero means
+	// half of ReplicaConns (at least 1), so that plain reads always keep
+	// the other half of the pool.
+	GTIDWaitConns int
 
 	// PurchaseTimeout bounds one purchase including its retries
 	// (DefaultPurchaseTimeout).
@@ -130,6 +136,9 @@ func (c Config) withDefaults() Config {
 	if c.ReplicaConns == 0 {
 		c.ReplicaConns = DefaultReplicaConns
 	}
+	if c.GTIDWaitConns == 0 {
+		c.GTIDWaitConns = max(c.ReplicaConns/2, 1)
+	}
 	set(&c.ListingMaxAge, DefaultListingMaxAge)
 	set(&c.ReplicaMaxLag, DefaultReplicaMaxLag)
 	set(&c.HealthInterval, DefaultHealthInterval)
@@ -167,6 +176,9 @@ func (c Config) Validate() error {
 	}
 	if c.PrimaryConns < 0 || c.ReplicaConns < 0 {
 		errs = append(errs, fmt.Errorf("connection pools: must be >= 1, got primary %d, replica %d", c.PrimaryConns, c.ReplicaConns))
+	}
+	if c.GTIDWaitConns < 0 || (c.ReplicaConns > 0 && c.GTIDWaitConns > c.ReplicaConns) {
+		errs = append(errs, fmt.Errorf("gtid wait conns: must be 0 (half the replica pool) or 1..replica conns, got %d", c.GTIDWaitConns))
 	}
 	return errors.Join(errs...)
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"regexp"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -29,13 +28,9 @@ var ErrUnavailable = errors.New("ticket database unavailable")
 // Config.GTIDWait; the read then goes to the primary.
 var errGTIDTimeout = errors.New("replica did not reach the presented GTID in time")
 
-// gtidPattern accepts a MariaDB GTID position: domain-server-sequence, one
-// per domain, comma separated. Anything else from a client is refused before
-// it reaches MASTER_GTID_WAIT.
-var gtidPattern = regexp.MustCompile(`^[0-9]{1,10}-[0-9]{1,10}-[0-9]{1,20}(,[0-9]{1,10}-[0-9]{1,10}-[0-9]{1,20}){0,15}$`)
-
-// validGTID reports whether s is a GTID position a client may present.
-func validGTID(s string) bool { return len(s) <= 512 && gtidPattern.MatchString(s) }
+// errGTIDBusy means every usable replica already runs as many GTID waits
+// as Config.GTIDWaitConns allows; the read then goes to the primary.
+var errGTIDBusy = errors.New("every replica's GTID waits are taken")
 
 // querier is what a read needs; *sql.DB and *sql.Conn both satisfy it.
 type querier interface {
@@ -62,6 +57,11 @@ type replica struct {
 	skipUntil atomic.Int64
 	// lagSeconds is Seconds_Behind_Master at the last check, -1 if unknown.
 	lagSeconds atomic.Int64
+	// gtidWaits holds a token per MASTER_GTID_WAIT running on this
+	// replica: each holds a connection for up to GTIDWait, so without a
+	// bound a few dozen requests a second presenting GTIDs the replica has
+	// not applied would take its whole pool (issue 22.4).
+	gtidWaits chan struct{}
 }
 
 func (r *replica) usable(now time.Time) bool {
@@ -83,6 +83,9 @@ type cluster struct {
 	primaryUp atomic.Bool
 	// rr spreads reads round-robin; the value Add returns picks the start.
 	rr atomic.Uint64
+	// pos is the primary's GTID position as last seen, against which the
+	// GTIDs that clients present are checked.
+	pos primaryPosition
 }
 
 // openDB opens a pool for dsn with the driver settings the origin relies on:
@@ -140,7 +143,7 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 			c.close()
 			return nil, fmt.Errorf("replica %d: %w", i+1, err)
 		}
-		r := &replica{name: name, db: db}
+		r := &replica{name: name, db: db, gtidWaits: make(chan struct{}, cfg.GTIDWaitConns)}
 		r.lagSeconds.Store(-1)
 		m.reg.MustRegister(collectors.NewDBStatsCollector(db, fmt.Sprintf("replica%d", i+1)))
 		c.replicas = append(c.replicas, r)
@@ -211,10 +214,21 @@ func (c *cluster) check(ctx context.Context) {
 	if timeout < 500*time.Millisecond {
 		timeout = 500 * time.Millisecond
 	}
+	// The primary's GTID position is the ping: one round trip that says
+	// the primary answers and keeps the known position current.
 	pctx, cancel := context.WithTimeout(ctx, timeout)
-	err := c.primary.PingContext(pctx)
+	start := time.Now()
+	var pos string
+	err := c.primary.QueryRowContext(pctx, "SELECT @@gtid_binlog_pos").Scan(&pos)
 	cancel()
 	up := err == nil
+	if up {
+		if p, perr := parsePrimaryPosition(pos); perr != nil {
+			c.log.Warn("origin: "+perr.Error(), "primary", c.primaryName)
+		} else {
+			c.pos.fetched(p, start)
+		}
+	}
 	if c.primaryUp.Swap(up) != up {
 		if up {
 			c.log.Info("origin: primary is up", "primary", c.primaryName)
@@ -313,6 +327,7 @@ func (c *cluster) replicaStatus(ctx context.Context, r *replica) (ok bool, lag i
 func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context, querier) error) error {
 	now := time.Now()
 	n := len(c.replicas)
+	busy := false
 	if n > 0 {
 		start := int(c.rr.Add(1) % uint64(n))
 		for i := range n {
@@ -327,6 +342,10 @@ func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if errors.Is(err, errGTIDBusy) {
+				busy = true
+				continue
 			}
 			if errors.Is(err, errGTIDTimeout) {
 				// Another replica is as likely to be behind; the primary is
@@ -346,6 +365,13 @@ func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context
 			c.log.Warn("origin: replica read failed, skipping it for a while",
 				"replica", r.name, "cooldown", c.cfg.ReplicaCooldown, "err", err)
 		}
+	}
+	if busy {
+		// Every usable replica had its GTID waits taken: the excess reads
+		// from the primary, which is current, instead of queueing for a
+		// replica connection (or failing with 503 a client who did nothing
+		// wrong).
+		c.m.gtidWaits.WithLabelValues("busy").Inc()
 	}
 	err := fn(ctx, c.primary)
 	if err == nil || isNotFound(err) {
@@ -373,6 +399,12 @@ func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context
 func (c *cluster) readReplica(ctx context.Context, r *replica, gtid string, fn func(context.Context, querier) error) error {
 	if gtid == "" {
 		return fn(ctx, r.db)
+	}
+	select {
+	case r.gtidWaits <- struct{}{}:
+		defer func() { <-r.gtidWaits }()
+	default:
+		return errGTIDBusy
 	}
 	// MASTER_GTID_WAIT and the read must share one session: the wait says
 	// nothing about another connection's snapshot.

@@ -203,7 +203,7 @@ func (s *Server) pageNotFound(w http.ResponseWriter, r *http.Request) {
 const pageGameLimit = 5000
 
 func (s *Server) pageGames(w http.ResponseWriter, r *http.Request) {
-	gtid, _ := readGTID(r)
+	gtid, _ := s.readGTID(r)
 	sport, err := parseSport(r.URL.Query().Get("sport"))
 	if err != nil {
 		s.pages.renderError(w, r, http.StatusBadRequest, "There is no such sport; pick one from the list on /games.")
@@ -262,7 +262,7 @@ func (s *Server) gameFromPath(w http.ResponseWriter, r *http.Request, gtid strin
 }
 
 func (s *Server) pageGame(w http.ResponseWriter, r *http.Request) {
-	gtid, _ := readGTID(r)
+	gtid, _ := s.readGTID(r)
 	g, ok := s.gameFromPath(w, r, gtid)
 	if !ok {
 		return
@@ -271,7 +271,7 @@ func (s *Server) pageGame(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) pageBuyForm(w http.ResponseWriter, r *http.Request) {
-	gtid, _ := readGTID(r)
+	gtid, _ := s.readGTID(r)
 	g, ok := s.gameFromPath(w, r, gtid)
 	if !ok {
 		return
@@ -287,7 +287,7 @@ const maxFormBody = 8 << 10
 
 func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	gtid, _ := readGTID(r)
+	gtid, _ := s.readGTID(r)
 	g, ok := s.gameFromPath(w, r, gtid)
 	if !ok {
 		return

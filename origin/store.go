@@ -250,6 +250,11 @@ func (c *cluster) purchase(ctx context.Context, p purchaseRequest) (purchaseOutc
 		}
 		out, err := c.purchaseOnce(ctx, p, token[:], hash)
 		if err == nil {
+			// The client may present this GTID to any origin next; this
+			// one knows at once that the primary has reached it.
+			if pos, perr := parseGTID(out.GTID); perr == nil {
+				c.pos.merge(pos)
+			}
 			return out, nil
 		}
 		lastErr = err

@@ -42,6 +42,7 @@ func runOrigin(args []string) error {
 	fs.DurationVar(&cfg.ReplicaMaxLag, "replica-max-lag", origin.DefaultReplicaMaxLag, "skip a replica lagging more than this"+fs.env("replica-max-lag", "PODIUM_ORIGIN_REPLICA_MAX_LAG"))
 	fs.DurationVar(&cfg.HealthInterval, "health-interval", origin.DefaultHealthInterval, "database health check period"+fs.env("health-interval", "PODIUM_ORIGIN_HEALTH_INTERVAL"))
 	fs.DurationVar(&cfg.GTIDWait, "gtid-wait", origin.DefaultGTIDWait, "longest MASTER_GTID_WAIT on a replica before reading from the primary"+fs.env("gtid-wait", "PODIUM_ORIGIN_GTID_WAIT"))
+	fs.IntVar(&cfg.GTIDWaitConns, "gtid-wait-conns", 0, "most MASTER_GTID_WAITs at once per replica, each holding a connection; the excess reads from the primary (0: half of -replica-conns)"+fs.env("gtid-wait-conns", "PODIUM_ORIGIN_GTID_WAIT_CONNS"))
 	fs.DurationVar(&cfg.PurchaseTimeout, "purchase-timeout", origin.DefaultPurchaseTimeout, "bound on one purchase with its retries"+fs.env("purchase-timeout", "PODIUM_ORIGIN_PURCHASE_TIMEOUT"))
 	fs.IntVar(&cfg.PrimaryConns, "primary-conns", origin.DefaultPrimaryConns, "primary connection pool size"+fs.env("primary-conns", "PODIUM_ORIGIN_PRIMARY_CONNS"))
 	fs.IntVar(&cfg.ReplicaConns, "replica-conns", origin.DefaultReplicaConns, "connection pool size per replica"+fs.env("replica-conns", "PODIUM_ORIGIN_REPLICA_CONNS"))
