@@ -408,9 +408,9 @@ func (b *browser) cells(sel string) [][]string {
 // humanize's k or M after it.
 var leadingNumber = regexp.MustCompile(`^(-?[0-9.]+(?:e[-+]?[0-9]+)?)([kM]?)`)
 
-// number reads a cell that prom_query_drilldown rendered ("12", "2.5k",
+// cellNumber reads a cell that prom_query_drilldown rendered ("12", "2.5k",
 // "0.333/s").
-func number(s string) (float64, bool) {
+func cellNumber(s string) (float64, bool) {
 	m := leadingNumber.FindStringSubmatch(strings.TrimSpace(s))
 	if m == nil {
 		return 0, false
@@ -434,7 +434,7 @@ func rowValue(t *testing.T, rows [][]string, label string, col int) float64 {
 	t.Helper()
 	for _, r := range rows {
 		if len(r) > col && r[0] == label {
-			v, ok := number(r[col])
+			v, ok := cellNumber(r[col])
 			if !ok {
 				t.Errorf("row %q: column %d is %q, not a number", label, col, r[col])
 			}
@@ -526,7 +526,7 @@ func checkSalePage(t *testing.T, b *browser) {
 			t.Errorf("sale: database %s %s usable %q, want yes", d[0], d[1], d[2])
 		}
 		if d[0] == "replica" {
-			if v, ok := number(d[3]); !ok || v < 0 || v > 5 {
+			if v, ok := cellNumber(d[3]); !ok || v < 0 || v > 5 {
 				t.Errorf("sale: replica %s lag %q, want a few seconds at most", d[1], d[3])
 			}
 		}
