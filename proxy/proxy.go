@@ -365,6 +365,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 	replayable := st.replayable(req)
 	var tried [6]*balancer.Host
 	var last *upstreamFailure
+	var reason string // why the next attempt would be a retry
 	var h *balancer.Host
 	var end time.Time
 	for attempt := 0; ; attempt++ {
@@ -388,6 +389,9 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 			t0 = end
 			timeout = min(perTry, deadline.Sub(t0))
 			p.activeRetries.Add(1)
+			// Counted here, when it is sent: with no other upstream to
+			// pick there is no retry, whatever retryable said.
+			p.metrics.retries[reason].Inc()
 		}
 		up := h.Transport.(*upstream)
 		h.Acquire()
@@ -409,7 +413,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 			if !st.retryStatus(status) || !p.retryable(st, replayable, attempt, errUpstream, deadline) {
 				break
 			}
-			p.metrics.retries[retryStatus5xx].Inc()
+			reason = retryStatus5xx
 			last = &upstreamFailure{status: status, kind: errUpstream, msg: "the ticket service answered " + strconv.Itoa(status)}
 			continue
 		}
@@ -419,7 +423,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 		if !p.retryable(st, replayable, attempt, kind, deadline) {
 			return h, end, attempt, last
 		}
-		p.metrics.retries[kind].Inc()
+		reason = kind
 	}
 	var toks [8][]byte
 	if mask, tokens := responseHopMask(&resp.Header, toks[:0]); mask != 0 {
@@ -570,8 +574,7 @@ func (p *Proxy) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		return fasthttp.RequestConfig{}
 	}
 	// A request with a body pays for a second pass over its headers
-	// (Handle makes the first one that counts): about the cost of the
-	// deadline set just below.
+	// (Handle's is the one that decides); a GET does not.
 	var scan rawScan
 	scan.scan(h.RawHeaders())
 	if scan.smuggling() != "" {

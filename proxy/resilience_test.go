@@ -306,3 +306,27 @@ func keepBusy(t *testing.T, e *testEdge, addr string) {
 	}
 	t.Fatalf("no upstream %s in the pool", addr)
 }
+
+// podium_edge_retries_total counts requests sent again, to another
+// upstream. With one upstream there is none to send to: a failure that
+// retryable allows is still no retry, as X-Podium-Retries says (issue 14's
+// 502s were logged "retries 0" while the counter grew).
+func TestRetriesCountedOnlyWhenSent(t *testing.T) {
+	u := newUpstream(t)
+	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) {
+		c.HealthCheck.Interval = config.Duration(time.Hour) // keep it up in the pool once it is
+		c.HealthCheck.Timeout = config.Duration(time.Second)
+	})
+	u.stop() // connect refused: retryable for any method
+	r := do(t, "GET", e.url("/x"))
+	if r.code != 502 || r.header.Get("X-Podium-Retries") != "" {
+		t.Errorf("GET to the one upstream, refused: %d, X-Podium-Retries %q; want 502 and none", r.code, r.header.Get("X-Podium-Retries"))
+	}
+	total := 0.0
+	for _, c := range e.p.metrics.retries {
+		total += testCounter(c)
+	}
+	if total != 0 {
+		t.Errorf("podium_edge_retries_total = %v with one upstream, want 0", total)
+	}
+}
