@@ -342,12 +342,17 @@ func (s *Server) apiBuy(w http.ResponseWriter, r *http.Request) {
 		apiError(w, r, http.StatusNotFound, fmt.Sprintf("no game with id %q; ids are positive integers from GET /api/games", r.PathValue("id")))
 		return
 	}
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || mt != "application/json" {
-			apiError(w, r, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type: send application/json, got %q", ct))
-			return
+	// application/json alone: a browser sends text/plain, a form type or
+	// no Content-Type at all to another site without asking it first (a
+	// CORS preflight), so accepting those would let any page post orders.
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		msg := fmt.Sprintf("Content-Type: send application/json, got %.100q", ct)
+		if ct == "" {
+			msg = "Content-Type: send application/json; the request has none"
 		}
+		apiError(w, r, http.StatusUnsupportedMediaType, msg)
+		return
 	}
 	key := r.Header.Get("Idempotency-Key")
 	if _, sent := r.Header["Idempotency-Key"]; sent && !validIdempotencyKey(key) {

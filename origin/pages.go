@@ -168,6 +168,8 @@ func (p *pages) renderErrorFor(w http.ResponseWriter, r *http.Request, status in
 		title = "Tickets are briefly unavailable"
 	case http.StatusConflict:
 		title = "Not enough seats"
+	case http.StatusForbidden:
+		title = "Request refused"
 	}
 	p.render(w, r, status, "error", pageData{Title: title, Message: msg, GameID: gameID})
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -138,7 +139,46 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /ping", s.ping)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", s.pageNotFound)
-	return s.middleware(mux)
+	return s.middleware(s.sameOrigin(mux))
+}
+
+// sameOrigin refuses requests with an unsafe method (POST and the like)
+// that a browser says come from another site, before anything reads them:
+// the defence against cross-site request forgery that browsers now make
+// possible, by the standard library's CrossOriginProtection. A browser
+// marks every request with Sec-Fetch-Site, and older ones still send Origin
+// on a cross-origin POST; only "same-origin" and "none" (typed in the
+// address bar) pass, or an Origin whose host is the request's Host, which
+// the edge forwards unchanged. Clients that are not browsers send neither
+// header and pass; they cannot act with a fan's cookies anyway. The buy
+// form's token (formToken) is the second, independent check.
+func (s *Server) sameOrigin(next http.Handler) http.Handler {
+	cop := http.NewCrossOriginProtection()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := cop.Check(r); err != nil {
+			s.log.Info("origin: cross-origin request refused", "request_id", requestID(r), "method", r.Method, "path", r.URL.Path,
+				"origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"))
+			w.Header().Set("Cache-Control", "no-store")
+			if isAPI(r) {
+				apiError(w, r, http.StatusForbidden, "refused: this request came from another site (Origin "+
+					strconvQuote(r.Header.Get("Origin"))+", Sec-Fetch-Site "+strconvQuote(r.Header.Get("Sec-Fetch-Site"))+
+					"); a browser may buy only from this site's own pages")
+				return
+			}
+			s.pages.renderError(w, r, http.StatusForbidden, "This purchase was sent from another site, so it was refused and nothing was bought. "+
+				"To buy tickets, use the form on this site.")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// strconvQuote quotes a header value for a message, cut to 100 bytes.
+func strconvQuote(v string) string {
+	if len(v) > 100 {
+		v = v[:100]
+	}
+	return strconv.Quote(v)
 }
 
 // requestIDKey carries the request ID in the request context.
