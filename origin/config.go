@@ -104,6 +104,12 @@ type Config struct {
 	// are kept (DefaultIdempotencyTTL); older keys are deleted in the
 	// background, and a request reusing one is a new purchase.
 	IdempotencyTTL time.Duration
+	// FormSecret is the key that signs the buy form's anti-forgery tokens.
+	// Every origin of a cluster needs the same one, since a form rendered
+	// by one origin may be posted through the edge to another. Empty means
+	// the key that migration 0003 stored in the database (origin_secrets),
+	// which every origin of the cluster reads. When set, at least 32 bytes.
+	FormSecret string
 	// AccessLog logs every request at Info level when true; by default only
 	// 5xx answers and panics are logged.
 	AccessLog bool
@@ -176,6 +182,10 @@ func (c Config) Validate() error {
 	}
 	if c.PrimaryConns < 0 || c.ReplicaConns < 0 {
 		errs = append(errs, fmt.Errorf("connection pools: must be >= 1, got primary %d, replica %d", c.PrimaryConns, c.ReplicaConns))
+	}
+	if c.FormSecret != "" && len(c.FormSecret) < 32 {
+		// The value is a secret: its length only.
+		errs = append(errs, fmt.Errorf("form secret: at least 32 bytes, got %d (e.g. openssl rand -hex 32)", len(c.FormSecret)))
 	}
 	if c.GTIDWaitConns < 0 || (c.ReplicaConns > 0 && c.GTIDWaitConns > c.ReplicaConns) {
 		errs = append(errs, fmt.Errorf("gtid wait conns: must be 0 (half the replica pool) or 1..replica conns, got %d", c.GTIDWaitConns))

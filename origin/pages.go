@@ -119,8 +119,10 @@ type pageData struct {
 	Days   []dayGroup
 	Total  int
 	// game, buy, confirmation
-	Game     Game
+	Game Game
+	// Key is the form's Idempotency-Key, Token its anti-forgery token.
 	Key      string
+	Token    string
 	Quantity int
 	Email    string
 	Error    string
@@ -278,10 +280,24 @@ func (s *Server) pageBuyForm(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	// The form carries a fresh Idempotency-Key: a double click or a reload
-	// of the POST replays the first answer instead of buying twice.
+	s.renderBuyForm(w, r, http.StatusOK, pageData{Game: g, Quantity: 1})
+}
+
+// renderBuyForm renders the buy form with a fresh Idempotency-Key, so that a
+// double click or a reload of the POST replays the first answer instead of
+// buying twice, and a fresh token bound to the visitor (formtoken.go).
+// Never cached: both are this render's own.
+func (s *Server) renderBuyForm(w http.ResponseWriter, r *http.Request, status int, d pageData) {
+	key, err := s.forms.keyFor(r.Context())
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	d.Key = newRequestID()
+	d.Token = signFormToken(key, d.Game.ID, time.Now(), ensureVisitor(w, r))
+	d.Max = s.cfg.MaxPerOrder
 	w.Header().Set("Cache-Control", "no-store")
-	s.pages.render(w, r, http.StatusOK, "buy", pageData{Game: g, Key: newRequestID(), Quantity: 1, Max: s.cfg.MaxPerOrder})
+	s.pages.render(w, r, status, "buy", d)
 }
 
 // maxFormBody bounds the buy form's POST body.
@@ -295,13 +311,29 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
-	form := pageData{Game: g, Key: newRequestID(), Quantity: 1, Max: s.cfg.MaxPerOrder}
+	form := pageData{Game: g, Quantity: 1}
 	if err := r.ParseForm(); err != nil {
 		form.Error = "The form could not be read; please fill it in again."
-		s.pages.render(w, r, http.StatusBadRequest, "buy", form)
+		s.renderBuyForm(w, r, http.StatusBadRequest, form)
 		return
 	}
 	form.Email = strings.TrimSpace(r.PostForm.Get("email"))
+	formKey, err := s.forms.keyFor(r.Context())
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if err := checkFormToken(formKey, r.PostForm.Get("form_token"), g.ID, visitor(r), time.Now()); err != nil {
+		// Forged, or merely old: either way the fan gets the form again,
+		// filled in, with a token that works, and nothing was bought.
+		s.log.Info("origin: buy form refused", "request_id", requestID(r), "game", g.ID, "reason", err)
+		if q, err := strconv.Atoi(strings.TrimSpace(r.PostForm.Get("quantity"))); err == nil && s.validateQuantity(q) == "" {
+			form.Quantity = q
+		}
+		form.Error = "This form has expired or did not come from this site, so nothing was bought. Check your order and submit it again."
+		s.renderBuyForm(w, r, http.StatusForbidden, form)
+		return
+	}
 	q, err := strconv.Atoi(strings.TrimSpace(r.PostForm.Get("quantity")))
 	switch {
 	case err != nil:
@@ -320,7 +352,7 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 		form.Error = "The form has expired; please submit it again."
 	}
 	if form.Error != "" {
-		s.pages.render(w, r, http.StatusUnprocessableEntity, "buy", form)
+		s.renderBuyForm(w, r, http.StatusUnprocessableEntity, form)
 		return
 	}
 
@@ -360,6 +392,6 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 		} else if e.Remaining != nil {
 			form.Error = fmt.Sprintf("Only %d seats are left; choose %d or fewer.", *e.Remaining, *e.Remaining)
 		}
-		s.pages.render(w, r, out.Status, "buy", form)
+		s.renderBuyForm(w, r, out.Status, form)
 	}
 }

@@ -20,7 +20,7 @@ func TestPages(t *testing.T) {
 		{"/games", 200, []string{"All sessions", "Athletics", "Stade de France", "Saturday 3 August", "Teahupo&#39;o", `href="/static/style.`}},
 		{"/games?sport=Fencing", 200, []string{"Grand Palais", "Women&#39;s Épée Individual", `class="current">Fencing`}},
 		{"/games/1", 200, []string{"Rugby Sevens", "Stade de France", "Saint-Denis", "Buy tickets", "24.00 EUR"}},
-		{"/games/1/buy", 200, []string{`<form method="post" action="/games/1/buy">`, `name="idempotency_key"`, `name="quantity"`, `name="email"`}},
+		{"/games/1/buy", 200, []string{`<form method="post" action="/games/1/buy">`, `name="idempotency_key"`, `name="form_token"`, `name="quantity"`, `name="email"`}},
 		{"/games/999999999", 404, []string{"Page not found", "There is no session 999999999"}},
 		{"/games/abc", 404, []string{"Page not found"}},
 		{"/nowhere", 404, []string{"Page not found", "There is no page at /nowhere"}},
@@ -66,23 +66,69 @@ func TestStaticAssetsAreFingerprintedAndImmutable(t *testing.T) {
 // formKey extracts the Idempotency-Key the buy form carries.
 func formKey(t *testing.T, body []byte) string {
 	t.Helper()
-	m := regexp.MustCompile(`name="idempotency_key" value="([^"]+)"`).FindSubmatch(body)
+	return formField(t, body, "idempotency_key")
+}
+
+// formField extracts a hidden field of the buy form.
+func formField(t *testing.T, body []byte, name string) string {
+	t.Helper()
+	m := regexp.MustCompile(`name="` + name + `" value="([^"]+)"`).FindSubmatch(body)
 	if m == nil {
-		t.Fatalf("no idempotency key in the form:\n%s", body)
+		t.Fatalf("no %s in the form:\n%s", name, body)
 	}
 	return string(m[1])
+}
+
+// buyForm is what a browser holds after opening a buy form: its hidden
+// fields and the visitor cookie its token is bound to.
+type buyForm struct {
+	Key, Token string
+	Cookie     string // "podium_visitor=..."
+}
+
+// openBuyForm GETs the buy form at url, as a browser that sends cookie
+// (none if empty) would.
+func openBuyForm(t *testing.T, url, cookie string) buyForm {
+	t.Helper()
+	var headers []string
+	if cookie != "" {
+		headers = []string{"Cookie", cookie}
+	}
+	r := do(t, "GET", url, "", headers...)
+	if r.Status != http.StatusOK {
+		t.Fatalf("GET %s: %d\n%s", url, r.Status, r.Body)
+	}
+	f := buyForm{Key: formKey(t, r.Body), Token: formField(t, r.Body, "form_token"), Cookie: cookie}
+	for _, c := range (&http.Response{Header: r.Header}).Cookies() {
+		if c.Name == VisitorCookie {
+			f.Cookie = c.Name + "=" + c.Value
+		}
+	}
+	if f.Cookie == "" {
+		t.Fatalf("GET %s set no %s cookie", url, VisitorCookie)
+	}
+	return f
+}
+
+// submit POSTs the form's fields to url with the visitor cookie, as the
+// browser would from the page: form_token is the form's unless fields sets
+// it.
+func (f buyForm) submit(t *testing.T, url string, fields url.Values, headers ...string) response {
+	t.Helper()
+	if _, ok := fields["form_token"]; !ok {
+		fields.Set("form_token", f.Token)
+	}
+	headers = append(headers, "Content-Type", "application/x-www-form-urlencoded", "Cookie", f.Cookie)
+	return do(t, "POST", url, fields.Encode(), headers...)
 }
 
 func TestBuyFormFlow(t *testing.T) {
 	s := startServer(t, nil)
 	game := createGame(t, 3)
 	buyURL := fmt.Sprintf("%s/games/%d/buy", s.URL, game)
-	post := func(form url.Values) response {
-		return do(t, "POST", buyURL, form.Encode(), "Content-Type", "application/x-www-form-urlencoded")
-	}
-
-	form := do(t, "GET", buyURL, "")
-	key := formKey(t, form.Body)
+	form := openBuyForm(t, buyURL, "")
+	post := func(fields url.Values) response { return form.submit(t, buyURL, fields) }
+	key := form.Key
 	ok := post(url.Values{"quantity": {"2"}, "email": {"fan@example.com"}, "idempotency_key": {key}})
 	if ok.Status != http.StatusCreated || !strings.Contains(string(ok.Body), "Your tickets") {
 		t.Fatalf("buying: %d\n%s", ok.Status, ok.Body)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +82,10 @@ func TestPrimaryStoppedThenRestarted(t *testing.T) {
 	}
 	waitReplicas(t, pos)
 
+	// A fan opens the buy form before the outage and submits it during.
+	formURL := fmt.Sprintf("%s/games/%d/buy", s.URL, game)
+	form := openBuyForm(t, formURL, "")
+
 	restoreNode(t, "primary")
 	clusterCmd(t, "stop-node", "primary")
 	s.CheckDatabases(context.Background())
@@ -99,8 +104,7 @@ func TestPrimaryStoppedThenRestarted(t *testing.T) {
 			t.Fatalf("purchase with the primary down (key %q): %d %s, Retry-After %q", key, r.Status, r.Body, r.Header.Get("Retry-After"))
 		}
 	}
-	page := do(t, "POST", fmt.Sprintf("%s/games/%d/buy", s.URL, game), "quantity=1&email=fan%40example.com",
-		"Content-Type", "application/x-www-form-urlencoded")
+	page := form.submit(t, formURL, url.Values{"quantity": {"1"}, "email": {"fan@example.com"}})
 	if page.Status != http.StatusServiceUnavailable || !strings.Contains(string(page.Body), "Tickets are briefly unavailable") {
 		t.Errorf("buy form with the primary down: %d\n%s", page.Status, page.Body)
 	}

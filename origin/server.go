@@ -28,6 +28,7 @@ type Server struct {
 	m       *metrics
 	db      *cluster
 	pages   *pages
+	forms   *formTokens
 	handler http.Handler
 	// draining turns /ping to 503 once shutdown has begun.
 	draining atomic.Bool
@@ -53,7 +54,11 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		db.close()
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, m: m, db: db, pages: p}
+	forms := &formTokens{load: db.formSecret}
+	if cfg.FormSecret != "" {
+		forms.key = []byte(cfg.FormSecret)
+	}
+	s := &Server{cfg: cfg, log: log, m: m, db: db, pages: p, forms: forms}
 	s.handler = s.routes()
 	return s, nil
 }

@@ -49,6 +49,7 @@ func runOrigin(args []string) error {
 	fs.DurationVar(&cfg.DrainDelay, "drain", origin.DefaultDrainDelay, "after SIGTERM, answer /ping 503 this long before closing the listener"+fs.env("drain", "PODIUM_ORIGIN_DRAIN"))
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", origin.DefaultShutdownTimeout, "wait this long for in-flight requests at shutdown"+fs.env("shutdown-timeout", "PODIUM_ORIGIN_SHUTDOWN_TIMEOUT"))
 	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", origin.DefaultIdempotencyTTL, "keep Idempotency-Keys and their answers this long"+fs.env("idempotency-ttl", "PODIUM_ORIGIN_IDEMPOTENCY_TTL"))
+	fs.StringVar(&cfg.FormSecret, "form-secret", "", "`key` (32+ bytes) signing the buy form's anti-forgery tokens, the same on every origin; empty: the key the migrations stored in the database"+fs.env("form-secret", "PODIUM_ORIGIN_FORM_SECRET"))
 	fs.BoolVar(&cfg.AccessLog, "access-log", false, "log every request, not only 5xx"+fs.env("access-log", "PODIUM_ORIGIN_ACCESS_LOG"))
 	fs.Float64Var(&cfg.AccessLogSample, "access-log-sample", 0, "share (0..1) of successful requests logged when -access-log is off; 5xx are always logged"+fs.env("access-log-sample", "PODIUM_ORIGIN_ACCESS_LOG_SAMPLE"))
 	consulAddr := fs.String("consul", "", "register in the Consul agent at this `host:port` (e.g. 127.0.0.1:8500); empty: do not register"+fs.env("consul", "PODIUM_CONSUL_ADDR"))
