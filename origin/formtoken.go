@@ -149,13 +149,13 @@ func visitor(r *http.Request) string {
 // ensureVisitor returns r's visitor id, making one and setting its cookie
 // on w when r has none. The cookie lasts for the browser session: a form
 // is bound to it for formTokenTTL at most. HttpOnly (no script needs it),
-// SameSite=Lax (a cross-site POST does not carry it).
+// SameSite=Lax (a cross-site POST does not carry it), Secure over TLS.
 func ensureVisitor(w http.ResponseWriter, r *http.Request) string {
 	if id := visitor(r); id != "" {
 		return id
 	}
 	id := newVisitorID()
-	http.SetCookie(w, &http.Cookie{Name: VisitorCookie, Value: id, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	http.SetCookie(w, &http.Cookie{Name: VisitorCookie, Value: id, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: overTLS(r)})
 	return id
 }
 

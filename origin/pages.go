@@ -364,7 +364,7 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 	if out.GTID != "" {
 		// Read-your-writes for the next pages: they wait for this commit.
 		http.SetCookie(w, &http.Cookie{Name: GTIDCookie, Value: out.GTID, Path: "/", MaxAge: 300,
-			HttpOnly: true, SameSite: http.SameSiteLaxMode})
+			HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: overTLS(r)})
 	}
 	switch out.Status {
 	case http.StatusCreated:

@@ -322,5 +322,20 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// overTLS reports whether the browser reached the site over TLS: this
+// listener's own, or the edge's, which says so in X-Forwarded-Proto (the
+// first item, the one facing the client, when proxies chain). The origin
+// trusts that header as it trusts the edge's X-Request-ID: the edge
+// replaces it on requests from clients it does not trust, and a client
+// that reaches the origin directly and lies only marks its own cookies
+// Secure.
+func overTLS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	proto, _, _ := strings.Cut(r.Header.Get("X-Forwarded-Proto"), ",")
+	return strings.EqualFold(strings.TrimSpace(proto), "https")
+}
+
 // isAPI reports whether r wants JSON errors.
 func isAPI(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/api/") }
