@@ -40,11 +40,12 @@
 #   origins        the demo's view, rewritten (renamed into place) on every
 #                  change: "want N", then "INDEX ADDRESS PID STATE" per
 #                  origin, STATE one of running, restarting, stopping
-#   demo.log       what the demo said, with times; `scale` prints the part
-#                  its request caused
+#   demo.log       what the demo said, with times; `scale` prints what it
+#                  says while it waits
 # `scale` waits (at most 60 s each) until the demo has applied the count
 # and until Consul shows exactly those N origins passing, reports both, and
-# exits non-zero when no demo runs, N is out of range, or a wait ran out.
+# exits non-zero when no demo runs, N is out of range, a new origin's port
+# is taken by another process, or a wait ran out.
 #
 # Environment (defaults in brackets):
 #   PODIUM_STATE                 state dir [<repo>/.state]; `scale` and `clean` need the demo's
@@ -141,6 +142,20 @@ consul_passing() {
 
 # ---- scale N: ask the running demo for N origins, and report ----
 
+# follow prints the lines the demo logged after the first $seen, the ones
+# it has finished writing.
+seen=0
+follow() {
+	local lines=() k
+	[[ -f $eventlog ]] || return 0
+	mapfile lines <"$eventlog"
+	for ((k = seen; k < ${#lines[@]}; k++)); do
+		[[ ${lines[k]} == *$'\n' ]] || break
+		printf '  %s' "${lines[k]}"
+		seen=$((k + 1))
+	done
+}
+
 scale() {
 	[[ $# -eq 1 ]] || { echo "usage: scripts/demo.sh scale N   (N origins, 1..$max_origins)" >&2; exit 2; }
 	local n=$1 p
@@ -157,17 +172,29 @@ scale() {
 	exec 8>"$logs/scale.lock"
 	flock -w 120 8 || die "scale: another scale has held $logs/scale.lock for 2 minutes"
 
-	local old="?" line offset=0 i
+	local old="?" i k idx rest listed=" " lines=()
 	[[ -f $viewfile ]] && read -r _ old <"$viewfile" || true
-	[[ -f $eventlog ]] && offset=$(stat -c %s "$eventlog")
+	while read -r idx rest; do listed+="$idx "; done < <(tail -n +2 "$viewfile" 2>/dev/null)
+	# A new origin's port taken by another process: it could only fail.
+	for ((i = 1; i <= n; i++)); do
+		[[ $listed == *" $i "* ]] && continue
+		if (exec 3<>"/dev/tcp/127.0.0.1/$((origin_port + i - 1))") 2>/dev/null; then
+			die "scale: port $((origin_port + i - 1)) (origin $i) is in use by another process; free it, or scale to fewer"
+		fi
+	done
+	if [[ -f $eventlog ]]; then
+		mapfile lines <"$eventlog"
+		for ((k = 0; k < ${#lines[@]}; k++)); do [[ ${lines[k]} == *$'\n' ]] && seen=$((k + 1)); done
+	fi
 	printf '%s\n' "$n" >"$wantfile.$$"
 	mv -f "$wantfile.$$" "$wantfile"
-	echo "demo.sh scale: origins $old -> $n (demo pid $p, state $state)"
+	echo "demo.sh scale: origins $old -> $n (demo pid $p, state $state); the demo says:"
 
 	# 1. The demo has applied it: its view says "want N" and nothing is
 	# still stopping (drain and deregistration take a few seconds).
 	local applied=0 view
 	for ((i = 0; i < 300; i++)); do
+		follow
 		kill -0 "$p" 2>/dev/null || die "scale: the demo (pid $p) exited; see $eventlog"
 		view=$(<"$viewfile")
 		if [[ $view == "want $n"* && $view != *" stopping"* ]]; then
@@ -176,9 +203,6 @@ scale() {
 		fi
 		sleep 0.2
 	done
-	if [[ -f $eventlog ]]; then
-		while IFS= read -r line; do echo "  $line"; done < <(tail -c +$((offset + 1)) "$eventlog")
-	fi
 	if [[ $applied -eq 0 ]]; then
 		echo "demo.sh scale: the demo has not applied $n origins after 60 s; its view ($viewfile):" >&2
 		cat "$viewfile" >&2
@@ -189,6 +213,7 @@ scale() {
 	local want_addrs=() missing extra
 	for ((i = 1; i <= n; i++)); do want_addrs+=("$(origin_addr "$i")"); done
 	for ((i = 0; i < 300; i++)); do
+		follow
 		missing=() extra=()
 		if consul_passing; then
 			for a in "${want_addrs[@]}"; do [[ " ${passing[*]} " == *" $a "* ]] || missing+=("$a"); done
@@ -200,6 +225,7 @@ scale() {
 		fi
 		sleep 0.2
 	done
+	follow
 	echo "demo.sh scale: after 60 s Consul has ${#passing[@]} passing (${passing[*]}); not yet passing: ${missing[*]:-none}; still passing: ${extra[*]:-none}" >&2
 	echo "  the demo's view ($viewfile):" >&2
 	cat "$viewfile" >&2
