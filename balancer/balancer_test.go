@@ -159,18 +159,58 @@ func TestLastProbeIsPublishedWhole(t *testing.T) {
 	}
 }
 
+// TestSlowStart checks the whole ramp: a host that just came up gets 10% of
+// its weight, then a share that grows linearly to 100% at SlowStart.
 func TestSlowStart(t *testing.T) {
-	p := &Pool{}
-	p.Configure(Settings{SlowStart: 10 * time.Second})
-	p.Update([]Config{{Addr: "old:1"}, {Addr: "new:1"}})
+	const ramp = 10 * time.Second
 	now := time.Now()
-	p.Hosts()[0].SetHealthy(true, now.Add(-time.Hour))
-	p.Hosts()[1].SetHealthy(true, now) // just came up: 10% weight
-	for range 100 {
-		p.Pick().Acquire()
+	for _, tc := range []struct {
+		up   time.Duration // how long ago the host came up
+		want float64       // its effective weight of 4
+	}{
+		{0, 0.4},
+		{500 * time.Millisecond, 0.4}, // 5% of the ramp: the 10% floor
+		{time.Second, 0.4},
+		{2500 * time.Millisecond, 1.0},
+		{5 * time.Second, 2.0},
+		{7500 * time.Millisecond, 3.0},
+		{9900 * time.Millisecond, 3.96},
+		{ramp, 4},
+		{time.Hour, 4},
+	} {
+		h := &Host{Weight: 4}
+		h.SetHealthy(true, now.Add(-tc.up))
+		if got := effectiveWeight(h, ramp, now.UnixNano()); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("up for %v: effective weight %.4f, want %.4f", tc.up, got, tc.want)
+		}
+		if got := effectiveWeight(h, 0, now.UnixNano()); got != 4 {
+			t.Errorf("up for %v without slow start: effective weight %v, want 4", tc.up, got)
+		}
 	}
-	if got := p.Hosts()[1].InFlight(); got > 15 {
-		t.Errorf("a host in slow start took %d of 100 concurrent requests, want about 10", got)
+	// Through Pick: the share of 100 concurrent requests a host that came
+	// up a given time ago takes beside an old host of the same weight.
+	// Least connections keeps (inflight+1)/weight level, so the new host
+	// holds w/(1+w) of them, w its effective fraction.
+	for _, tc := range []struct {
+		up       time.Duration
+		min, max int64
+	}{
+		{0, 8, 11},                        // w = 0.1: ~9
+		{5 * time.Second, 32, 35},         // w = 0.5: ~33
+		{7500 * time.Millisecond, 41, 44}, // w = 0.75: ~43
+		{time.Hour, 49, 51},               // w = 1: ~50
+	} {
+		p := &Pool{}
+		p.Configure(Settings{SlowStart: ramp})
+		p.Update([]Config{{Addr: "old:1"}, {Addr: "new:1"}})
+		p.Hosts()[0].SetHealthy(true, now.Add(-time.Hour))
+		p.Hosts()[1].SetHealthy(true, time.Now().Add(-tc.up))
+		for range 100 {
+			p.Pick().Acquire()
+		}
+		if got := p.Hosts()[1].InFlight(); got < tc.min || got > tc.max {
+			t.Errorf("up for %v: took %d of 100 concurrent requests, want %d..%d", tc.up, got, tc.min, tc.max)
+		}
 	}
 }
 
