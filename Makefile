@@ -7,7 +7,7 @@ BIN           := bin/podium
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOTESTFLAGS   ?=
 # Packages on the request path also run under the race detector.
-RACE_PKGS     := ./config/... ./balancer/... ./healthcheck/... ./proxy/... ./discovery/...
+RACE_PKGS     := ./config/... ./balancer/... ./healthcheck/... ./proxy/... ./discovery/... ./ratelimit/...
 
 .PHONY: all build test test-go test-race lint fuzz deps consul demo demo-clean bench smoke hooks clean
 

@@ -1,8 +1,10 @@
 package ratelimit
 
 import (
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -85,7 +87,10 @@ func TestSetReconfigure(t *testing.T) {
 	}
 }
 
-// Allow and Limiter run while the policies are reloaded; run with -race.
+// Allow and Limiter run while the policies are reloaded: make test runs it
+// under -race (ratelimit is in RACE_PKGS). Besides what the race detector
+// sees, a reader must never find the policy missing mid-reload, every read
+// must see one whole policy, and the last reload must be what stays.
 func TestSetConcurrentReconfigure(t *testing.T) {
 	a := Policy{Name: "default", Rate: 1000, Burst: 1000}
 	var s Set
@@ -93,6 +98,7 @@ func TestSetConcurrentReconfigure(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
+	var missing, torn, reads atomic.Int64
 	stop := make(chan struct{})
 	for g := range 4 {
 		wg.Go(func() {
@@ -103,9 +109,16 @@ func TestSetConcurrentReconfigure(t *testing.T) {
 					return
 				default:
 				}
-				if l := s.Limiter("default"); l != nil {
-					l.Allow(k, t0.Add(time.Duration(g*1000+i)*time.Microsecond))
+				l := s.Limiter("default")
+				if l == nil {
+					missing.Add(1)
+					continue
 				}
+				if p := l.Policy(); p.Rate != 1000 || (p.Burst != 1000 && p.Burst != 1001) {
+					torn.Add(1)
+				}
+				l.Allow(k, t0.Add(time.Duration(g*1000+i)*time.Microsecond))
+				reads.Add(1)
 			}
 		})
 	}
@@ -116,6 +129,15 @@ func TestSetConcurrentReconfigure(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	for reads.Load() < 1000 { // bounded: the readers never block
+		runtime.Gosched()
+	}
 	close(stop)
 	wg.Wait()
+	if missing.Load() != 0 || torn.Load() != 0 {
+		t.Errorf("over %d reads during 200 reloads: policy missing %d times, torn %d times", reads.Load(), missing.Load(), torn.Load())
+	}
+	if got := s.Limiter("default").Policy().Burst; got != 1001 {
+		t.Errorf("after the last reload (burst 1001) the policy has burst %d", got)
+	}
 }
