@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func TestLoadFileBad(t *testing.T) {
@@ -180,6 +183,31 @@ func TestRedactedRoundTrips(t *testing.T) {
 	}
 	if again.HealthCheck != cfg.HealthCheck || again.Timeouts != cfg.Timeouts {
 		t.Errorf("round trip changed the config:\n%s", out)
+	}
+	// The whole effective config, every section, must survive /config:
+	// what an operator copies from a running edge is what it ran.
+	for _, f := range []string{"testdata/good.yaml", "testdata/only-default-ratelimit.yaml", "../deploy/edge/edge.yaml", "../deploy/edge/demo.yaml", ""} {
+		var cfg *Edge
+		if f == "" {
+			cfg = DefaultEdge()
+		} else if cfg, err = LoadFile(f); err != nil {
+			t.Fatal(err)
+		}
+		out, err := cfg.Redacted()
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := Load("redacted.yaml", out)
+		if err != nil {
+			t.Fatalf("%s: the /config output does not load back: %v\n%s", f, err, out)
+		}
+		// Unset and empty lists print alike; everything else must match.
+		if diff := cmp.Diff(cfg, again, cmpopts.IgnoreUnexported(Edge{}), cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: round trip changed the config (-before +after):\n%s", f, diff)
+		}
+		if out2, _ := again.Redacted(); string(out2) != string(out) {
+			t.Errorf("%s: printing the reloaded config differs:\n%s\nthen\n%s", f, out, out2)
+		}
 	}
 }
 
