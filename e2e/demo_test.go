@@ -762,6 +762,7 @@ type demoResult struct {
 	start, end time.Time
 	what       string
 	status     int
+	body       string // the start of a failed answer's body
 	err        error
 }
 
@@ -776,7 +777,7 @@ func (r demoResult) ok() bool {
 }
 
 func (r demoResult) String() string {
-	outcome := strconv.Itoa(r.status)
+	outcome := strconv.Itoa(r.status) + " " + r.body
 	if r.err != nil {
 		outcome = r.err.Error()
 	}
@@ -829,8 +830,9 @@ func (ld *demoLoad) one(client *http.Client, edgeURL string, game, run, seq int6
 	var req *http.Request
 	switch {
 	case seq%40 == 0:
+		// One fan per purchase: the origin caps the seats one email may hold.
 		req, _ = http.NewRequest(http.MethodPost, fmt.Sprintf("%s/api/games/%d/buy", edgeURL, game),
-			strings.NewReader(`{"quantity":1,"email":"demo-e2e@podium.example"}`))
+			strings.NewReader(fmt.Sprintf(`{"quantity":1,"email":"fan%d-%x@demo-e2e.example"}`, seq, run)))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Idempotency-Key", fmt.Sprintf("demo-e2e-%x-%d", run, seq))
 		ld.buys.Add(1)
@@ -843,9 +845,13 @@ func (ld *demoLoad) one(client *http.Client, edgeURL string, game, run, seq int6
 	r := demoResult{start: time.Now(), what: req.Method + " " + req.URL.RequestURI()}
 	resp, err := client.Do(req)
 	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
+		var body []byte
+		body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		resp.Body.Close()
 		r.status = resp.StatusCode
+		if !r.ok() {
+			r.body = string(body[:min(len(body), 200)])
+		}
 	}
 	r.end, r.err = time.Now(), err
 	ld.mu.Lock()

@@ -86,7 +86,7 @@ bold='' plain=''
 if [[ -t 1 ]]; then bold=$'\033[1m' plain=$'\033[0m'; fi
 logging=0
 # say prints a line for the user; the supervising demo also appends it, with
-# the time, to demo.log (where `scale` reads what its request caused).
+# the time, to demo.log (which `scale` follows).
 say() {
 	printf '%sdemo:%s %s\n' "$bold" "$plain" "$*"
 	if [[ $logging -eq 1 ]]; then printf '%(%H:%M:%S)T %s\n' -1 "$*" >>"$eventlog"; fi
@@ -412,19 +412,20 @@ supervise_origins() {
 }
 
 # write_view publishes the supervisor's state (origins) and Prometheus's
-# origin targets, each renamed into place, and only when it changed.
+# origin targets, each renamed into place, and only when it changed. It
+# runs every tick, so it forks nothing.
 write_view() {
 	local i view="want $want" targets=''
 	for ((i = 1; i <= max_origins; i++)); do
 		[[ -n ${ostate[i]:-} ]] || continue
-		view+=$'\n'"$i $(origin_addr "$i") ${opid[i]:--} ${ostate[i]}"
+		view+=$'\n'"$i 127.0.0.1:$((origin_port + i - 1)) ${opid[i]:--} ${ostate[i]}"
 	done
 	if [[ $view != "$view_written" ]]; then
 		printf '%s\n' "$view" >"$viewfile.tmp"
 		mv -f "$viewfile.tmp" "$viewfile"
 		view_written=$view
 	fi
-	for ((i = 1; i <= want; i++)); do targets+="${targets:+, }\"$(origin_addr "$i")\""; done
+	for ((i = 1; i <= want; i++)); do targets+="${targets:+, }\"127.0.0.1:$((origin_port + i - 1))\""; done
 	if [[ $targets != "$targets_written" ]]; then
 		printf '[{"targets": [%s]}]\n' "$targets" >"$prom_dir/targets/podium-origin.json.tmp"
 		mv -f "$prom_dir/targets/podium-origin.json.tmp" "$prom_dir/targets/podium-origin.json"
