@@ -20,6 +20,7 @@ import (
 const (
 	DefaultListen          = "127.0.0.1:9001"
 	DefaultMaxPerOrder     = 10
+	DefaultMaxPerBuyer     = 8
 	DefaultPageLimit       = 100
 	MaxPageLimit           = 500
 	DefaultListingMaxAge   = 2 * time.Second
@@ -50,8 +51,15 @@ type Config struct {
 	// primary.
 	ReplicaDSNs []string
 
-	// MaxPerOrder caps the quantity of one purchase (DefaultMaxPerOrder).
+	// MaxPerOrder caps the quantity of one purchase (DefaultMaxPerOrder),
+	// and is lowered to MaxPerBuyer when that is smaller: no single order
+	// may exceed what one buyer may hold.
 	MaxPerOrder int
+	// MaxPerBuyer caps the seats one email may hold of one game, over all
+	// its orders (DefaultMaxPerBuyer), so that one buyer cannot empty a
+	// game. Emails compare as the tickets table does, case-insensitively.
+	// Negative means no limit.
+	MaxPerBuyer int
 	// ListingMaxAge is the Cache-Control max-age of listings and details
 	// (DefaultListingMaxAge): short, because seats left change by the second.
 	ListingMaxAge time.Duration
@@ -131,6 +139,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxPerOrder == 0 {
 		c.MaxPerOrder = DefaultMaxPerOrder
 	}
+	if c.MaxPerBuyer == 0 {
+		c.MaxPerBuyer = DefaultMaxPerBuyer
+	}
+	if c.MaxPerBuyer > 0 && c.MaxPerOrder > c.MaxPerBuyer {
+		c.MaxPerOrder = c.MaxPerBuyer
+	}
 	if c.PurchaseRetries == 0 {
 		c.PurchaseRetries = DefaultPurchaseRetries
 	} else if c.PurchaseRetries < 0 {
@@ -167,6 +181,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxPerOrder < 0 || c.MaxPerOrder > 1000 {
 		errs = append(errs, fmt.Errorf("max per order: must be 1..1000, got %d", c.MaxPerOrder))
+	}
+	if c.MaxPerBuyer > 100000 {
+		errs = append(errs, fmt.Errorf("max per buyer: must be 1..100000, or negative for no limit, got %d", c.MaxPerBuyer))
 	}
 	for name, d := range map[string]time.Duration{
 		"listing max-age": c.ListingMaxAge, "replica max lag": c.ReplicaMaxLag,

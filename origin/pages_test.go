@@ -169,8 +169,8 @@ func TestBuyFormFlow(t *testing.T) {
 		status int
 		want   string
 	}{
-		{"not a number", url.Values{"quantity": {"two"}, "email": {"fan@example.com"}}, 422, "Enter how many tickets you want, 1 to 10"},
-		{"too many", url.Values{"quantity": {"11"}, "email": {"fan@example.com"}}, 422, "You can buy 1 to 10 tickets per order"},
+		{"not a number", url.Values{"quantity": {"two"}, "email": {"fan@example.com"}}, 422, "Enter how many tickets you want, 1 to 8"},
+		{"too many", url.Values{"quantity": {"9"}, "email": {"fan@example.com"}}, 422, "You can buy 1 to 8 tickets per order"},
 		{"bad email", url.Values{"quantity": {"1"}, "email": {"fan"}}, 422, "Enter a valid email address"},
 		{"more than left", url.Values{"quantity": {"2"}, "email": {"fan@example.com"}, "idempotency_key": {fmt.Sprintf("g%d-form-k2", game)}}, 409, "Only 1 seat is left"},
 		{"last seat", url.Values{"quantity": {"1"}, "email": {"fan@example.com"}, "idempotency_key": {fmt.Sprintf("g%d-form-k3", game)}}, 201, "Your tickets"},

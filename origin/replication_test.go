@@ -165,7 +165,8 @@ func TestReadYourWritesWithReplicationPaused(t *testing.T) {
 	}
 
 	for i := 1; i <= 15; i++ {
-		r := buyAPI(t, s.URL, game, 1)
+		// 15 fans: one buyer may hold at most DefaultMaxPerBuyer seats.
+		r := buyAPIAs(t, s.URL, game, 1, fmt.Sprintf("fan%d@example.com", i))
 		gtid := r.Header.Get(GTIDHeader)
 		if r.Status != http.StatusCreated || !validGTID(gtid) {
 			t.Fatalf("purchase %d: %d %s, GTID %q", i, r.Status, r.Body, gtid)

@@ -195,6 +195,8 @@ type errorBody struct {
 	RequestID string `json:"request_id"`
 	// Remaining is set on 409 sold-out answers: how many seats are left.
 	Remaining *int64 `json:"remaining,omitempty"`
+	// Code names a refusal a client may branch on: limit_per_buyer.
+	Code string `json:"code,omitempty"`
 }
 
 // purchaseOutcome is the HTTP answer to a purchase, stored verbatim for
@@ -348,6 +350,22 @@ func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, ha
 				Error: msg, RequestID: p.RequestID, Remaining: &remaining,
 			})}
 		}
+	} else if refusal, err := c.overBuyerLimit(ctx, tx, p); err != nil {
+		return out, err
+	} else if refusal != nil {
+		// An earlier attempt of this request may have committed with its
+		// answer lost: its order then counts toward the limit, and it is
+		// the answer, not the refusal.
+		var earlier int
+		switch err := tx.QueryRowContext(ctx, "SELECT 1 FROM tickets WHERE order_token = ?", token).Scan(&earlier); {
+		case err == nil:
+			tx.Rollback() //nolint:errcheck
+			committed = true
+			return c.recoverOrder(ctx, conn, p, token)
+		case !errors.Is(err, sql.ErrNoRows):
+			return out, err
+		}
+		out, n = *refusal, 0
 	} else {
 		res, err := tx.ExecContext(ctx,
 			"INSERT INTO tickets (game_id, email, quantity, order_token, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -374,6 +392,12 @@ func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, ha
 	}
 
 	wrote := n > 0
+	if out.Result == "limit_per_buyer" && p.IdempotencyKey == "" {
+		// The seats were taken and given back: nothing to keep.
+		tx.Rollback() //nolint:errcheck
+		committed = true
+		return out, nil
+	}
 	if p.IdempotencyKey != "" {
 		if _, err := tx.ExecContext(ctx,
 			"UPDATE idempotency_keys SET status = ?, response = ? WHERE idem_key = ?",
@@ -398,6 +422,46 @@ func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, ha
 }
 
 const createdAtLayout = "2006-01-02T15:04:05.000000Z07:00"
+
+// overBuyerLimit checks, after the purchase took its seats, that the buyer
+// does not then hold more than MaxPerBuyer seats of the game. When they
+// would, it gives the seats back in the same transaction and returns the
+// refusal (409, code limit_per_buyer); nil when the order fits.
+//
+// Why this cannot be raced: the conditional UPDATE before it holds the
+// game's row lock until the transaction ends, and every purchase of the
+// game takes that lock before inserting an order. So the checks of one
+// game run one at a time, and each SUM (a fresh READ COMMITTED snapshot,
+// taken after the lock was granted) sees every order committed before it,
+// however many purchases one email sends at once. The seats are taken
+// first and given back on a refusal, rather than counted first, so that
+// the hot path stays one UPDATE that never reads before it writes.
+func (c *cluster) overBuyerLimit(ctx context.Context, tx *sql.Tx, p purchaseRequest) (*purchaseOutcome, error) {
+	limit := int64(c.cfg.MaxPerBuyer)
+	if limit <= 0 {
+		return nil, nil
+	}
+	var held int64
+	if err := tx.QueryRowContext(ctx, "SELECT COALESCE(SUM(quantity), 0) FROM tickets WHERE game_id = ? AND email = ?",
+		p.GameID, p.Email).Scan(&held); err != nil {
+		return nil, err
+	}
+	if held+int64(p.Quantity) <= limit {
+		return nil, nil
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining + ? WHERE id = ?", p.Quantity, p.GameID); err != nil {
+		return nil, err
+	}
+	msg := fmt.Sprintf("limit per buyer: one email may hold at most %d tickets for game %d, and %s already holds %d; order at most %d",
+		limit, p.GameID, p.Email, held, max(limit-held, 0))
+	if held >= limit {
+		msg = fmt.Sprintf("limit per buyer: one email may hold at most %d tickets for game %d, and %s already holds %d",
+			limit, p.GameID, p.Email, held)
+	}
+	return &purchaseOutcome{Status: http.StatusConflict, Result: "limit_per_buyer", Body: jsonBody(errorBody{
+		Error: msg, RequestID: p.RequestID, Code: "limit_per_buyer",
+	})}, nil
+}
 
 // replay answers a request whose Idempotency-Key was already used.
 func (c *cluster) replay(ctx context.Context, conn *sql.Conn, p purchaseRequest, hash []byte) (purchaseOutcome, error) {

@@ -38,6 +38,7 @@ func runOrigin(args []string) error {
 	replicas := fs.String("replicas", "", "comma-separated replica `DSNs`"+fs.env("replicas", "PODIUM_DB_REPLICAS"))
 	migrateDSN := fs.String("migrate-dsn", "", "if set, apply schema migrations with this `DSN` (a user with CREATE/ALTER) before serving"+fs.env("migrate-dsn", "PODIUM_DB_MIGRATE"))
 	fs.IntVar(&cfg.MaxPerOrder, "max-per-order", origin.DefaultMaxPerOrder, "most tickets in one purchase"+fs.env("max-per-order", "PODIUM_ORIGIN_MAX_PER_ORDER"))
+	maxPerBuyer := fs.Int("max-per-buyer", origin.DefaultMaxPerBuyer, "most tickets one email may hold of one game, over all its orders; 0: no limit (an order is capped by the smaller of this and -max-per-order)"+fs.env("max-per-buyer", "PODIUM_ORIGIN_MAX_PER_BUYER"))
 	fs.DurationVar(&cfg.ListingMaxAge, "listing-max-age", origin.DefaultListingMaxAge, "Cache-Control max-age of listings and details"+fs.env("listing-max-age", "PODIUM_ORIGIN_LISTING_MAX_AGE"))
 	fs.DurationVar(&cfg.ReplicaMaxLag, "replica-max-lag", origin.DefaultReplicaMaxLag, "skip a replica lagging more than this"+fs.env("replica-max-lag", "PODIUM_ORIGIN_REPLICA_MAX_LAG"))
 	fs.DurationVar(&cfg.HealthInterval, "health-interval", origin.DefaultHealthInterval, "database health check period"+fs.env("health-interval", "PODIUM_ORIGIN_HEALTH_INTERVAL"))
@@ -66,6 +67,10 @@ func runOrigin(args []string) error {
 		return fmt.Errorf("unexpected argument %q (flags only; see podium origin -h)", fs.Arg(0))
 	}
 	cfg.ReplicaDSNs = originSplitList(*replicas)
+	cfg.MaxPerBuyer = *maxPerBuyer
+	if cfg.MaxPerBuyer <= 0 {
+		cfg.MaxPerBuyer = -1 // the flag's 0 is "no limit"; the Config's 0 is its default
+	}
 
 	// JSON lines, as the edge writes them, so one request ID finds the
 	// whole trail across both.
