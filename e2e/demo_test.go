@@ -48,6 +48,23 @@ func TestDemo(t *testing.T) {
 		return up[d.originAddr(1)] == 1 && up[d.originAddr(2)] == 1 && up[d.originAddr(3)] == 1
 	})
 
+	// The dashboard the banner links: the demo's Prometheus serves Podium's
+	// console pages (their content is TestConsoles' job).
+	if !strings.Contains(d.out.String(), d.promURL+"/consoles/podium.html") {
+		t.Errorf("the banner does not link the dashboard %s/consoles/podium.html", d.promURL)
+	}
+	for _, page := range []string{"podium.html", "podium-edge.html", "podium-sale.html"} {
+		resp, err := d.client.Get(d.promURL + "/consoles/" + page)
+		if err != nil {
+			t.Fatalf("dashboard %s: %v", page, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "Podium") || strings.Contains(string(body), "error executing template") {
+			t.Errorf("dashboard %s: %d\n%.500s", page, resp.StatusCode, body)
+		}
+	}
+
 	// (a) kill -9 origin 2.
 	// Found as a user would (pgrep -f), not through the demo's bookkeeping.
 	victim := demoOrigin{addr: d.originAddr(2), pid: d.originPid(t, d.originAddr(2))}
@@ -183,14 +200,14 @@ const (
 
 // demo is one run of scripts/demo.sh.
 type demo struct {
-	cmd                          *exec.Cmd
-	state, viewFile              string
-	env                          []string
-	edgeURL, adminURL, consulURL string
-	originPort, consulPort       int
-	out                          *demoOutput
-	done                         chan struct{}
-	client                       *http.Client
+	cmd                                   *exec.Cmd
+	state, viewFile                       string
+	env                                   []string
+	edgeURL, adminURL, consulURL, promURL string
+	originPort, consulPort                int
+	out                                   *demoOutput
+	done                                  chan struct{}
+	client                                *http.Client
 
 	mu   sync.Mutex
 	pids map[int]bool // every pid the demo reported or its state files named
@@ -211,6 +228,7 @@ func startDemo(t *testing.T) *demo {
 		viewFile:   filepath.Join(state, "demo", "origins"),
 		edgeURL:    "http://127.0.0.1:" + strconv.Itoa(ports[0]),
 		adminURL:   "http://127.0.0.1:" + strconv.Itoa(ports[1]),
+		promURL:    "http://127.0.0.1:" + strconv.Itoa(ports[2]),
 		consulURL:  "http://127.0.0.1:" + strconv.Itoa(ports[3]),
 		consulPort: ports[3],
 		originPort: demoPortRun(t, 9),

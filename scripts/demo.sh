@@ -55,6 +55,8 @@
 #   PODIUM_DEMO_ORIGIN_PORT      origin 1, 127.0.0.1; origin N on this + N - 1 [9001]
 #   PODIUM_DEMO_ORIGINS          origins at start, 1..9 [3]
 #   PODIUM_DEMO_PROMETHEUS_PORT  Prometheus, 127.0.0.1 [9090]
+#   PODIUM_PROM_CONSOLE_LIBRARIES  prom.lib and menu.lib for the dashboard
+#                                [/usr/share/doc/prometheus/examples/console_libraries]
 #   PODIUM_CONSUL_HTTP_PORT, _SERVER_PORT, _SERF_LAN_PORT, _SERF_WAN_PORT
 #                                the Consul agent's, as scripts/consul.sh reads them [8500, 8300-8302]
 #   PODIUM_DB_PRIMARY_PORT, _REPLICA1_PORT, _REPLICA2_PORT
@@ -281,6 +283,10 @@ done
 if [[ ${#busy[@]} -gt 0 ]]; then
 	die "ports ${busy[*]} are in use on 127.0.0.1; is a demo already running? (stop it, or: make demo-clean)"
 fi
+# Podium's dashboard is Prometheus console pages (deploy/prometheus/consoles);
+# they need the console libraries Debian ships with Prometheus as examples.
+prom_libs=${PODIUM_PROM_CONSOLE_LIBRARIES:-/usr/share/doc/prometheus/examples/console_libraries}
+[[ -f $prom_libs/prom.lib ]] || die "no prom.lib in $prom_libs: reinstall Debian's prometheus package (scripts/deps.sh obs), or set PODIUM_PROM_CONSOLE_LIBRARIES"
 
 mkdir -p "$logs"
 echo $$ >"$pidfile"
@@ -573,6 +579,8 @@ prom_args=(
 	--config.file="$prom_dir/prometheus.yml"
 	--storage.tsdb.path="$state/prometheus"
 	--web.listen-address="127.0.0.1:$prom_port"
+	--web.console.templates="$repo/deploy/prometheus/consoles"
+	--web.console.libraries="$prom_libs"
 )
 setsid prometheus "${prom_args[@]}" </dev/null >"$logs/prometheus.log" 2>&1 &
 prom_pid=$!
@@ -603,6 +611,7 @@ cat <<MSG
     API           http://127.0.0.1:$edge_port/api/games
     edge metrics  http://127.0.0.1:$admin_port/metrics   (config: /config)
     origins       $origin_ports
+    dashboard     http://127.0.0.1:$prom_port/consoles/podium.html   (edge, ticket sale)
     Prometheus    http://127.0.0.1:$prom_port/alerts
     Consul UI     http://127.0.0.1:$consul_port/ui/
     logs          $logs/
