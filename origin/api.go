@@ -400,6 +400,9 @@ func (s *Server) apiBuy(w http.ResponseWriter, r *http.Request) {
 	if out.Replayed {
 		w.Header().Set("Idempotency-Replayed", "true")
 	}
+	if out.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(out.RetryAfter))
+	}
 	writeJSON(w, out.Status, out.Body)
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -140,6 +141,18 @@ func TestPerBuyerLimitConfig(t *testing.T) {
 	}
 	if page := do(t, "GET", fmt.Sprintf("%s/games/%d/buy", s.URL, game), ""); !strings.Contains(string(page.Body), "Tickets (1–4)") {
 		t.Errorf("the form does not offer 1–4 tickets:\n%s", page.Body)
+	}
+	// The form says so in words.
+	formURL := fmt.Sprintf("%s/games/%d/buy", s.URL, game)
+	form := openBuyForm(t, formURL, "")
+	for i, want := range []int{http.StatusCreated, http.StatusConflict} {
+		r := form.submit(t, formURL, url.Values{"quantity": {"3"}, "email": {"form@example.com"}})
+		if r.Status != want {
+			t.Fatalf("form order %d: %d, want %d\n%s", i, r.Status, want, r.Body)
+		}
+		if want == http.StatusConflict && !strings.Contains(string(r.Body), "One buyer may hold at most 4 tickets for this session") {
+			t.Errorf("the form's refusal does not explain the limit:\n%s", r.Body)
+		}
 	}
 	off := startServer(t, func(c *Config) { c.MaxPerBuyer = -1 })
 	for i := range 3 {

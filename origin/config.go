@@ -37,6 +37,12 @@ const (
 	DefaultDrainDelay      = 2 * time.Second
 	DefaultShutdownTimeout = 20 * time.Second
 	DefaultIdempotencyTTL  = 24 * time.Hour
+	// DefaultIdempotencyRefusalTTL keeps a refusal's key long enough for a
+	// client's retries, not a day: it protects no sale.
+	DefaultIdempotencyRefusalTTL = time.Hour
+	// DefaultIdempotencyKeysPerHour is generous for a fan (a form submit
+	// each is one key) and bounds what one buyer can make the origin store.
+	DefaultIdempotencyKeysPerHour = 60
 )
 
 // Config holds the origin's settings. A Config is a plain value: copy it
@@ -109,9 +115,17 @@ type Config struct {
 	// (DefaultShutdownTimeout).
 	ShutdownTimeout time.Duration
 	// IdempotencyTTL is how long an Idempotency-Key and its stored answer
-	// are kept (DefaultIdempotencyTTL); older keys are deleted in the
-	// background, and a request reusing one is a new purchase.
+	// are kept after a sale (DefaultIdempotencyTTL); older keys are deleted
+	// in the background, and a request reusing one is a new purchase.
 	IdempotencyTTL time.Duration
+	// IdempotencyRefusalTTL is how long a key whose answer refused the
+	// purchase (sold out, unknown game, limit per buyer) is kept
+	// (DefaultIdempotencyRefusalTTL), at most IdempotencyTTL.
+	IdempotencyRefusalTTL time.Duration
+	// IdempotencyKeysPerHour bounds the keys one buyer (email) may have
+	// stored in any hour (DefaultIdempotencyKeysPerHour): a new key past it
+	// is refused with 429 and stored nowhere. Negative means no bound.
+	IdempotencyKeysPerHour int
 	// FormSecret is the key that signs the buy form's anti-forgery tokens.
 	// Every origin of a cluster needs the same one, since a form rendered
 	// by one origin may be posted through the edge to another. Empty means
@@ -170,6 +184,11 @@ func (c Config) withDefaults() Config {
 	set(&c.DrainDelay, DefaultDrainDelay)
 	set(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	set(&c.IdempotencyTTL, DefaultIdempotencyTTL)
+	set(&c.IdempotencyRefusalTTL, DefaultIdempotencyRefusalTTL)
+	c.IdempotencyRefusalTTL = min(c.IdempotencyRefusalTTL, c.IdempotencyTTL)
+	if c.IdempotencyKeysPerHour == 0 {
+		c.IdempotencyKeysPerHour = DefaultIdempotencyKeysPerHour
+	}
 	return c
 }
 
@@ -191,7 +210,7 @@ func (c Config) Validate() error {
 		"gtid wait": c.GTIDWait, "purchase timeout": c.PurchaseTimeout,
 		"dial timeout": c.DialTimeout, "query timeout": c.QueryTimeout,
 		"drain delay": c.DrainDelay, "shutdown timeout": c.ShutdownTimeout,
-		"idempotency TTL": c.IdempotencyTTL,
+		"idempotency TTL": c.IdempotencyTTL, "idempotency refusal TTL": c.IdempotencyRefusalTTL,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s: must be >= 0, got %s", name, d))

@@ -63,7 +63,7 @@ func newMetrics() *metrics {
 		}, []string{"route"}),
 		purchases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podium_origin_purchases_total",
-			Help: "Purchase attempts by outcome: sold, sold_out, limit_per_buyer, not_found, replayed, key_mismatch, key_in_flight, unavailable.",
+			Help: "Purchase attempts by outcome: sold, sold_out, limit_per_buyer, not_found, replayed, key_mismatch, key_in_flight, key_limit, unavailable.",
 		}, []string{"result"}),
 		seatsSold: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podium_origin_seats_sold_total",

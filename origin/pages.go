@@ -361,6 +361,9 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 		s.serverError(w, r, err)
 		return
 	}
+	if out.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(out.RetryAfter))
+	}
 	if out.GTID != "" {
 		// Read-your-writes for the next pages: they wait for this commit.
 		http.SetCookie(w, &http.Cookie{Name: GTIDCookie, Value: out.GTID, Path: "/", MaxAge: 300,
@@ -391,6 +394,12 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 			form.Error = "Only 1 seat is left; choose 1 ticket."
 		} else if e.Remaining != nil {
 			form.Error = fmt.Sprintf("Only %d seats are left; choose %d or fewer.", *e.Remaining, *e.Remaining)
+		}
+		switch e.Code {
+		case "limit_per_buyer":
+			form.Error = fmt.Sprintf("One buyer may hold at most %d tickets for this session, and %s has reached that or would pass it with this order.", s.cfg.MaxPerBuyer, form.Email)
+		case "idempotency_keys_per_hour":
+			form.Error = "There have been too many orders from this email address in the last hour. Please try again later."
 		}
 		s.renderBuyForm(w, r, out.Status, form)
 	}

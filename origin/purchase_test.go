@@ -223,7 +223,12 @@ func TestIdempotencyKeyRules(t *testing.T) {
 		{"replay", "rules-1", `{"quantity": 2, "email": "a@example.com"}`, http.StatusCreated, true},
 		{"replay with other spacing", "rules-1", `{"email":"a@example.com","quantity":2}`, http.StatusCreated, true},
 		{"other quantity", "rules-1", `{"quantity": 1, "email": "a@example.com"}`, http.StatusUnprocessableEntity, false},
-		{"other email", "rules-1", `{"quantity": 2, "email": "b@example.com"}`, http.StatusUnprocessableEntity, false},
+		// Keys are scoped to the buyer (issue 22.7): another email's use
+		// of the key is its own new purchase (here refused for lack of
+		// seats), not a mismatch with a@'s; the same buyer spelled
+		// otherwise is the same scope, and another body.
+		{"other email", "rules-1", `{"quantity": 2, "email": "b@example.com"}`, http.StatusConflict, false},
+		{"same email in capitals", "rules-1", `{"quantity": 2, "email": "A@example.com"}`, http.StatusUnprocessableEntity, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := buy(tt.key, tt.body)
@@ -264,7 +269,8 @@ func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
 			t.Fatalf("%s: %d %s", k, r.Status, r.Body)
 		}
 	}
-	if _, err := tc.primaryDB.Exec("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR WHERE idem_key = ?", oldKey); err != nil {
+	// Each key carries its expiry since issue 22.7: age it with its row.
+	if _, err := tc.primaryDB.Exec("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 HOUR, expires_at = expires_at - INTERVAL 2 HOUR WHERE idem_key = ?", oldKey); err != nil {
 		t.Fatal(err)
 	}
 	n, err := s.db.sweepKeys(context.Background(), time.Now())

@@ -195,7 +195,8 @@ type errorBody struct {
 	RequestID string `json:"request_id"`
 	// Remaining is set on 409 sold-out answers: how many seats are left.
 	Remaining *int64 `json:"remaining,omitempty"`
-	// Code names a refusal a client may branch on: limit_per_buyer.
+	// Code names a refusal a client may branch on: limit_per_buyer,
+	// idempotency_keys_per_hour.
 	Code string `json:"code,omitempty"`
 }
 
@@ -209,6 +210,8 @@ type purchaseOutcome struct {
 	// Replayed is true when the outcome comes from an earlier request with
 	// the same Idempotency-Key.
 	Replayed bool
+	// RetryAfter, when positive, is the Retry-After of a 429, in seconds.
+	RetryAfter int
 	// Result is the metrics label of the outcome.
 	Result string
 }
@@ -292,13 +295,22 @@ func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, ha
 	now := time.Now().UTC().Truncate(time.Microsecond)
 
 	if p.IdempotencyKey != "" {
+		// Keys are scoped to the buyer (see replay for what that means to
+		// someone trying another buyer's key).
 		_, err := tx.ExecContext(ctx,
-			"INSERT INTO idempotency_keys (idem_key, request_hash, status, response, created_at) VALUES (?, ?, 0, '', ?)",
-			p.IdempotencyKey, hash, now)
+			"INSERT INTO idempotency_keys (buyer, idem_key, request_hash, status, response, created_at, expires_at) VALUES (?, ?, ?, 0, '', ?, ?)",
+			p.Email, p.IdempotencyKey, hash, now, now.Add(c.cfg.IdempotencyTTL))
 		switch mysqlErrNumber(err) {
 		case 0:
 			if err != nil {
 				return out, err
+			}
+			if refusal, err := c.overKeysPerHour(ctx, tx, p, now); err != nil {
+				return out, err
+			} else if refusal != nil {
+				tx.Rollback() //nolint:errcheck // the key is not stored
+				committed = true
+				return *refusal, nil
 			}
 		case erDupEntry:
 			// The key was claimed by a request that has committed: replay it.
@@ -399,9 +411,15 @@ func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, ha
 		return out, nil
 	}
 	if p.IdempotencyKey != "" {
+		// A sale's answer is kept the whole TTL; a refusal protects no
+		// sale, and is kept only for the client's retries.
+		expires := now.Add(c.cfg.IdempotencyTTL)
+		if out.Status != http.StatusCreated {
+			expires = now.Add(c.cfg.IdempotencyRefusalTTL)
+		}
 		if _, err := tx.ExecContext(ctx,
-			"UPDATE idempotency_keys SET status = ?, response = ? WHERE idem_key = ?",
-			out.Status, out.Body, p.IdempotencyKey); err != nil {
+			"UPDATE idempotency_keys SET status = ?, response = ?, expires_at = ? WHERE buyer = ? AND idem_key = ?",
+			out.Status, out.Body, expires, p.Email, p.IdempotencyKey); err != nil {
 			return purchaseOutcome{}, err
 		}
 		wrote = true
@@ -463,14 +481,55 @@ func (c *cluster) overBuyerLimit(ctx context.Context, tx *sql.Tx, p purchaseRequ
 	})}, nil
 }
 
-// replay answers a request whose Idempotency-Key was already used.
+// overKeysPerHour bounds the Idempotency-Keys one buyer may have stored
+// in any hour to IdempotencyKeysPerHour: called after this request's key
+// was inserted (so that a replay of a stored key, which collides first, is
+// never refused), it counts the buyer's keys of the last hour, this one
+// included, and returns a 429 when there are too many; the caller rolls
+// the key back. A buyer's concurrent requests count one another only once
+// committed, so a burst may store up to its own concurrency (bounded by the
+// primary's pool) past the bound, once: after it, every new key that hour
+// is refused.
+func (c *cluster) overKeysPerHour(ctx context.Context, tx *sql.Tx, p purchaseRequest, now time.Time) (*purchaseOutcome, error) {
+	limit := c.cfg.IdempotencyKeysPerHour
+	if limit <= 0 {
+		return nil, nil
+	}
+	var n int
+	var oldest time.Time
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*), MIN(created_at) FROM idempotency_keys WHERE buyer = ? AND created_at > ?",
+		p.Email, now.Add(-time.Hour)).Scan(&n, &oldest); err != nil {
+		return nil, err
+	}
+	if n <= limit {
+		return nil, nil
+	}
+	// The oldest key of the hour leaves it first.
+	retry := int(oldest.Add(time.Hour).Sub(now)/time.Second) + 1
+	return &purchaseOutcome{Status: http.StatusTooManyRequests, Result: "key_limit", RetryAfter: min(max(retry, 1), 3600),
+		Body: jsonBody(errorBody{
+			Error: fmt.Sprintf("too many Idempotency-Keys: one buyer may use at most %d new keys an hour; retry with a key you already used to get its answer, or wait %d s",
+				limit, min(max(retry, 1), 3600)),
+			RequestID: p.RequestID, Code: "idempotency_keys_per_hour",
+		})}, nil
+}
+
+// replay answers a request whose Idempotency-Key this buyer already used.
+//
+// Keys are scoped to the buyer, as Stripe scopes them to an account: the
+// row is found by (email, key), so a request naming another buyer's key
+// under its own email finds nothing, and is a new purchase of its own. It
+// learns nothing of the other buyer's order: not its existence (no 422),
+// not its body. To see someone's stored answer one must send their email,
+// their key, and their game and quantity; keys are meant to be random
+// (UUIDs), so that is a guess of the key.
 func (c *cluster) replay(ctx context.Context, conn *sql.Conn, p purchaseRequest, hash []byte) (purchaseOutcome, error) {
 	var storedHash, body []byte
 	var status int
 	var pos sql.NullString
 	err := conn.QueryRowContext(ctx,
-		"SELECT request_hash, status, response, @@gtid_binlog_pos FROM idempotency_keys WHERE idem_key = ?",
-		p.IdempotencyKey).Scan(&storedHash, &status, &body, &pos)
+		"SELECT request_hash, status, response, @@gtid_binlog_pos FROM idempotency_keys WHERE buyer = ? AND idem_key = ?",
+		p.Email, p.IdempotencyKey).Scan(&storedHash, &status, &body, &pos)
 	if err != nil {
 		// sql.ErrNoRows cannot be: the row made our INSERT fail and keys
 		// are never deleted while they can be replayed.
@@ -478,7 +537,7 @@ func (c *cluster) replay(ctx context.Context, conn *sql.Conn, p purchaseRequest,
 	}
 	if string(storedHash) != string(hash) {
 		return purchaseOutcome{Status: http.StatusUnprocessableEntity, Result: "key_mismatch", Body: jsonBody(errorBody{
-			Error:     "this Idempotency-Key was already used with a different request (game, quantity or email); use a new key for a new order",
+			Error:     "you already used this Idempotency-Key with a different request (game, quantity or the email's spelling); use a new key for a new order",
 			RequestID: p.RequestID,
 		})}, nil
 	}
@@ -517,26 +576,38 @@ func (c *cluster) recoverOrder(ctx context.Context, conn *sql.Conn, p purchaseRe
 // does not hold purchases up behind a long one.
 const sweepBatch = 1000
 
-// sweepKeys deletes Idempotency-Keys older than IdempotencyTTL, in batches,
-// and returns how many it deleted. Several origins may sweep at once: a
-// DELETE of rows another already deleted deletes nothing.
+// sweepKeys deletes the Idempotency-Keys whose time is up (expires_at, set
+// by the outcome: IdempotencyTTL for a sale, IdempotencyRefusalTTL for a
+// refusal), in batches, and returns how many it deleted. A row without
+// expires_at (written by an origin from before migration 0005, during a
+// rolling upgrade) goes IdempotencyTTL after it was created. Several
+// origins may sweep at once: a DELETE of rows another already deleted
+// deletes nothing.
 func (c *cluster) sweepKeys(ctx context.Context, now time.Time) (int64, error) {
-	cutoff := now.Add(-c.cfg.IdempotencyTTL)
 	var total int64
-	for {
-		res, err := c.primary.ExecContext(ctx, "DELETE FROM idempotency_keys WHERE created_at < ? ORDER BY created_at LIMIT ?", cutoff, sweepBatch)
-		if err != nil {
-			return total, fmt.Errorf("deleting expired idempotency keys: %w", err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return total, fmt.Errorf("deleting expired idempotency keys: %w", err)
-		}
-		total += n
-		if n < sweepBatch {
-			return total, nil
+	for _, q := range []struct {
+		sql    string
+		cutoff time.Time
+	}{
+		{"DELETE FROM idempotency_keys WHERE expires_at < ? ORDER BY expires_at LIMIT ?", now},
+		{"DELETE FROM idempotency_keys WHERE expires_at IS NULL AND created_at < ? ORDER BY created_at LIMIT ?", now.Add(-c.cfg.IdempotencyTTL)},
+	} {
+		for {
+			res, err := c.primary.ExecContext(ctx, q.sql, q.cutoff, sweepBatch)
+			if err != nil {
+				return total, fmt.Errorf("deleting expired idempotency keys: %w", err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return total, fmt.Errorf("deleting expired idempotency keys: %w", err)
+			}
+			total += n
+			if n < sweepBatch {
+				break
+			}
 		}
 	}
+	return total, nil
 }
 
 // sweepLoop runs sweepKeys every few minutes until ctx ends.
