@@ -377,16 +377,44 @@ func TestRetriedAnswersReportedApart(t *testing.T) {
 	if want := res.Requests / 10; res.Retried < want-2 || res.Retried > want+2 {
 		t.Errorf("retried = %d of %d, want about a tenth", res.Retried, res.Requests)
 	}
-	if res.Latency.P99 < 40_000 {
-		t.Errorf("overall p99 = %d µs, want the slow tenth in it (>= 40 ms)", res.Latency.P99)
-	}
-	if res.FirstTry.P99 >= 40_000 {
-		t.Errorf("first-try p99 = %d µs, want the slow retried answers left out (< 40 ms)", res.FirstTry.P99)
+	// Each slow answer took at least 50 ms at the server, so the overall
+	// maximum is at least that; how fast the others were depends on the
+	// machine, so which histogram holds what is checked on the recorder
+	// itself (TestRecorderLeavesRetriedOutOfFirstTry), not with a
+	// wall-clock bound here.
+	if res.Latency.Max < 50_000 {
+		t.Errorf("overall max = %d µs, want the slow tenth in it (>= 50 ms)", res.Latency.Max)
 	}
 	var md strings.Builder
 	WriteMarkdown(&md, res)
 	if !strings.Contains(md.String(), "answered at the first try") {
 		t.Errorf("the report does not show the first-try latency:\n%s", md.String())
+	}
+}
+
+// TestRecorderLeavesRetriedOutOfFirstTry: answers a Podium edge had to
+// retry (X-Podium-Retries) count in the latency and not in the first-try
+// latency; everything else counts in both.
+func TestRecorderLeavesRetriedOutOfFirstTry(t *testing.T) {
+	rec := newRecorder([]MixEntry{{Op: OpGet, Weight: 1, Path: "/x"}}, newTimeline(time.Second, time.Second))
+	for i := range 100 {
+		d, retried := time.Millisecond, false
+		if i%10 == 0 {
+			d, retried = 500*time.Millisecond, true
+		}
+		rec.record(0, 0, d, d, 200, nil, 0, retried)
+	}
+	if got := rec.latency.TotalCount(); got != 100 {
+		t.Errorf("latency holds %d answers, want 100", got)
+	}
+	if got := rec.firstTry.TotalCount(); got != 90 || rec.retried != 10 {
+		t.Errorf("first try holds %d answers and %d retried, want 90 and 10", got, rec.retried)
+	}
+	if max := rec.firstTry.Max(); max >= 500_000 {
+		t.Errorf("first-try max = %d µs: a retried answer is in it", max)
+	}
+	if max := rec.latency.Max(); max < 500_000 {
+		t.Errorf("latency max = %d µs: the retried answers are missing", max)
 	}
 }
 
