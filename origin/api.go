@@ -360,36 +360,13 @@ func (s *Server) apiBuy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBuyBody))
-	dec.DisallowUnknownFields()
-	var b buyBody
-	if err := dec.Decode(&b); err != nil {
-		status, msg := decodeError(err)
+	quantity, email, status, msg := s.decodeBuyBody(http.MaxBytesReader(w, r.Body, maxBuyBody))
+	if status != 0 {
 		apiError(w, r, status, msg)
 		return
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		apiError(w, r, http.StatusBadRequest, "invalid JSON: the body must hold exactly one object, like {\"quantity\": 2, \"email\": \"fan@example.com\"}")
-		return
-	}
-	if b.Quantity == nil {
-		apiError(w, r, http.StatusUnprocessableEntity, "quantity: required, an integer 1.."+strconv.Itoa(s.cfg.MaxPerOrder))
-		return
-	}
-	if msg := s.validateQuantity(*b.Quantity); msg != "" {
-		apiError(w, r, http.StatusUnprocessableEntity, msg)
-		return
-	}
-	email := ""
-	if b.Email != nil {
-		email = *b.Email
-	}
-	if msg := validateEmail(email); msg != "" {
-		apiError(w, r, http.StatusUnprocessableEntity, msg)
-		return
-	}
 
-	out, err := s.buy(r, purchaseRequest{GameID: id, Quantity: *b.Quantity, Email: email, IdempotencyKey: key, RequestID: requestID(r)})
+	out, err := s.buy(r, purchaseRequest{GameID: id, Quantity: quantity, Email: email, IdempotencyKey: key, RequestID: requestID(r)})
 	if err != nil {
 		s.serverError(w, r, err)
 		return
@@ -404,6 +381,36 @@ func (s *Server) apiBuy(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", strconv.Itoa(out.RetryAfter))
 	}
 	writeJSON(w, out.Status, out.Body)
+}
+
+// decodeBuyBody reads the JSON body of a purchase: exactly one object with
+// the fields quantity and email, both valid. It returns them, or the status
+// (400, 413, 422) and message of the refusal. body should be bounded
+// (http.MaxBytesReader) for a 413 to be told apart.
+func (s *Server) decodeBuyBody(body io.Reader) (quantity int, email string, status int, msg string) {
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	var b buyBody
+	if err := dec.Decode(&b); err != nil {
+		status, msg := decodeError(err)
+		return 0, "", status, msg
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return 0, "", http.StatusBadRequest, "invalid JSON: the body must hold exactly one object, like {\"quantity\": 2, \"email\": \"fan@example.com\"}"
+	}
+	if b.Quantity == nil {
+		return 0, "", http.StatusUnprocessableEntity, "quantity: required, an integer 1.." + strconv.Itoa(s.cfg.MaxPerOrder)
+	}
+	if msg := s.validateQuantity(*b.Quantity); msg != "" {
+		return 0, "", http.StatusUnprocessableEntity, msg
+	}
+	if b.Email != nil {
+		email = *b.Email
+	}
+	if msg := validateEmail(email); msg != "" {
+		return 0, "", http.StatusUnprocessableEntity, msg
+	}
+	return *b.Quantity, email, 0, ""
 }
 
 // buy runs a validated purchase and counts its outcome.

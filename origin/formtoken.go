@@ -103,7 +103,8 @@ func checkFormToken(key []byte, token string, game int64, visitor string, now ti
 		return fmt.Errorf("%w: malformed", errFormToken)
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
+	if err != nil || strconv.FormatInt(sec, 10) != ts {
+		// One spelling per token: no sign, no leading zeros.
 		return fmt.Errorf("%w: malformed", errFormToken)
 	}
 	got, err := base64.RawURLEncoding.DecodeString(mac)

@@ -43,6 +43,13 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
+	// A fuzz worker (go test -fuzz starts them with -test.fuzzworker) runs
+	// one Fuzz target's inputs, and none of those needs the database; a
+	// cluster per worker would only slow fuzzing down. The coordinating
+	// process runs the tests, and the cluster, as usual.
+	if len(os.Args) > 1 && os.Args[1] == "-test.fuzzworker" {
+		return m.Run()
+	}
 	root, err := filepath.Abs("..")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "origin tests:", err)

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"mime"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 	"strings"
@@ -300,6 +301,43 @@ func (s *Server) renderBuyForm(w http.ResponseWriter, r *http.Request, status in
 	s.pages.render(w, r, status, "buy", d)
 }
 
+// buyFormInput is what the buy form posted, read and checked.
+type buyFormInput struct {
+	// Quantity is the number entered, or 1 when it was not a number.
+	Quantity int
+	Email    string
+	// Key is the form's Idempotency-Key, "" if it sent none; Token its
+	// anti-forgery token, checked by checkFormToken.
+	Key, Token string
+	// Problem says, for the fan, what to correct; "" when the order may
+	// go ahead.
+	Problem string
+}
+
+// readBuyForm reads the buy form's fields. Like decodeBuyBody for the API,
+// it is the one reader of this untrusted input.
+func (s *Server) readBuyForm(fields url.Values) buyFormInput {
+	in := buyFormInput{Quantity: 1, Email: strings.TrimSpace(fields.Get("email")),
+		Key: fields.Get("idempotency_key"), Token: fields.Get("form_token")}
+	q, err := strconv.Atoi(strings.TrimSpace(fields.Get("quantity")))
+	switch {
+	case err != nil:
+		in.Problem = fmt.Sprintf("Enter how many tickets you want, 1 to %d.", s.cfg.MaxPerOrder)
+	case s.validateQuantity(q) != "":
+		in.Quantity = q
+		in.Problem = fmt.Sprintf("You can buy 1 to %d tickets per order.", s.cfg.MaxPerOrder)
+	default:
+		in.Quantity = q
+		if msg := validateEmail(in.Email); msg != "" {
+			in.Problem = "Enter a valid email address, like fan@example.com."
+		}
+	}
+	if in.Problem == "" && in.Key != "" && !validIdempotencyKey(in.Key) {
+		in.Problem = "The form has expired; please submit it again."
+	}
+	return in
+}
+
 // maxFormBody bounds the buy form's POST body.
 const maxFormBody = 8 << 10
 
@@ -317,46 +355,28 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 		s.renderBuyForm(w, r, http.StatusBadRequest, form)
 		return
 	}
-	form.Email = strings.TrimSpace(r.PostForm.Get("email"))
+	in := s.readBuyForm(r.PostForm)
+	form.Email, form.Quantity = in.Email, in.Quantity
 	formKey, err := s.forms.keyFor(r.Context())
 	if err != nil {
 		s.serverError(w, r, err)
 		return
 	}
-	if err := checkFormToken(formKey, r.PostForm.Get("form_token"), g.ID, visitor(r), time.Now()); err != nil {
+	if err := checkFormToken(formKey, in.Token, g.ID, visitor(r), time.Now()); err != nil {
 		// Forged, or merely old: either way the fan gets the form again,
 		// filled in, with a token that works, and nothing was bought.
 		s.log.Info("origin: buy form refused", "request_id", requestID(r), "game", g.ID, "reason", err)
-		if q, err := strconv.Atoi(strings.TrimSpace(r.PostForm.Get("quantity"))); err == nil && s.validateQuantity(q) == "" {
-			form.Quantity = q
-		}
 		form.Error = "This form has expired or did not come from this site, so nothing was bought. Check your order and submit it again."
 		s.renderBuyForm(w, r, http.StatusForbidden, form)
 		return
 	}
-	q, err := strconv.Atoi(strings.TrimSpace(r.PostForm.Get("quantity")))
-	switch {
-	case err != nil:
-		form.Error = fmt.Sprintf("Enter how many tickets you want, 1 to %d.", s.cfg.MaxPerOrder)
-	case s.validateQuantity(q) != "":
-		form.Quantity = q
-		form.Error = fmt.Sprintf("You can buy 1 to %d tickets per order.", s.cfg.MaxPerOrder)
-	default:
-		form.Quantity = q
-		if msg := validateEmail(form.Email); msg != "" {
-			form.Error = "Enter a valid email address, like fan@example.com."
-		}
-	}
-	key := r.PostForm.Get("idempotency_key")
-	if form.Error == "" && key != "" && !validIdempotencyKey(key) {
-		form.Error = "The form has expired; please submit it again."
-	}
+	form.Error = in.Problem
 	if form.Error != "" {
 		s.renderBuyForm(w, r, http.StatusUnprocessableEntity, form)
 		return
 	}
 
-	out, err := s.buy(r, purchaseRequest{GameID: g.ID, Quantity: q, Email: form.Email, IdempotencyKey: key, RequestID: requestID(r)})
+	out, err := s.buy(r, purchaseRequest{GameID: g.ID, Quantity: in.Quantity, Email: in.Email, IdempotencyKey: in.Key, RequestID: requestID(r)})
 	if err != nil {
 		s.serverError(w, r, err)
 		return
