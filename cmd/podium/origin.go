@@ -49,7 +49,9 @@ func runOrigin(args []string) error {
 	fs.IntVar(&cfg.ReplicaConns, "replica-conns", origin.DefaultReplicaConns, "connection pool size per replica"+fs.env("replica-conns", "PODIUM_ORIGIN_REPLICA_CONNS"))
 	fs.DurationVar(&cfg.DrainDelay, "drain", origin.DefaultDrainDelay, "after SIGTERM, answer /ping 503 this long before closing the listener"+fs.env("drain", "PODIUM_ORIGIN_DRAIN"))
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", origin.DefaultShutdownTimeout, "wait this long for in-flight requests at shutdown"+fs.env("shutdown-timeout", "PODIUM_ORIGIN_SHUTDOWN_TIMEOUT"))
-	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", origin.DefaultIdempotencyTTL, "keep Idempotency-Keys and their answers this long"+fs.env("idempotency-ttl", "PODIUM_ORIGIN_IDEMPOTENCY_TTL"))
+	fs.DurationVar(&cfg.IdempotencyTTL, "idempotency-ttl", origin.DefaultIdempotencyTTL, "keep the Idempotency-Key of a sale and its answer this long"+fs.env("idempotency-ttl", "PODIUM_ORIGIN_IDEMPOTENCY_TTL"))
+	fs.DurationVar(&cfg.IdempotencyRefusalTTL, "idempotency-refusal-ttl", origin.DefaultIdempotencyRefusalTTL, "keep the Idempotency-Key of a refused purchase (sold out, unknown game, limit) this long, at most -idempotency-ttl"+fs.env("idempotency-refusal-ttl", "PODIUM_ORIGIN_IDEMPOTENCY_REFUSAL_TTL"))
+	keysPerHour := fs.Int("idempotency-keys-per-hour", origin.DefaultIdempotencyKeysPerHour, "most new Idempotency-Keys one buyer (email) may store in an hour; past it a new key gets 429; 0: no bound"+fs.env("idempotency-keys-per-hour", "PODIUM_ORIGIN_IDEMPOTENCY_KEYS_PER_HOUR"))
 	fs.StringVar(&cfg.FormSecret, "form-secret", "", "`key` (32+ bytes) signing the buy form's anti-forgery tokens, the same on every origin; empty: the key the migrations stored in the database"+fs.env("form-secret", "PODIUM_ORIGIN_FORM_SECRET"))
 	fs.BoolVar(&cfg.AccessLog, "access-log", false, "log every request, not only 5xx"+fs.env("access-log", "PODIUM_ORIGIN_ACCESS_LOG"))
 	fs.Float64Var(&cfg.AccessLogSample, "access-log-sample", 0, "share (0..1) of successful requests logged when -access-log is off; 5xx are always logged"+fs.env("access-log-sample", "PODIUM_ORIGIN_ACCESS_LOG_SAMPLE"))
@@ -67,9 +69,13 @@ func runOrigin(args []string) error {
 		return fmt.Errorf("unexpected argument %q (flags only; see podium origin -h)", fs.Arg(0))
 	}
 	cfg.ReplicaDSNs = originSplitList(*replicas)
-	cfg.MaxPerBuyer = *maxPerBuyer
+	// The flags' 0 is "no limit"; the Config's 0 is its default.
+	cfg.MaxPerBuyer, cfg.IdempotencyKeysPerHour = *maxPerBuyer, *keysPerHour
 	if cfg.MaxPerBuyer <= 0 {
-		cfg.MaxPerBuyer = -1 // the flag's 0 is "no limit"; the Config's 0 is its default
+		cfg.MaxPerBuyer = -1
+	}
+	if cfg.IdempotencyKeysPerHour <= 0 {
+		cfg.IdempotencyKeysPerHour = -1
 	}
 
 	// JSON lines, as the edge writes them, so one request ID finds the
