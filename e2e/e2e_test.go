@@ -79,7 +79,7 @@ func pickGames(t *testing.T, s *stack) (buy, soldOut int64) {
 }
 
 // sellOut buys every seat of game id directly on an origin, 100 at a time
-// (the origins run with -max-per-order 100), so that the invariant
+// (the origins run with -max-per-order 100 -max-per-buyer 0), so that the invariant
 // remaining + sold = capacity still holds.
 func sellOut(t *testing.T, s *stack, id int64) {
 	t.Helper()

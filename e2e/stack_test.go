@@ -138,8 +138,9 @@ func startStack(t *testing.T) *stack {
 		p := s.start(t, fmt.Sprintf("origin%d", i+1), podiumBin, "origin",
 			"-listen", addr, "-consul", s.consul.Addr,
 			"-primary", s.primaryDSN, "-replicas", s.replicaDSNs,
-			// The sold-out fixture buys a whole session through the API.
-			"-max-per-order", "100",
+			// The sold-out fixture buys a whole session through the API,
+			// as one buyer.
+			"-max-per-order", "100", "-max-per-buyer", "0",
 			// Short drain: the outage check stops all three at once.
 			"-drain", "200ms", "-shutdown-timeout", "3s")
 		s.origins = append(s.origins, p)
