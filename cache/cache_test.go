@@ -26,7 +26,16 @@ func TestStorability(t *testing.T) {
 		reason string
 	}{
 		{"plain 200", resp(200), false, ""},
-		{"404 heuristically cacheable", resp(404), false, ""},
+		// The route's TTL is a heuristic for 2xx only: an error or a
+		// redirect is stored only when the origin gives it a lifetime
+		// (project issue 22: a 404 stored as the listing).
+		{"404 without explicit freshness", resp(404), false, "status 404 without explicit freshness"},
+		{"301 without explicit freshness", resp(301, "Location", "/api/games"), false, "status 301 without explicit freshness"},
+		{"404 with max-age", resp(404, "Cache-Control", "max-age=5"), false, ""},
+		{"410 with Expires", resp(410, "Date", t0.Format(http.TimeFormat), "Expires", t0.Add(time.Minute).Format(http.TimeFormat)), false, ""},
+		{"204 heuristically", resp(204), false, ""},
+		{"no-store on a second Cache-Control line", resp(200, "Cache-Control", "public, max-age=60", "Cache-Control", "no-store"), false, "no-store"},
+		{"private on a second Cache-Control line", resp(200, "Cache-Control", "max-age=60", "cache-control", "private"), false, "private"},
 		{"500", resp(500), false, "status 500 is not cacheable"},
 		{"201", resp(201), false, "status 201 is not cacheable"},
 		{"no-store", resp(200, "Cache-Control", "max-age=60, no-store"), false, "no-store"},
@@ -66,6 +75,11 @@ func TestLifetime(t *testing.T) {
 		{"max-age over Expires", Policy{}, resp(200, "Cache-Control", "max-age=7", "Expires", t0.Add(time.Hour).Format(http.TimeFormat)), 7 * time.Second},
 		{"MaxTTL caps origin", Policy{MaxTTL: 3 * time.Second}, resp(200, "Cache-Control", "max-age=3600"), 3 * time.Second},
 		{"bad max-age is stale", Policy{TTL: time.Hour}, resp(200, "Cache-Control", "max-age=abc"), 0},
+		{"conflicting max-age is stale", Policy{TTL: time.Hour}, resp(200, "Cache-Control", "max-age=60, max-age=5"), 0},
+		{"conflicting max-age across lines is stale", Policy{TTL: time.Hour}, resp(200, "Cache-Control", "max-age=60", "Cache-Control", "max-age=3600"), 0},
+		{"repeated equal max-age", Policy{}, resp(200, "Cache-Control", "max-age=60", "Cache-Control", "max-age=60"), time.Minute},
+		{"s-maxage on a second line", Policy{}, resp(200, "Cache-Control", "max-age=60", "Cache-Control", "s-maxage=9"), 9 * time.Second},
+		{"404 keeps its own max-age, not the TTL", Policy{TTL: time.Hour}, resp(404, "Cache-Control", "max-age=5"), 5 * time.Second},
 	}
 	for _, tt := range tests {
 		e, reason := tt.p.Entry([]byte("k"), 1, tt.r, false)
@@ -145,6 +159,9 @@ func TestKey(t *testing.T) {
 		{"/api/games", "", "Edge.Example", "/api/games\x00edge.example"},
 		{"/api/games", "b=2&a=1", "h", "/api/games?a=1&b=2\x00h"},
 		{"/api/games", "a=1&&b=2&", "h", "/api/games?a=1&b=2\x00h"},
+		// Only empty parameters: no query, so the key's target is what
+		// the edge forwards for it.
+		{"/api/games", "&&", "h", "/api/games\x00h"},
 		{"/api/games", "sport=x&sport=a", "h", "/api/games?sport=x&sport=a\x00h"},
 		// Past 16 parameters the query is kept whole, as sent.
 		{"/p", "q=1&p=1&o=1&n=1&m=1&l=1&k=1&j=1&i=1&h=1&g=1&f=1&e=1&d=1&c=1&b=1&a=1", "h", "/p?q=1&p=1&o=1&n=1&m=1&l=1&k=1&j=1&i=1&h=1&g=1&f=1&e=1&d=1&c=1&b=1&a=1\x00h"},
@@ -167,6 +184,13 @@ func TestKey(t *testing.T) {
 	}
 }
 
+// storeNow stores e through a fill that no purge touched.
+func storeNow(s *Store, e *Entry) bool {
+	f := s.BeginFill(e.Key)
+	defer s.EndFill(f)
+	return s.Set(e, f)
+}
+
 func TestStore(t *testing.T) {
 	s, err := NewStore(1<<20, 2, 1<<20)
 	if err != nil {
@@ -179,7 +203,7 @@ func TestStore(t *testing.T) {
 		return e
 	}
 	a := mk("/api/games\x00h")
-	if !s.Set(a, s.Generation()) {
+	if !storeNow(s, a) {
 		t.Fatal("set refused")
 	}
 	if s.Get(a.Hash, a.Key) != a {
@@ -188,14 +212,16 @@ func TestStore(t *testing.T) {
 	if s.Get(a.Hash, []byte("other")) != nil {
 		t.Error("a key with the same hash but other bytes hit")
 	}
-	// A fill that started before a purge is not stored.
-	gen := s.Generation()
-	s.PurgePrefix([]byte("/nothing"))
-	if b := mk("/games\x00h"); s.Set(b, gen) || s.Get(b.Hash, b.Key) != nil {
+	// A fill that started before a purge of its path is not stored.
+	b := mk("/games\x00h")
+	f := s.BeginFill(b.Key)
+	s.PurgePrefix([]byte("/gam"))
+	if s.Set(b, f) || s.Get(b.Hash, b.Key) != nil {
 		t.Error("a fill from before a purge was stored")
 	}
+	s.EndFill(f)
 	for i := range 3 {
-		s.Set(mk(fmt.Sprintf("/api/games/%d\x00h", i)), s.Generation())
+		storeNow(s, mk(fmt.Sprintf("/api/games/%d\x00h", i)))
 	}
 	if n := s.PurgePrefix([]byte("/api/games")); n != 4 {
 		t.Errorf("purged %d, want 4", n)
@@ -211,11 +237,136 @@ func TestStore(t *testing.T) {
 	if e, purged := s.LastGood(last.Hash, last.Key); e == nil || !purged {
 		t.Errorf("the newest last-good copy: %v purged %v, want kept and marked purged", e != nil, purged)
 	}
-	s.Set(last, s.Generation())
+	storeNow(s, last)
 	if _, purged := s.LastGood(last.Hash, last.Key); purged {
 		t.Error("a new fill did not clear the purge mark")
 	}
 	if st := s.Stats(); st.LastGoodEntries != 2 {
 		t.Errorf("stats %+v, want 2 last-good entries", st)
+	}
+}
+
+// TestPurgeIsPerPath: a purge of one path drops that path's fill in flight
+// and leaves another path's fill to store (project issue 22, item 8: one
+// purge generation for the whole store made every purchase discard every
+// fill in flight).
+func TestPurgeIsPerPath(t *testing.T) {
+	s, err := NewStore(1<<20, 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := Policy{TTL: time.Hour}
+	mk := func(k string) *Entry {
+		e, _ := p.Entry([]byte(k), Hash([]byte(k)), resp(200), false)
+		return e
+	}
+	seven, nine := mk("/api/games/7\x00h"), mk("/api/games/9\x00h")
+	sevenQ := mk("/api/games/7?x=1\x00h")
+	seventy := mk("/api/games/70\x00h")
+	storeNow(s, seventy)
+
+	f7, f9, f7q := s.BeginFill(seven.Key), s.BeginFill(nine.Key), s.BeginFill(sevenQ.Key)
+	s.PurgePath([]byte("/api/games/7")) // a purchase of game 7, while all three fetch
+	if s.Set(seven, f7) || s.Get(seven.Hash, seven.Key) != nil {
+		t.Error("the purged path's fill, begun before the purge, was stored")
+	}
+	if s.Set(sevenQ, f7q) || s.Get(sevenQ.Hash, sevenQ.Key) != nil {
+		t.Error("a fill of another query of the purged path was stored")
+	}
+	if !s.Set(nine, f9) || s.Get(nine.Hash, nine.Key) != nine {
+		t.Error("a purge of /api/games/7 dropped the fill of /api/games/9")
+	}
+	if s.Get(seventy.Hash, seventy.Key) != seventy {
+		t.Error("a purge of the path /api/games/7 removed /api/games/70")
+	}
+	for _, f := range []*Fill{f7, f9, f7q} {
+		s.EndFill(f)
+	}
+	// A fill begun after the purge stores.
+	if !storeNow(s, seven) || s.Get(seven.Hash, seven.Key) != seven {
+		t.Error("a fill begun after the purge was not stored")
+	}
+	// A prefix purge reaches fills and entries of every path under it.
+	f9 = s.BeginFill(nine.Key)
+	if n := s.PurgePrefix([]byte("/api/games/")); n != 3 {
+		t.Errorf("prefix purge removed %d entries, want 3 (7, 9, 70)", n)
+	}
+	if s.Set(nine, f9) {
+		t.Error("a prefix purge did not stop a fill under it")
+	}
+	s.EndFill(f9)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.paths) != 3 || len(s.entries) != 0 {
+		// Left: the last-good copies of 7, 9 and 70 (marked), nothing cached.
+		t.Errorf("index holds %d paths and %d entries after the purges, want 3 and 0", len(s.paths), len(s.entries))
+	}
+}
+
+// TestLastGoodIsSuccessful: an error the origin gave a lifetime may be
+// stored, but it never becomes the last good copy, and it retires the 200
+// that was (stale-if-error must not serve a 404 as "the last good
+// listing", nor a 200 the origin has since contradicted as fresh).
+func TestLastGoodIsSuccessful(t *testing.T) {
+	s, err := NewStore(1<<20, 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	k := []byte("/api/games\x00h")
+	ok, _ := Policy{TTL: time.Second}.Entry(k, Hash(k), resp(200), false)
+	storeNow(s, ok)
+	if lg, _ := s.LastGood(ok.Hash, k); lg != ok {
+		t.Fatal("a 200 did not become the last good copy")
+	}
+	nf, _ := Policy{TTL: time.Second}.Entry(k, Hash(k), resp(404, "Cache-Control", "max-age=5"), false)
+	if nf == nil {
+		t.Fatal("a 404 with max-age was not storable")
+	}
+	storeNow(s, nf)
+	if lg, _ := s.LastGood(ok.Hash, k); lg != nil {
+		t.Errorf("last good copy after a stored 404 is status %d, want none", lg.Status)
+	}
+	if st := s.Stats(); st.LastGoodEntries != 0 || st.LastGoodBytes != 0 {
+		t.Errorf("stats %+v, want no last-good copies", st)
+	}
+	storeNow(s, ok)
+	if lg, _ := s.LastGood(ok.Hash, k); lg != ok {
+		t.Error("a 200 after the 404 did not become the last good copy")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.order) != 1 {
+		t.Errorf("the last-good FIFO holds %d hashes for one key", len(s.order))
+	}
+}
+
+// TestIndexFollowsEvictions: entries ristretto evicts leave the path index,
+// so its memory is bounded by the cache's, whatever keys clients invent.
+func TestIndexFollowsEvictions(t *testing.T) {
+	s, err := NewStore(64<<10, 10, 1<<20) // room for a few dozen 1 KiB entries
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := Policy{TTL: time.Hour}
+	for i := range 2000 {
+		k := []byte(fmt.Sprintf("/api/games?x=%d\x00h", i))
+		r := resp(200)
+		r.Body = make([]byte, 1024)
+		e, _ := p.Entry(k, Hash(k), r, false)
+		storeNow(s, e)
+	}
+	s.PurgePath([]byte("/nothing")) // drains the queue of evictions
+	s.mu.Lock()
+	n := len(s.entries)
+	cached := 0
+	if pi := s.paths["/api/games"]; pi != nil {
+		cached = len(pi.cached)
+	}
+	s.mu.Unlock()
+	if n > 100 || cached != n {
+		t.Errorf("index holds %d entries (%d under the path) after 2,000 fills into room for ~60", n, cached)
 	}
 }

@@ -28,10 +28,30 @@ type Control struct {
 
 // ParseControl parses a Cache-Control field value. Unknown directives are
 // ignored, as RFC 9111 §5.2 requires; a malformed delta-seconds makes that
-// directive count as absent, except max-age, where RFC 9111 §4.2.1 says
-// an invalid value means stale (0).
+// directive count as absent, except max-age and s-maxage, where RFC 9111
+// §4.2.1 says an invalid value means stale (0).
 func ParseControl(v []byte) Control {
 	c := Control{MaxAge: -1, SMaxAge: -1, StaleWhileRevalidate: -1, StaleIfError: -1}
+	c.add(v)
+	return c
+}
+
+// controlOf parses every Cache-Control field line of h as one list (RFC
+// 9110 §5.3: "Cache-Control: public" and "Cache-Control: no-store" on two
+// lines mean "public, no-store"; reading only the first would store what
+// the origin forbade).
+func controlOf(h []Field) Control {
+	c := Control{MaxAge: -1, SMaxAge: -1, StaleWhileRevalidate: -1, StaleIfError: -1}
+	for _, f := range h {
+		if bytes.EqualFold(f.Key, []byte("Cache-Control")) {
+			c.add(f.Value)
+		}
+	}
+	return c
+}
+
+// add parses one field value into c.
+func (c *Control) add(v []byte) {
 	for len(v) > 0 {
 		var d []byte
 		d, v, _ = bytes.Cut(v, []byte{','})
@@ -55,20 +75,30 @@ func ParseControl(v []byte) Control {
 		case eq(name, "immutable"):
 			c.Immutable = true
 		case eq(name, "max-age"):
-			if c.MaxAge = seconds(arg); c.MaxAge < 0 {
-				c.MaxAge = 0
-			}
+			c.MaxAge = lifetimeDirective(c.MaxAge, seconds(arg))
 		case eq(name, "s-maxage"):
-			if c.SMaxAge = seconds(arg); c.SMaxAge < 0 {
-				c.SMaxAge = 0
-			}
+			c.SMaxAge = lifetimeDirective(c.SMaxAge, seconds(arg))
 		case eq(name, "stale-while-revalidate"):
 			c.StaleWhileRevalidate = seconds(arg)
 		case eq(name, "stale-if-error"):
 			c.StaleIfError = seconds(arg)
 		}
 	}
-	return c
+}
+
+// lifetimeDirective combines a max-age or s-maxage value with the one seen
+// before it (-1: none). An invalid value is stale (RFC 9111 §4.2.1), and so
+// are two that disagree ("either the first occurrence should be used or
+// the response should be considered stale": stale is the reading that
+// cannot keep a response the origin meant to expire).
+func lifetimeDirective(prev, v time.Duration) time.Duration {
+	if v < 0 {
+		v = 0
+	}
+	if prev >= 0 && prev != v {
+		return 0
+	}
+	return v
 }
 
 func eq(b []byte, s string) bool { return bytes.EqualFold(b, []byte(s)) }

@@ -124,6 +124,11 @@ func storableStatus(code int) bool {
 	return false
 }
 
+// Successful reports whether the entry is a 2xx answer: only these get the
+// route's TTL as a heuristic lifetime and only these are kept as the
+// last good copy that stale-if-error serves.
+func (e *Entry) Successful() bool { return e.Status >= 200 && e.Status < 300 }
+
 // unstoredHeaders are never kept in an entry: hop-by-hop ones, Age (the
 // edge computes its own), Set-Cookie (a response with it is not stored at
 // all), and the edge's own X-Cache.
@@ -133,7 +138,7 @@ var unstoredHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "
 // builds the entry. When it may not, reason says why (for logs and tests).
 // hasAuthorization is whether the request carried Authorization.
 func (p Policy) Entry(key []byte, hash uint64, r Response, hasAuthorization bool) (e *Entry, reason string) {
-	cc := ParseControl(getField(r.Header, "Cache-Control"))
+	cc := controlOf(r.Header)
 	switch {
 	case !storableStatus(r.Status):
 		return nil, "status " + strconv.Itoa(r.Status) + " is not cacheable"
@@ -155,20 +160,9 @@ func (p Policy) Entry(key []byte, hash uint64, r Response, hasAuthorization bool
 	if len(r.Body) > maxBytes {
 		return nil, "body larger than max_entry_bytes"
 	}
-	var vary []string
-	for _, f := range r.Header {
-		if !bytes.EqualFold(f.Key, []byte("Vary")) {
-			continue
-		}
-		for _, name := range strings.Split(string(f.Value), ",") {
-			name = strings.ToLower(strings.TrimSpace(name))
-			if name == "*" {
-				return nil, "Vary: *"
-			}
-			if name != "" {
-				vary = append(vary, name)
-			}
-		}
+	vary, star := varyOf(r.Header)
+	if star {
+		return nil, "Vary: *"
 	}
 
 	now := r.ResponseTime
@@ -176,32 +170,24 @@ func (p Policy) Entry(key []byte, hash uint64, r Response, hasAuthorization bool
 	if date.IsZero() {
 		date = now
 	}
-	var lifetime time.Duration
-	switch {
-	case cc.SMaxAge >= 0:
-		lifetime = cc.SMaxAge
-	case cc.MaxAge >= 0:
-		lifetime = cc.MaxAge
-	case getField(r.Header, "Expires") != nil:
-		// An invalid Expires, such as "0", means already expired.
-		if exp := parseHTTPDate(getField(r.Header, "Expires")); !exp.IsZero() {
-			lifetime = max(0, exp.Sub(date))
+	lifetime, explicit := explicitLifetime(cc, r.Header, date)
+	if !explicit {
+		// The route's ttl is a heuristic (RFC 9111 §4.2.2) written for
+		// listings. Given to an error, it let one request whose path the
+		// origin read differently store a 404 as the listing for every fan
+		// (project issue 22); an origin that wants a 404 or a redirect
+		// cached says so with max-age, s-maxage or Expires.
+		if r.Status < 200 || r.Status >= 300 {
+			return nil, "status " + strconv.Itoa(r.Status) + " without explicit freshness"
 		}
-	default:
 		lifetime = p.TTL
 	}
 	if p.MaxTTL > 0 && lifetime > p.MaxTTL {
 		lifetime = p.MaxTTL
 	}
 
-	ageValue := time.Duration(0)
-	if a := getField(r.Header, "Age"); a != nil {
-		if s := seconds(bytes.TrimSpace(a)); s > 0 {
-			ageValue = s
-		}
-	}
 	apparentAge := max(0, now.Sub(date))
-	correctedAge := ageValue + max(0, now.Sub(r.RequestTime))
+	correctedAge := ageOf(r.Header) + max(0, now.Sub(r.RequestTime))
 
 	e = &Entry{
 		Key:                 append([]byte(nil), key...),
@@ -229,6 +215,59 @@ func (p Policy) Entry(key []byte, hash uint64, r Response, hasAuthorization bool
 	return e, ""
 }
 
+// explicitLifetime is the freshness lifetime the origin gave (RFC 9111
+// §4.2.1): s-maxage over max-age over Expires − Date. explicit is false
+// when it gave none.
+func explicitLifetime(cc Control, h []Field, date time.Time) (lifetime time.Duration, explicit bool) {
+	switch {
+	case cc.SMaxAge >= 0:
+		return cc.SMaxAge, true
+	case cc.MaxAge >= 0:
+		return cc.MaxAge, true
+	}
+	exp := getField(h, "Expires")
+	if exp == nil {
+		return 0, false
+	}
+	// An invalid Expires, such as "0", means already expired.
+	if t := parseHTTPDate(exp); !t.IsZero() {
+		return max(0, t.Sub(date)), true
+	}
+	return 0, true
+}
+
+// ageOf is the Age field's value (RFC 9111 §5.1), 0 when absent or
+// invalid. delta-seconds past 2^31 are 2^31.
+func ageOf(h []Field) time.Duration {
+	a := getField(h, "Age")
+	if a == nil {
+		return 0
+	}
+	return max(0, seconds(bytes.TrimSpace(a)))
+}
+
+// varyOf lists the request header names every Vary field line names,
+// lower-cased; star is true when one of them is "*" (RFC 9110 §12.5.5: the
+// response varies on something no request header says, so no stored copy
+// can be reused).
+func varyOf(h []Field) (names []string, star bool) {
+	for _, f := range h {
+		if !bytes.EqualFold(f.Key, []byte("Vary")) {
+			continue
+		}
+		for _, name := range strings.Split(string(f.Value), ",") {
+			name = strings.ToLower(strings.TrimSpace(name))
+			if name == "*" {
+				return nil, true
+			}
+			if name != "" {
+				names = append(names, name)
+			}
+		}
+	}
+	return names, false
+}
+
 func copyStored(h []Field) []Field {
 	out := make([]Field, 0, len(h))
 outer:
@@ -245,8 +284,19 @@ outer:
 
 // Refreshed returns a copy of e updated by a 304 Not Modified (RFC 9111
 // §4.3.4): the 304's header fields replace the stored ones of the same
-// name, and freshness starts again from the 304.
+// name, and freshness starts again from the 304. It returns nil when the
+// updated response may not be stored (the 304 said no-store, say); the
+// client is then still owed the whole response, which NotModified gives.
 func (p Policy) Refreshed(e *Entry, r Response) *Entry {
+	if ne, _ := p.Entry(e.Key, e.Hash, NotModified(e, r), false); ne != nil {
+		return ne
+	}
+	return nil
+}
+
+// NotModified is the response a 304 Not Modified for stored entry e
+// stands for: e's status and body, its header fields updated by the 304's.
+func NotModified(e *Entry, r Response) Response {
 	merged := make([]Field, 0, len(e.Header)+len(r.Header))
 	updated := copyStored(r.Header)
 	for _, f := range e.Header {
@@ -255,11 +305,7 @@ func (p Policy) Refreshed(e *Entry, r Response) *Entry {
 		}
 	}
 	merged = append(merged, updated...)
-	full := Response{Status: e.Status, Header: merged, Body: e.Body, RequestTime: r.RequestTime, ResponseTime: r.ResponseTime}
-	if ne, _ := p.Entry(e.Key, e.Hash, full, false); ne != nil {
-		return ne
-	}
-	return nil // the 304 made it unstorable (say, no-store): drop it
+	return Response{Status: e.Status, Header: merged, Body: e.Body, RequestTime: r.RequestTime, ResponseTime: r.ResponseTime}
 }
 
 func parseHTTPDate(b []byte) time.Time {

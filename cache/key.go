@@ -14,11 +14,19 @@ const maxQueryParams = 16
 // dst: the path, the query with its parameters sorted, a NUL, and the host
 // in lower case. The path comes first so that purging by path prefix is a
 // prefix match on keys. It allocates nothing when dst has room.
+//
+// path must be the request's normalised path, which holds no '?' and no
+// NUL: then the part before the NUL, Target, is one request-target, and
+// the edge forwards exactly that, so that a key never stands for two
+// requests the origin could tell apart.
 func AppendKey(dst, path, query, host []byte) []byte {
 	dst = append(dst, path...)
 	if len(query) > 0 {
 		dst = append(dst, '?')
-		dst = appendSortedQuery(dst, query)
+		n := len(dst)
+		if dst = appendSortedQuery(dst, query); len(dst) == n {
+			dst = dst[:n-1] // only empty parameters ("?&"): no query at all
+		}
 	}
 	dst = append(dst, 0)
 	for _, c := range host {
@@ -28,6 +36,24 @@ func AppendKey(dst, path, query, host []byte) []byte {
 		dst = append(dst, c)
 	}
 	return dst
+}
+
+// Target is the request-target a key stands for: its path and normalised
+// query, what the edge sends the origin for it.
+func Target(key []byte) []byte {
+	if i := bytes.IndexByte(key, 0); i >= 0 {
+		return key[:i]
+	}
+	return key
+}
+
+// KeyPath is the path of a key: what PurgePath names.
+func KeyPath(key []byte) []byte {
+	t := Target(key)
+	if i := bytes.IndexByte(t, '?'); i >= 0 {
+		return t[:i]
+	}
+	return t
 }
 
 // appendSortedQuery normalises a query: parameters sorted (a stable

@@ -42,7 +42,7 @@ type fillResult struct {
 func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, method int, reqID []byte) {
 	req := &ctx.Request
 	var kb [512]byte
-	key := cache.AppendKey(kb[:0], ctx.Path(), ctx.URI().QueryString(), ctx.Host())
+	key := cache.AppendKey(kb[:0], normalPath(req), ctx.URI().QueryString(), ctx.Host())
 	hash := cache.Hash(key)
 	e := p.store.Get(hash, key)
 	baseLen := len(key)
@@ -69,7 +69,7 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 
 	fillReq := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(fillReq)
-	p.fillRequest(req, fillReq)
+	p.fillRequest(req, fillReq, key)
 	led := false
 	v, _, _ := p.flight.Do(string(key), func() (any, error) {
 		led = true
@@ -146,20 +146,31 @@ func (p *Proxy) lookup(hash uint64, key []byte) *cache.Entry {
 
 // fillRequest copies the client's request for an origin fetch whose answer
 // is shared: always a full GET, without the client's own conditionals or
-// range, which would make the answer that client's alone.
-func (p *Proxy) fillRequest(src, dst *fasthttp.Request) {
+// range, which would make the answer that client's alone. Its target is
+// exactly the one key stands for (cache.Target: the normalised path and
+// the query with its parameters sorted, as Varnish's std.querysort sets
+// req.url): what is stored under a key is the answer to the bytes that key
+// names, never to another reading of them (issue 22).
+func (p *Proxy) fillRequest(src, dst *fasthttp.Request, key []byte) {
 	src.CopyTo(dst)
 	dst.Header.SetMethod(fasthttp.MethodGet)
 	for _, h := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
 		dst.Header.Del(h)
 	}
+	path, query, _ := bytes.Cut(cache.Target(key), []byte{'?'})
+	u := dst.URI()
+	u.SetPathBytes(path)
+	u.SetQueryStringBytes(query)
 }
 
 // fill fetches key from an origin, stores what may be stored, and decides
 // what every waiter gets. stale is the expired entry, if any, to
 // revalidate or stand in when the origin fails.
 func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) *fillResult {
-	gen := p.store.Generation()
+	// Registered before the request is sent: a purge of this path from
+	// now on (a purchase) keeps what this fetch brings from being stored.
+	f := p.store.BeginFill(key)
+	defer p.store.EndFill(f)
 	if stale != nil {
 		if len(stale.ETag) > 0 {
 			req.Header.SetBytesV("If-None-Match", stale.ETag)
@@ -195,11 +206,23 @@ func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, ha
 	if status == fasthttp.StatusNotModified && stale != nil {
 		if ne := rt.cache.Refreshed(stale, r); ne != nil {
 			fasthttp.ReleaseResponse(resp)
-			p.store.Set(ne, gen)
+			p.store.Set(ne, f)
 			p.metrics.cacheRevalidated.Inc()
 			res.entry, res.xcache = ne, xcMiss
 			return res
 		}
+		// The 304 made the response unstorable (it said no-store, say).
+		// The edge asked the conditional question, not the client, who is
+		// owed the whole response: the stored body under the 304's fields.
+		full := cache.NotModified(stale, r)
+		if te := transientEntry(key, hash, full); te != nil {
+			fasthttp.ReleaseResponse(resp)
+			res.entry, res.xcache = te, xcMiss
+			return res
+		}
+		setResponse(resp, full)
+		res.resp = resp
+		return res
 	}
 	if status >= 500 {
 		// Share the origin's error with the waiters rather than send each
@@ -224,10 +247,10 @@ func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, ha
 		marker := &cache.Entry{Key: append([]byte(nil), key...), Hash: hash, IsVary: true, Vary: e.Vary,
 			ResponseTime: e.ResponseTime, Lifetime: e.Lifetime + e.SIE}
 		vkey := cache.AppendVariant(append([]byte(nil), key...), e.Vary, func(name string) []byte { return req.Header.Peek(name) })
-		p.store.Set(marker, gen)
+		p.store.Set(marker, f)
 		e.Key, e.Hash = vkey, cache.Hash(vkey)
 	}
-	p.store.Set(e, gen)
+	p.store.Set(e, f)
 	res.entry, res.xcache = e, xcMiss
 	return res
 }
@@ -268,7 +291,7 @@ func (p *Proxy) variantMatches(req *fasthttp.Request, e *cache.Entry, base []byt
 // recycled when the handler returns.
 func (p *Proxy) revalidateInBackground(st *state, src *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) {
 	req := fasthttp.AcquireRequest()
-	p.fillRequest(src, req)
+	p.fillRequest(src, req, key)
 	k := string(key)
 	go func() {
 		defer fasthttp.ReleaseRequest(req)
@@ -280,6 +303,19 @@ func (p *Proxy) revalidateInBackground(st *state, src *fasthttp.Request, rt *rou
 			return res, nil
 		})
 	}()
+}
+
+// setResponse makes resp the response r.
+func setResponse(resp *fasthttp.Response, r cache.Response) {
+	resp.Reset()
+	resp.Header.SetNoDefaultContentType(true)
+	resp.SetStatusCode(r.Status)
+	for _, f := range r.Header {
+		if !bytes.EqualFold(f.Key, []byte("Content-Length")) { // set from the body
+			resp.Header.SetBytesKV(f.Key, f.Value)
+		}
+	}
+	resp.SetBody(r.Body)
 }
 
 // fieldsOf lists a fasthttp response's headers.
@@ -354,7 +390,7 @@ func (p *Proxy) invalidate(ctx *fasthttp.RequestCtx, rt *route) {
 	if p.store == nil {
 		return
 	}
-	path := ctx.Path()
+	path := normalPath(&ctx.Request)
 	n := 0
 	for _, pattern := range rt.purge {
 		if rt.starSeg >= 0 && strings.Contains(pattern, "$1") {
@@ -378,7 +414,12 @@ func (p *Proxy) invalidate(ctx *fasthttp.RequestCtx, rt *route) {
 	for _, hdr := range []string{"Location", "Content-Location"} {
 		if u := ctx.Response.Header.Peek(hdr); len(u) > 0 {
 			if target := sameHostPath(u, ctx.Host()); target != nil {
-				n += p.store.PurgePath(target)
+				// Keys hold normalised paths; a target that has no normal
+				// form names nothing the cache holds.
+				var buf [128]byte
+				if norm, err := normalizePath(buf[:0], target); err == nil {
+					n += p.store.PurgePath(norm)
+				}
 			}
 		}
 	}
@@ -396,7 +437,7 @@ func sameHostPath(loc, host []byte) []byte {
 	if err := u.Parse(nil, loc); err != nil || !bytes.EqualFold(u.Host(), host) {
 		return nil
 	}
-	return append([]byte(nil), u.Path()...)
+	return append([]byte(nil), u.PathOriginal()...)
 }
 
 func stripQuery(b []byte) []byte {

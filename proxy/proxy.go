@@ -226,7 +226,14 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	path := ctx.Path()
+	// The path is normalised once; that form is routed, keyed and
+	// forwarded (normalize.go, issue 22). Ambiguous encodings get 400.
+	var pathBuf [128]byte
+	path, perr := requestPath(req, pathBuf[:0])
+	if perr != nil {
+		p.reject(st, ctx, p.none, method, fasthttp.StatusBadRequest, errMalformed, "malformed request: "+perr.Error(), reqID, nil)
+		return
+	}
 	if bytes.Equal(path, strPing) && (method == 0 || method == 1) {
 		p.ping(ctx)
 		p.none.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), time.Now())

@@ -37,7 +37,10 @@ func (u *upstream) do(req *fasthttp.Request, resp *fasthttp.Response, start time
 		return fasthttp.ErrTimeout
 	}
 	deadline := start.Add(timeout)
-	req.URI().DisablePathNormalizing = true // forward the path as the client sent it
+	// Forward the path Handle normalised (requestPath), byte for byte:
+	// the form it was routed and keyed by. fasthttp's own normalisation
+	// would decode the escapes that form keeps (%3B, %C3%A9).
+	req.URI().DisablePathNormalizing = true
 	hc := u.client
 	cc, err := hc.AcquireConn(timeout, req.ConnectionClose())
 	if err != nil {
