@@ -260,7 +260,7 @@ func (c *cluster) checkGTID(ctx context.Context, raw string) (string, error) {
 		if _, known, reached := c.pos.covers(p); known && reached {
 			return p.String(), nil
 		}
-		if err := c.pos.refresh(ctx, arrived, c.queryPrimaryPosition); err != nil {
+		if err := c.pos.refresh(ctx, arrived, c.boundedPositionQuery); err != nil {
 			if ctx.Err() != nil {
 				return "", ctx.Err()
 			}
@@ -273,6 +273,16 @@ func (c *cluster) checkGTID(ctx context.Context, raw string) (string, error) {
 		return "", errGTIDRefused{fmt.Sprintf("names domain %d, which this cluster does not have; send the GTID a purchase answered with, or none", domain)}
 	}
 	return "", errGTIDRefused{"names a position this cluster has not reached; send the GTID a purchase answered with, or none"}
+}
+
+// boundedPositionQuery reads the primary's position for a refresh. The
+// query is shared by every caller waiting for it, so the first caller
+// going away must not cancel it; and a GTID read is ready to spend
+// GTIDWait waiting, not more.
+func (c *cluster) boundedPositionQuery(ctx context.Context) (gtidPos, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.GTIDWait)
+	defer cancel()
+	return c.queryPrimaryPosition(ctx)
 }
 
 // queryPrimaryPosition reads the primary's position.

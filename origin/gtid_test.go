@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -198,5 +199,53 @@ func TestParseGTID(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("parseGTID(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
+	}
+}
+
+// However many requests present GTIDs the origin has not seen, the primary
+// answers one position query at a time: callers that arrived before a
+// query began share it, and a caller waits only for a query begun after it
+// arrived.
+func TestPrimaryPositionRefreshIsShared(t *testing.T) {
+	s := startServer(t, nil)
+	var running, most, queries atomic.Int32
+	gate := make(chan struct{})
+	query := func(ctx context.Context) (gtidPos, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		queries.Add(1)
+		<-gate
+		return s.db.queryPrimaryPosition(ctx)
+	}
+	const callers = 50
+	for phase := 1; phase <= 2; phase++ {
+		since := time.Now()
+		var started sync.WaitGroup
+		var wg sync.WaitGroup
+		errs := make(chan error, callers)
+		for range callers {
+			started.Add(1)
+			wg.Go(func() {
+				started.Done()
+				errs <- s.db.pos.refresh(context.Background(), since, query)
+			})
+		}
+		started.Wait()
+		gate <- struct{}{} // let the one query of this phase finish
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := queries.Load(); got != int32(phase) {
+			t.Fatalf("after phase %d: %d position queries, want %d (one per phase)", phase, got, phase)
+		}
+	}
+	if most.Load() != 1 {
+		t.Errorf("%d position queries ran at once, want 1", most.Load())
 	}
 }
