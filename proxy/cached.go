@@ -235,8 +235,20 @@ func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, ha
 		res.resp = resp
 		return res
 	}
-	e, _ := rt.cache.Entry(key, hash, r, len(req.Header.Peek("Authorization")) > 0)
+	auth := len(req.Header.Peek("Authorization")) > 0
+	e, _ := rt.cache.Entry(key, hash, r, auth)
 	if e == nil {
+		if (status < 200 || status >= 300) && !auth {
+			// An error the origin gave no lifetime (a 404 for a game id
+			// that does not exist) is not stored, but the requests that
+			// waited on this fetch get it too, as with a 5xx: a flood of
+			// one bad id costs the origin one request at a time.
+			if te := transientEntry(key, hash, r); te != nil {
+				fasthttp.ReleaseResponse(resp)
+				res.entry, res.xcache = te, xcMiss
+				return res
+			}
+		}
 		res.resp = resp // not storable, not shareable: the leader's alone
 		return res
 	}

@@ -231,3 +231,50 @@ func TestNotModifiedThatForbidsStoringStillAnswersInFull(t *testing.T) {
 		}
 	}
 }
+
+// TestUnstoredErrorIsSharedWithWaiters: a 404 the origin gives no lifetime
+// is not stored, but the requests that waited on the fetch that got it are
+// answered with it: a flood of one unknown game id reaches the origin once
+// per fetch, not once per request.
+func TestUnstoredErrorIsSharedWithWaiters(t *testing.T) {
+	u := newUpstream(t)
+	release := make(chan struct{})
+	u.handler = func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(404)
+		io.WriteString(w, `{"error":"no such game"}`)
+	}
+	e := cachingEdge(t, []*testUpstream{u})
+	const n = 8
+	var wg sync.WaitGroup
+	codes := make(chan int, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes <- do(t, "GET", e.url("/api/games/424242")).code
+		}()
+	}
+	// Every request is in the edge (the first at the origin, the others
+	// waiting on its fetch) before the origin answers.
+	for deadline := time.Now().Add(10 * time.Second); e.p.active.Load() < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d requests reached the edge", e.p.active.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 404 {
+			t.Errorf("a waiter got %d, want the origin's 404", c)
+		}
+	}
+	// One fetch; a request counted in the edge but not yet waiting on the
+	// fetch when it ended makes a second.
+	if got := u.count.Load(); got > 2 {
+		t.Errorf("origin saw %d requests for %d concurrent ones of one unknown id, want 1 (2 at most)", got, n)
+	}
+}
