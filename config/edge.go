@@ -31,6 +31,9 @@ const (
 	DefaultMaxConnsPerHost   = 1024
 	DefaultUpstreamIdleConn  = 30 * time.Second // below the origin's idle timeout, so the edge closes first
 	DefaultAccessLogSample   = 1.0
+	DefaultErrorLogRate      = 1   // error lines per second per client
+	DefaultErrorLogBurst     = 10  // error lines a quiet client may log at once
+	DefaultErrorLogTotal     = 100 // error lines per second for every client together
 	DefaultBalancerAlgorithm = "least_conn"
 	DefaultRouteName         = "default"
 	DefaultCacheBytes        = 64 << 20
@@ -314,12 +317,26 @@ type UpstreamPool struct {
 	MaxIdleTime Duration `yaml:"max_idle_time"` // close pooled connections idle this long
 }
 
-// AccessLog controls the per-request JSON log line. Errors (status >= 500,
-// and rejected requests) are always logged; Sample is the share of the
-// others that are.
+// AccessLog controls the per-request JSON log line. Sample is the share of
+// requests logged; 400 and 5xx answers are not sampled. Every line for a
+// 4xx or 5xx answer, and the edge's other error lines about a client or an
+// upstream, must also pass ErrorLimit.
 type AccessLog struct {
-	Enabled bool    `yaml:"enabled"`
-	Sample  float64 `yaml:"sample"`
+	Enabled    bool     `yaml:"enabled"`
+	Sample     float64  `yaml:"sample"`
+	ErrorLimit LogLimit `yaml:"error_limit"`
+}
+
+// LogLimit bounds error lines, which a client controls: a token bucket per
+// client (IPv6 by its /64; an upstream's own lines per upstream) and one
+// for all of them. What it drops is counted in
+// podium_edge_log_dropped_total, and the next line logged for the same
+// client carries "suppressed": how many of its lines were dropped since
+// its last.
+type LogLimit struct {
+	PerClient float64 `yaml:"per_client"` // lines per second per client
+	Burst     int     `yaml:"burst"`      // lines a quiet client may log at once
+	Total     float64 `yaml:"total"`      // lines per second for every client together; also that bucket's size
 }
 
 // DefaultEdge returns the embedded default configuration.
@@ -353,8 +370,9 @@ func DefaultEdge() *Edge {
 		},
 		Limits:       Limits{MaxHeaderBytes: DefaultMaxHeaderBytes, MaxBodyBytes: DefaultMaxBodyBytes},
 		UpstreamPool: UpstreamPool{MaxConns: DefaultMaxConnsPerHost, MaxIdleTime: Duration(DefaultUpstreamIdleConn)},
-		AccessLog:    AccessLog{Enabled: true, Sample: DefaultAccessLogSample},
-		Cache:        CacheStore{MaxBytes: DefaultCacheBytes, LastGoodEntries: DefaultLastGoodEntries, LastGoodBytes: DefaultLastGoodBytes},
+		AccessLog: AccessLog{Enabled: true, Sample: DefaultAccessLogSample,
+			ErrorLimit: LogLimit{PerClient: DefaultErrorLogRate, Burst: DefaultErrorLogBurst, Total: DefaultErrorLogTotal}},
+		Cache: CacheStore{MaxBytes: DefaultCacheBytes, LastGoodEntries: DefaultLastGoodEntries, LastGoodBytes: DefaultLastGoodBytes},
 		RateLimits: map[string]RateLimit{
 			"default": {Rate: DefaultRate, Burst: DefaultBurst, Key: "ip"},
 			"buy":     {Rate: DefaultBuyRate, Burst: DefaultBuyBurst, Key: "ip"},
@@ -732,6 +750,9 @@ func (c *Edge) validate(v *validator) {
 	}
 	if c.AccessLog.Sample < 0 || c.AccessLog.Sample > 1 {
 		v.addf("access_log.sample", "must be between 0 and 1, got %g", c.AccessLog.Sample)
+	}
+	if el := c.AccessLog.ErrorLimit; el.PerClient <= 0 || el.Burst < 1 || el.Total <= 0 {
+		v.addf("access_log.error_limit", "per_client and total must be > 0 lines per second and burst >= 1, got per_client %g, burst %d, total %g", el.PerClient, el.Burst, el.Total)
 	}
 }
 

@@ -44,6 +44,7 @@ func TestLoadFileBad(t *testing.T) {
 		{"static-and-consul.bad.yaml", []string{":1: discovery: set static or consul, not both"}},
 		{"consul-address.bad.yaml", []string{":3: discovery.consul.address: must be host:port"}},
 		{"rise-string.bad.yaml", []string{"line 2", "cannot unmarshal"}},
+		{"error-limit.bad.yaml", []string{":2: access_log.error_limit: per_client and total must be > 0", "got per_client 0"}},
 	}
 	seen := map[string]bool{}
 	for _, tt := range tests {
@@ -101,6 +102,7 @@ func TestLoadFileGood(t *testing.T) {
 		{"hc.timeout", cfg.HealthCheck.Timeout.D(), 250 * time.Millisecond},
 		{"route name default", cfg.Routes[1].Name, "/api/games"},
 		{"route name given", cfg.Routes[0].Name, "buy"},
+		{"error_limit", cfg.AccessLog.ErrorLimit, LogLimit{PerClient: 2, Burst: 20, Total: 50}},
 		{"trusted", len(cfg.TrustedPrefixes()), 2},
 		{"::1 is a /128", cfg.TrustedPrefixes()[1].Bits(), 128},
 		{"read_body", cfg.Timeouts.ReadBody.D(), 5 * time.Second},

@@ -173,6 +173,7 @@ type Metrics struct {
 	retryBudgetExhausted prometheus.Counter
 	ejections            prometheus.Counter
 	staleConns           prometheus.Counter
+	logDropped           *prometheus.CounterVec
 
 	cacheHit, cacheMiss, cacheStale prometheus.Counter
 	cacheStaleOnError               prometheus.Counter
@@ -248,6 +249,10 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 			Name: "podium_edge_upstream_ejections_total",
 			Help: "Upstreams ejected by outlier detection.",
 		}),
+		logDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podium_edge_log_dropped_total",
+			Help: "Error log lines not written because of access_log.error_limit, by reason: client (that client's lines) or global (every client's).",
+		}, []string{"reason"}),
 		staleConns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podium_edge_upstream_stale_connections_total",
 			Help: "Pooled upstream connections the upstream had closed, found when a request was sent on one; the request went again on a fresh connection to the same upstream (not a retry).",
@@ -278,7 +283,7 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 		clients: prometheus.NewDesc("podium_edge_ratelimit_clients", "Clients with a bucket, by policy.", []string{"policy"}, nil),
 		evicted: prometheus.NewDesc("podium_edge_ratelimit_evicted_total", "Buckets forgotten because the policy was at max_clients (raise it if this climbs).", []string{"policy"}, nil),
 	})
-	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections, m.staleConns, m.reloads, m.reloadOK, m.reloadTime, m.restartRequired)
+	reg.MustRegister(retries, m.retryBudgetExhausted, m.ejections, m.staleConns, m.logDropped, m.reloads, m.reloadOK, m.reloadTime, m.restartRequired)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	m.reloadOK.Set(1)

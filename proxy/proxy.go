@@ -58,6 +58,7 @@ type Proxy struct {
 	limits  *ratelimit.Set
 	store   *cache.Store       // nil when no route caches
 	flight  singleflight.Group // one origin fetch per cache key
+	logs    *logLimiter        // bounds error lines per client (access_log.error_limit)
 
 	draining      atomic.Bool
 	active        atomic.Int64 // client requests in flight, for the retry budget
@@ -94,6 +95,7 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 		p.store = st
 	}
 	p.metrics = NewMetrics(p.pool, p.store, &p.active, p.limits)
+	p.logs = newLogLimiter(p.metrics.logDropped)
 	p.none = &route{name: "none", counts: p.metrics.routeCounts("none")}
 	p.state.Store(p.newState(cfg, nil))
 	p.pool.OnAdd = p.attach
@@ -519,12 +521,16 @@ var failNoUpstream = upstreamFailure{status: fasthttp.StatusServiceUnavailable, 
 	msg: "no healthy ticket service instance is available; try again in a few seconds"}
 
 func (p *Proxy) logUpstreamError(reqID []byte, h *balancer.Host, f *upstreamFailure) {
-	if f.err == nil || !p.log.Enabled(context.Background(), slog.LevelWarn) {
+	if f.err == nil {
+		return
+	}
+	ok, suppressed := p.logs.allow(&p.state.Load().cfg.AccessLog.ErrorLimit, upstreamLogKey(h.Addr), time.Now())
+	if !ok || !p.log.Enabled(context.Background(), slog.LevelWarn) {
 		return
 	}
 	p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
 		slog.String("request_id", string(reqID)), slog.String("upstream", h.Addr),
-		slog.String("kind", f.kind), slog.String("error", f.err.Error()))
+		slog.String("kind", f.kind), slog.String("error", f.err.Error()), suppressedAttr(suppressed))
 }
 
 func (p *Proxy) recoverPanic(ctx *fasthttp.RequestCtx) {
@@ -535,8 +541,10 @@ func (p *Proxy) recoverPanic(ctx *fasthttp.RequestCtx) {
 	p.metrics.errors[errPanic].Inc()
 	var idBuf [64]byte
 	id := p.requestID(&ctx.Request, false, idBuf[:0])
-	p.log.Error("panic serving a request; answered 500", "request_id", string(id), "path", string(ctx.Path()),
-		"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	if ok, suppressed := p.logs.allow(&p.state.Load().cfg.AccessLog.ErrorLimit, clientLogKey(peerAddr(ctx)), time.Now()); ok {
+		p.log.Error("panic serving a request; answered 500", "request_id", string(id), "path", string(ctx.Path()),
+			"panic", fmt.Sprint(r), "stack", string(debug.Stack()), suppressedAttr(suppressed))
+	}
 	writeError(ctx, fasthttp.StatusInternalServerError, "the edge failed on this request; it has been logged", id)
 	ctx.SetConnectionClose()
 }
@@ -789,15 +797,24 @@ func printable(b []byte) bool {
 	return true
 }
 
-// accessLog writes one JSON line per request: always for errors, for a
-// sampled share of the rest.
+// accessLog writes one JSON line per request: for a sampled share of
+// requests, and for every 400 and 5xx; a line for a 4xx or 5xx answer
+// only within access_log.error_limit for its client (see logLimiter).
 func (p *Proxy) accessLog(st *state, ctx *fasthttp.RequestCtx, rt *route, status int, h *balancer.Host, reqID []byte, upstreamTime time.Duration, retries int) {
-	al := st.cfg.AccessLog
+	al := &st.cfg.AccessLog
 	if !al.Enabled {
 		return
 	}
 	if status < 500 && status != fasthttp.StatusBadRequest && (al.Sample <= 0 || (al.Sample < 1 && rand.Float64() >= al.Sample)) {
 		return
+	}
+	var suppressed uint64
+	if status >= 400 {
+		ok, n := p.logs.allow(&al.ErrorLimit, clientLogKey(logClient(st, ctx)), time.Now())
+		if !ok {
+			return
+		}
+		suppressed = n
 	}
 	upAddr := ""
 	if h != nil {
@@ -815,6 +832,7 @@ func (p *Proxy) accessLog(st *state, ctx *fasthttp.RequestCtx, rt *route, status
 		slog.Int("retries", retries),
 		slog.String("cache", string(ctx.Response.Header.Peek("X-Cache"))),
 		slog.String("client", ctx.RemoteIP().String()),
+		suppressedAttr(suppressed),
 	)
 }
 
