@@ -26,6 +26,10 @@ const (
 	DefaultReadBodyTimeout   = 30 * time.Second
 	DefaultUpstreamTimeout   = 10 * time.Second
 	DefaultIdleTimeout       = 60 * time.Second
+	// DefaultWriteTimeout is how long a response to a client may make no
+	// progress: nginx's send_timeout (60s there), measured between two
+	// sends, never over the whole response.
+	DefaultWriteTimeout      = 30 * time.Second
 	DefaultMaxHeaderBytes    = 16 << 10 // fasthttp's read buffer, and so the header limit
 	DefaultMaxBodyBytes      = 64 << 10 // a purchase body is under 200 bytes
 	DefaultMaxConnsPerHost   = 1024
@@ -303,6 +307,13 @@ type Timeouts struct {
 	ReadBody   Duration `yaml:"read_body"`   // a client sending its body, after the headers
 	Upstream   Duration `yaml:"upstream"`    // an upstream's whole response; → 504
 	Idle       Duration `yaml:"idle"`        // a client keep-alive connection between requests
+	// Write bounds how long a response to a client may make no progress:
+	// a send that waits this long for the client to take a byte closes
+	// the connection. It is measured from the last byte the client took,
+	// not over the whole response, so a slow but steady download of any
+	// size finishes, and a client that pipelines requests and never reads
+	// their answers holds its connection for this long, not for ever.
+	Write Duration `yaml:"write"`
 }
 
 // Limits bound what a client may send.
@@ -367,6 +378,7 @@ func DefaultEdge() *Edge {
 			ReadBody:   Duration(DefaultReadBodyTimeout),
 			Upstream:   Duration(DefaultUpstreamTimeout),
 			Idle:       Duration(DefaultIdleTimeout),
+			Write:      Duration(DefaultWriteTimeout),
 		},
 		Limits:       Limits{MaxHeaderBytes: DefaultMaxHeaderBytes, MaxBodyBytes: DefaultMaxBodyBytes},
 		UpstreamPool: UpstreamPool{MaxConns: DefaultMaxConnsPerHost, MaxIdleTime: Duration(DefaultUpstreamIdleConn)},
@@ -688,7 +700,7 @@ func (c *Edge) validate(v *validator) {
 	for _, d := range []struct {
 		key string
 		v   Duration
-	}{{"timeouts.connect", t.Connect}, {"timeouts.read_header", t.ReadHeader}, {"timeouts.read_body", t.ReadBody}, {"timeouts.upstream", t.Upstream}, {"timeouts.idle", t.Idle}} {
+	}{{"timeouts.connect", t.Connect}, {"timeouts.read_header", t.ReadHeader}, {"timeouts.read_body", t.ReadBody}, {"timeouts.upstream", t.Upstream}, {"timeouts.idle", t.Idle}, {"timeouts.write", t.Write}} {
 		if d.v <= 0 {
 			v.addf(d.key, "must be > 0, got %s", d.v)
 		}

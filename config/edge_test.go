@@ -44,6 +44,7 @@ func TestLoadFileBad(t *testing.T) {
 		{"static-and-consul.bad.yaml", []string{":1: discovery: set static or consul, not both"}},
 		{"consul-address.bad.yaml", []string{":3: discovery.consul.address: must be host:port"}},
 		{"rise-string.bad.yaml", []string{"line 2", "cannot unmarshal"}},
+		{"zero-write-timeout.bad.yaml", []string{":2: timeouts.write: must be > 0, got 0s"}},
 		{"error-limit.bad.yaml", []string{":2: access_log.error_limit: per_client and total must be > 0", "got per_client 0"}},
 	}
 	seen := map[string]bool{}
@@ -102,6 +103,7 @@ func TestLoadFileGood(t *testing.T) {
 		{"hc.timeout", cfg.HealthCheck.Timeout.D(), 250 * time.Millisecond},
 		{"route name default", cfg.Routes[1].Name, "/api/games"},
 		{"route name given", cfg.Routes[0].Name, "buy"},
+		{"write", cfg.Timeouts.Write.D(), 15 * time.Second},
 		{"error_limit", cfg.AccessLog.ErrorLimit, LogLimit{PerClient: 2, Burst: 20, Total: 50}},
 		{"trusted", len(cfg.TrustedPrefixes()), 2},
 		{"::1 is a /128", cfg.TrustedPrefixes()[1].Bits(), 128},

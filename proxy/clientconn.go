@@ -22,12 +22,26 @@ const clientWriteBuffer = 4096
 // does; a caller that runs Server().Serve itself wraps its listener first.
 func (p *Proxy) WrapListener(ln net.Listener) net.Listener {
 	t := p.boot.Timeouts
-	return &clientListener{Listener: ln, slack: min(t.ReadHeader.D(), t.ReadBody.D(), t.Idle.D()) >> 6}
+	return &clientListener{
+		Listener:       ln,
+		slack:          min(t.ReadHeader.D(), t.ReadBody.D(), t.Idle.D(), t.Write.D()) >> 6,
+		writeTimeout:   t.Write.D(),
+		onWriteTimeout: p.clientWriteTimedOut,
+	}
 }
 
+// clientListener makes clientConns. Its fields are set before the first
+// Accept and never change.
 type clientListener struct {
 	net.Listener
 	slack time.Duration
+	// writeTimeout bounds a send that makes no progress (timeouts.write);
+	// zero means none.
+	writeTimeout time.Duration
+	// onWriteTimeout, when set, is told of a connection whose send waited
+	// writeTimeout for the client to take a byte; the write then fails
+	// and fasthttp closes the connection.
+	onWriteTimeout func(net.Conn)
 }
 
 func (l *clientListener) Accept() (net.Conn, error) {
@@ -35,7 +49,7 @@ func (l *clientListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newClientConn(c, l.slack), nil
+	return newClientConn(c, l), nil
 }
 
 // clientConn is a client's connection to the edge, under fasthttp's
@@ -54,6 +68,21 @@ func (l *clientListener) Accept() (net.Conn, error) {
 // socket that passes while no read is waiting (a long request to a slow
 // upstream) is not a timeout: the read re-arms the wanted one and goes on.
 //
+// The write timeout (timeouts.write) is nginx's send_timeout: it bounds
+// how long a send waits for the client to take a byte, not the whole
+// response, so a slow but steady download of any size finishes, and a
+// client that pipelines requests and never reads is closed. It too is put
+// on the socket only when a send must wait: a response the socket buffer
+// takes at once, nearly every one, costs no clock read and no timer
+// update. A wait arms now+timeout, or keeps an armed deadline no earlier
+// than that and at most slack later, so a long download re-arms about once
+// per slack, and a stalled client is closed at most slack late. A
+// deadline left on the socket by an earlier wait (the connection has been
+// idle since, or busy reading) is not a timeout of the send in progress:
+// it is replaced, as a stale read deadline is. fasthttp's own
+// SetWriteDeadline calls (the zero deadline around a flushBig response)
+// are only recorded.
+//
 // Reads and writes are recvfrom(2) and sendto(2), without the file
 // layer's steps (see upstreamConn).
 //
@@ -68,11 +97,17 @@ func (l *clientListener) Accept() (net.Conn, error) {
 // which its writev path had avoided for big ones). So nothing is ever
 // held across requests, and a connection fasthttp sees idle holds nothing.
 type clientConn struct {
-	*net.TCPConn // addresses, write deadlines, the socket options
+	*net.TCPConn // addresses, the socket options
 	raw          syscall.RawConn
-	slack        time.Duration
+	l            *clientListener // slack, the write timeout and its hook
 
 	wantRD, armedRD time.Time
+
+	// wantWD is the caller's write deadline (SetWriteDeadline), a bound on
+	// top of the write timeout; armedWD the write deadline on the socket;
+	// stallWD the deadline the send in progress waits under (zero while
+	// it has not waited).
+	wantWD, armedWD, stallWD time.Time
 
 	// bigBody is set by flushBig for the response being written; held is
 	// its first, full buffer until the rest comes. Both belong to the
@@ -88,17 +123,17 @@ type clientConn struct {
 	n               int
 	err             error
 
-	// rearms counts read deadlines put on the socket and sends the send
-	// system calls, for tests.
-	rearms, sends int
+	// rearms counts read deadlines put on the socket, wrearms write
+	// deadlines, and sends the send system calls, for tests.
+	rearms, wrearms, sends int
 }
 
-func newClientConn(c net.Conn, slack time.Duration) net.Conn {
+func newClientConn(c net.Conn, l *clientListener) net.Conn {
 	tc, raw, ok := rawTCP(c)
 	if !ok {
 		return c
 	}
-	cc := &clientConn{TCPConn: tc, raw: raw, slack: slack}
+	cc := &clientConn{TCPConn: tc, raw: raw, l: l}
 	cc.onRead = cc.readOnce
 	cc.onWrite = cc.writeOnce
 	return cc
@@ -110,9 +145,16 @@ func (c *clientConn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
+// SetWriteDeadline records t; a send that has to wait applies it, or the
+// write timeout when that comes first.
+func (c *clientConn) SetWriteDeadline(t time.Time) error {
+	c.wantWD = t
+	return nil
+}
+
 func (c *clientConn) SetDeadline(t time.Time) error {
-	c.wantRD = t
-	return c.TCPConn.SetWriteDeadline(t)
+	c.wantRD, c.wantWD = t, t
+	return nil
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {
@@ -172,10 +214,10 @@ func (c *clientConn) armRead() error {
 	case want.IsZero():
 		return c.putReadDeadline(want) // clear the one on the socket
 	}
-	if late := c.armedRD.Sub(want); !c.armedRD.IsZero() && late >= 0 && late <= c.slack {
+	if late := c.armedRD.Sub(want); !c.armedRD.IsZero() && late >= 0 && late <= c.l.slack {
 		return nil
 	}
-	return c.putReadDeadline(want.Add(c.slack))
+	return c.putReadDeadline(want.Add(c.l.slack))
 }
 
 // earlyDeadline says whether a read deadline that fired was one put on the
@@ -224,16 +266,69 @@ func (c *clientConn) Write(p []byte) (int, error) {
 var fullBufs = sync.Pool{New: func() any { b := make([]byte, clientWriteBuffer); return &b }}
 
 // writev sends a then b in as few system calls as the socket allows,
-// waiting (under the write deadline) while its buffer is full, and
-// returns how many bytes went out.
+// waiting while its buffer is full (see clientConn for the write
+// timeout), and returns how many bytes went out.
 func (c *clientConn) writev(a, b []byte) (int, error) {
 	c.vec[0], c.vec[1], c.n, c.err = a, b, 0, nil
+	c.stallWD = time.Time{}
 	err := c.raw.Write(c.onWrite)
+	for err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.staleWriteDeadline() {
+		err = c.raw.Write(c.onWrite)
+	}
 	c.vec[0], c.vec[1] = nil, nil
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) && c.l.onWriteTimeout != nil {
+			c.l.onWriteTimeout(c)
+		}
 		return c.n, relabel(err, "write")
 	}
 	return c.n, c.err
+}
+
+// armWrite puts on the socket the deadline of a send that must wait: the
+// write timeout from now (every wait follows a send that made progress, or
+// starts the write), or the caller's deadline when that is earlier. An
+// armed deadline no earlier than that and at most slack later stays.
+func (c *clientConn) armWrite() error {
+	want := c.wantWD
+	if t := c.l.writeTimeout; t > 0 {
+		if d := time.Now().Add(t); want.IsZero() || d.Before(want) {
+			want = d
+		}
+	}
+	c.stallWD = want
+	switch {
+	case want.IsZero() && c.armedWD.IsZero():
+		return nil
+	case want.IsZero():
+		return c.putWriteDeadline(want)
+	}
+	if late := c.armedWD.Sub(want); !c.armedWD.IsZero() && late >= 0 && late <= c.l.slack {
+		return nil
+	}
+	return c.putWriteDeadline(want.Add(c.l.slack))
+}
+
+// staleWriteDeadline says whether a write deadline that fired was not the
+// one the send in progress waits under (one armed for an earlier wait,
+// which the runtime reports before the send even starts), and if so puts
+// that one there instead, so the send can go on.
+func (c *clientConn) staleWriteDeadline() bool {
+	if !c.stallWD.IsZero() && !time.Now().Before(c.stallWD) {
+		return false
+	}
+	return c.putWriteDeadline(c.stallWD) == nil
+}
+
+// putWriteDeadline sets the socket's write deadline and remembers it.
+func (c *clientConn) putWriteDeadline(t time.Time) error {
+	c.wrearms++
+	c.armedWD = time.Time{}
+	if err := c.TCPConn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	c.armedWD = t
+	return nil
 }
 
 // writeOnce runs under the poller's write lock each time the socket may
@@ -253,6 +348,9 @@ func (c *clientConn) writeOnce(fd uintptr) bool {
 		c.sends++
 		switch {
 		case err == syscall.EAGAIN:
+			if c.err = c.armWrite(); c.err != nil {
+				return true // the deadline could not be set
+			}
 			return false
 		case err != nil:
 			c.err = c.opError("write", err)

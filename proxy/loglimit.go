@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"context"
 	"hash/maphash"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -151,4 +153,22 @@ func logClient(st *state, ctx *fasthttp.RequestCtx) netip.Addr {
 		return peer
 	}
 	return ratelimit.ClientIPFields(peer, ctx.Request.Header.PeekAll(strXFFKey), st.trusted)
+}
+
+// clientWriteTimedOut counts, and logs within access_log.error_limit, a
+// client connection whose answer made no progress for timeouts.write
+// (clientConn's send gave up; fasthttp closes the connection).
+func (p *Proxy) clientWriteTimedOut(c net.Conn) {
+	p.metrics.errors[errClientWrite].Inc()
+	var peer netip.Addr
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		peer = a.AddrPort().Addr().Unmap()
+	}
+	st := p.state.Load()
+	ok, suppressed := p.logs.allow(&st.cfg.AccessLog.ErrorLimit, clientLogKey(peer), time.Now())
+	if !ok || !p.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	p.log.LogAttrs(context.Background(), slog.LevelInfo, "client write timeout: the client took no byte of its answer; connection closed",
+		slog.String("client", peer.String()), slog.Duration("timeout", p.boot.Timeouts.Write.D()), suppressedAttr(suppressed))
 }

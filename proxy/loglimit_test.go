@@ -227,3 +227,48 @@ func TestLogLimiterTotalAcrossClients(t *testing.T) {
 		t.Error("two addresses of one /64 are two clients")
 	}
 }
+
+// A client write timeout is logged within the same limits.
+func TestClientWriteTimeoutLogLimited(t *testing.T) {
+	rec := &recordingHandler{}
+	p := inmemoryEdge(t)
+	p.log = slog.New(rec)
+	c, peer := clientPairTB(t)
+	_ = peer
+	for range 1000 {
+		p.clientWriteTimedOut(c)
+	}
+	if got, want := testCounter(p.metrics.errors[errClientWrite]), 1000.0; got != want {
+		t.Errorf("client_write_timeout = %v, want %v", got, want)
+	}
+	lines := rec.snapshot()
+	if n := len(lines); n < 1 || n > config.DefaultErrorLogBurst+2 {
+		t.Errorf("1000 write timeouts of one client logged %d lines, want 1..%d", n, config.DefaultErrorLogBurst+2)
+	}
+	for _, l := range lines {
+		if l.client != "127.0.0.1" || l.msg == "" {
+			t.Errorf("line %+v, want the client's address and a message", l)
+		}
+	}
+}
+
+// clientPairTB is a loopback connection pair: the edge's end (a plain
+// *net.TCPConn) and the client's.
+func clientPairTB(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); peer.Close() })
+	return c, peer
+}

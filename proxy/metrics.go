@@ -16,24 +16,25 @@ import (
 // Error kinds counted in podium_edge_errors_total. A fixed set, so the
 // label's cardinality is bounded.
 const (
-	errTimeout       = "timeout"            // upstream did not answer in time → 504
-	errRefused       = "refused"            // upstream connect refused or timed out → 502
-	errUpstream      = "upstream"           // reset, closed or bad response → 502
-	errNoUpstream    = "no_upstream"        // no healthy upstream → 503
-	errPoolFull      = "pool_full"          // every pooled connection busy → 503
-	errSmuggling     = "smuggling_rejected" // ambiguous framing → 400
-	errMalformed     = "malformed"          // unparseable request → 400
-	errHeaderLimit   = "limit_rejected"     // headers or body over the limits → 431/413
-	errClientTimeout = "client_timeout"     // slow client → 408
-	errNoRoute       = "no_route"           // no route matched → 404
-	errRateLimited   = "rate_limited"       // client over its rate → 429
-	errShed          = "shed"               // route over max_in_flight → 503
-	errPanic         = "panic"              // a bug, recovered → 500
+	errTimeout       = "timeout"              // upstream did not answer in time → 504
+	errRefused       = "refused"              // upstream connect refused or timed out → 502
+	errUpstream      = "upstream"             // reset, closed or bad response → 502
+	errNoUpstream    = "no_upstream"          // no healthy upstream → 503
+	errPoolFull      = "pool_full"            // every pooled connection busy → 503
+	errSmuggling     = "smuggling_rejected"   // ambiguous framing → 400
+	errMalformed     = "malformed"            // unparseable request → 400
+	errHeaderLimit   = "limit_rejected"       // headers or body over the limits → 431/413
+	errClientTimeout = "client_timeout"       // slow client → 408
+	errClientWrite   = "client_write_timeout" // a client that took no byte of its answer for timeouts.write → connection closed
+	errNoRoute       = "no_route"             // no route matched → 404
+	errRateLimited   = "rate_limited"         // client over its rate → 429
+	errShed          = "shed"                 // route over max_in_flight → 503
+	errPanic         = "panic"                // a bug, recovered → 500
 
 	retryStatus5xx = "status_5xx" // a retry reason: the upstream answered one of retries.on_status
 )
 
-var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errNoRoute, errRateLimited, errShed, errPanic}
+var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errClientWrite, errNoRoute, errRateLimited, errShed, errPanic}
 
 // methods are the method label values; anything else counts as OTHER, so
 // a client cannot mint label values.
@@ -290,7 +291,7 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 	m.reloadTime.SetToCurrentTime()
 	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_edge_errors_total",
-		Help: "Requests the edge answered with its own error, by kind.",
+		Help: "Requests the edge answered with its own error, by kind (client_write_timeout: connections closed because the client took no byte of its answer for timeouts.write).",
 	}, []string{"kind"})
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_edge_cache_requests_total",

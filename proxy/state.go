@@ -120,6 +120,7 @@ func (p *Proxy) Reload(cfg *config.Edge) (needRestart []string, err error) {
 		{"timeouts.read_header", boot.Timeouts.ReadHeader, cfg.Timeouts.ReadHeader},
 		{"timeouts.read_body", boot.Timeouts.ReadBody, cfg.Timeouts.ReadBody},
 		{"timeouts.idle", boot.Timeouts.Idle, cfg.Timeouts.Idle},
+		{"timeouts.write", boot.Timeouts.Write, cfg.Timeouts.Write},
 		{"cache", boot.Cache, cfg.Cache},
 	} {
 		if !reflect.DeepEqual(k.old, k.new) {
