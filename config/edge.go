@@ -282,12 +282,29 @@ type Route struct {
 	// MaxInFlight caps the route's requests in flight; the excess is shed
 	// with 503 and Retry-After before the origins drown. Zero: no cap.
 	MaxInFlight int64 `yaml:"max_in_flight"`
+	// Respond, when set, makes the edge answer every request on the route
+	// itself and forward none (Envoy's direct_response): the default
+	// routes answer the origins' internal endpoints (/metrics, /debug/)
+	// 404 this way. A route that responds has no cache, purge or
+	// max_in_flight.
+	Respond *Respond `yaml:"respond"`
 	// Purge lists paths dropped from the cache (every query and variant of
 	// each) when a request on this route succeeds (2xx); a trailing "*"
 	// drops everything under a prefix; "$1" stands for the path segment
 	// the route's first "*" matched. A purchase purges the listing and its
 	// game: ["/api/games", "/games", "/api/games/$1", "/games/$1"].
 	Purge []string `yaml:"purge"`
+}
+
+// Respond is the edge's own answer on a route: its error page, JSON for
+// /api/ paths and clients that accept JSON, HTML otherwise, as for any
+// error of the edge.
+type Respond struct {
+	// Status is the answer's status, 400..599.
+	Status int `yaml:"status"`
+	// Message is the error's text; empty means the status's own, in
+	// lower case ("not found").
+	Message string `yaml:"message"`
 }
 
 // Match selects requests. Path is exact, where "*" stands for one whole
@@ -398,7 +415,8 @@ func DefaultEdge() *Edge {
 
 // DefaultRoutes are the routes of the embedded default: the listing, the
 // game pages and the static assets cached; a purchase purging what it
-// changes; everything else proxied.
+// changes; the origins' internal endpoints answered 404 by the edge;
+// everything else proxied.
 func DefaultRoutes() []Route {
 	listing := func() *RouteCache {
 		return &RouteCache{TTL: Duration(DefaultListingTTL), StaleIfError: Duration(DefaultStaleIfError)}
@@ -419,6 +437,13 @@ func DefaultRoutes() []Route {
 		{Name: "game", Match: Match{Path: "/games/*", Methods: get}, Cache: listing()},
 		{Name: "static", Match: Match{PathPrefix: "/static", Methods: get},
 			Cache: &RouteCache{TTL: Duration(DefaultStaticTTL), StaleIfError: Duration(DefaultStaleIfError)}},
+		// The origin's /metrics shows its database addresses, seats sold
+		// and pool statistics, and a Go service's /debug/ is its profiler:
+		// for the operator on the origin's own port, never for the public.
+		// Paths are case-sensitive (RFC 3986 §6.2.2.1), as the origin's
+		// router is: /METRICS reaches its 404 page, not its metrics.
+		{Name: "internal_metrics", Match: Match{PathPrefix: "/metrics"}, Respond: &Respond{Status: 404}},
+		{Name: "internal_debug", Match: Match{PathPrefix: "/debug"}, Respond: &Respond{Status: 404}},
 		{Name: DefaultRouteName, Match: Match{PathPrefix: "/"}},
 	}
 }
@@ -614,6 +639,17 @@ func (c *Edge) validate(v *validator) {
 				if meth != "GET" && meth != "HEAD" {
 					v.addf(key+".cache", "only GET and HEAD are cached; this route also matches %s", meth)
 				}
+			}
+		}
+		if rs := r.Respond; rs != nil {
+			if rs.Status < 400 || rs.Status > 599 {
+				v.addf(key+".respond.status", "must be an error status 400..599 (the edge answers with its error page), got %d", rs.Status)
+			}
+			if len(rs.Message) > 512 || strings.ContainsFunc(rs.Message, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+				v.addf(key+".respond.message", "must be one line of at most 512 characters")
+			}
+			if r.Cache != nil || len(r.Purge) > 0 || r.MaxInFlight != 0 {
+				v.addf(key+".respond", "the edge answers this route itself and forwards nothing, so cache, purge and max_in_flight do not apply: remove them")
 			}
 		}
 		for j, pp := range r.Purge {

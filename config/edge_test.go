@@ -44,6 +44,8 @@ func TestLoadFileBad(t *testing.T) {
 		{"static-and-consul.bad.yaml", []string{":1: discovery: set static or consul, not both"}},
 		{"consul-address.bad.yaml", []string{":3: discovery.consul.address: must be host:port"}},
 		{"rise-string.bad.yaml", []string{"line 2", "cannot unmarshal"}},
+		{"respond-status.bad.yaml", []string{":2: routes[0].respond.status: must be an error status 400..599", "got 200"}},
+		{"respond-cache.bad.yaml", []string{":4: routes[0].respond: the edge answers this route itself", "remove them"}},
 		{"zero-write-timeout.bad.yaml", []string{":2: timeouts.write: must be > 0, got 0s"}},
 		{"error-limit.bad.yaml", []string{":2: access_log.error_limit: per_client and total must be > 0", "got per_client 0"}},
 	}
@@ -101,8 +103,11 @@ func TestLoadFileGood(t *testing.T) {
 		{"static[0].weight", cfg.Discovery.Static[0].Weight, 1},
 		{"slow_start", cfg.Balancer.SlowStart.D(), 10 * time.Second},
 		{"hc.timeout", cfg.HealthCheck.Timeout.D(), 250 * time.Millisecond},
-		{"route name default", cfg.Routes[1].Name, "/api/games"},
-		{"route name given", cfg.Routes[0].Name, "buy"},
+		{"route name default", cfg.Routes[3].Name, "/api/games"},
+		{"route name given", cfg.Routes[2].Name, "buy"},
+		{"respond", *cfg.Routes[0].Respond, Respond{Status: 404}},
+		{"respond message", *cfg.Routes[1].Respond, Respond{Status: 503, Message: "closed for maintenance"}},
+		{"forwarding route", cfg.Routes[2].Respond == nil, true},
 		{"write", cfg.Timeouts.Write.D(), 15 * time.Second},
 		{"error_limit", cfg.AccessLog.ErrorLimit, LogLimit{PerClient: 2, Burst: 20, Total: 50}},
 		{"trusted", len(cfg.TrustedPrefixes()), 2},
@@ -308,5 +313,44 @@ func TestAdminAddress(t *testing.T) {
 	}
 	if strings.Contains(string(out), "0123456789abcdef0123") || !strings.Contains(string(out), "admin_token: <elided>") {
 		t.Errorf("/config shows the admin token or hides that one is set:\n%s", out)
+	}
+}
+
+// The embedded default answers the origins' internal endpoints itself,
+// before the catch-all route could forward them, and /config shows that
+// in a form that loads back (TestRedactedRoundTrips compares the rest).
+func TestDefaultRoutesHideInternalPaths(t *testing.T) {
+	def := DefaultEdge()
+	find := func(routes []Route, name string) (int, *Route) {
+		for i := range routes {
+			if routes[i].Name == name {
+				return i, &routes[i]
+			}
+		}
+		return -1, nil
+	}
+	catchAll, _ := find(def.Routes, DefaultRouteName)
+	for _, tc := range []struct{ name, prefix string }{{"internal_metrics", "/metrics"}, {"internal_debug", "/debug"}} {
+		i, r := find(def.Routes, tc.name)
+		if r == nil || r.Match.PathPrefix != tc.prefix || r.Respond == nil || *r.Respond != (Respond{Status: 404}) || len(r.Match.Methods) != 0 {
+			t.Fatalf("default route %s = %+v, want path_prefix %s answered 404 for every method", tc.name, r, tc.prefix)
+		}
+		if i > catchAll {
+			t.Errorf("route %s comes after the catch-all %s, which would forward %s", tc.name, DefaultRouteName, tc.prefix)
+		}
+	}
+	out, err := def.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "respond:\n") || !strings.Contains(string(out), "status: 404") {
+		t.Errorf("/config does not show the respond routes:\n%s", out)
+	}
+	again, err := Load("config.yaml", out)
+	if err != nil {
+		t.Fatalf("/config does not load back: %v", err)
+	}
+	if _, r := find(again.Routes, "internal_metrics"); r == nil || r.Respond == nil || *r.Respond != (Respond{Status: 404}) {
+		t.Errorf("after the round trip internal_metrics = %+v", r)
 	}
 }

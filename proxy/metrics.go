@@ -26,6 +26,7 @@ const (
 	errHeaderLimit   = "limit_rejected"       // headers or body over the limits → 431/413
 	errClientTimeout = "client_timeout"       // slow client → 408
 	errClientWrite   = "client_write_timeout" // a client that took no byte of its answer for timeouts.write → connection closed
+	errDirect        = "direct_response"      // a route that answers itself (routes[].respond), e.g. the origins' /metrics → 404
 	errNoRoute       = "no_route"             // no route matched → 404
 	errRateLimited   = "rate_limited"         // client over its rate → 429
 	errShed          = "shed"                 // route over max_in_flight → 503
@@ -34,7 +35,7 @@ const (
 	retryStatus5xx = "status_5xx" // a retry reason: the upstream answered one of retries.on_status
 )
 
-var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errClientWrite, errNoRoute, errRateLimited, errShed, errPanic}
+var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errClientWrite, errDirect, errNoRoute, errRateLimited, errShed, errPanic}
 
 // methods are the method label values; anything else counts as OTHER, so
 // a client cannot mint label values.

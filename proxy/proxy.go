@@ -251,6 +251,10 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if rt.policy != "" && !p.allowed(st, ctx, rt, method, peer, trusted, reqID) {
 		return
 	}
+	if d := st.directResponse(rt); d != nil {
+		p.reject(st, ctx, rt, method, d.status, errDirect, d.msg, reqID, nil)
+		return
+	}
 	if c := rt.inflight; c != nil {
 		if !c.Acquire() {
 			// Shed before the origins drown: a fast, clear 503 now beats a

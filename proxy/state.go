@@ -20,6 +20,8 @@ type state struct {
 	routes  []route
 	trusted []netip.Prefix
 	allow   *ratelimit.AllowList
+	// responds are the routes the edge answers itself (see directResponse).
+	responds []directResponse
 }
 
 func (p *Proxy) newState(cfg *config.Edge, prev *state) *state {
@@ -40,6 +42,7 @@ func (p *Proxy) newState(cfg *config.Edge, prev *state) *state {
 		}
 		st.routes = append(st.routes, rt)
 	}
+	st.responds = directResponses(cfg, st.routes)
 	return st
 }
 
