@@ -116,6 +116,9 @@ const upperHex = "0123456789ABCDEF"
 // why the path is refused. An empty src is "/". It allocates nothing when
 // dst has room, and normalizing its own output returns it unchanged.
 func normalizePath(dst, src []byte) ([]byte, error) {
+	if inNormalForm(src) {
+		return append(dst, src...), nil
+	}
 	if len(src) == 0 {
 		return append(dst, '/'), nil
 	}
@@ -194,6 +197,24 @@ func normalizePath(dst, src []byte) ([]byte, error) {
 	return dst, nil
 }
 
+// inNormalForm reports, in one quick pass, that p is certainly in normal
+// form: absolute, no escapes, no byte to encode or refuse, no "//", and no
+// segment that starts with a dot (which might be "." or ".."). Most paths
+// clients send are; the others take normalizePath's longer way.
+func inNormalForm(p []byte) bool {
+	if len(p) == 0 || p[0] != '/' {
+		return false
+	}
+	prev := byte(0)
+	for _, c := range p {
+		if pathClass[c] != pcRaw || prev == '/' && (c == '/' || c == '.') {
+			return false
+		}
+		prev = c
+	}
+	return true
+}
+
 // requestPath normalises the request's path (normalizePath) and makes the
 // request carry that form from here on: URI().PathOriginal() returns it,
 // and it is what upstream.do forwards (DisablePathNormalizing). It returns
@@ -203,6 +224,9 @@ func normalizePath(dst, src []byte) ([]byte, error) {
 func requestPath(req *fasthttp.Request, buf []byte) ([]byte, error) {
 	uri := req.URI()
 	raw := uri.PathOriginal()
+	if inNormalForm(raw) {
+		return raw, nil
+	}
 	norm, err := normalizePath(buf[:0], raw)
 	if err != nil {
 		return nil, err
