@@ -112,8 +112,14 @@ func TestGTIDWaitsAreBounded(t *testing.T) {
 		c.QueryTimeout = time.Minute
 		c.GTIDWaitConns = perReplica
 	})
+	game := createGame(t, 10)       // both replicas have it, so neither lags now
+	do(t, "GET", s.URL+"/ping", "") // Run's own first check is over
 	s.CheckDatabases(context.Background())
-	game := createGame(t, 10)
+	for _, r := range s.db.replicas {
+		if !r.healthy.Load() {
+			t.Fatalf("replica %s not in rotation before the test", r.name)
+		}
+	}
 	t.Cleanup(func() { clusterCmd(t, "wait") })
 	for _, node := range []string{"replica1", "replica2"} {
 		t.Cleanup(func() { clusterCmd(t, "sql", node, "START SLAVE SQL_THREAD") })
@@ -207,7 +213,10 @@ func TestParseGTID(t *testing.T) {
 // query began share it, and a caller waits only for a query begun after it
 // arrived.
 func TestPrimaryPositionRefreshIsShared(t *testing.T) {
-	s := startServer(t, nil)
+	// No health check may refresh the position in the middle: the first
+	// is over once the server answers (Run checks before it serves).
+	s := startServer(t, func(c *Config) { c.HealthInterval = time.Hour })
+	do(t, "GET", s.URL+"/ping", "")
 	var running, most, queries atomic.Int32
 	gate := make(chan struct{})
 	query := func(ctx context.Context) (gtidPos, error) {

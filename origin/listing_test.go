@@ -59,18 +59,15 @@ func TestListingRejectsOutOfRangeDates(t *testing.T) {
 			t.Errorf("GET /api/games?%s: %d %.200s, want 200", q, r.Status, r.Body)
 		}
 	}
-	now := time.Now()
+	// (The health check's verdict may change under load, as a replica
+	// lags; what bad input must not do is set a replica aside.)
 	for _, r := range s.db.replicas {
-		if !r.usable(now) {
-			t.Errorf("replica %s was taken out of rotation by bad input", r.name)
+		if r.skipUntil.Load() != 0 {
+			t.Errorf("replica %s was set aside by bad input", r.name)
 		}
 	}
-	before := metricValue(t, s.m.reads.WithLabelValues("replica"))
 	if r := do(t, "GET", s.URL+"/api/games?limit=1", ""); r.Status != 200 {
 		t.Fatalf("listing after bad input: %d %s", r.Status, r.Body)
-	}
-	if metricValue(t, s.m.reads.WithLabelValues("replica")) != before+1 {
-		t.Error("a read after bad input was not answered by a replica")
 	}
 }
 
@@ -92,10 +89,9 @@ func TestRequestErrorDoesNotSkipReplica(t *testing.T) {
 	if len(tried) > 2 {
 		t.Errorf("the failing read ran on %d databases; a request error fails the same everywhere", len(tried))
 	}
-	now := time.Now()
 	for _, r := range s.db.replicas {
-		if !r.usable(now) {
-			t.Errorf("replica %s skipped after a request error", r.name)
+		if r.skipUntil.Load() != 0 {
+			t.Errorf("replica %s set aside after a request error", r.name)
 		}
 	}
 }
@@ -118,7 +114,9 @@ func TestUnreachableReplicaIsSkipped(t *testing.T) {
 		c.ReplicaCooldown = time.Hour
 		c.HealthInterval = time.Hour
 	})
-	// As if the last health check had found it well.
+	// Once the server answers, its first health check is over (Run checks
+	// before it serves); then, as if that check had found both well:
+	do(t, "GET", s.URL+"/ping", "")
 	s.db.replicas[0].healthy.Store(true)
 	s.db.replicas[1].healthy.Store(true)
 	for range 4 {
@@ -126,11 +124,10 @@ func TestUnreachableReplicaIsSkipped(t *testing.T) {
 			t.Fatalf("read with one replica unreachable: %d %s", r.Status, r.Body)
 		}
 	}
-	now := time.Now()
-	if s.db.replicas[0].usable(now) {
-		t.Error("the unreachable replica is still in rotation")
+	if s.db.replicas[0].skipUntil.Load() <= time.Now().UnixNano() {
+		t.Error("the unreachable replica was not set aside")
 	}
-	if !s.db.replicas[1].usable(now) {
+	if s.db.replicas[1].skipUntil.Load() != 0 {
 		t.Error("the reachable replica was set aside")
 	}
 }
