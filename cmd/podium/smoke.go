@@ -47,7 +47,7 @@ func smoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	origins := fs.String("origins", "", "comma-separated origin base `URLs` whose /ping to check directly, e.g. http://127.0.0.1:9001,http://127.0.0.1:9002")
 	write := fs.Bool("write", false, "also buy one ticket through the edge (with an Idempotency-Key) on the game given by -game")
 	game := fs.Int64("game", 0, "game `id` for the detail check and for -write's purchase (default: the first game of the listing)")
-	email := fs.String("email", "smoke@podium.example", "email of -write's purchase")
+	email := fs.String("email", "", "email of -write's purchase (default: smoke+<unix time>@podium.example, a new buyer each run, as the origin caps seats per buyer)")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound on each request")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: podium smoke -edge URL [-origins URL,URL,...] [-write -game ID]\n\n"+
@@ -106,6 +106,9 @@ func smoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		s.add(smokeCheck{name: "edge GET /api/games/{id}", err: errors.New("no game to read: the listing failed or was empty (or pass -game ID)")})
 	}
 	if *write {
+		if *email == "" {
+			*email = fmt.Sprintf("smoke+%d@podium.example", time.Now().UnixNano())
+		}
 		s.buy(edgeURL, id, *email)
 	}
 
