@@ -113,7 +113,15 @@ func TestClientConnStaleWriteDeadline(t *testing.T) {
 	const timeout = time.Second // the first send must finish within it, even on a busy machine
 	var timedOut atomic.Int64
 	c, peer := writePair(t, timeout, &timedOut)
-	go io.Copy(io.Discard, peer)
+	go func() { // a reader slower than the writer, so the send waits
+		buf := make([]byte, 16<<10)
+		for {
+			time.Sleep(time.Millisecond)
+			if _, err := peer.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
 	// More than the socket buffers hold: the send waits for the peer at
 	// least once, under a deadline.
 	if n, err := c.Write(make([]byte, 512<<10)); err != nil {
@@ -123,7 +131,15 @@ func TestClientConnStaleWriteDeadline(t *testing.T) {
 		t.Fatal("the send never waited under a write deadline; the test needs it to")
 	}
 	armed, rearms := c.armedWD, c.wrearms
-	time.Sleep(time.Until(armed) + 20*time.Millisecond) // idle past it
+	// Idle past it, until the runtime has marked it expired: a write
+	// operation on the socket then fails before it starts.
+	time.Sleep(time.Until(armed))
+	for deadline := time.Now().Add(5 * time.Second); c.raw.Write(func(uintptr) bool { return true }) == nil; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the write deadline armed for %v has not fired 5 s later", armed)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if n, err := c.Write([]byte("next response")); err != nil {
 		t.Fatalf("a write after the deadline armed for an earlier send passed = %d, %v; want it sent", n, err)
 	}
