@@ -369,7 +369,7 @@ func (s *Store) PurgePath(path []byte) int {
 		n = s.purgeLocked(string(path), pi, nil)
 	}
 	s.mu.Unlock()
-	s.c.Wait() // the Dels are applied: no Get sees a purged entry after this
+	s.waitDeleted(n)
 	return n
 }
 
@@ -395,8 +395,18 @@ func (s *Store) PurgePrefix(prefix []byte) int {
 		}
 	}
 	s.mu.Unlock()
-	s.c.Wait()
+	s.waitDeleted(n)
 	return n
+}
+
+// waitDeleted returns once ristretto has applied a purge's n Dels, and
+// every Set queued before them: no Get sees a purged entry after a purge
+// returns. With nothing deleted there is nothing to wait for: every Set of
+// the purged paths queued before the purge was indexed, and so deleted.
+func (s *Store) waitDeleted(n int) {
+	if n > 0 {
+		s.c.Wait()
+	}
 }
 
 // Stats are the store's counters for metrics.
