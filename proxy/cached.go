@@ -238,7 +238,7 @@ func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, ha
 	auth := len(req.Header.Peek("Authorization")) > 0
 	e, _ := rt.cache.Entry(key, hash, r, auth)
 	if e == nil {
-		if (status < 200 || status >= 300) && !auth {
+		if (status < 200 || status >= 300) && status != fasthttp.StatusNotModified && !auth {
 			// An error the origin gave no lifetime (a 404 for a game id
 			// that does not exist) is not stored, but the requests that
 			// waited on this fetch get it too, as with a 5xx: a flood of
