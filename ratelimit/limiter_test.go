@@ -419,3 +419,24 @@ func TestRetryAfterSeconds(t *testing.T) {
 		t.Errorf("AppendRetryAfter: got %q, want %q", got, "x2")
 	}
 }
+
+// TestShardsEvenForEverySeed: the seed is random per limiter, so the spread
+// of clients over shards must be even for every seed, not on average. 4096
+// consecutive IPv4 clients (what one /20 sends) must reach every shard
+// about 64 times. The hash this replaced left, for about one seed in 300,
+// runs of such addresses off some shards, which made TestIdleExpiry fail
+// 11 times in 3000 runs.
+func TestShardsEvenForEverySeed(t *testing.T) {
+	for range 2000 {
+		l := newLimiter(t, Policy{Rate: 1, Burst: 1})
+		var per [shardCount]int
+		for j := range 4096 {
+			per[l.shardOf(addrKey(netip.AddrFrom4([4]byte{10, 1, byte(j >> 8), byte(j)}).String()))]++
+		}
+		for s, n := range per {
+			if n < 24 || n > 120 {
+				t.Fatalf("seed %#x: shard %d holds %d of 4096 consecutive clients, want about 64", l.seed, s, n)
+			}
+		}
+	}
+}
