@@ -91,20 +91,28 @@ func TestClientConnReadDeadlineFires(t *testing.T) {
 func TestClientConnStaleDeadlineIsNotATimeout(t *testing.T) {
 	c, peer := clientPair(t, 10*time.Millisecond)
 	var b [16]byte
+	// The first read waits, so it arms now+60ms. Whether "a" comes in time
+	// is up to the scheduler on a busy machine, and is not what this test
+	// is about: an answer or a timeout both leave an armed deadline.
 	go func() { time.Sleep(20 * time.Millisecond); peer.Write([]byte("a")) }()
 	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if _, err := c.Read(b[:]); err != nil { // waits, so arms now+60ms
+	var ne net.Error
+	if _, err := c.Read(b[:]); err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
 		t.Fatal(err)
 	}
 	if c.rearms != 1 {
 		t.Fatalf("a read that waited armed %d deadlines, want 1", c.rearms)
 	}
-	time.Sleep(100 * time.Millisecond) // the armed deadline passes
-	c.SetReadDeadline(time.Now().Add(time.Second))
+	time.Sleep(100 * time.Millisecond) // the armed deadline (60 ms out) passes
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	go func() { time.Sleep(20 * time.Millisecond); peer.Write([]byte("b")) }()
-	n, err := c.Read(b[:])
-	if err != nil || string(b[:n]) != "b" {
-		t.Fatalf("read after a stale deadline: %q, %v; want \"b\"", b[:n], err)
+	var got []byte
+	for !bytes.HasSuffix(got, []byte("b")) { // "a" first, if the first read timed out
+		n, err := c.Read(b[:])
+		if err != nil {
+			t.Fatalf("read after a stale deadline: %q so far, then %v; want \"b\"", got, err)
+		}
+		got = append(got, b[:n]...)
 	}
 	// And no deadline at all means none.
 	c.SetReadDeadline(time.Time{})
