@@ -121,10 +121,14 @@ func TestCompareAgainstHAProxyAndNginx(t *testing.T) {
 			case !strings.HasPrefix(s.Name, "cached-listing") || tr.Target == TargetDirect:
 				// wrk stops with up to one request per connection in
 				// flight and does not count those; the upstream may have
-				// answered them.
+				// answered them. That happens at both ends of the
+				// measured window: the warm-up's wrk stops just before
+				// the upstream's counter is read, and a proxy may still
+				// be delivering its last requests then (a CI run under
+				// load saw nginx deliver 26 of them, with 16 connections).
 				inFlight := int64(0)
 				if strings.HasSuffix(s.Name, "-wrk") {
-					inFlight = int64(opts.Connections)
+					inFlight = 2 * int64(opts.Connections)
 				}
 				if tr.UpstreamRequests < tr.Requests || tr.UpstreamRequests > tr.Requests+inFlight {
 					t.Errorf("%s: %d requests reached the upstream, want all %d (+%d in flight at the end)", name, tr.UpstreamRequests, tr.Requests, inFlight)
