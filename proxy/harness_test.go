@@ -97,11 +97,30 @@ type testEdge struct {
 	p      *Proxy
 	addr   string
 	prober *healthcheck.Prober
+	// changes receives every up/down transition the prober makes, with
+	// the probe that made it, so a test waits on the event rather than
+	// polling against a wall-clock bound. Sends never block: a test that
+	// does not read it loses nothing but the events past its buffer.
+	changes chan healthChange
+}
+
+// healthChange is one transition the edge's prober made.
+type healthChange struct {
+	addr  string
+	up    bool
+	probe balancer.Probe // the probe that decided it (consecutive passes or failures)
 }
 
 type edgeOption func(*config.Edge)
 
 func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOption) *testEdge {
+	t.Helper()
+	return startEdgeLogging(t, ups, weights, nil, opts...)
+}
+
+// startEdgeLogging is startEdge with the edge's log (its access log
+// included) going to log; nil logs nowhere, or to the test log with -v.
+func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slog.Logger, opts ...edgeOption) *testEdge {
 	t.Helper()
 	cfg := config.DefaultEdge()
 	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
@@ -126,9 +145,11 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 	if err := cfg.Validate("test"); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(&testWriter{t}, nil))
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+		if testing.Verbose() {
+			log = slog.New(slog.NewTextHandler(&testWriter{t}, nil))
+		}
 	}
 	p, err := New(cfg, log)
 	if err != nil {
@@ -140,11 +161,25 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 	}
 	p.Pool().Update(cfgs)
 	ctx, cancel := context.WithCancel(context.Background())
+	changes := make(chan healthChange, 64)
 	pr := &healthcheck.Prober{
 		Pool: p.Pool(), Path: "/ping",
 		Interval: cfg.HealthCheck.Interval.D(), Timeout: cfg.HealthCheck.Timeout.D(),
 		Rise: cfg.HealthCheck.Rise, Fall: cfg.HealthCheck.Fall, Logger: log,
-		OnProbe: p.ObserveProbe, OnChange: p.Metrics().ObserveChange,
+		OnProbe: p.ObserveProbe,
+		OnChange: func(h *balancer.Host, up bool) {
+			p.Metrics().ObserveChange(h, up)
+			// Called on the probing goroutine, right after the probe
+			// that decided it was published.
+			ev := healthChange{addr: h.Addr, up: up}
+			if pr := h.LastProbe(); pr != nil {
+				ev.probe = *pr
+			}
+			select {
+			case changes <- ev:
+			default:
+			}
+		},
 	}
 	go pr.Run(ctx)
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -154,7 +189,7 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 	done := make(chan struct{})
 	go func() { p.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; p.Close() })
-	e := &testEdge{p: p, addr: ln.Addr().String(), prober: pr}
+	e := &testEdge{p: p, addr: ln.Addr().String(), prober: pr, changes: changes}
 	e.waitHealthy(t, len(ups))
 	return e
 }
@@ -175,6 +210,28 @@ func (e *testEdge) waitHealthy(t testing.TB, n int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("upstreams did not all come up within 3s")
+}
+
+// waitChange waits for the prober to take the upstream at addr up or
+// down, skipping other transitions, and returns the probe that did it.
+// Transitions from before the call are in the channel too (the ones that
+// brought every upstream up at the start, for one): wait only for one
+// that can follow nothing but what the test did. The bound only keeps a
+// broken edge from hanging the test.
+func (e *testEdge) waitChange(t testing.TB, addr string, up bool) balancer.Probe {
+	t.Helper()
+	hang := time.NewTimer(30 * time.Second)
+	defer hang.Stop()
+	for {
+		select {
+		case ev := <-e.changes:
+			if ev.addr == addr && ev.up == up {
+				return ev.probe
+			}
+		case <-hang.C:
+			t.Fatalf("upstream %s never went up=%v (30 s)", addr, up)
+		}
+	}
 }
 
 func (e *testEdge) url(path string) string { return "http://" + e.addr + path }
