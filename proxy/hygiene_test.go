@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -267,11 +270,15 @@ func TestEdgeErrors(t *testing.T) {
 func TestSlowClientHeadersTimeOut(t *testing.T) {
 	u := newUpstream(t)
 	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.Timeouts.ReadHeader = config.Duration(300 * time.Millisecond) })
-	if _, took := stall(t, e.addr, "GET /x HTTP/1.1\r\nHost: edge\r\n"); took > 3*time.Second {
-		t.Errorf("slowloris connection still open after %v, want closed after read_header (300ms)", took)
-	}
+	b, took := stall(t, e.addr, "GET /x HTTP/1.1\r\nHost: edge\r\n")
+	// The request line never got parsed, so the answer is the page a
+	// browser gets (no /api/ path to ask for JSON).
+	want408(t, "headers never finished", b, took, 300*time.Millisecond, errorHTML)
 	if u.count.Load() != 0 {
 		t.Error("a half-sent request reached the upstream")
+	}
+	if got := testCounterVec(t, e, `podium_edge_errors_total{kind="client_timeout"}`); got != "1" {
+		t.Errorf(`podium_edge_errors_total{kind="client_timeout"} = %q, want 1`, got)
 	}
 	// A request fasthttp never finished parsing has no start time; its
 	// duration must not be read as 292 years since the zero time.
@@ -280,6 +287,49 @@ func TestSlowClientHeadersTimeOut(t *testing.T) {
 		t.Errorf("request duration sum for the timed-out request = %q, want a few seconds at most", sum)
 	}
 }
+
+// want408 checks what a stalled client got: the edge's 408, as JSON or as
+// its HTML page, with a request ID, and then the connection closed, not
+// before the timeout ran out (the timeout counts from the connection's
+// start at the latest, which stall's clock starts before).
+func want408(t *testing.T, what string, b []byte, took, timeout time.Duration, form errorForm) {
+	t.Helper()
+	if took < timeout {
+		t.Errorf("%s: connection closed after %v, before the %v timeout", what, took, timeout)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(b)), nil)
+	if err != nil {
+		t.Fatalf("%s: the edge sent %q before closing, want a 408 response: %v", what, b, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("%s: status %d %q, want 408", what, resp.StatusCode, body)
+	}
+	id := resp.Header.Get("X-Request-ID")
+	if len(id) != 32 || !strings.Contains(string(body), id) {
+		t.Errorf("%s: X-Request-ID %q, body %q: want a request ID, in the body too", what, id, body)
+	}
+	if !resp.Close {
+		t.Errorf("%s: the 408 does not close the connection", what)
+	}
+	var eb struct{ Error, RequestID string }
+	isJSON := json.Unmarshal(body, &eb) == nil && eb.Error == "the request was not received in time"
+	isHTML := strings.Contains(string(body), "<html") && strings.Contains(string(body), "Request timeout") &&
+		strings.Contains(string(body), "The request was not received in time.")
+	if (form == errorJSON && !isJSON) || (form == errorHTML && !isHTML) || (form == errorEither && !isJSON && !isHTML) {
+		t.Errorf("%s: body %q, want the edge's own error (%s) saying the request was not received in time", what, body, form)
+	}
+}
+
+// errorForm is which of its two forms the edge's own error takes.
+type errorForm string
+
+const (
+	errorJSON   errorForm = "JSON"
+	errorHTML   errorForm = "HTML page"
+	errorEither errorForm = "JSON or HTML page"
+)
 
 func TestEdgePing(t *testing.T) {
 	u := newUpstream(t)
@@ -309,12 +359,11 @@ func TestSlowClientBodyTimesOut(t *testing.T) {
 	u := newUpstream(t)
 	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.Timeouts.ReadBody = config.Duration(300 * time.Millisecond) })
 	b, took := stall(t, e.addr, "POST /api/games/1/buy HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n{\"qu")
-	if took > 3*time.Second {
-		t.Errorf("a stalled body kept the connection %v, want closed after read_body (300ms)", took)
-	}
-	if len(b) > 0 && !strings.HasPrefix(string(b), "HTTP/1.1 408") {
-		t.Errorf("answer to a stalled body: %q, want 408 or a plain close", b)
-	}
+	// README promises JSON for /api/ paths, but fasthttp's Request.ReadBody
+	// resets the whole request when the body read fails, path included,
+	// so the error handler cannot tell it was an /api/ request: either
+	// form of the edge's own error passes here (reported in issue 23).
+	want408(t, "body stalled", b, took, 300*time.Millisecond, errorEither)
 	if u.count.Load() != 0 {
 		t.Error("a half-sent body reached the upstream")
 	}
@@ -337,18 +386,22 @@ func TestPanicAnswers500AndEdgeServesOn(t *testing.T) {
 }
 
 // stall sends a request that never finishes and reads until the edge
-// closes the connection (5 s at most); it returns what the edge answered
-// and how long the connection stayed open.
+// closes the connection; it returns what the edge answered and how long
+// the connection stayed open. The 30 s bound only ends a test whose edge
+// never closes.
 func stall(t *testing.T, addr, partial string) ([]byte, time.Duration) {
 	t.Helper()
+	start := time.Now()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	io.WriteString(c, partial)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start := time.Now()
-	b, _ := io.ReadAll(c)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	b, err := io.ReadAll(c)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the edge kept a stalled request's connection open 30 s; got %q", b)
+	}
 	return b, time.Since(start)
 }
