@@ -274,7 +274,6 @@ func TestMaxInFlightSheds(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	open := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(open)
 	u.handler = func(w http.ResponseWriter, r *http.Request) {
 		<-release
 		io.WriteString(w, "ok")
@@ -282,6 +281,7 @@ func TestMaxInFlightSheds(t *testing.T) {
 	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) {
 		c.Routes = []config.Route{{Name: "capped", Match: config.Match{PathPrefix: "/"}, MaxInFlight: 3}}
 	})
+	t.Cleanup(open) // before the edge's shutdown waits on the held requests
 	results := make(chan result, 10)
 	for range 10 {
 		go func() { results <- do(t, "GET", e.url("/x")) }()
