@@ -57,14 +57,20 @@ func processUpstream(t *testing.T) (*exec.Cmd, string) {
 }
 
 // steadyLoad sends GETs at about rate per second until stop is closed, and
-// counts what failed at the client.
-func steadyLoad(url string, rate int, stop <-chan struct{}) (sent, failed *atomic.Int64, done *sync.WaitGroup) {
-	sent, failed, done = new(atomic.Int64), new(atomic.Int64), new(sync.WaitGroup)
+// counts what was sent, what is still waiting for its answer, and what
+// failed at the client.
+type steadyLoad struct {
+	sent, outstanding, failed atomic.Int64
+	done                      sync.WaitGroup
+}
+
+func startSteadyLoad(url string, rate int, stop <-chan struct{}) *steadyLoad {
+	ld := &steadyLoad{}
 	client := &http.Client{Timeout: 5 * time.Second}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
-	done.Add(1)
+	ld.done.Add(1)
 	go func() {
-		defer done.Done()
+		defer ld.done.Done()
 		defer tick.Stop()
 		for {
 			select {
@@ -72,24 +78,38 @@ func steadyLoad(url string, rate int, stop <-chan struct{}) (sent, failed *atomi
 				return
 			case <-tick.C:
 			}
-			done.Add(1)
-			sent.Add(1)
+			ld.done.Add(1)
+			ld.outstanding.Add(1)
+			ld.sent.Add(1)
 			go func() {
-				defer done.Done()
+				defer ld.done.Done()
+				defer ld.outstanding.Add(-1)
 				resp, err := client.Get(url)
 				if err != nil {
-					failed.Add(1)
+					ld.failed.Add(1)
 					return
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 {
-					failed.Add(1)
+					ld.failed.Add(1)
 				}
 			}()
 		}
 	}()
-	return sent, failed, done
+	return ld
+}
+
+// waitFor polls cond every 5 ms until it holds. The bound only ends a
+// test whose edge never gets there.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; !cond(); i++ {
+		if i == 12000 {
+			t.Fatalf("%s: not after 60 s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func TestSIGKILLedOriginNoClientErrors(t *testing.T) {
@@ -102,79 +122,142 @@ func TestSIGKILLedOriginNoClientErrors(t *testing.T) {
 	}
 	e := startEdge(t, ups, nil, func(c *config.Edge) {
 		c.HealthCheck.Interval = config.Duration(time.Second) // slow on purpose: retries and ejection must cover
+		// Every request that meets the dead origin must be retried. Least
+		// connections sends a burst of them there at once (refused at
+		// once, it never looks busy), and on a busy machine a burst of
+		// four or more outruns the default budget's 3 concurrent retries,
+		// which then answers one 502 (1 run in about 50 here). The budget
+		// is TestRetryBudget's; here it must not bind.
+		c.Retries.MinConcurrent = 1000
 	})
-	stop := make(chan struct{})
-	sent, failed, done := steadyLoad(e.url("/api/games"), 400, stop)
-	time.Sleep(3 * time.Second)
-	cmds[1].Process.Kill() // SIGKILL, mid-run
-	killed := time.Now()
-	time.Sleep(7 * time.Second)
-	close(stop)
-	done.Wait()
-	t.Logf("sent %d GETs over 10s, killed %s at 3s", sent.Load(), ups[1].addr)
-	if sent.Load() < 1000 { // 100/s at the very least, even on a loaded 2-core machine
-		t.Errorf("sent only %d requests; the load did not run", sent.Load())
-	}
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d GETs failed at the client after an origin was SIGKILLed, want 0", failed.Load(), sent.Load())
-	}
 	victim := e.p.Pool().Hosts()[1]
 	if victim.Addr != ups[1].addr {
 		t.Fatalf("host order changed")
 	}
-	if victim.Ejections() != 1 && victim.Healthy() {
-		t.Errorf("killed origin neither ejected (%d) nor marked down", victim.Ejections())
+	retried := func() float64 {
+		return testCounter(e.p.metrics.retries[errRefused]) + testCounter(e.p.metrics.retries[errUpstream])
 	}
-	t.Logf("retries: refused %v, upstream %v; ejected %d times; down %v after %v",
-		testCounter(e.p.metrics.retries[errRefused]), testCounter(e.p.metrics.retries[errUpstream]),
-		victim.Ejections(), !victim.Healthy(), time.Since(killed).Round(time.Millisecond))
-	if r := testCounter(e.p.metrics.retries[errRefused]) + testCounter(e.p.metrics.retries[errUpstream]); r > 5+300 {
-		t.Errorf("%v retries: the dead origin kept getting traffic instead of being ejected after 5 failures", r)
+	stop := make(chan struct{})
+	ld := startSteadyLoad(e.url("/api/games"), 400, stop)
+	defer func() { close(stop); ld.done.Wait() }()
+	// Each step waits for what it needs, whatever the machine's pace: some
+	// traffic over all three, the kill, the outlier ejection, the prober's
+	// verdict, and 1,000 more requests after the kill.
+	waitFor(t, "300 requests before the kill", func() bool { return ld.sent.Load() >= 300 })
+	cmds[1].Process.Kill() // SIGKILL, mid-run
+	killedAt := ld.sent.Load()
+
+	// Requests that meet the dead origin fail there and are retried on
+	// another; the fifth failure in a row ejects it (outlier.
+	// consecutive_failures), seconds before the prober could say down.
+	waitFor(t, "the killed origin ejected", func() bool { return victim.Ejections() > 0 })
+	// From here no request is sent to it: only requests that picked it
+	// before the ejection, still waiting for their answers now, can yet
+	// fail there and be retried.
+	retriedAtEjection, waiting := retried(), ld.outstanding.Load()
+	if retriedAtEjection < 5 {
+		t.Errorf("ejected after %v retries from it, want the 5 failures that ejected it retried", retriedAtEjection)
+	}
+	if pr := e.waitChange(t, victim.Addr, false); pr.Fails != e.p.Config().HealthCheck.Fall {
+		t.Errorf("killed origin marked down after %d failed probes, want fall", pr.Fails)
+	}
+	waitFor(t, "1,000 requests after the kill", func() bool { return ld.sent.Load() >= killedAt+1000 })
+	close(stop)
+	ld.done.Wait()
+	stop = make(chan struct{}) // for the deferred close
+
+	t.Logf("sent %d GETs, killed %s after %d; retries: refused %v, upstream %v (%v by the ejection, %d requests waiting then); budget refused %v",
+		ld.sent.Load(), ups[1].addr, killedAt, testCounter(e.p.metrics.retries[errRefused]),
+		testCounter(e.p.metrics.retries[errUpstream]), retriedAtEjection, waiting, testCounter(e.p.metrics.retryBudgetExhausted))
+	if ld.failed.Load() != 0 {
+		t.Errorf("%d of %d GETs failed at the client after an origin was SIGKILLed, want 0", ld.failed.Load(), ld.sent.Load())
+	}
+	if n := victim.Ejections(); n != 1 {
+		t.Errorf("killed origin ejected %d times, want once (for base_ejection, 30 s)", n)
+	}
+	if after := retried() - retriedAtEjection; after > float64(waiting) {
+		t.Errorf("%v retries after the ejection with %d requests then waiting: the ejected origin kept getting traffic", after, waiting)
+	}
+	if got := testCounter(e.p.metrics.ejections); got != 1 {
+		t.Errorf("podium_edge_upstream_ejections_total = %v, want 1", got)
+	}
+	if got := testCounter(e.p.metrics.retryBudgetExhausted); got != 0 {
+		t.Errorf("the retry budget refused %v retries, want none", got)
 	}
 }
 
 func TestFailingOriginEjectedWithBackoff(t *testing.T) {
+	const base = 2 * time.Second
 	good, bad := newUpstream(t), newUpstream(t)
 	bad.handler = func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }
 	e := startEdge(t, []*testUpstream{good, bad}, nil, func(c *config.Edge) {
-		c.Outlier = config.Outlier{ConsecutiveFailures: 5, BaseEjection: config.Duration(500 * time.Millisecond),
-			MaxEjection: config.Duration(10 * time.Second), MaxEjectedPercent: 50}
+		c.Outlier = config.Outlier{ConsecutiveFailures: 5, BaseEjection: config.Duration(base),
+			MaxEjection: config.Duration(10 * base), MaxEjectedPercent: 50, UnejectOnActivePass: false}
 		c.Retries.OnStatus = nil // see the 500s at the client: this test is about ejection
 	})
 	h := e.p.Pool().Hosts()[1]
-	eject := func() {
+	if h.Addr != bad.addr {
+		t.Fatal("host order changed")
+	}
+	// served sends one GET and says whether the failing origin answered it.
+	served := func() (byBad bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !h.Ejected(time.Now()) && time.Now().Before(deadline) {
-			load(t, e.url("/x"), 1, 4)
-		}
-		if !h.Ejected(time.Now()) {
-			t.Fatal("an origin answering 500 to everything was not ejected")
-		}
-	}
-	eject()
-	if d := h.LastEjection(); d != 500*time.Millisecond {
-		t.Errorf("first ejection set for %v, want the base 500ms", d)
-	}
-	// While ejected (with time to spare), it gets nothing.
-	if time.Until(h.EjectedUntil()) > 250*time.Millisecond {
 		before := bad.count.Load()
-		load(t, e.url("/x"), 4, 20)
-		if got := bad.count.Load() - before; got != 0 && h.Ejected(time.Now()) {
-			t.Errorf("ejected origin received %d requests", got)
+		r := do(t, "GET", e.url("/x"))
+		byBad = bad.count.Load() != before
+		if want := map[bool]int{true: 500, false: 200}[byBad]; r.code != want {
+			t.Fatalf("GET answered %d by the %s upstream", r.code, map[bool]string{true: "failing", false: "good"}[byBad])
+		}
+		return byBad
+	}
+
+	// eject sends requests until the failing origin has answered five in
+	// a row since its last ejection (streak of them already), and wants it
+	// ejected for the n-th time on the fifth, not before, for n × base. Requests
+	// go one at a time, so both upstreams have none in flight at each pick
+	// and least connections picks either at random.
+	eject := func(n int, streak int64) {
+		t.Helper()
+		target := bad.count.Load() + 5 - streak
+		for i := 0; bad.count.Load() < target; i++ {
+			if i == 1000 || h.Ejections() != n-1 {
+				t.Fatalf("ejection %d: after %d requests, %d of 5 failures, ejected %d times; want ejected on the 5th", n, i, 5-(target-bad.count.Load()), h.Ejections())
+			}
+			served()
+		}
+		if h.Ejections() != n || h.LastEjection() != time.Duration(n)*base {
+			t.Fatalf("after 5 more failures: ejected %d times, the last for %v; want %d times, the last for %v", h.Ejections(), h.LastEjection(), n, time.Duration(n)*base)
+		}
+		if got := testCounter(e.p.metrics.ejections); got != float64(n) {
+			t.Errorf("podium_edge_upstream_ejections_total = %v, want %d", got, n)
 		}
 	}
-	// Re-admitted after the base time.
-	for h.Ejected(time.Now()) {
-		time.Sleep(10 * time.Millisecond)
+	eject(1, 0)
+
+	// While ejected it gets nothing: every request answered before the
+	// ejection ends was picked while it lasted, and must not reach it.
+	until, inWindow, straddled := h.EjectedUntil(), 0, int64(0)
+	for time.Now().Before(until) {
+		byBad := served()
+		if !time.Now().Before(until) {
+			if byBad { // picked after the ejection ended: its streak's first
+				straddled = 1
+			}
+			break
+		}
+		inWindow++
+		if byBad {
+			t.Fatalf("the ejected origin got request %d of its ejection", inWindow)
+		}
 	}
-	if n := bad.count.Load(); load(t, e.url("/x"), 2, 10) >= 0 && bad.count.Load() == n {
-		t.Error("origin not re-admitted after its ejection ended")
+	if inWindow == 0 {
+		t.Fatalf("no request answered within the %v ejection", base)
 	}
-	eject()
-	if d := h.LastEjection(); d != time.Second {
-		t.Errorf("second ejection set for %v, want twice the base (1s)", d)
-	}
+
+	// Re-admitted once it ends, and ejected again after five more
+	// failures, for twice the base.
+	eject(2, straddled)
+	t.Logf("%d requests answered by the good origin during the %v ejection", inWindow, base)
 }
 
 func TestAllOriginsFailingOneStaysInRotation(t *testing.T) {
