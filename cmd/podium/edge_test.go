@@ -82,14 +82,14 @@ func TestEdgeProcessServesAndDrains(t *testing.T) {
 	defer up.Close()
 
 	listen, admin := freePort(t), freePort(t)
-	cmd := exec.Command(bin, "edge", "-listen", listen, "-admin", admin, "-upstreams", upLn.Addr().String(), "-drain", "1s")
+	cmd := exec.Command(bin, "edge", "-listen", listen, "-admin", admin, "-upstreams", upLn.Addr().String(), "-drain", "3s")
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
 
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a hang guard
 	var body string
 	for time.Now().Before(deadline) {
 		resp, err := http.Get("http://" + listen + "/hello")
@@ -103,7 +103,7 @@ func TestEdgeProcessServesAndDrains(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if body != "from upstream" {
-		t.Fatalf("edge did not proxy within 10s: last body %q", body)
+		t.Fatalf("edge did not proxy within 30s: last body %q", body)
 	}
 	resp, err := http.Get("http://" + admin + "/metrics")
 	if err != nil || resp.StatusCode != 200 {
@@ -112,19 +112,25 @@ func TestEdgeProcessServesAndDrains(t *testing.T) {
 	resp.Body.Close()
 
 	// SIGTERM: /ping turns 503 draining while the listener still serves,
-	// then the process exits 0.
+	// then the process exits 0. Asked until it says so: every answer
+	// before is pong, and none may be a refused connection.
 	cmd.Process.Signal(syscall.SIGTERM)
-	time.Sleep(300 * time.Millisecond)
-	resp, err = http.Get("http://" + listen + "/ping")
-	if err != nil {
-		t.Fatalf("edge stopped listening at once instead of draining: %v", err)
+	for i := 0; ; i++ {
+		resp, err = http.Get("http://" + listen + "/ping")
+		if err != nil {
+			t.Fatalf("edge stopped listening before its /ping said draining: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 503 && string(b) == "draining\n" {
+			break
+		}
+		if resp.StatusCode != 200 || string(b) != "pong\n" || i == 3000 {
+			t.Fatalf("/ping after SIGTERM = %d %q (answer %d), want pong until 503 draining", resp.StatusCode, b, i)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 503 || string(b) != "draining\n" {
-		t.Errorf("/ping while draining = %d %q, want 503 draining", resp.StatusCode, b)
-	}
-	waitExit(t, cmd, 10*time.Second, "edge")
+	waitExit(t, cmd, 30*time.Second, "edge")
 }
 
 // waitExit waits for a process sent SIGTERM to exit with status 0.

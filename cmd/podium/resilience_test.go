@@ -65,7 +65,7 @@ func (l *logBuffer) String() string {
 
 func waitOK(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a hang guard
 	for time.Now().Before(deadline) {
 		if resp, err := http.Get(url); err == nil {
 			io.Copy(io.Discard, resp.Body)
@@ -76,7 +76,7 @@ func waitOK(t *testing.T, url string) {
 		}
 		time.Sleep(30 * time.Millisecond)
 	}
-	t.Fatalf("%s not answering 200 within 10s", url)
+	t.Fatalf("%s not answering 200 within 30s", url)
 }
 
 // loadUntil sends GETs at rate per second until stop closes; it counts
@@ -287,12 +287,23 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	st := loadUntil("http://"+listen+"/x", 300, stop, &wg, nil)
-	time.Sleep(2 * time.Second)
+	// Counted in requests, not seconds: 500 on the old edge alone, then
+	// the handover, then 500 on the new one alone.
+	waitSent := func(n int64) {
+		t.Helper()
+		for i := 0; st.sent.Load() < n; i++ {
+			if i == 6000 {
+				t.Fatalf("%d requests sent in 60 s, want %d: the load does not run", st.sent.Load(), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitSent(500)
 	startEdgeProcess(t, bin, "-config", cfgB)
 	waitOK(t, "http://"+adminB+"/ping")
 	a.Process.Signal(syscall.SIGTERM)
-	waitExit(t, a, 20*time.Second, "old edge")
-	time.Sleep(2 * time.Second) // the new edge alone
+	waitExit(t, a, 30*time.Second, "old edge")
+	waitSent(st.sent.Load() + 500) // the new edge alone
 	close(stop)
 	wg.Wait()
 	t.Logf("%d requests across the handover", st.sent.Load())
