@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -219,6 +220,12 @@ func testBrowser(t *testing.T, s *stack, buyGame, soldOutGame int64) {
 		chromedp.SetValue(`#email`, "fan@podium.example", chromedp.ByQuery))
 	b.mustBeSitePage(b.page(), "Buy tickets")
 	b.screenshot("03-buy-form")
+	// Replicas on loopback catch up in milliseconds, so the listing would
+	// show the purchase with or without the podium_gtid cookie. With
+	// replication paused, it shows it only through the cookie: the origin
+	// waits for the purchase's GTID on a replica, times out, and reads
+	// from the primary.
+	resume := s.pauseReplication(t)
 	b.run("submitting the form",
 		markPage(),
 		chromedp.Click(`form button[type=submit]`, chromedp.ByQuery),
@@ -252,9 +259,18 @@ func testBrowser(t *testing.T, s *stack, buyGame, soldOutGame int64) {
 		markPage(), chromedp.Reload(), waitNewPage(`h1`))
 	b.mustBeSitePage(b.page(), "All sessions")
 	if got := b.listedSeats(buyGame); got != strconv.Itoa(seatsBefore-2) {
-		t.Errorf("seats left of game %d after buying 2: %q, want %d", buyGame, got, seatsBefore-2)
+		t.Errorf("seats left of game %d after buying 2: %q, want %d (without the podium_gtid cookie's wait, a paused replica answers)", buyGame, got, seatsBefore-2)
 	}
 	b.screenshot("05-listing-after-purchase")
+	// Not vacuous: without the GTID, the same read is stale, so the
+	// replicas really were behind while the browser read.
+	if seats := originSeats(t, s, buyGame); seats != int64(seatsBefore) {
+		t.Errorf("game %d read from an origin without the GTID while replication is paused: %d seats left, want the stale %d", buyGame, seats, seatsBefore)
+	}
+	resume()
+	if seats := originSeats(t, s, buyGame); seats != int64(seatsBefore-2) {
+		t.Errorf("game %d read from an origin once the replicas caught up: %d seats left, want %d", buyGame, seats, seatsBefore-2)
+	}
 
 	// 5. A session that sells out while the fan fills the form: the form
 	// comes back with a clear message, and nothing is sold.
@@ -289,6 +305,18 @@ func testBrowser(t *testing.T, s *stack, buyGame, soldOutGame int64) {
 		t.Errorf("GET /games/99999 via the edge: %d, want 404", resp.StatusCode)
 	}
 	b.screenshot("07-not-found")
+}
+
+// originSeats reads a game's seats left from an origin directly, without
+// a GTID: what a replica in rotation holds.
+func originSeats(t *testing.T, s *stack, id int64) int64 {
+	t.Helper()
+	resp, body := s.get(t, fmt.Sprintf("%s/api/games/%d", s.originURLs[0], id))
+	var g struct{ Remaining *int64 }
+	if err := json.Unmarshal(body, &g); resp.StatusCode != 200 || err != nil || g.Remaining == nil {
+		t.Fatalf("GET /api/games/%d from an origin: %d %.200s", id, resp.StatusCode, body)
+	}
+	return *g.Remaining
 }
 
 // testBrowserOriginsDown stops every origin and checks that the browser

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -102,8 +103,9 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-// startStack starts everything and stops it in t.Cleanup.
-func startStack(t *testing.T) *stack {
+// startStack starts everything and stops it in t.Cleanup. originArgs are
+// added to every `podium origin` command line.
+func startStack(t *testing.T, originArgs ...string) *stack {
 	t.Helper()
 	s := &stack{script: filepath.Join(repoRoot, "scripts", "mariadb-cluster.sh")}
 	s.client = &http.Client{
@@ -135,14 +137,15 @@ func startStack(t *testing.T) *stack {
 	ports := freePorts(t, 5)
 	for i := range 3 {
 		addr := "127.0.0.1:" + strconv.Itoa(ports[i])
-		p := s.start(t, fmt.Sprintf("origin%d", i+1), podiumBin, "origin",
+		args := append([]string{"origin",
 			"-listen", addr, "-consul", s.consul.Addr,
 			"-primary", s.primaryDSN, "-replicas", s.replicaDSNs,
 			// The sold-out fixture buys a whole session through the API,
 			// as one buyer.
 			"-max-per-order", "100", "-max-per-buyer", "0",
 			// Short drain: the outage check stops all three at once.
-			"-drain", "200ms", "-shutdown-timeout", "3s")
+			"-drain", "200ms", "-shutdown-timeout", "3s"}, originArgs...)
+		p := s.start(t, fmt.Sprintf("origin%d", i+1), podiumBin, args...)
 		s.origins = append(s.origins, p)
 		s.originURLs = append(s.originURLs, "http://"+addr)
 	}
@@ -323,6 +326,35 @@ func (s *stack) waitFor(t *testing.T, p *proc, url string, timeout time.Duration
 	}
 	p.tail(t, 30)
 	t.Fatalf("%s not ready after %v (last answer: %s)", url, timeout, last)
+}
+
+// pauseReplication stops the SQL thread on both replicas, as
+// origin/replication_test.go does: from here a write reaches a replica
+// only once resume runs, so a read shows it only if it waited for its
+// GTID and fell back to the primary. resume (idempotent, and run at
+// cleanup too) restarts the threads and waits for the replicas to catch up.
+func (s *stack) pauseReplication(t *testing.T) (resume func()) {
+	t.Helper()
+	var once sync.Once
+	resume = func() {
+		once.Do(func() {
+			for _, node := range []string{"replica1", "replica2"} {
+				if out, err := exec.Command(s.script, "sql", node, "START SLAVE SQL_THREAD", s.dbDir).CombinedOutput(); err != nil {
+					t.Errorf("restarting replication on %s: %v\n%s", node, err, out)
+				}
+			}
+			if out, err := exec.Command(s.script, "wait", s.dbDir).CombinedOutput(); err != nil {
+				t.Errorf("waiting for the replicas to catch up: %v\n%s", err, out)
+			}
+		})
+	}
+	t.Cleanup(resume)
+	for _, node := range []string{"replica1", "replica2"} {
+		if out, err := exec.Command(s.script, "sql", node, "STOP SLAVE SQL_THREAD", s.dbDir).CombinedOutput(); err != nil {
+			t.Fatalf("pausing replication on %s: %v\n%s", node, err, out)
+		}
+	}
+	return resume
 }
 
 // stopOrigins stops every origin (SIGTERM: they leave Consul and drain).
