@@ -98,9 +98,10 @@ func TestProbeJudgesByStatus(t *testing.T) {
 			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
 				t.Errorf("probe error = %v, want one containing %q", err, c.wantErr)
 			}
-			// The deadline bounds the whole probe, body included; the slack
-			// is for a busy machine, not for the probe.
-			if took > timeout+2*time.Second {
+			// The deadline bounds the whole probe, body included (the
+			// trickling body never ends by itself); the slack is for a busy
+			// machine, not for the probe.
+			if took > 4*timeout {
 				t.Errorf("probe took %v, want it bounded by its %v timeout", took, timeout)
 			}
 		})

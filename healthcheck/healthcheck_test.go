@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,18 +38,26 @@ func TestRiseFallTransitionsOnce(t *testing.T) {
 	addr := pingServer(t, &status)
 	pool := &balancer.Pool{}
 	pool.Update([]balancer.Config{{Addr: addr}})
+	// A change and the probe that made it: OnChange runs on the probing
+	// goroutine right after that probe is published.
+	type change struct {
+		up            bool
+		passes, fails int
+	}
 	var mu sync.Mutex
-	var changes []bool
-	var probes, failures atomic.Int32
+	var changes []change
 	p := &Prober{
-		Pool: pool, Interval: 30 * time.Millisecond, Timeout: 30 * time.Millisecond, Rise: 2, Fall: 3,
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnChange: func(h *balancer.Host, up bool) { mu.Lock(); changes = append(changes, up); mu.Unlock() },
+		// Probes come quickly; a probe's timeout is long, so only the
+		// answers this test sets decide, never a busy machine.
+		Pool: pool, Interval: 30 * time.Millisecond, Timeout: 10 * time.Second, Rise: 2, Fall: 3,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnChange: func(h *balancer.Host, up bool) {
+			pr := h.LastProbe()
+			mu.Lock()
+			changes = append(changes, change{up, pr.Passes, pr.Fails})
+			mu.Unlock()
+		},
 		OnProbe: func(h *balancer.Host, rtt time.Duration, err error) {
-			probes.Add(1)
-			if err != nil {
-				failures.Add(1)
-			}
 			if rtt <= 0 {
 				t.Errorf("probe rtt %v, want > 0", rtt)
 			}
@@ -61,16 +71,21 @@ func TestRiseFallTransitionsOnce(t *testing.T) {
 
 	status.Store(503) // a non-2xx answer is a failure
 	waitFor(t, "three failures take it down", func() bool { return !h.Healthy() })
-	if f := failures.Load(); f < 3 {
-		t.Errorf("down after %d failures, want fall=3", f)
-	}
 	status.Store(200)
 	waitFor(t, "two passes bring it back", h.Healthy)
 	mu.Lock()
 	got := changes
 	mu.Unlock()
-	if len(got) != 3 || !got[0] || got[1] || !got[2] {
-		t.Errorf("transitions = %v, want [true false true], each once", got)
+	// Up on the first pass (a new host), down on exactly the third
+	// failure in a row, up again on exactly the second pass: each once.
+	want := []change{{true, 1, 0}, {false, 0, 3}, {true, 2, 0}}
+	if len(got) != len(want) {
+		t.Fatalf("transitions = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("transition %d = %+v, want %+v (all: %v)", i, got[i], want[i], got)
+		}
 	}
 }
 
@@ -81,7 +96,7 @@ func TestRemovedHostIsNoLongerProbed(t *testing.T) {
 	pool := &balancer.Pool{}
 	pool.Update([]balancer.Config{{Addr: addr}})
 	var probes atomic.Int32
-	p := &Prober{Pool: pool, Interval: 20 * time.Millisecond, Timeout: 20 * time.Millisecond,
+	p := &Prober{Pool: pool, Interval: 20 * time.Millisecond, Timeout: 10 * time.Second,
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnProbe: func(*balancer.Host, time.Duration, error) { probes.Add(1) }}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -90,17 +105,25 @@ func TestRemovedHostIsNoLongerProbed(t *testing.T) {
 	waitFor(t, "probed", func() bool { return probes.Load() > 2 })
 	pool.Update(nil)
 	p.Notify()
-	time.Sleep(60 * time.Millisecond) // let a probe already under way finish
+	// The host's probing loop ends (a probe under way finishes first):
+	// from then on nothing can probe it.
+	waitFor(t, "the removed host's probe loop ends", func() bool { return !goroutineIn("healthcheck.(*Prober).loop(") })
 	n := probes.Load()
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(150 * time.Millisecond) // over seven intervals
 	if got := probes.Load(); got != n {
 		t.Errorf("%d probes of a removed host", got-n)
 	}
 }
 
+// goroutineIn reports whether some goroutine's stack holds fn.
+func goroutineIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a hang guard
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting: %s", what)
