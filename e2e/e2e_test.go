@@ -144,7 +144,15 @@ func testSmoke(t *testing.T, s *stack, game int64) {
 		return g.Remaining
 	}
 	// -write buys exactly one ticket: compare the seats left, read from an
-	// origin once the replicas have applied the purchase.
+	// origin once the replicas have applied every purchase before it (the
+	// steps before this one bought seats of the same game) and then it.
+	waitReplicas := func() {
+		t.Helper()
+		if o, err := exec.Command(s.script, "wait", s.dbDir).CombinedOutput(); err != nil {
+			t.Fatalf("waiting for the replicas: %v\n%s", err, o)
+		}
+	}
+	waitReplicas()
 	before := remaining()
 	out, err = smoke("-edge", s.edgeURL, "-origins", origins, "-write", "-game", strconv.FormatInt(game, 10))
 	if err != nil {
@@ -153,9 +161,7 @@ func testSmoke(t *testing.T, s *stack, game int64) {
 	if !strings.Contains(out, fmt.Sprintf("POST /api/games/%d/buy", game)) || !strings.Contains(out, "ticket PAR24-") {
 		t.Errorf("podium smoke -write: no purchase row:\n%s", out)
 	}
-	if o, err := exec.Command(s.script, "wait", s.dbDir).CombinedOutput(); err != nil {
-		t.Fatalf("waiting for the replicas: %v\n%s", err, o)
-	}
+	waitReplicas()
 	if after := remaining(); after != before-1 {
 		t.Errorf("smoke -write: remaining %d → %d, want one seat sold", before, after)
 	}
