@@ -397,7 +397,8 @@ func etagMatch(list, etag []byte) bool {
 
 // invalidate runs after a successful request on a route that purges (a
 // purchase) or with an unsafe method (RFC 9111 §4.4: the target URI and
-// any same-host Location or Content-Location are invalidated).
+// any same-host Location or Content-Location are invalidated; a safe
+// method's answer, OPTIONS and TRACE included, invalidates nothing).
 func (p *Proxy) invalidate(ctx *fasthttp.RequestCtx, rt *route) {
 	if p.store == nil {
 		return
@@ -418,7 +419,7 @@ func (p *Proxy) invalidate(ctx *fasthttp.RequestCtx, rt *route) {
 			n += p.store.PurgePath([]byte(pattern))
 		}
 	}
-	if ctx.IsGet() || ctx.IsHead() {
+	if isSafe(ctx.Method()) {
 		p.metrics.cachePurged.Add(float64(n))
 		return
 	}

@@ -183,6 +183,18 @@ func (p *Proxy) attach(h *balancer.Host) {
 	}
 }
 
+// isSafe reports whether a method is safe (RFC 9110 §9.2.1): it asks for
+// nothing to change, so its answer invalidates nothing (RFC 9111 §4.4). A
+// CORS preflight (OPTIONS) answered 204 once purged the listing it asked
+// about, so any client could empty the cache of it at will.
+func isSafe(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	return false
+}
+
 func isIdempotent(m []byte) bool {
 	switch string(m) {
 	case "GET", "HEAD", "OPTIONS":
@@ -297,7 +309,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	status := ctx.Response.StatusCode()
-	if status < 300 && status >= 200 && (len(rt.purge) > 0 || method > 1) {
+	if status < 300 && status >= 200 && (len(rt.purge) > 0 || !isSafe(req.Header.Method())) {
 		p.invalidate(ctx, rt)
 	}
 	flushBig(ctx)
