@@ -69,6 +69,14 @@ func cachingEdge(t *testing.T, ups []*testUpstream, opts ...edgeOption) *testEdg
 		for i := range c.Routes {
 			c.Routes[i].RateLimit = "none" // these tests are about the cache, from one client
 		}
+		// Probes a busy machine cannot fail: these tests are about the
+		// cache, not the prober. (The harness's 100 ms probe timeout once
+		// kept an upstream down past startEdge's 3 s wait, under -race
+		// beside two CPU hogs.) Each probe has a second; any pass brings
+		// the upstream up, and three probes fit in the wait.
+		c.HealthCheck.Interval = config.Duration(time.Second)
+		c.HealthCheck.Timeout = config.Duration(time.Second)
+		c.HealthCheck.Rise = 1
 	}}, opts...)...)
 }
 
@@ -117,10 +125,15 @@ func TestColdListingOneOriginRequest(t *testing.T) {
 	u := newTicketUpstream(t)
 	u.cc.Store("public, max-age=60")             // long enough that a slow machine cannot see it expire mid-test
 	u.delay.Store(int64(200 * time.Millisecond)) // a slow listing query: most of the 1,000 arrive during it
-	e := cachingEdge(t, []*testUpstream{u.testUpstream})
+	// A thousand clients starting at once on two busy cores can take more
+	// than read_header's 5 s to send their headers (under -race beside two
+	// CPU hogs, 51 of them got the edge's 408 once); this is not the
+	// slowloris test.
+	e := cachingEdge(t, []*testUpstream{u.testUpstream}, func(c *config.Edge) { c.Timeouts.ReadHeader = config.Duration(time.Minute) })
 	const n = 1000
 	var wg sync.WaitGroup
 	var bad atomic.Int64
+	var firstErr atomic.Value
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: 0}}
 	start := make(chan struct{})
 	for range n {
@@ -131,19 +144,21 @@ func TestColdListingOneOriginRequest(t *testing.T) {
 			resp, err := client.Get(e.url("/api/games"))
 			if err != nil {
 				bad.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
 				return
 			}
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != 200 || string(b) != `{"remaining":500}` {
 				bad.Add(1)
+				firstErr.CompareAndSwap(nil, fmt.Sprintf("%d %q", resp.StatusCode, b))
 			}
 		}()
 	}
 	close(start)
 	wg.Wait()
 	if bad.Load() != 0 {
-		t.Errorf("%d of %d requests failed", bad.Load(), n)
+		t.Errorf("%d of %d requests failed, the first with %v", bad.Load(), n, firstErr.Load())
 	}
 	if got := u.listings.Load(); got != 1 {
 		t.Errorf("origin saw %d listing requests for 1,000 concurrent cold requests, want exactly 1", got)
@@ -320,7 +335,7 @@ func TestStaleIfErrorThen503(t *testing.T) {
 // take an upstream down or bring it back while the test looks.
 func oneProbe(c *config.Edge) {
 	c.HealthCheck.Interval = config.Duration(time.Hour)
-	c.HealthCheck.Timeout = config.Duration(time.Second)
+	c.HealthCheck.Timeout = config.Duration(2500 * time.Millisecond) // within startEdge's 3 s wait
 }
 
 func TestUncacheableResponsesNotStored(t *testing.T) {
