@@ -24,8 +24,10 @@ import (
 )
 
 // settleWait bounds waits for a state the test needs before it goes on. It
-// is not an assertion on speed.
-const settleWait = 15 * time.Second
+// is not an assertion on speed: it only stops a hang. 15 s was too short
+// once, in a CI run at a load average of 13 on two cores, for the agent to
+// run a re-registered service's first check.
+const settleWait = 45 * time.Second
 
 // origin is a real HTTP server on loopback whose /ping the agent checks.
 type origin struct {
