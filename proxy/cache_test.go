@@ -437,7 +437,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	var seats, fetches atomic.Int64
 	seats.Store(500)
 	held := make(chan struct{}, 1) // the revalidation reached the origin
-	release := make(chan struct{}) // and may answer
+	var release *gate              // and may answer
 	u.handler = func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "public, max-age=60, stale-while-revalidate=30")
 		w.Header().Set("Content-Type", "application/json")
@@ -448,7 +448,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 			case held <- struct{}{}:
 			default:
 			}
-			<-release
+			<-release.ch
 		}
 		fmt.Fprintf(w, `{"remaining":%d}`, seats.Load())
 	}
@@ -460,9 +460,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 			}
 		}
 	})
-	var once sync.Once
-	open := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(open) // before the edge's cleanup: nothing stays held
+	release = newGate(t) // after the edge, so opened before the edge's cleanup
 
 	if r := do(t, "GET", e.url("/api/games")); r.code != 200 || r.header.Get("X-Cache") != "MISS" {
 		t.Fatalf("fill: %d %q X-Cache %q", r.code, r.body, r.header.Get("X-Cache"))
@@ -482,13 +480,13 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("no revalidation reached the origin")
 	}
-	open()
+	release.open()
 
 	// The background revalidation lands (the store holds the new copy);
 	// the next fan gets it from the cache.
 	var kb [128]byte
 	key := cache.AppendKey(kb[:0], []byte("/api/games"), nil, []byte(e.addr))
-	waitUntil(t, "the revalidated copy stored", func() bool {
+	waitFor(t, "the revalidated copy stored", func() bool {
 		c := e.p.lookup(cache.Hash(key), key)
 		return c != nil && string(c.Body) == `{"remaining":400}`
 	})
@@ -498,18 +496,6 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	}
 	if got := fetches.Load(); got != 2 {
 		t.Errorf("origin saw %d listing requests, want 2 (the fill and one revalidation)", got)
-	}
-}
-
-// waitUntil polls cond until it holds. The bound only keeps a broken edge
-// from hanging the test.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for i := 0; !cond(); i++ {
-		if i == 6000 {
-			t.Fatalf("%s: not within 30 s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -565,14 +551,14 @@ func TestClientNoCacheDoesNotBypassCache(t *testing.T) {
 func TestSetCookieAnswerNotHandedToWaiters(t *testing.T) {
 	u := newUpstream(t)
 	var mu sync.Mutex
-	gates := map[string]chan struct{}{} // the first fetch of a path waits on its gate
+	gates := map[string]*gate{} // the first fetch of a path waits on its gate
 	u.handler = func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		g := gates[r.URL.Path]
 		delete(gates, r.URL.Path)
 		mu.Unlock()
 		if g != nil {
-			<-g
+			<-g.ch
 		}
 		who := r.Header.Get("X-Who")
 		w.Header().Set("Set-Cookie", "session="+who)
@@ -587,9 +573,9 @@ func TestSetCookieAnswerNotHandedToWaiters(t *testing.T) {
 			t.Fatal("in 5 rounds no request waited on another's fetch: nothing was tested")
 		}
 		path := fmt.Sprintf("/api/games/%d", round)
-		gate := make(chan struct{})
+		g := newGate(t)
 		mu.Lock()
-		gates[path] = gate
+		gates[path] = g
 		mu.Unlock()
 		before := u.count.Load()
 		var wg sync.WaitGroup
@@ -611,8 +597,8 @@ func TestSetCookieAnswerNotHandedToWaiters(t *testing.T) {
 		}
 		// Every request is in the edge: the first held at the origin, the
 		// others waiting on its fetch.
-		waitUntil(t, "every request in the edge", func() bool { return e.p.active.Load() == n })
-		close(gate)
+		waitFor(t, "every request in the edge", func() bool { return e.p.active.Load() == n })
+		g.open()
 		wg.Wait()
 		if got := u.count.Load() - before; got != n {
 			t.Errorf("round %d: origin saw %d requests for %d fans, want %d (each asks for its own)", round, got, n, n)

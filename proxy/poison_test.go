@@ -241,9 +241,9 @@ func TestNotModifiedThatForbidsStoringStillAnswersInFull(t *testing.T) {
 // per fetch, not once per request.
 func TestUnstoredErrorIsSharedWithWaiters(t *testing.T) {
 	u := newUpstream(t)
-	release := make(chan struct{})
+	release := newGate(t)
 	u.handler = func(w http.ResponseWriter, r *http.Request) {
-		<-release
+		<-release.ch
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(404)
 		io.WriteString(w, `{"error":"no such game"}`)
@@ -265,13 +265,8 @@ func TestUnstoredErrorIsSharedWithWaiters(t *testing.T) {
 	}
 	// Every request is in the edge (the first at the origin, the others
 	// waiting on its fetch) before the origin answers.
-	for deadline := time.Now().Add(10 * time.Second); e.p.active.Load() < n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d requests reached the edge", e.p.active.Load(), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
+	waitFor(t, "every request in the edge", func() bool { return e.p.active.Load() == n })
+	release.open()
 	wg.Wait()
 	close(codes)
 	for c := range codes {
