@@ -56,7 +56,7 @@ build() {
 	echo "consul.sh: building consul v1.15.4 into $bin (cold: about 370 CPU-seconds, 3-9 minutes on 2 shared cores)" >&2
 	(cd "$repo/tools/consul" && go build -mod=readonly -buildvcs=false -trimpath -o "$bin.tmp" .)
 	mv -f "$bin.tmp" "$bin"
-	# The first line only, without `| head -1`: under pipefail head's early
+	# The first line only, without a pipe into head: under pipefail head's early
 	# exit SIGPIPEs consul's second line and fails the build step (exit 141).
 	local v
 	v=$("$bin" version)

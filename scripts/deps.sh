@@ -28,7 +28,7 @@ done
 
 missing=()
 for p in "${want[@]}"; do
-	# A command substitution, not `| grep -q`: under pipefail grep's early
+	# A command substitution, not a pipe into grep -q: under pipefail grep's early
 	# exit can SIGPIPE dpkg-query and fail the test for an installed package.
 	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done

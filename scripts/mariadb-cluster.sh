@@ -112,7 +112,7 @@ install_mariadb() {
 	export DEBIAN_FRONTEND=noninteractive
 	# Only refresh the package lists when apt does not know the package yet:
 	# an update costs tens of seconds on CI.
-	# A command substitution, not `| grep -q`: under pipefail grep's early
+	# A command substitution, not a pipe into grep -q: under pipefail grep's early
 	# exit can SIGPIPE apt-cache and make the test fail when it should pass.
 	if [[ $(apt-cache policy mariadb-server 2>/dev/null) != *"Candidate: "[0-9]* ]]; then
 		apt-get update -qq
