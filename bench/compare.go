@@ -43,7 +43,7 @@ func Compare(ctx context.Context, opts CompareOptions) (*CompareReport, error) {
 	}
 	for _, cs := range CompareScenarios {
 		why := cs.unavailable(&opts)
-		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Pending: why}
+		sr := ScenarioReport{Name: cs.Name, Title: cs.Title, Unavailable: why}
 		if why == "" && !contains(opts.Scenarios, cs.Name) {
 			continue
 		}

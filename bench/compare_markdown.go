@@ -20,8 +20,8 @@ func WriteCompareMarkdown(w io.Writer, rep *CompareReport) {
 		me.ProxyCPU, len(me.Upstreams), me.BodySize, me.LoadCPU, me.Priority, me.Warmup, me.Duration, me.Connections)
 	for _, s := range rep.Scenarios {
 		fmt.Fprintf(w, "## %s\n\n%s\n\n", s.Name, s.Title)
-		if s.Pending != "" {
-			fmt.Fprintf(w, "Not measured yet: %s.\n\n", s.Pending)
+		if s.Unavailable != "" {
+			fmt.Fprintf(w, "Not measured here: %s.\n\n", s.Unavailable)
 			continue
 		}
 		fmt.Fprintf(w, "%d round(s) per target.\n\n", s.Rounds)

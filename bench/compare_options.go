@@ -41,7 +41,7 @@ type CompareOptions struct {
 	// default "bench-results".
 	ResultsDir string
 	Targets    []string // default AllTargets
-	Scenarios  []string // default every non-pending CompareScenarios entry
+	Scenarios  []string // default every CompareScenarios entry this machine can run
 	// Duration is each measured run, Warmup the unmeasured run before it:
 	// default 12s and 3s.
 	Duration, Warmup time.Duration

@@ -40,12 +40,14 @@ type Method struct {
 
 // ScenarioReport is one scenario across every target.
 type ScenarioReport struct {
-	Name    string         `json:"name"`
-	Title   string         `json:"title"`
-	Pending string         `json:"pending,omitempty"`
-	Rounds  int            `json:"rounds,omitempty"`
-	Targets []TargetResult `json:"targets,omitempty"`
-	Ratios  []Ratio        `json:"ratios,omitempty"`
+	Name  string `json:"name"`
+	Title string `json:"title"`
+	// Unavailable, when not empty, says why the scenario was not run on
+	// this machine and what to do about it.
+	Unavailable string         `json:"unavailable,omitempty"`
+	Rounds      int            `json:"rounds,omitempty"`
+	Targets     []TargetResult `json:"targets,omitempty"`
+	Ratios      []Ratio        `json:"ratios,omitempty"`
 }
 
 // TargetResult is one target's figures in one scenario.

@@ -18,13 +18,11 @@ const (
 var AllTargets = []string{TargetDirect, TargetPodium, TargetHAProxy, TargetNginx}
 
 // CompareScenario is one named row group of the comparison report. A
-// scenario with Pending set is listed in the report with that reason and
-// not run: the hook for comparisons whose Podium side has not landed yet.
+// scenario this machine cannot run (no wrk, no database) is listed in the
+// report with the reason and what to do, and not run.
 type CompareScenario struct {
 	Name  string
 	Title string
-	// Pending, when not empty, says what the scenario waits for.
-	Pending string
 	// Rounds is the scenario's default number of interleaved rounds: the
 	// headline scenario gets three, the others one, so `make bench` stays
 	// well under 10 minutes.
@@ -47,9 +45,6 @@ type CompareScenario struct {
 
 // unavailable says why cs cannot run here, or "" when it can.
 func (cs *CompareScenario) unavailable(o *CompareOptions) string {
-	if cs.Pending != "" {
-		return cs.Pending
-	}
 	if cs.WrkPath != "" {
 		if _, err := exec.LookPath(o.Wrk); err != nil {
 			return "needs wrk: run `scripts/deps.sh peers` (as root) first"
