@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/config"
 	"github.com/valyala/fasthttp"
 )
 
@@ -26,9 +27,9 @@ const DefaultDownLogInterval = time.Minute
 // HAProxy's httpchk is; these only bound the cost of a large answer.
 const (
 	// probeHeaderBytes is the read buffer, which caps the response
-	// headers: the edge's own default limit (config.DefaultMaxHeaderBytes),
-	// so headers a client of the edge may send do not fail a probe.
-	probeHeaderBytes = 16 << 10
+	// headers: the edge's own default limit, so headers a client of the
+	// edge may send do not fail a probe.
+	probeHeaderBytes = config.DefaultMaxHeaderBytes
 	// probeDrainBytes is how much body a probe reads before it drops the
 	// connection. A small body read to its end lets the probe's
 	// connection close with a FIN rather than a reset the upstream may
@@ -37,9 +38,11 @@ const (
 )
 
 // Prober probes every host of a pool. Configure the exported fields, then
-// call Run once. Zero values of Interval, Timeout, Rise and Fall mean the
-// config defaults (2s, 500ms, 2, 3); an empty Path means /ping; zero
-// DownLogInterval means DefaultDownLogInterval.
+// call Run once. Zero values of Path, Interval, Timeout, Rise and Fall mean
+// the edge config's defaults, config.DefaultHealthPath, DefaultHealthInterval,
+// DefaultHealthTimeout, DefaultHealthRise and DefaultHealthFall, so a Prober
+// built by hand probes as the edge does; zero DownLogInterval means
+// DefaultDownLogInterval.
 //
 // Each probe's result is published on its host (balancer.Host.LastProbe),
 // where the admin listener shows it. The log says why a host is down: when
@@ -77,19 +80,19 @@ func (p *Prober) init() {
 	p.once.Do(func() {
 		p.notify = make(chan struct{}, 1)
 		if p.Path == "" {
-			p.Path = "/ping"
+			p.Path = config.DefaultHealthPath
 		}
 		if p.Interval <= 0 {
-			p.Interval = 2 * time.Second
+			p.Interval = config.DefaultHealthInterval
 		}
 		if p.Timeout <= 0 {
-			p.Timeout = 500 * time.Millisecond
+			p.Timeout = config.DefaultHealthTimeout
 		}
 		if p.Rise <= 0 {
-			p.Rise = 2
+			p.Rise = config.DefaultHealthRise
 		}
 		if p.Fall <= 0 {
-			p.Fall = 3
+			p.Fall = config.DefaultHealthFall
 		}
 		if p.DownLogInterval <= 0 {
 			p.DownLogInterval = DefaultDownLogInterval
@@ -105,10 +108,10 @@ func (p *Prober) init() {
 			MaxIdemponentCallAttempts: 1, // a probe that fails, fails; no silent retry
 			NoDefaultUserAgentHeader:  false,
 			ReadBufferSize:            probeHeaderBytes,
-			// Issue 14, item 4: a 4 KiB body limit marked a healthy
-			// upstream with a bigger /ping down. The body is streamed, so
-			// a probe reads at most probeDrainBytes of it, under the probe's
-			// deadline, whatever its length or encoding.
+			// Streamed, so a healthy upstream whose /ping answers with a
+			// big body is not marked down by a body limit: a probe reads
+			// at most probeDrainBytes of it, under the probe's deadline,
+			// whatever its length or encoding.
 			StreamResponseBody: true,
 		}
 	})
