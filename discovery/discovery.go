@@ -7,7 +7,6 @@ package discovery
 import (
 	"context"
 	"slices"
-	"strings"
 )
 
 // Target is one upstream instance as a source reports it. The zero Weight
@@ -37,7 +36,8 @@ type Source interface {
 	Run(ctx context.Context, push func([]Target)) error
 }
 
-// Static is a fixed upstream list: the embedded default.
+// Static is a fixed upstream list: discovery.static of the edge's config,
+// the embedded default among them.
 //
 // A Static may be copied; it is safe for concurrent use.
 type Static []Target
@@ -49,18 +49,4 @@ func (s Static) Run(ctx context.Context, push func([]Target)) error {
 	push(slices.Clone(s))
 	<-ctx.Done()
 	return ctx.Err()
-}
-
-// StaticFromAddrs builds a Static source from host:port strings, each with
-// weight 1 and its address as ID.
-func StaticFromAddrs(addrs []string) Static {
-	s := make(Static, 0, len(addrs))
-	for _, a := range addrs {
-		a = strings.TrimSpace(a)
-		if a == "" {
-			continue
-		}
-		s = append(s, Target{ID: a, Addr: a, Weight: 1})
-	}
-	return s
 }

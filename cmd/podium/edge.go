@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/config"
 	"github.com/podium-edge/podium/discovery"
 	"github.com/podium-edge/podium/discovery/consul"
@@ -132,7 +131,8 @@ type edge struct {
 	log   *slog.Logger
 	flags edgeFlags
 
-	prober atomic.Pointer[healthcheck.Prober]
+	prober    atomic.Pointer[healthcheck.Prober]
+	upstreams feed // the running discovery.Source, feeding updatePool
 
 	mu         sync.Mutex // guards what follows: reloads are serialised
 	cfg        *config.Edge
@@ -174,29 +174,22 @@ func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownT
 	}()
 
 	e := &edge{p: p, log: log, flags: f, cfg: cfg}
+	e.upstreams = feed{push: e.updatePool, log: log}
 	bg, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
 	e.startProber(bg, cfg)
+	src, err := newSource(cfg, log)
+	if err != nil {
+		return err
+	}
+	// A source that loses its backend (a Consul agent gone) keeps the last
+	// known set by not pushing until it hears from it again.
+	e.upstreams.start(bg, src)
 	var registration *consul.Service
-	if cs := cfg.Discovery.Consul; cs != nil {
-		w, err := consul.NewWatcher(consulConfig(cs), log)
-		if err != nil {
+	if cs := cfg.Discovery.Consul; cs != nil && cs.Register != nil {
+		if registration, err = registerEdge(bg, cs, ln.Addr(), log); err != nil {
 			return err
 		}
-		go func() {
-			// A lost agent keeps the last known set: the watcher does not
-			// push until it hears from Consul again.
-			if err := w.Run(bg, e.updatePool); err != nil && !errors.Is(err, context.Canceled) {
-				log.Error("consul discovery stopped; keeping the last known upstreams", "error", err)
-			}
-		}()
-		if cs.Register != nil {
-			if registration, err = registerEdge(bg, cs, ln.Addr(), log); err != nil {
-				return err
-			}
-		}
-	} else {
-		e.updatePool(staticSource(cfg))
 	}
 	if f.config != "" {
 		go watchConfig(bg, f.config, log, e.reload)
@@ -291,7 +284,7 @@ func (e *edge) reload(bg context.Context, why string) {
 	if sourceRestart {
 		needRestart = append(needRestart, "discovery.consul")
 	} else if cfg.Discovery.Consul == nil && !reflect.DeepEqual(cfg.Discovery.Static, e.cfg.Discovery.Static) {
-		e.updatePool(staticSource(cfg))
+		e.upstreams.start(bg, staticSource(cfg))
 	}
 	if cfg.HealthCheck != e.cfg.HealthCheck {
 		e.startProber(bg, cfg)
@@ -347,27 +340,4 @@ func registerEdge(ctx context.Context, cs *config.Consul, listenAddr net.Addr, l
 	}
 	log.Info("registered in consul", "service", name, "id", svc.ID(), "addr", fmt.Sprintf("%s:%d", addr, port))
 	return svc, nil
-}
-
-func staticSource(cfg *config.Edge) []discovery.Target {
-	s := make([]discovery.Target, 0, len(cfg.Discovery.Static))
-	for _, u := range cfg.Discovery.Static {
-		s = append(s, discovery.Target{ID: u.Addr, Addr: u.Addr, Weight: u.Weight})
-	}
-	return s
-}
-
-func targetsToConfigs(ts []discovery.Target) []balancer.Config {
-	out := make([]balancer.Config, len(ts))
-	for i, t := range ts {
-		out[i] = balancer.Config{ID: t.ID, Addr: t.Addr, Weight: t.Weight}
-	}
-	return out
-}
-
-func discoveryName(cfg *config.Edge) string {
-	if cs := cfg.Discovery.Consul; cs != nil {
-		return "consul service " + cs.Service
-	}
-	return fmt.Sprintf("static, %d upstreams", len(cfg.Discovery.Static))
 }
