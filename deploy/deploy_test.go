@@ -12,13 +12,10 @@ package deploy_test
 //     after driving real requests through them (no name lists copied from
 //     the source, which would drift).
 //
-// PromQL is read with a small tokenizer (metricNames) rather than
-// github.com/prometheus/prometheus/promql/parser: that module (v0.316.0,
-// checked on 2026-11-28) would raise prometheus/common, golang.org/x/exp and
-// go-isatty/go-colorable for the whole module and pull go.uber.org/atomic,
-// grafana/regexp and others into go.mod, for a test that only needs the
-// names of the series an expression selects. The tokenizer's own table test
-// (TestMetricNames) pins what it reads and what it skips.
+// PromQL is read with Prometheus's own parser (promql/parser, the one the
+// server and promtool run), so a query that does not parse, or hands a
+// function the wrong type (rate of an instant vector), fails here with the
+// query's place; the names checked are those of the selectors it found.
 
 import (
 	"bufio"
@@ -49,6 +46,9 @@ import (
 	"github.com/podium-edge/podium/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/valyala/fasthttp"
 	"gopkg.in/yaml.v3"
 )
@@ -101,10 +101,9 @@ func TestPromtool(t *testing.T) {
 var grafanaVar = regexp.MustCompile(`\$(\{[^}]*\}|\w+)`)
 
 // dashboardAsRules writes every dashboard query as a recording rule in a
-// temporary rule file, so that promtool parses it with Prometheus's own
-// PromQL parser (promtool has no offline "check query"). Grafana's interval
-// variables become durations and the others match anything, which is what
-// they stand for in the label matchers where the dashboard uses them.
+// temporary rule file, so that promtool parses it too (promtool has no
+// offline "check query"), with Grafana's variables replaced as
+// grafanaToPromQL does.
 func dashboardAsRules(t *testing.T) string {
 	t.Helper()
 	data, err := os.ReadFile(dashboardFile)
@@ -116,17 +115,24 @@ func dashboardAsRules(t *testing.T) string {
 		t.Fatal(err)
 	}
 	for i, q := range qs {
-		qs[i].expr = grafanaVar.ReplaceAllStringFunc(q.expr, func(v string) string {
-			switch strings.Trim(v, "${}") {
-			case "__rate_interval", "__interval":
-				return "1m"
-			case "__range":
-				return "1h"
-			}
-			return ".*"
-		})
+		qs[i].expr = grafanaToPromQL(q.expr)
 	}
 	return queriesAsRules(t, "dashboard", qs)
+}
+
+// grafanaToPromQL replaces Grafana's variables by what they stand for:
+// the interval variables by durations, the others, which the dashboard
+// uses in label matchers, by a regular expression that matches anything.
+func grafanaToPromQL(expr string) string {
+	return grafanaVar.ReplaceAllStringFunc(expr, func(v string) string {
+		switch strings.Trim(v, "${}") {
+		case "__rate_interval", "__interval":
+			return "1m"
+		case "__range":
+			return "1h"
+		}
+		return ".*"
+	})
 }
 
 // recordNameRune is what a recording rule's name cannot hold.
@@ -345,129 +351,36 @@ func dashboardQueries(path string, data []byte) ([]query, error) {
 	return qs, nil
 }
 
-// promqlWords are PromQL's keywords and aggregation operators: identifiers
-// that are never series names.
-var promqlWords = map[string]bool{
-	"and": true, "or": true, "unless": true, "by": true, "without": true, "on": true, "ignoring": true,
-	"group_left": true, "group_right": true, "bool": true, "offset": true, "atan2": true,
-	"sum": true, "min": true, "max": true, "avg": true, "count": true, "stddev": true, "stdvar": true,
-	"topk": true, "bottomk": true, "quantile": true, "count_values": true, "group": true,
-	"inf": true, "nan": true, "start": true, "end": true,
-}
+// promql is Prometheus's PromQL parser with its default options: the
+// functions and syntax a stock Prometheus server accepts.
+var promql = parser.NewParser(parser.Options{})
 
-// labelListWords introduce a parenthesised list of label names.
-var labelListWords = map[string]bool{"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true}
-
-func isIdentStart(c byte) bool {
-	return c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-}
-func isIdentChar(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' }
-
-// metricNames returns the series names expr selects: identifiers outside
-// strings, label matchers ({...}), ranges ([...]) and label lists
-// (by/without/on/ignoring/group_left/group_right (...)), that are neither
-// keywords nor function calls. Grafana variables ($x, ${x}) are skipped.
-// Numbers and durations cannot start an identifier, so they need no rule.
+// metricNames returns the names of the series expr selects: the vector
+// selectors Prometheus's parser finds, by name or by an exact __name__
+// matcher. Grafana variables are first replaced by what they stand for
+// (grafanaToPromQL); an expression that does not parse is an error.
 func metricNames(expr string) ([]string, error) {
-	var names []string
-	skipLabelList := false
-	for i := 0; i < len(expr); {
-		c := expr[i]
-		switch {
-		case c == '"' || c == '\'' || c == '`':
-			j := i + 1
-			for j < len(expr) && expr[j] != c {
-				if expr[j] == '\\' && c != '`' {
-					j++
-				}
-				j++
-			}
-			if j >= len(expr) {
-				return nil, fmt.Errorf("unterminated string at offset %d", i)
-			}
-			i = j + 1
-		case c == '#': // a comment runs to the end of the line
-			for i < len(expr) && expr[i] != '\n' {
-				i++
-			}
-		case c == '{' || c == '[':
-			// Label matchers or a range/subquery: skip to the matching
-			// close, over strings (a label value may hold "}").
-			closing := byte('}')
-			if c == '[' {
-				closing = ']'
-			}
-			j := i + 1
-			for j < len(expr) && expr[j] != closing {
-				if q := expr[j]; q == '"' || q == '\'' || q == '`' {
-					k := j + 1
-					for k < len(expr) && expr[k] != q {
-						if expr[k] == '\\' && q != '`' {
-							k++
-						}
-						k++
-					}
-					j = k
-				}
-				j++
-			}
-			if j >= len(expr) {
-				return nil, fmt.Errorf("unclosed %q at offset %d", c, i)
-			}
-			i = j + 1
-		case c == '$':
-			// Grafana variable: $name, ${name} or ${name:format}.
-			i++
-			if i < len(expr) && expr[i] == '{' {
-				for i < len(expr) && expr[i] != '}' {
-					i++
-				}
-				i++
-				continue
-			}
-			for i < len(expr) && isIdentChar(expr[i]) {
-				i++
-			}
-		case c >= '0' && c <= '9' || c == '.':
-			// A number or a duration (1h, 0.25, 1e3): one token.
-			for i < len(expr) && (isIdentChar(expr[i]) || expr[i] == '.') {
-				i++
-			}
-		case isIdentStart(c):
-			j := i
-			for j < len(expr) && isIdentChar(expr[j]) {
-				j++
-			}
-			word := expr[i:j]
-			k := j
-			for k < len(expr) && (expr[k] == ' ' || expr[k] == '\t' || expr[k] == '\n' || expr[k] == '\r') {
-				k++
-			}
-			next := byte(0)
-			if k < len(expr) {
-				next = expr[k]
-			}
-			switch {
-			case labelListWords[word]:
-				skipLabelList = true
-			case promqlWords[word]:
-			case next == '(' && !strings.Contains(word, ":"):
-				// A function call (rate, histogram_quantile, ...).
-			default:
-				names = append(names, word)
-			}
-			i = j
-		case c == '(' && skipLabelList:
-			skipLabelList = false
-			j := strings.IndexByte(expr[i:], ')')
-			if j < 0 {
-				return nil, fmt.Errorf("unclosed label list at offset %d", i)
-			}
-			i += j + 1
-		default:
-			i++
-		}
+	e, err := promql.ParseExpr(grafanaToPromQL(expr))
+	if err != nil {
+		return nil, err
 	}
+	var names []string
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		vs, ok := n.(*parser.VectorSelector)
+		if !ok {
+			return nil
+		}
+		name := vs.Name
+		for _, m := range vs.LabelMatchers {
+			if name == "" && m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual {
+				name = m.Value
+			}
+		}
+		if name != "" {
+			names = append(names, name)
+		}
+		return nil
+	})
 	return names, nil
 }
 
@@ -743,7 +656,7 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 			used[n] = true
 		}
 	}
-	// Guard against a tokenizer that silently reads nothing.
+	// Guard against a reader that silently finds nothing.
 	for _, must := range []string{"podium_edge_requests_total", "podium_edge_request_duration_seconds_bucket", "podium_origin_purchases_total", "slo:podium_sli_errors:ratio_rate1h",
 		"go_sql_idle_connections"} { // only the consoles read the idle connections
 		if !used[must] {
@@ -831,9 +744,10 @@ func TestMetricNames(t *testing.T) {
 		{`sum without (instance) (rate(a_total{x="}", y=~"b|c"}[5m] offset 1h))`, []string{"a_total"}},
 		{`label_replace(a, "dst", "$1", "src", "(.*)")`, []string{"a"}},
 		{`a / on (i) group_left (j) b unless c`, []string{"a", "b", "c"}},
-		{`rate(a[${__rate_interval}]) * $scale`, []string{"a"}},
+		{`rate(a[${__rate_interval}]) * on (instance) b{instance=~"$edge"}`, []string{"a", "b"}},
 		{"# a comment\nlevel:metric:op5m", []string{"level:metric:op5m"}},
 		{`max_over_time(a[1h:5m])`, []string{"a"}},
+		{`{__name__="a_total", x="y"}`, []string{"a_total"}},
 	} {
 		got, err := metricNames(tc.expr)
 		if err != nil {
@@ -843,7 +757,9 @@ func TestMetricNames(t *testing.T) {
 			t.Errorf("metricNames(%q) = %q, want %q", tc.expr, got, tc.want)
 		}
 	}
-	for _, bad := range []string{`a{x="y"`, `rate(a[5m)`, `a{x="y}`} {
+	// Malformed expressions, and one that parses but applies rate to an
+	// instant vector, which only a real parser's type check refuses.
+	for _, bad := range []string{`a{x="y"`, `rate(a[5m)`, `a{x="y}`, `sum(rate(a[5m])`, `rate(a)`, `histogram_quantile(0.99, a[5m])`} {
 		if _, err := metricNames(bad); err == nil {
 			t.Errorf("metricNames(%q): no error for a malformed expression", bad)
 		}
