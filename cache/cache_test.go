@@ -27,8 +27,8 @@ func TestStorability(t *testing.T) {
 	}{
 		{"plain 200", resp(200), false, ""},
 		// The route's TTL is a heuristic for 2xx only: an error or a
-		// redirect is stored only when the origin gives it a lifetime
-		// (project issue 22: a 404 stored as the listing).
+		// redirect is stored only when the origin gives it a lifetime, so
+		// one odd request cannot store a 404 as every fan's listing.
 		{"404 without explicit freshness", resp(404), false, "status 404 without explicit freshness"},
 		{"301 without explicit freshness", resp(301, "Location", "/api/games"), false, "status 301 without explicit freshness"},
 		{"404 with max-age", resp(404, "Cache-Control", "max-age=5"), false, ""},
@@ -247,9 +247,8 @@ func TestStore(t *testing.T) {
 }
 
 // TestPurgeIsPerPath: a purge of one path drops that path's fill in flight
-// and leaves another path's fill to store (project issue 22, item 8: one
-// purge generation for the whole store made every purchase discard every
-// fill in flight).
+// and leaves another path's fill to store: with one purge generation for
+// the whole store, every purchase would discard every fill in flight.
 func TestPurgeIsPerPath(t *testing.T) {
 	s, err := NewStore(1<<20, 100, 1<<20)
 	if err != nil {

@@ -173,10 +173,10 @@ func (p Policy) Entry(key []byte, hash uint64, r Response, hasAuthorization bool
 	lifetime, explicit := explicitLifetime(cc, r.Header, date)
 	if !explicit {
 		// The route's ttl is a heuristic (RFC 9111 §4.2.2) written for
-		// listings. Given to an error, it let one request whose path the
-		// origin read differently store a 404 as the listing for every fan
-		// (project issue 22); an origin that wants a 404 or a redirect
-		// cached says so with max-age, s-maxage or Expires.
+		// listings. Given to an error, it would let one request whose path
+		// the origin reads differently store a 404 as the listing for every
+		// fan; an origin that wants a 404 or a redirect cached says so with
+		// max-age, s-maxage or Expires.
 		if r.Status < 200 || r.Status >= 300 {
 			return nil, "status " + strconv.Itoa(r.Status) + " without explicit freshness"
 		}

@@ -20,10 +20,10 @@ import (
 // Purges are per path. The store indexes what it put in ristretto, the
 // last-good copies and the fills in flight by the path of their key, so a
 // purchase's purge of /api/games/7 costs the entries of that path, not a
-// scan of the whole cache, and leaves a fill of /api/games/9 alone
-// (project issue 22, item 8: a global purge generation made every purchase
-// discard every fill in flight, and under a buy storm the cache stopped
-// filling).
+// scan of the whole cache, and leaves a fill of /api/games/9 alone: with
+// one purge generation for the whole store, every purchase would discard
+// every fill in flight, and under a buy storm the cache would stop
+// filling.
 //
 // A Store is safe for concurrent use; it must not be copied.
 type Store struct {

@@ -8,7 +8,8 @@ import (
 
 // BenchmarkPurgePath is the cost of one purchase's purge of one game's
 // path, holding one entry, in a store of n entries of other paths: it must
-// not grow with n (project issue 22, item 8). Each iteration stores the
+// not grow with n, or a buy storm's purges cost more the fuller the cache.
+// Each iteration stores the
 // entry again (untimed) and purges it.
 func BenchmarkPurgePath(b *testing.B) {
 	for _, n := range []int{1_000, 10_000, 100_000} {

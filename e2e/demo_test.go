@@ -27,7 +27,7 @@ import (
 
 // TestDemo runs scripts/demo.sh, the stack of `make demo`, on free ports and
 // a temporary state dir, drives steady load through its edge, and does to
-// it what a user watching failures does (project issue 14, item 2):
+// it what a user watching failures does:
 //
 //   - kill -9 an origin: the demo keeps running and names it, no request
 //     fails once the edge holds the origin down, and the restarted origin

@@ -12,12 +12,12 @@ import (
 	"time"
 )
 
-// TestPathConfusion is project issue 22's cache poisoning, against the real
-// stack: real `podium origin` processes (Go's ServeMux) on MariaDB behind a
+// TestPathConfusion is a cache poisoning by path confusion, against the
+// real stack: real `podium origin` processes (Go's ServeMux) on MariaDB behind a
 // real `podium edge` with the embedded default routes (listing cached 2 s,
-// stale-if-error 60 s). The edge once routed and keyed /api%2Fgames as
-// /api/games but forwarded it as sent; the origin answered 404, and the
-// edge stored that 404 as every fan's listing.
+// stale-if-error 60 s). An edge that routes and keys /api%2Fgames as
+// /api/games but forwards it as sent gets the origin's 404 for it, and
+// stores that 404 as every fan's listing.
 //
 // Each request below is sent as written (curl --path-as-is) on an empty
 // cache, so it is the one that fills. It must get a clear 400 from the

@@ -90,7 +90,7 @@ func (s *stack) seatsSold(t *testing.T, email string) int {
 	return n
 }
 
-// testPurchaseRetry is issue 7's purchase case end to end: an edge whose
+// testPurchaseRetry is the purchase retry end to end: an edge whose
 // first choice is an origin that dies after the COMMIT. Without an
 // Idempotency-Key the fan gets 502 and the edge does not resend (the seats
 // were sold once, by the dead origin); with a key the edge retries on the

@@ -40,11 +40,10 @@ func writeUntil(w http.ResponseWriter, r *http.Request, n int) {
 	}
 }
 
-// TestProbeJudgesByStatus is issue 14, item 4: a healthy upstream whose
-// check path answers 200 with a body over 4 KiB was marked down, because
-// the probe's client refused bodies over 4096 bytes. HAProxy's httpchk
-// judges by status; so does the prober, whatever the body's size or shape,
-// and within its timeout.
+// TestProbeJudgesByStatus: a healthy upstream whose check path answers 200
+// with a body over 4 KiB must stay up, as a probe client that refuses big
+// bodies would mark it down. HAProxy's httpchk judges by status; so does
+// the prober, whatever the body's size or shape, and within its timeout.
 func TestProbeJudgesByStatus(t *testing.T) {
 	big := strings.Repeat("p", 64<<10)
 	cases := []struct {

@@ -205,7 +205,7 @@ func (p *Prober) loop(ctx context.Context, h *balancer.Host) {
 		case !checked && !up:
 			// A new host starts down, so failing its first probe changes
 			// nothing to flip; say so, or an operator sees only "no
-			// healthy instance" and no reason anywhere (issue 14).
+			// healthy instance" and no reason anywhere.
 			p.Logger.Warn("upstream down", "upstream", h.Addr, "id", h.ID, "state", "down",
 				"reason", "first check failed", "rtt", rtt.String(), "error", err.Error())
 			downSince, lastDownLog = now, now

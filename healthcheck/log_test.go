@@ -111,8 +111,8 @@ func TestDownIsLoggedWithItsReasonAndRateLimited(t *testing.T) {
 		want     []string // "message state [error]" per record
 	}{
 		{
-			// Issue 14: a host that never passed its first probe logged
-			// nothing at all.
+			// A host that never passes its first probe flips nothing,
+			// and must still say why it is down.
 			name: "new host failing from the start", steps: []step{
 				fail(0), fail(0), fail(0), fail(30 * s), fail(59 * s), fail(60 * s),
 				fail(61 * s), fail(119 * s), fail(120 * s), fail(121 * s)},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-slow-origin.sh: issue 7's slow-origin measurement, reproducible.
+# bench-slow-origin.sh: what slow origins cost the fans, reproducible.
 #
 # Three synthetic upstreams; the edge in front with a 250 ms per-try timeout
 # and up to 2 retries. First a baseline with no slow answers, then again

@@ -101,7 +101,7 @@ func TestEarlyExitPattern(t *testing.T) {
 	}
 }
 
-// TestFirstLineWithoutHead runs the exact form consul.sh now uses against a
+// TestFirstLineWithoutHead runs the exact form consul.sh uses against a
 // writer that prints far more than a pipe holds: with `| head -1` under
 // pipefail this fails every time; the command substitution never does.
 func TestFirstLineWithoutHead(t *testing.T) {

@@ -9,8 +9,8 @@ import (
 	"testing"
 )
 
-// TestNoCompiledBinaryTracked: a 2.5 MB `podium` binary sat at the root of
-// the repository from the first commit on. Build output belongs in bin/,
+// TestNoCompiledBinaryTracked: a compiled `podium` binary committed at the
+// root would weigh megabytes in every clone. Build output belongs in bin/,
 // which .gitignore covers, as it covers ./podium.
 func TestNoCompiledBinaryTracked(t *testing.T) {
 	root, err := filepath.Abs("..")

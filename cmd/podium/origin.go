@@ -196,8 +196,8 @@ const envFlagsHelp = "flags (a flag not given takes the environment variable in 
 // envFlagSet is a FlagSet whose flags fall back to environment variables.
 // The defaults that -h prints stay the built-in ones: a variable's value is
 // applied only after parsing, so a DSN's password or a Consul token never
-// reaches a terminal, a CI log or a bug report through the help text
-// (issue 22.9). The help says which variables are set, not what they hold.
+// reaches a terminal, a CI log or a bug report through the help text.
+// The help says which variables are set, not what they hold.
 type envFlagSet struct {
 	*flag.FlagSet
 	// vars maps a flag name to the variable it falls back to.

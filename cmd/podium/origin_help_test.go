@@ -14,8 +14,8 @@ import (
 	"time"
 )
 
-// Issue 22.9: the origin's flags took their defaults from the environment,
-// so `podium origin -h` printed the primary DSN with its password and the
+// Flags that took their defaults from the environment would have
+// `podium origin -h` print the primary DSN with its password and the
 // Consul token. The real binary's help, with every secret-bearing variable
 // set, must name the variables without their values.
 func TestOriginHelpHidesEnvironmentValues(t *testing.T) {
