@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -30,7 +29,7 @@ func (c *comparison) start(name, cpu string, env []string, argv ...string) (*chi
 	cmd := exec.Command(c.opts.Taskset, c.pinned(cpu, argv)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownProcessGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("starting %s (%s): %w", name, strings.Join(argv, " "), err)
@@ -70,11 +69,11 @@ func (c *comparison) pinned(cpu string, argv []string) []string {
 // process group (the pid we started is the group's leader).
 func (ch *child) stop() {
 	if !ch.exited() {
-		_ = syscall.Kill(-ch.cmd.Process.Pid, syscall.SIGTERM)
+		signalGroup(ch.cmd, false)
 		select {
 		case <-ch.done:
 		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-ch.cmd.Process.Pid, syscall.SIGKILL)
+			signalGroup(ch.cmd, true)
 			<-ch.done
 		}
 	}

@@ -411,27 +411,6 @@ func timelineInterval(d time.Duration) time.Duration {
 	return iv
 }
 
-// rusage is this process's CPU use so far.
-func rusage() syscall.Rusage {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return ru
-}
-
-func generatorCost(a, b syscall.Rusage, requests int64) GeneratorCost {
-	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-	g := GeneratorCost{
-		UserSeconds:   tv(b.Utime) - tv(a.Utime),
-		SystemSeconds: tv(b.Stime) - tv(a.Stime),
-		MaxRSSKiB:     b.Maxrss,
-		PID:           os.Getpid(),
-	}
-	if requests > 0 {
-		g.MicrosPerRequest = (g.UserSeconds + g.SystemSeconds) * 1e6 / float64(requests)
-	}
-	return g
-}
-
 // progress starts the progress loop and returns its stop function.
 func (r *runner) progress(start time.Time, streams []*streamRun) func() {
 	if r.opts.Progress == nil {

@@ -22,7 +22,6 @@ import (
 	"github.com/podium-edge/podium/healthcheck"
 	"github.com/podium-edge/podium/proxy"
 	"github.com/valyala/fasthttp"
-	"golang.org/x/sys/unix"
 )
 
 // edgeFlags are the command-line overrides of the config file. They are
@@ -111,16 +110,7 @@ func logNotices(log *slog.Logger, cfg *config.Edge, trigger string) {
 func listen(addr string, reusePort bool) (net.Listener, error) {
 	lc := net.ListenConfig{}
 	if reusePort {
-		lc.Control = func(network, address string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		}
+		lc.Control = reusePortControl
 	}
 	return lc.Listen(context.Background(), "tcp", addr)
 }

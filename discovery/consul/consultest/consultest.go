@@ -139,10 +139,7 @@ func (a *Agent) Start() {
 	// holds a folder named mdb; the temp dir never does.
 	cmd.Dir = a.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own process group: a ^C aimed at `go test` must not reach the agent
-	// before Cleanup stops it in order. Pdeathsig stops it when the test
-	// binary dies without running Cleanup (a -timeout panic, a SIGKILL).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = agentProcAttr()
 	if err := cmd.Start(); err != nil {
 		a.t.Fatalf("consultest: start %s: %v", a.bin, err)
 	}
