@@ -1,7 +1,7 @@
 // Package balancer owns the upstream pool and the least-connections picker.
 //
 // The pool is an immutable snapshot of hosts swapped atomically when
-// discovery changes the set; Pick reads it without a lock and allocates
+// discovery changes the set; PickExcept reads it without a lock and allocates
 // nothing. Per-host runtime state (in-flight count, health) lives in
 // atomics on the Host, which survives from one snapshot to the next while
 // its ID stays in the set, so an update never resets counters or health.
@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/podium-edge/podium/transport"
 )
 
 // Config is one upstream as the pool is told of it.
@@ -31,10 +33,11 @@ type Host struct {
 	Addr   string
 	Weight int
 
-	// Transport is opaque per-host data that the pool's owner attaches when
-	// the host is added (the proxy's connection pool). It is set before the
-	// host is published and never changed after.
-	Transport any
+	// Transport carries requests to the host: its pooled keep-alive
+	// connections. The pool's owner attaches it in OnAdd, before the host
+	// is published, and never changes it after; the pool never reads it.
+	// Nil on a host no OnAdd has seen.
+	Transport *transport.Upstream
 
 	inflight      atomic.Int64
 	healthy       atomic.Bool
@@ -162,7 +165,7 @@ type Pool struct {
 
 	mu         sync.Mutex // serialises Update; readers never take it
 	snap       atomic.Pointer[snapshot]
-	anyEjected atomic.Bool // some host has a non-zero ejectedUntil; Pick then reads the clock
+	anyEjected atomic.Bool // some host has a non-zero ejectedUntil; PickExcept then reads the clock
 }
 
 // Settings tune a pool; they may change while it serves (config reload).
@@ -309,18 +312,16 @@ func (p *Pool) Hosts() []*Host {
 	return s.hosts
 }
 
-// Pick returns the healthy host with the fewest in-flight requests per unit
-// of weight, or nil when none is healthy. Ties are broken uniformly at
-// random, so equal hosts share evenly even at low concurrency (a fixed
-// order would send every request of an idle pool to the first host).
+// PickExcept returns the healthy host not in tried with the fewest
+// in-flight requests per unit of weight, or nil when there is none: tried
+// holds the hosts earlier attempts of the request went to, so a retry goes
+// to a different upstream. Ties are broken uniformly at random, so equal
+// hosts share evenly even at low concurrency (a fixed order would send
+// every request of an idle pool to the first host).
 //
-// Pick does not count the request: the caller calls Acquire on the result.
-// Two concurrent picks may choose the same host; as in HAProxy's leastconn
-// the error is one request and corrects itself on the next pick.
-func (p *Pool) Pick() *Host { return p.PickExcept(nil) }
-
-// PickExcept is Pick without the hosts in tried, for a retry that must go
-// to a different upstream. With nothing else healthy it returns nil.
+// PickExcept does not count the request: the caller calls Acquire on the
+// result. Two concurrent picks may choose the same host; as in HAProxy's
+// leastconn the error is one request and corrects itself on the next pick.
 func (p *Pool) PickExcept(tried []*Host) *Host {
 	s := p.snap.Load()
 	if s == nil {

@@ -24,11 +24,11 @@ func newPool(t testing.TB, weights ...int) *Pool {
 
 func TestPickEmptyAndAllDown(t *testing.T) {
 	var p Pool
-	if h := p.Pick(); h != nil {
+	if h := p.PickExcept(nil); h != nil {
 		t.Fatalf("empty pool picked %s", h.Addr)
 	}
 	p.Update([]Config{{Addr: "127.0.0.1:1"}})
-	if h := p.Pick(); h != nil {
+	if h := p.PickExcept(nil); h != nil {
 		t.Fatalf("a host that never passed a check was picked: %s", h.Addr)
 	}
 }
@@ -40,7 +40,7 @@ func TestPickTiesAreUniform(t *testing.T) {
 	counts := map[string]int{}
 	const n = 30000
 	for range n {
-		counts[p.Pick().Addr]++
+		counts[p.PickExcept(nil).Addr]++
 	}
 	for addr, c := range counts {
 		if share := float64(c) / n; math.Abs(share-1.0/3) > 0.02 {
@@ -59,7 +59,7 @@ func TestPickLeastInFlight(t *testing.T) {
 	hs[1].inflight.Store(2)
 	hs[2].inflight.Store(3)
 	for range 100 {
-		if got := p.Pick(); got != hs[1] {
+		if got := p.PickExcept(nil); got != hs[1] {
 			t.Fatalf("picked %s with %d in flight, want %s with 2", got.Addr, got.InFlight(), hs[1].Addr)
 		}
 	}
@@ -70,7 +70,7 @@ func TestPickWeighted(t *testing.T) {
 	// acquiring; the weight-2 host must end with twice the share.
 	p := newPool(t, 1, 2, 1)
 	for range 300 {
-		p.Pick().Acquire()
+		p.PickExcept(nil).Acquire()
 	}
 	hs := p.Hosts()
 	got := []int64{hs[0].InFlight(), hs[1].InFlight(), hs[2].InFlight()}
@@ -89,7 +89,7 @@ func TestPickSkipsDownAndRemoved(t *testing.T) {
 		t.Fatal("down→down reported a transition")
 	}
 	for range 50 {
-		if got := p.Pick(); got != hs[1] {
+		if got := p.PickExcept(nil); got != hs[1] {
 			t.Fatalf("picked %v, want the only healthy host", got)
 		}
 	}
@@ -97,7 +97,7 @@ func TestPickSkipsDownAndRemoved(t *testing.T) {
 	if !hs[1].Removed() {
 		t.Error("a host dropped by Update is not marked removed")
 	}
-	if got := p.Pick(); got != nil {
+	if got := p.PickExcept(nil); got != nil {
 		t.Errorf("picked %v after the healthy host was removed, want nil", got.Addr)
 	}
 }
@@ -206,7 +206,7 @@ func TestSlowStart(t *testing.T) {
 		p.Hosts()[0].SetHealthy(true, now.Add(-time.Hour))
 		p.Hosts()[1].SetHealthy(true, time.Now().Add(-tc.up))
 		for range 100 {
-			p.Pick().Acquire()
+			p.PickExcept(nil).Acquire()
 		}
 		if got := p.Hosts()[1].InFlight(); got < tc.min || got > tc.max {
 			t.Errorf("up for %v: took %d of 100 concurrent requests, want %d..%d", tc.up, got, tc.min, tc.max)
@@ -225,7 +225,7 @@ func BenchmarkPick(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					h := p.Pick()
+					h := p.PickExcept(nil)
 					h.Acquire()
 					h.Release()
 				}
@@ -255,7 +255,7 @@ func TestOutlierEjection(t *testing.T) {
 		t.Fatalf("third failure in a row: ejected %v for %v, want true for 10s", ej, d)
 	}
 	for range 200 {
-		if p.Pick() == hs[0] {
+		if p.PickExcept(nil) == hs[0] {
 			t.Fatal("an ejected host was picked")
 		}
 	}
@@ -292,7 +292,7 @@ func TestOutlierNeverEjectsAll(t *testing.T) {
 	if ejected != 2 {
 		t.Errorf("ejected %d of 3 failing hosts, want 2: one always stays in rotation", ejected)
 	}
-	if p.Pick() == nil {
+	if p.PickExcept(nil) == nil {
 		t.Error("nothing left to pick")
 	}
 	q := newPool(t, 1, 1, 1, 1)

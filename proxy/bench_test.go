@@ -52,7 +52,7 @@ func inmemoryEdge(tb testing.TB, opts ...edgeOption) *Proxy {
 	tb.Cleanup(p.Close)
 	p.Pool().Update([]balancer.Config{{Addr: "upstream:1"}})
 	h := p.Pool().Hosts()[0]
-	h.Transport.(*upstream).client.Dial = func(string) (net.Conn, error) { return ln.Dial() }
+	h.Transport.Client.Dial = func(string) (net.Conn, error) { return ln.Dial() }
 	h.SetHealthy(true, h0)
 	return p
 }

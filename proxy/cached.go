@@ -9,6 +9,7 @@ import (
 
 	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/cache"
+	"github.com/podium-edge/podium/transport"
 	"github.com/valyala/fasthttp"
 )
 
@@ -106,7 +107,7 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 		res.resp.CopyTo(&ctx.Response)
 		fasthttp.ReleaseResponse(res.resp)
 		ctx.Response.Header.Set("X-Cache", xcMiss)
-		flushBig(ctx)
+		transport.FlushBig(ctx)
 	case res.fail != nil:
 		p.metrics.cacheMiss.Inc()
 		p.reject(st, ctx, rt, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
@@ -122,7 +123,7 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 			return
 		}
 		ctx.Response.Header.Set("X-Cache", xcMiss)
-		flushBig(ctx)
+		transport.FlushBig(ctx)
 		res = &fillResult{host: h, took: end.Sub(start)}
 	}
 	if method == 1 {
@@ -372,7 +373,7 @@ func (p *Proxy) serveEntry(ctx *fasthttp.RequestCtx, e *cache.Entry, xcache stri
 		}
 		resp.SetBodyRaw(e.Body)
 	}
-	flushBig(ctx)
+	transport.FlushBig(ctx)
 	var ab [20]byte
 	resp.Header.SetBytesKV(strAge, strconv.AppendInt(ab[:0], int64(e.Age(now)/time.Second), 10))
 	resp.Header.Set("X-Cache", xcache)

@@ -187,8 +187,8 @@ func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slo
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { p.Serve(ctx, ln); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; p.Close() })
+	go func() { p.Server().Serve(p.WrapListener(ln)); close(done) }()
+	t.Cleanup(func() { cancel(); p.Server().Shutdown(); <-done; p.Close() })
 	e := &testEdge{p: p, addr: ln.Addr().String(), prober: pr, changes: changes}
 	e.waitHealthy(t, len(ups))
 	return e

@@ -378,7 +378,7 @@ func TestPanicAnswers500AndEdgeServesOn(t *testing.T) {
 	e := startEdge(t, []*testUpstream{u}, nil)
 	h := e.p.Pool().Hosts()[0]
 	good := h.Transport
-	h.Transport = "not a transport" // the type assertion in forward panics
+	h.Transport = nil // forward panics on the nil transport
 	r := do(t, "GET", e.url("/api/games"))
 	if r.code != 500 || !strings.Contains(r.body, `"request_id"`) {
 		t.Errorf("a panicking request got %d %q, want the edge's JSON 500", r.code, r.body)

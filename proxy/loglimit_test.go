@@ -98,10 +98,9 @@ func TestErrorLogBoundedPerClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { p.Serve(ctx, ln); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	go func() { p.Server().Serve(p.WrapListener(ln)); close(done) }()
+	t.Cleanup(func() { p.Server().Shutdown(); <-done })
 	addr := ln.Addr().String()
 
 	flooder, other := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)

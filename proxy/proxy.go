@@ -25,7 +25,7 @@ import (
 	"github.com/podium-edge/podium/cache"
 	"github.com/podium-edge/podium/config"
 	"github.com/podium-edge/podium/ratelimit"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/podium-edge/podium/transport"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/singleflight"
 )
@@ -33,13 +33,6 @@ import (
 // maxResponseBytes bounds a buffered upstream response. The ticket API's
 // largest answer, the full listing, is well under 1 MiB.
 const maxResponseBytes = 32 << 20
-
-// upstream is the proxy's per-host transport, attached to balancer.Host.
-type upstream struct {
-	client   *fasthttp.HostClient
-	duration prometheus.Observer
-	stale    prometheus.Counter // requests do sent again on a fresh connection
-}
 
 // Proxy is the edge's request handler and the servers around it. Build it
 // with New; the zero value is not usable.
@@ -110,7 +103,7 @@ func New(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
 		HeaderReceived:                p.headerReceived,
 		Name:                          "podium",
 		ReadBufferSize:                cfg.Limits.MaxHeaderBytes,
-		WriteBufferSize:               clientWriteBuffer,
+		WriteBufferSize:               transport.WriteBufferSize,
 		MaxRequestBodySize:            cfg.Limits.MaxBodyBytes,
 		ReadTimeout:                   cfg.Timeouts.ReadHeader.D(),
 		IdleTimeout:                   cfg.Timeouts.Idle.D(),
@@ -144,42 +137,36 @@ func (p *Proxy) Server() *fasthttp.Server { return p.server }
 // in front stop sending new connections before the listener closes.
 func (p *Proxy) SetDraining(v bool) { p.draining.Store(v) }
 
-// Serve accepts connections on ln until ctx is done, then shuts down
-// gracefully: open requests finish, idle connections close.
-func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- p.server.Serve(p.WrapListener(ln)) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		return p.server.Shutdown()
+// WrapListener makes the client connections ln accepts the transport's
+// (see transport.Listener): the server must serve the wrapped listener.
+func (p *Proxy) WrapListener(ln net.Listener) net.Listener {
+	t := p.boot.Timeouts
+	return &transport.Listener{
+		Listener: ln,
+		// A client timeout may fire up to 1/64 of the shortest one late
+		// (78 ms with the defaults): a keep-alive connection then re-arms
+		// its socket's deadline about once per slack, not per request.
+		Slack:          min(t.ReadHeader.D(), t.ReadBody.D(), t.Idle.D(), t.Write.D()) >> 6,
+		WriteTimeout:   t.Write.D(),
+		OnWriteTimeout: p.clientWriteTimedOut,
 	}
 }
 
+// attach gives a host the pooled connections requests to it go over.
 func (p *Proxy) attach(h *balancer.Host) {
 	connect := p.boot.Timeouts.Connect.D()
-	h.Transport = &upstream{
-		duration: p.metrics.upstreamDuration.WithLabelValues(h.Addr),
-		stale:    p.metrics.staleConns,
-		// The HostClient keeps the connection pool (dialling, the limit,
-		// idle-connection cleanup); requests go through upstream.do, not
-		// HostClient.Do, so its request options would be unused here.
-		client: &fasthttp.HostClient{
+	h.Transport = &transport.Upstream{
+		Client: &fasthttp.HostClient{
 			Addr:                h.Addr,
 			MaxConns:            p.boot.UpstreamPool.MaxConns,
 			MaxIdleConnDuration: p.boot.UpstreamPool.MaxIdleTime.D(),
 			MaxConnWaitTimeout:  connect,
 			MaxResponseBodySize: maxResponseBytes,
 			ReadBufferSize:      p.boot.Limits.MaxHeaderBytes,
-			Dial: func(addr string) (net.Conn, error) {
-				c, err := fasthttp.DialTimeout(addr, connect)
-				if err != nil {
-					return nil, err
-				}
-				return newUpstreamConn(c), nil
-			},
+			Dial:                transport.Dialer(connect),
 		},
+		Duration: p.metrics.upstreamDuration.WithLabelValues(h.Addr),
+		Resent:   p.metrics.staleConns.Inc,
 	}
 }
 
@@ -312,7 +299,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if status < 300 && status >= 200 && (len(rt.purge) > 0 || !isSafe(req.Header.Method())) {
 		p.invalidate(ctx, rt)
 	}
-	flushBig(ctx)
+	transport.FlushBig(ctx)
 	rt.counts.done(method, status, ctx.Time(), end)
 	p.accessLog(st, ctx, rt, status, h, reqID, end.Sub(ctx.Time()), retries)
 }
@@ -418,17 +405,14 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 			// pick there is no retry, whatever retryable said.
 			p.metrics.retries[reason].Inc()
 		}
-		up := h.Transport.(*upstream)
 		h.Acquire()
-		err := up.do(req, resp, t0, timeout, replayable)
-		end = time.Now() // one clock read serves the attempt and the total
-		took := end.Sub(t0)
+		var err error
+		end, err = h.Transport.Do(req, resp, t0, timeout, replayable) // its one clock read serves the attempt and the total
 		h.Release()
 		if attempt > 0 {
 			p.activeRetries.Add(-1)
 		}
 		if err == nil {
-			up.duration.Observe(took.Seconds())
 			status := resp.StatusCode()
 			if status < 500 {
 				p.pool.Succeeded(h)

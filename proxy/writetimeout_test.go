@@ -1,3 +1,5 @@
+//go:build linux
+
 package proxy
 
 import (
@@ -11,163 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/podium-edge/podium/config"
+	"github.com/podium-edge/podium/internal/sockettest"
 )
-
-// Socket buffers in these tests are small, so that a response of a few
-// hundred KiB cannot hide in the kernel and a send really waits for the
-// client: Linux doubles the value asked for, so 16 KiB is 32 KiB.
-const testSockBuf = 16 << 10
-
-// writePair is a clientConn with a write timeout, accepted on loopback
-// with a small send buffer, and the client's end with a small receive
-// buffer; timedOut counts the listener's onWriteTimeout calls.
-func writePair(t *testing.T, timeout time.Duration, timedOut *atomic.Int64) (*clientConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer := dialSmallWindow(t, ln.Addr().String())
-	l := &clientListener{Listener: ln, slack: timeout >> 6, writeTimeout: timeout,
-		onWriteTimeout: func(net.Conn) { timedOut.Add(1) }}
-	c, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc := c.(*clientConn)
-	t.Cleanup(func() { cc.Close() })
-	cc.SetWriteBuffer(testSockBuf)
-	return cc, peer
-}
-
-// A send the client takes nothing of fails after the write timeout (at
-// most slack and scheduling later), as a timeout, and the hook is told
-// once.
-func TestClientConnWriteTimeoutFires(t *testing.T) {
-	const timeout = 200 * time.Millisecond
-	var timedOut atomic.Int64
-	c, _ := writePair(t, timeout, &timedOut) // the peer never reads
-	start := time.Now()
-	n, err := c.Write(make([]byte, 4<<20))
-	took := time.Since(start)
-	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() || !strings.Contains(err.Error(), "write tcp") {
-		t.Fatalf("Write to a client that never reads = %d, %v; want a write timeout", n, err)
-	}
-	if n <= 0 || n >= 4<<20 {
-		t.Errorf("wrote %d bytes before timing out, want some and not all", n)
-	}
-	if took < timeout || took > timeout+timeout>>6+2*time.Second {
-		t.Errorf("timed out after %v, want %v..%v+slack (and scheduling)", took, timeout, timeout)
-	}
-	if got := timedOut.Load(); got != 1 {
-		t.Errorf("onWriteTimeout called %d times, want 1", got)
-	}
-}
-
-// A client that keeps up never has a write deadline put on its socket:
-// the common response costs no clock read and no timer update.
-func TestClientConnWriteDeadlineLazy(t *testing.T) {
-	var timedOut atomic.Int64
-	c, peer := writePair(t, time.Second, &timedOut)
-	p := bytes.Repeat([]byte("a"), 2048)
-	read := make(chan error)
-	go func() {
-		buf := make([]byte, len(p))
-		for {
-			_, err := io.ReadFull(peer, buf)
-			read <- err
-			if err != nil {
-				return
-			}
-		}
-	}()
-	for i := range 200 {
-		c.SetWriteDeadline(time.Time{}) // fasthttp's calls around a big response
-		if _, err := c.Write(p); err != nil {
-			t.Fatalf("write %d: %v", i, err)
-		}
-		if err := <-read; err != nil { // the client has it: the next write finds room
-			t.Fatalf("peer read %d: %v", i, err)
-		}
-	}
-	if c.wrearms != 0 {
-		t.Errorf("200 writes the socket took at once put %d write deadlines on it, want 0", c.wrearms)
-	}
-	c.Close()
-	<-read
-}
-
-// A write deadline armed for a send that waited, and that passes while
-// the connection is idle, does not fail the next write: the runtime
-// reports an expired deadline before a send even starts, and that one
-// belongs to no send in progress.
-func TestClientConnStaleWriteDeadline(t *testing.T) {
-	const timeout = time.Second // the first send must finish within it, even on a busy machine
-	var timedOut atomic.Int64
-	c, peer := writePair(t, timeout, &timedOut)
-	go func() { // a reader slower than the writer, so the send waits
-		buf := make([]byte, 16<<10)
-		for {
-			time.Sleep(time.Millisecond)
-			if _, err := peer.Read(buf); err != nil {
-				return
-			}
-		}
-	}()
-	// More than the socket buffers hold: the send waits for the peer at
-	// least once, under a deadline.
-	if n, err := c.Write(make([]byte, 512<<10)); err != nil {
-		t.Fatalf("Write to a reading client = %d, %v", n, err)
-	}
-	if c.wrearms == 0 || c.armedWD.IsZero() {
-		t.Fatal("the send never waited under a write deadline; the test needs it to")
-	}
-	armed, rearms := c.armedWD, c.wrearms
-	// Idle past it, until the runtime has marked it expired: a write
-	// operation on the socket then fails before it starts.
-	time.Sleep(time.Until(armed))
-	for deadline := time.Now().Add(5 * time.Second); c.raw.Write(func(uintptr) bool { return true }) == nil; {
-		if time.Now().After(deadline) {
-			t.Fatalf("the write deadline armed for %v has not fired 5 s later", armed)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if n, err := c.Write([]byte("next response")); err != nil {
-		t.Fatalf("a write after the deadline armed for an earlier send passed = %d, %v; want it sent", n, err)
-	}
-	if c.wrearms != rearms+1 || !c.armedWD.IsZero() {
-		t.Errorf("write deadlines put %d (armed %v), want the stale one cleared once", c.wrearms-rearms, c.armedWD)
-	}
-	if got := timedOut.Load(); got != 0 {
-		t.Errorf("onWriteTimeout called %d times, want 0", got)
-	}
-}
-
-// smallWindow is a Dialer.Control that sets SO_RCVBUF to testSockBuf
-// and the segment size to Ethernet's before connecting. Loopback's 64 KiB
-// segments would make a small window useless: a receiver opens a zero
-// window again only once a whole segment fits (RFC 1122 §4.2.3.3, silly
-// window avoidance), so the sender would stall on zero-window probes,
-// with backoff, not on the reader.
-func smallWindow(_, _ string, c syscall.RawConn) error {
-	var serr error
-	if err := c.Control(func(fd uintptr) {
-		serr = errors.Join(
-			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, testSockBuf),
-			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1460))
-	}); err != nil {
-		return err
-	}
-	return serr
-}
 
 // smallBufListener gives accepted connections a small send buffer.
 type smallBufListener struct {
@@ -178,7 +29,7 @@ type smallBufListener struct {
 func (l *smallBufListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
-		c.(*net.TCPConn).SetWriteBuffer(testSockBuf)
+		c.(*net.TCPConn).SetWriteBuffer(sockettest.BufSize)
 	}
 	return c, err
 }
@@ -203,20 +54,6 @@ func serveSmallBuffers(t *testing.T, e *testEdge) string {
 	return ln.Addr().String()
 }
 
-// dialSmallWindow connects with a small receive buffer, set before the
-// handshake so the window the client offers is small from the start (see
-// smallWindow).
-func dialSmallWindow(t *testing.T, addr string) *net.TCPConn {
-	t.Helper()
-	d := net.Dialer{Timeout: 2 * time.Second, Control: smallWindow}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c.(*net.TCPConn)
-}
-
 func bigUpstream(t *testing.T) *testUpstream {
 	u := newUpstream(t)
 	u.handler = func(w http.ResponseWriter, r *http.Request) {
@@ -236,7 +73,7 @@ func TestClientWriteTimeoutClosesStalledPipeline(t *testing.T) {
 	u := bigUpstream(t)
 	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.Timeouts.Write = config.Duration(timeout) })
 	addr := serveSmallBuffers(t, e)
-	c := dialSmallWindow(t, addr)
+	c := sockettest.DialSmallWindow(t, addr)
 	var pipeline strings.Builder
 	for range 16 {
 		pipeline.WriteString("GET /big?n=262144 HTTP/1.1\r\nHost: edge\r\n\r\n")
@@ -285,7 +122,7 @@ func TestClientWriteTimeoutSparesSlowReader(t *testing.T) {
 	u := bigUpstream(t)
 	e := startEdge(t, []*testUpstream{u}, nil, func(c *config.Edge) { c.Timeouts.Write = config.Duration(timeout) })
 	addr := serveSmallBuffers(t, e)
-	c := dialSmallWindow(t, addr)
+	c := sockettest.DialSmallWindow(t, addr)
 	br := bufio.NewReaderSize(c, 4096)
 	const size = 320 << 10 // at 8 KiB per 100 ms, 4 s
 	if _, err := io.WriteString(c, "GET /big?n="+strconv.Itoa(size)+" HTTP/1.1\r\nHost: edge\r\n\r\n"); err != nil {

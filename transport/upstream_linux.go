@@ -1,10 +1,11 @@
-package proxy
+//go:build linux
+
+package transport
 
 import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -77,7 +78,7 @@ type upstreamConn struct {
 	sent       bool
 	blocked    bool
 
-	// What the exchange in progress has done, for upstream.do's decision
+	// What the exchange in progress has done, for Upstream.Do's decision
 	// to send its request again on a fresh connection (see stale).
 	reused   bool // an earlier exchange on this socket got its answer
 	wrote    bool // some byte of this exchange's request went into the socket
@@ -90,10 +91,10 @@ type upstreamConn struct {
 	eagain, rearms int
 }
 
-var _ net.Conn = (*upstreamConn)(nil)
+var _ pooledConn = (*upstreamConn)(nil)
 
 // newUpstreamConn wraps a dialled TCP connection; anything else is returned
-// as it is.
+// as it is, and Do treats it as the plain connection it is.
 func newUpstreamConn(c net.Conn) net.Conn {
 	tc, raw, ok := rawTCP(c)
 	if !ok {
@@ -118,7 +119,7 @@ var errUpstreamClosed = errors.New("the upstream had closed the pooled connectio
 // while the connection was idle is waiting there. It narrows the window
 // in which a request that must not be sent twice can be lost to an idle
 // close to the microseconds between the check and the send. A request
-// that may be sent twice needs no check (upstream.do resends it after a
+// that may be sent twice needs no check (Do resends it after a
 // failure), so only the others pay for the system call.
 func (c *upstreamConn) begin(check bool) error {
 	c.wrote, c.answered = false, false
@@ -166,6 +167,10 @@ func (c *upstreamConn) probe(fd uintptr) {
 func (c *upstreamConn) stale(replayable bool) bool {
 	return c.reused && !c.answered && (replayable || !c.wrote)
 }
+
+// markReused records that an exchange got its answer on c, so a later
+// failure on it may be the upstream closing it while it sat in the pool.
+func (c *upstreamConn) markReused() { c.reused = true }
 
 // redial replaces c's socket by a new connection to the same upstream,
 // made by dial, so that c keeps its place in the HostClient's pool (and
@@ -327,35 +332,6 @@ func (c *upstreamConn) opError(op string, errno error) error {
 	return sockError(op, errno, c.local, c.peer)
 }
 
-// rawTCP is c as a TCP connection and its raw socket, for the wrappers
-// that make their own system calls; ok is false for anything else.
-func rawTCP(c net.Conn) (tc *net.TCPConn, raw syscall.RawConn, ok bool) {
-	tc, ok = c.(*net.TCPConn)
-	if !ok {
-		return nil, nil, false
-	}
-	raw, err := tc.SyscallConn()
-	return tc, raw, err == nil
-}
-
-// sockError is a failed system call on a socket as net.Conn reports it
-// ("read tcp A->B: ...").
-func sockError(op string, errno error, local, peer net.Addr) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: local, Addr: peer, Err: os.NewSyscallError(op, errno)}
-}
-
-// relabel makes RawConn's "raw-read" errors read like any other read error
-// (fasthttp and the logs see "read tcp ...: i/o timeout").
-func relabel(err error, op string) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		e := *oe
-		e.Op = op
-		return &e
-	}
-	return err
-}
-
 // Close drops anything held: the caller closes a connection only when it
 // is done with it, and a request it wrote but did not read the answer to
 // is one it gave up on.
@@ -405,37 +381,4 @@ func (c *upstreamConn) SetReadDeadline(t time.Time) error {
 func (c *upstreamConn) SetWriteDeadline(t time.Time) error {
 	c.writeDL = t
 	return nil
-}
-
-// send is sendto(2) of p on the connected socket fd, with MSG_NOSIGNAL: a
-// peer that reset the connection is an EPIPE error, never a signal.
-// It and recv (and sendv) retry a call a signal interrupted, so callers
-// see only EAGAIN and real errors.
-func send(fd uintptr, p []byte) (int, error) {
-	raceSend(p)
-	for {
-		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), syscall.MSG_NOSIGNAL, 0, 0)
-		switch e {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, e
-	}
-}
-
-// recv is recvfrom(2) into p on the connected socket fd.
-func recv(fd uintptr, p []byte) (int, error) {
-	for {
-		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
-		switch e {
-		case 0:
-			raceRecv(fd, p[:n])
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, e
-	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package transport
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ func benchClientConn(b *testing.B) *clientConn {
 	}
 	go io.Copy(io.Discard, peer)
 	b.Cleanup(func() { peer.Close() })
-	c, err := (&clientListener{Listener: ln, slack: time.Second >> 6, writeTimeout: 30 * time.Second}).Accept()
+	c, err := (&Listener{Listener: ln, Slack: time.Second >> 6, WriteTimeout: 30 * time.Second}).Accept()
 	if err != nil {
 		b.Fatal(err)
 	}

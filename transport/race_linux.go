@@ -1,6 +1,6 @@
-//go:build race
+//go:build linux && race
 
-package proxy
+package transport
 
 import (
 	"runtime"

@@ -1,4 +1,6 @@
-package proxy
+//go:build linux
+
+package transport
 
 import (
 	"errors"
@@ -8,49 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
-
-	"github.com/valyala/fasthttp"
 )
-
-// clientWriteBuffer is the size of the buffered writer fasthttp puts in
-// front of each client connection. A write of exactly this many bytes is
-// that buffer flushed full, with the rest of the response to follow.
-const clientWriteBuffer = 4096
-
-// WrapListener makes the connections ln accepts clientConns, as Serve
-// does; a caller that runs Server().Serve itself wraps its listener first.
-func (p *Proxy) WrapListener(ln net.Listener) net.Listener {
-	t := p.boot.Timeouts
-	return &clientListener{
-		Listener:       ln,
-		slack:          min(t.ReadHeader.D(), t.ReadBody.D(), t.Idle.D(), t.Write.D()) >> 6,
-		writeTimeout:   t.Write.D(),
-		onWriteTimeout: p.clientWriteTimedOut,
-	}
-}
-
-// clientListener makes clientConns. Its fields are set before the first
-// Accept and never change.
-type clientListener struct {
-	net.Listener
-	slack time.Duration
-	// writeTimeout bounds a send that makes no progress (timeouts.write);
-	// zero means none.
-	writeTimeout time.Duration
-	// onWriteTimeout, when set, is told of a connection whose send waited
-	// writeTimeout for the client to take a byte; the write then fails
-	// and fasthttp closes the connection.
-	onWriteTimeout func(net.Conn)
-}
-
-func (l *clientListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return newClientConn(c, l), nil
-}
 
 // clientConn is a client's connection to the edge, under fasthttp's
 // server. It changes three things about a *net.TCPConn, all about cost
@@ -80,7 +40,7 @@ func (l *clientListener) Accept() (net.Conn, error) {
 // deadline left on the socket by an earlier wait (the connection has been
 // idle since, or busy reading) is not a timeout of the send in progress:
 // it is replaced, as a stale read deadline is. fasthttp's own
-// SetWriteDeadline calls (the zero deadline around a flushBig response)
+// SetWriteDeadline calls (the zero deadline around a FlushBig response)
 // are only recorded.
 //
 // Reads and writes are recvfrom(2) and sendto(2), without the file
@@ -89,17 +49,17 @@ func (l *clientListener) Accept() (net.Conn, error) {
 // fasthttp sends a response bigger than its 4 KiB write buffer with one
 // writev(2) on a *net.TCPConn and in two writes on anything else: its
 // full buffer, then the rest. For a body over the buffer (the handler says
-// so through flushBig) clientConn holds that full buffer and sends it with
+// so through FlushBig) clientConn holds that full buffer and sends it with
 // the rest in one writev. Only then: the rest is certain to follow within
 // the same response, because the body alone overflows the buffer and
-// flushBig has fasthttp flush the response at once, even with a pipelined
+// FlushBig has fasthttp flush the response at once, even with a pipelined
 // request waiting (fasthttp keeps responses in its buffer while one waits,
 // which its writev path had avoided for big ones). So nothing is ever
 // held across requests, and a connection fasthttp sees idle holds nothing.
 type clientConn struct {
 	*net.TCPConn // addresses, the socket options
 	raw          syscall.RawConn
-	l            *clientListener // slack, the write timeout and its hook
+	l            *Listener // slack, the write timeout and its hook
 
 	wantRD, armedRD time.Time
 
@@ -109,7 +69,7 @@ type clientConn struct {
 	// it has not waited).
 	wantWD, armedWD, stallWD time.Time
 
-	// bigBody is set by flushBig for the response being written; held is
+	// bigBody is set by FlushBig for the response being written; held is
 	// its first, full buffer until the rest comes. Both belong to the
 	// serving goroutine.
 	bigBody bool
@@ -128,10 +88,13 @@ type clientConn struct {
 	rearms, wrearms, sends int
 }
 
-func newClientConn(c net.Conn, l *clientListener) net.Conn {
+// newClientConn wraps an accepted connection: a clientConn for a TCP
+// connection, the portable plainClientConn for anything else or when l
+// asks for it.
+func newClientConn(c net.Conn, l *Listener) net.Conn {
 	tc, raw, ok := rawTCP(c)
-	if !ok {
-		return c
+	if !ok || l.plain {
+		return &plainClientConn{Conn: c, l: l}
 	}
 	cc := &clientConn{TCPConn: tc, raw: raw, l: l}
 	cc.onRead = cc.readOnce
@@ -214,10 +177,10 @@ func (c *clientConn) armRead() error {
 	case want.IsZero():
 		return c.putReadDeadline(want) // clear the one on the socket
 	}
-	if late := c.armedRD.Sub(want); !c.armedRD.IsZero() && late >= 0 && late <= c.l.slack {
+	if late := c.armedRD.Sub(want); !c.armedRD.IsZero() && late >= 0 && late <= c.l.Slack {
 		return nil
 	}
-	return c.putReadDeadline(want.Add(c.l.slack))
+	return c.putReadDeadline(want.Add(c.l.Slack))
 }
 
 // earlyDeadline says whether a read deadline that fired was one put on the
@@ -249,11 +212,11 @@ func (c *clientConn) Write(p []byte) (int, error) {
 		c.held = nil
 		n, err := c.writev(*h, p)
 		fullBufs.Put(h)
-		return max(0, n-clientWriteBuffer), err
+		return max(0, n-WriteBufferSize), err
 	}
 	if c.bigBody {
 		c.bigBody = false // the response's first write decides
-		if len(p) == clientWriteBuffer {
+		if len(p) == WriteBufferSize {
 			b := fullBufs.Get().(*[]byte)
 			copy(*b, p)
 			c.held = b
@@ -263,7 +226,7 @@ func (c *clientConn) Write(p []byte) (int, error) {
 	return c.writev(p, nil)
 }
 
-var fullBufs = sync.Pool{New: func() any { b := make([]byte, clientWriteBuffer); return &b }}
+var fullBufs = sync.Pool{New: func() any { b := make([]byte, WriteBufferSize); return &b }}
 
 // writev sends a then b in as few system calls as the socket allows,
 // waiting while its buffer is full (see clientConn for the write
@@ -277,8 +240,8 @@ func (c *clientConn) writev(a, b []byte) (int, error) {
 	}
 	c.vec[0], c.vec[1] = nil, nil
 	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) && c.l.onWriteTimeout != nil {
-			c.l.onWriteTimeout(c)
+		if errors.Is(err, os.ErrDeadlineExceeded) && c.l.OnWriteTimeout != nil {
+			c.l.OnWriteTimeout(c)
 		}
 		return c.n, relabel(err, "write")
 	}
@@ -291,7 +254,7 @@ func (c *clientConn) writev(a, b []byte) (int, error) {
 // armed deadline no earlier than that and at most slack later stays.
 func (c *clientConn) armWrite() error {
 	want := c.wantWD
-	if t := c.l.writeTimeout; t > 0 {
+	if t := c.l.WriteTimeout; t > 0 {
 		if d := time.Now().Add(t); want.IsZero() || d.Before(want) {
 			want = d
 		}
@@ -303,10 +266,10 @@ func (c *clientConn) armWrite() error {
 	case want.IsZero():
 		return c.putWriteDeadline(want)
 	}
-	if late := c.armedWD.Sub(want); !c.armedWD.IsZero() && late >= 0 && late <= c.l.slack {
+	if late := c.armedWD.Sub(want); !c.armedWD.IsZero() && late >= 0 && late <= c.l.Slack {
 		return nil
 	}
-	return c.putWriteDeadline(want.Add(c.l.slack))
+	return c.putWriteDeadline(want.Add(c.l.Slack))
 }
 
 // staleWriteDeadline says whether a write deadline that fired was not the
@@ -370,38 +333,10 @@ func (c *clientConn) opError(op string, errno error) error {
 	return sockError(op, errno, c.LocalAddr(), c.RemoteAddr())
 }
 
-// flushBig has fasthttp send a response bigger than half its write buffer
-// as soon as it is written, even with a pipelined request waiting (see
-// clientConn): fasthttp flushes after a handler that set a write deadline.
-// The zero deadline is no deadline, as before.
-func flushBig(ctx *fasthttp.RequestCtx) {
-	n := len(ctx.Response.Body())
-	if n <= clientWriteBuffer/2 || ctx.Response.SkipBody || ctx.IsHead() {
-		return
-	}
-	_ = ctx.SetWriteDeadline(time.Time{})
-	if c, ok := ctx.Conn().(*clientConn); ok && n > clientWriteBuffer {
-		c.bigBody = true
-	}
-}
-
-// sendv is writev(2) of both slices of v on the connected socket fd (both
-// non-empty).
-func sendv(fd uintptr, v *[2][]byte) (int, error) {
-	var iov [2]syscall.Iovec
-	for i := range v {
-		raceSend(v[i])
-		iov[i].Base = unsafe.SliceData(v[i])
-		iov[i].SetLen(len(v[i]))
-	}
-	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
-		switch e {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, e
+// expectBig marks c's next response as bigger than the write buffer
+// (see clientConn); any other connection has nothing to hold.
+func expectBig(c net.Conn) {
+	if cc, ok := c.(*clientConn); ok {
+		cc.bigBody = true
 	}
 }

@@ -1,0 +1,195 @@
+package transport
+
+import (
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Upstream carries requests to one upstream over its pooled keep-alive
+// connections. Set its fields before the first Do and never change them;
+// Do is safe for concurrent use. An Upstream must not be copied.
+type Upstream struct {
+	// Client keeps the connection pool: dialling (make Dial with Dialer,
+	// or the pool's connections are plain ones), the connection limit and
+	// idle-connection cleanup. Requests go through Do, not Client.Do, so
+	// Client's request options are unused.
+	Client *fasthttp.HostClient
+
+	// Duration, when set, is given the seconds of each Do that got an
+	// answer, from its start to the answer read.
+	Duration Observer
+
+	// Resent, when set, is called for each request Do sends again on a
+	// fresh connection after the upstream closed a pooled one under it.
+	Resent func()
+}
+
+// Observer takes one measurement (a Prometheus histogram's Observe).
+type Observer interface {
+	Observe(float64)
+}
+
+// pooledConn is what Do needs of a pooled connection beyond net.Conn, to
+// save its system calls and to send a request again when the upstream
+// closed the connection under it. The Linux upstreamConn has it; a plain
+// net.Conn (the portable path, a test's in-memory dialer) does not, and
+// Do then sets its deadlines on every request and never resends.
+type pooledConn interface {
+	net.Conn
+	// begin starts an exchange; with check, a reused connection is first
+	// checked for a close by the upstream.
+	begin(check bool) error
+	// arm sets the deadlines of an exchange that must end by d, timeout
+	// from its start.
+	arm(d time.Time, timeout time.Duration) error
+	// stale says whether the exchange that just failed may be sent again
+	// on a fresh connection, as if it had not been tried.
+	stale(replayable bool) bool
+	// redial replaces the socket by a new connection made by dial.
+	redial(dial func() (net.Conn, error)) error
+	// markReused marks the connection as one an exchange got its answer on.
+	markReused()
+}
+
+// Do sends req to the upstream over one of its pooled keep-alive
+// connections and reads the answer into resp, giving up at start+timeout.
+// It returns when the exchange ended, the one clock read it makes.
+//
+// It is fasthttp's HostClient.Do and default transport with what the edge
+// does not use taken out (redirects, streamed bodies, user agents, TLS):
+// the pool, the dialer, the connection limit and the idle-connection
+// cleaner are still the HostClient's. What is different is the clock:
+// HostClient.DoTimeout reads it four times per request to turn the timeout
+// into deadlines, and sets the read deadline (two more reads and a runtime
+// timer update) on every request. Here the caller's start time makes the
+// deadline, and an upstreamConn re-arms its read deadline only when the
+// armed one is out of date (see upstreamConn.arm).
+//
+// A request that fails on a pooled connection an earlier request used,
+// before any byte of its answer, is sent again at once on a fresh
+// connection to the same upstream, where that cannot do its work twice
+// (pooledConn.stale): replayable says it may be sent twice (an idempotent
+// method, or an Idempotency-Key); anything else only when it provably
+// never left the edge. That is an upstream closing an idle keep-alive
+// connection (Node's keepAliveTimeout is 5 s by default) as the edge took
+// it from the pool. It is not a retry: it goes to the same upstream, and
+// the caller neither counts it as one nor blames the upstream for it. A
+// failure on a fresh connection, or once an answer has begun, is the
+// caller's to handle.
+func (u *Upstream) Do(req *fasthttp.Request, resp *fasthttp.Response, start time.Time, timeout time.Duration, replayable bool) (end time.Time, err error) {
+	err = u.do(req, resp, start, timeout, replayable)
+	end = time.Now()
+	if err == nil && u.Duration != nil {
+		u.Duration.Observe(end.Sub(start).Seconds())
+	}
+	return end, err
+}
+
+func (u *Upstream) do(req *fasthttp.Request, resp *fasthttp.Response, start time.Time, timeout time.Duration, replayable bool) error {
+	if timeout <= 0 {
+		return fasthttp.ErrTimeout
+	}
+	deadline := start.Add(timeout)
+	// Forward the path the caller normalised, byte for byte: the form it
+	// was routed and keyed by. fasthttp's own normalisation would decode
+	// the escapes that form keeps (%3B, %C3%A9).
+	req.URI().DisablePathNormalizing = true
+	hc := u.Client
+	cc, err := hc.AcquireConn(timeout, req.ConnectionClose())
+	if err != nil {
+		return err
+	}
+	conn := cc.Conn()
+	pc, _ := conn.(pooledConn) // nil for a plain connection
+	for {
+		err = u.exchange(conn, pc, req, resp, deadline, timeout, !replayable)
+		if err == nil {
+			break
+		}
+		if pc == nil || !pc.stale(replayable) || req.IsBodyStream() || errors.Is(err, fasthttp.ErrTimeout) {
+			hc.CloseConn(cc)
+			if err == io.EOF {
+				err = fasthttp.ErrConnectionClosed
+			}
+			return err
+		}
+		if u.Resent != nil {
+			u.Resent()
+		}
+		if err = pc.redial(u.dial); err != nil {
+			hc.CloseConn(cc)
+			return err
+		}
+	}
+	if req.ConnectionClose() || resp.ConnectionClose() {
+		hc.CloseConn(cc)
+		return nil
+	}
+	if pc != nil {
+		pc.markReused()
+	}
+	hc.ReleaseConn(cc)
+	return nil
+}
+
+// dial makes a new connection to the upstream with the HostClient's dialer.
+func (u *Upstream) dial() (net.Conn, error) { return u.Client.Dial(u.Client.Addr) }
+
+// exchange is one request and its answer on conn (pc when it is a
+// pooledConn); check has a reused connection checked for a close by the
+// upstream before the request is sent (upstreamConn.begin).
+func (u *Upstream) exchange(conn net.Conn, pc pooledConn, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, timeout time.Duration, check bool) error {
+	var err error
+	if pc != nil {
+		if err = pc.begin(check); err == nil {
+			err = pc.arm(deadline, timeout)
+		}
+	} else {
+		err = conn.SetDeadline(deadline)
+	}
+	if err != nil {
+		return err
+	}
+
+	hc := u.Client
+	bw := hc.AcquireWriter(conn)
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	hc.ReleaseWriter(bw)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			err = fasthttp.ErrTimeout
+		}
+		return err
+	}
+
+	// ReadLimitBody resets the header and body it reads into but keeps
+	// the flags the server set on a client's response (no default
+	// Content-Type); upstream header names are kept as they were sent.
+	resp.SkipBody = req.Header.IsHead()
+	resp.Header.DisableNormalizing()
+	br := hc.AcquireReader(conn)
+	err = resp.ReadLimitBody(br, hc.MaxResponseBodySize)
+	hc.ReleaseReader(br)
+	return err
+}
+
+// Dialer is a HostClient.Dial that connects within timeout and wraps each
+// TCP connection so that Do saves its system calls (see upstreamConn); on
+// systems without them the connection is returned as it is.
+func Dialer(timeout time.Duration) fasthttp.DialFunc {
+	return func(addr string) (net.Conn, error) {
+		c, err := fasthttp.DialTimeout(addr, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return newUpstreamConn(c), nil
+	}
+}
