@@ -1,4 +1,4 @@
-//go:build linux
+//go:build linux && !portable
 
 package transport
 
@@ -11,6 +11,9 @@ import (
 	"syscall"
 	"time"
 )
+
+// native says whether the raw connections run here.
+const native = true
 
 // clientConn is a client's connection to the edge, under fasthttp's
 // server. It changes three things about a *net.TCPConn, all about cost

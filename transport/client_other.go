@@ -1,8 +1,11 @@
-//go:build !linux
+//go:build !linux || portable
 
 package transport
 
 import "net"
+
+// native says whether only the portable connections run here.
+const native = false
 
 // newClientConn wraps an accepted connection in the portable
 // plainClientConn: clientConn's system calls are Linux's.
