@@ -49,6 +49,10 @@ const (
 	DefaultBuyRate           = 2 // purchases per second per client: a fan buys, a script floods
 	DefaultBuyBurst          = 5
 	DefaultMaxRetries        = 2
+	// MaxRetriesLimit is the most retries.max_retries may say: the edge
+	// keeps the upstreams a request tried in a fixed array of this many
+	// plus one, so a request's attempts allocate nothing.
+	MaxRetriesLimit          = 5
 	DefaultRetryBudget       = 20 // percent of active requests: Envoy's default budget
 	DefaultRetryMinimum      = 3  // concurrent retries always allowed: Envoy's default
 	DefaultConsecutiveFails  = 5

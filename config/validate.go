@@ -310,8 +310,8 @@ func (cs CacheStore) validate(v *validator) {
 }
 
 func (r Retries) validate(v *validator) {
-	if r.MaxRetries < 0 || r.MaxRetries > 5 {
-		v.addf("retries.max_retries", "must be 0..5, got %d", r.MaxRetries)
+	if r.MaxRetries < 0 || r.MaxRetries > MaxRetriesLimit {
+		v.addf("retries.max_retries", "must be 0..%d, got %d", MaxRetriesLimit, r.MaxRetries)
 	}
 	if r.PerTryTimeout < 0 {
 		v.addf("retries.per_try_timeout", "must be >= 0 (0 means timeouts.upstream), got %s", r.PerTryTimeout)

@@ -40,31 +40,32 @@ type fillResult struct {
 // fresh; otherwise through one origin fetch per key that every concurrent
 // request for the key waits on (nginx's proxy_cache_lock, without its
 // 500 ms polling).
-func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, method int, reqID []byte) {
+func (x *exchange) serveCached() {
+	p, ctx := x.p, x.ctx
 	req := &ctx.Request
 	var kb [512]byte
 	key := cache.AppendKey(kb[:0], normalPath(req), ctx.URI().QueryString(), ctx.Host())
-	hash := cache.Hash(key)
-	e := p.store.Get(hash, key)
-	baseLen := len(key)
+	f := fillJob{st: x.st, route: x.route, hash: cache.Hash(key)}
+	e := p.store.Get(f.hash, key)
+	f.baseLen = len(key)
 	if e != nil && e.IsVary {
 		key = cache.AppendVariant(key, e.Vary, func(name string) []byte { return req.Header.Peek(name) })
-		hash = cache.Hash(key)
-		e = p.store.Get(hash, key)
+		f.hash = cache.Hash(key)
+		e = p.store.Get(f.hash, key)
 	}
+	f.stale = e
 	now := time.Now()
 	if e != nil && e.Fresh(now) {
 		p.metrics.cacheHit.Inc()
 		p.serveEntry(ctx, e, xcHit, now)
-		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), now)
-		p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), nil, reqID, 0, 0)
+		x.finish(now)
 		return
 	}
 	if e != nil && e.ServeWhileRevalidating(now) {
 		p.metrics.cacheStale.Inc()
 		p.serveEntry(ctx, e, xcStale, now)
-		rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), now)
-		p.revalidateInBackground(st, req, rt, key, hash, baseLen, e)
+		x.finish(now)
+		p.revalidateInBackground(req, &f, key)
 		return
 	}
 
@@ -76,17 +77,17 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 		led = true
 		// A fetch that finished between our lookup and now has stored the
 		// answer: check again before asking the origin.
-		if again := p.lookup(hash, key); again != nil && again.Fresh(time.Now()) {
+		if again := p.lookup(f.hash, key); again != nil && again.Fresh(time.Now()) {
 			return &fillResult{entry: again, xcache: xcHit}, nil
 		}
-		return p.fill(st, fillReq, rt, key, hash, baseLen, e), nil
+		return p.fill(&f, key, fillReq), nil
 	})
 	res := v.(*fillResult)
 	if !led {
 		p.metrics.cacheCoalesced.Inc()
 	}
 	switch {
-	case res.entry != nil && (led || p.variantMatches(req, res.entry, key[:baseLen])):
+	case res.entry != nil && (led || p.variantMatches(req, res.entry, key[:f.baseLen])):
 		switch res.xcache {
 		case xcStale:
 			p.metrics.cacheStale.Inc()
@@ -96,10 +97,12 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 			p.metrics.cacheMiss.Inc()
 		}
 		p.serveEntry(ctx, res.entry, res.xcache, time.Now())
+		x.host, x.upstreamTime = res.host, res.took
 	case led && res.fail != nil:
 		p.metrics.cacheMiss.Inc()
-		p.reject(st, ctx, rt, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
-		p.logUpstreamError(reqID, res.host, res.fail)
+		x.host = res.host
+		x.reject(res.fail.status, res.fail.kind, res.fail.msg)
+		x.logUpstreamError(res.fail)
 		return
 	case led:
 		// Not shareable: the leader serves its own response.
@@ -108,29 +111,31 @@ func (p *Proxy) serveCached(st *state, ctx *fasthttp.RequestCtx, rt *route, meth
 		fasthttp.ReleaseResponse(res.resp)
 		ctx.Response.Header.Set("X-Cache", xcMiss)
 		transport.FlushBig(ctx)
+		x.host, x.upstreamTime = res.host, res.took
 	case res.fail != nil:
 		p.metrics.cacheMiss.Inc()
-		p.reject(st, ctx, rt, method, res.fail.status, res.fail.kind, res.fail.msg, reqID, res.host)
+		x.host = res.host
+		x.reject(res.fail.status, res.fail.kind, res.fail.msg)
 		return
 	default:
 		// A waiter whose variant differs, or a response that may not be
 		// shared: ask the origin itself.
 		p.metrics.cacheMiss.Inc()
 		start := time.Now()
-		h, end, _, fail := p.forward(st, fillReq, &ctx.Response, start)
+		h, end, _, fail := p.forward(x.st, fillReq, &ctx.Response, start)
+		x.host = h
 		if fail != nil {
-			p.reject(st, ctx, rt, method, fail.status, fail.kind, fail.msg, reqID, h)
+			x.reject(fail.status, fail.kind, fail.msg)
 			return
 		}
 		ctx.Response.Header.Set("X-Cache", xcMiss)
 		transport.FlushBig(ctx)
-		res = &fillResult{host: h, took: end.Sub(start)}
+		x.upstreamTime = end.Sub(start)
 	}
-	if method == 1 {
+	if x.method == methodHEAD {
 		ctx.Response.SkipBody = true
 	}
-	rt.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), time.Now())
-	p.accessLog(st, ctx, rt, ctx.Response.StatusCode(), res.host, reqID, res.took, 0)
+	x.finish(time.Now())
 }
 
 // lookup finds key in ristretto, or else in the last-good copies, which
@@ -164,10 +169,24 @@ func (p *Proxy) fillRequest(src, dst *fasthttp.Request, key []byte) {
 	u.SetQueryStringBytes(query)
 }
 
-// fill fetches key from an origin, stores what may be stored, and decides
-// what every waiter gets. stale is the expired entry, if any, to
-// revalidate or stand in when the origin fails.
-func (p *Proxy) fill(st *state, req *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) *fillResult {
+// fillJob is one origin fetch for a cache key: the config and route it
+// runs under, and what the key found. It outlives the request that
+// started it when it revalidates in the background, so it holds nothing
+// of that request. The key itself travels beside it: in the job, the
+// compiler would move every key buffer to the heap, since the job may go
+// to another goroutine.
+type fillJob struct {
+	st      *state
+	route   *route
+	hash    uint64
+	baseLen int          // the length of the key without its Vary variant
+	stale   *cache.Entry // the expired entry, if any, to revalidate or stand in when the origin fails
+}
+
+// fill fetches key from an origin with req, stores what may be stored,
+// and decides what every waiter gets.
+func (p *Proxy) fill(fl *fillJob, key []byte, req *fasthttp.Request) *fillResult {
+	st, rt, hash, baseLen, stale := fl.st, fl.route, fl.hash, fl.baseLen, fl.stale
 	// Registered before the request is sent: a purge of this path from
 	// now on (a purchase) keeps what this fetch brings from being stored.
 	f := p.store.BeginFill(key)
@@ -299,17 +318,17 @@ func (p *Proxy) variantMatches(req *fasthttp.Request, e *cache.Entry, base []byt
 	return bytes.Equal(k, e.Key)
 }
 
-// revalidateInBackground refreshes a stale entry after the client got the
-// stale copy (stale-while-revalidate). The request is copied: ctx is
-// recycled when the handler returns.
-func (p *Proxy) revalidateInBackground(st *state, src *fasthttp.Request, rt *route, key []byte, hash uint64, baseLen int, stale *cache.Entry) {
+// revalidateInBackground refreshes key's stale entry after the client got
+// the stale copy (stale-while-revalidate). The request and the key are
+// copied: the handler's ctx and key buffer are gone when it returns.
+func (p *Proxy) revalidateInBackground(src *fasthttp.Request, f *fillJob, key []byte) {
 	req := fasthttp.AcquireRequest()
 	p.fillRequest(src, req, key)
-	k := string(key)
+	job, k := *f, string(key)
 	go func() {
 		defer fasthttp.ReleaseRequest(req)
 		p.flight.Do(k, func() (any, error) {
-			res := p.fill(st, req, rt, []byte(k), hash, baseLen, stale)
+			res := p.fill(&job, []byte(k), req)
 			if res.resp != nil {
 				fasthttp.ReleaseResponse(res.resp)
 			}

@@ -159,7 +159,7 @@ func logClient(st *state, ctx *fasthttp.RequestCtx) netip.Addr {
 // client connection whose answer made no progress for timeouts.write
 // (clientConn's send gave up; fasthttp closes the connection).
 func (p *Proxy) clientWriteTimedOut(c net.Conn) {
-	p.metrics.errors[errClientWrite].Inc()
+	p.metrics.errors[kindClientWrite].Inc()
 	var peer netip.Addr
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		peer = a.AddrPort().Addr().Unmap()

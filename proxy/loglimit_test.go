@@ -237,7 +237,7 @@ func TestClientWriteTimeoutLogLimited(t *testing.T) {
 	for range 1000 {
 		p.clientWriteTimedOut(c)
 	}
-	if got, want := testCounter(p.metrics.errors[errClientWrite]), 1000.0; got != want {
+	if got, want := testCounter(p.metrics.errors[kindClientWrite]), 1000.0; got != want {
 		t.Errorf("client_write_timeout = %v, want %v", got, want)
 	}
 	lines := rec.snapshot()

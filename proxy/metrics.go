@@ -13,52 +13,65 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// Error kinds counted in podium_edge_errors_total. A fixed set, so the
+// Error kinds: the kind label of podium_edge_errors_total. A fixed set, so the
 // label's cardinality is bounded.
 const (
-	errTimeout       = "timeout"              // upstream did not answer in time → 504
-	errRefused       = "refused"              // upstream connect refused or timed out → 502
-	errUpstream      = "upstream"             // reset, closed or bad response → 502
-	errNoUpstream    = "no_upstream"          // no healthy upstream → 503
-	errPoolFull      = "pool_full"            // every pooled connection busy → 503
-	errSmuggling     = "smuggling_rejected"   // ambiguous framing → 400
-	errMalformed     = "malformed"            // unparseable request → 400
-	errHeaderLimit   = "limit_rejected"       // headers or body over the limits → 431/413
-	errClientTimeout = "client_timeout"       // slow client → 408
-	errClientWrite   = "client_write_timeout" // a client that took no byte of its answer for timeouts.write → connection closed
-	errDirect        = "direct_response"      // a route that answers itself (routes[].respond), e.g. the origins' /metrics → 404
-	errNoRoute       = "no_route"             // no route matched → 404
-	errRateLimited   = "rate_limited"         // client over its rate → 429
-	errShed          = "shed"                 // route over max_in_flight → 503
-	errPanic         = "panic"                // a bug, recovered → 500
+	kindTimeout       = "timeout"              // upstream did not answer in time → 504
+	kindRefused       = "refused"              // upstream connect refused or timed out → 502
+	kindUpstream      = "upstream"             // reset, closed or bad response → 502
+	kindNoUpstream    = "no_upstream"          // no healthy upstream → 503
+	kindPoolFull      = "pool_full"            // every pooled connection busy → 503
+	kindSmuggling     = "smuggling_rejected"   // ambiguous framing → 400
+	kindMalformed     = "malformed"            // unparseable request → 400
+	kindHeaderLimit   = "limit_rejected"       // headers or body over the limits → 431/413
+	kindClientTimeout = "client_timeout"       // slow client → 408
+	kindClientWrite   = "client_write_timeout" // a client that took no byte of its answer for timeouts.write → connection closed
+	kindDirect        = "direct_response"      // a route that answers itself (routes[].respond), e.g. the origins' /metrics → 404
+	kindNoRoute       = "no_route"             // no route matched → 404
+	kindRateLimited   = "rate_limited"         // client over its rate → 429
+	kindShed          = "shed"                 // route over max_in_flight → 503
+	kindPanic         = "panic"                // a bug, recovered → 500
 
 	retryStatus5xx = "status_5xx" // a retry reason: the upstream answered one of retries.on_status
 )
 
-var errorKinds = []string{errTimeout, errRefused, errUpstream, errNoUpstream, errPoolFull, errSmuggling, errMalformed, errHeaderLimit, errClientTimeout, errClientWrite, errDirect, errNoRoute, errRateLimited, errShed, errPanic}
+var errorKinds = []string{kindTimeout, kindRefused, kindUpstream, kindNoUpstream, kindPoolFull, kindSmuggling, kindMalformed, kindHeaderLimit, kindClientTimeout, kindClientWrite, kindDirect, kindNoRoute, kindRateLimited, kindShed, kindPanic}
 
-// methods are the method label values; anything else counts as OTHER, so
-// a client cannot mint label values.
-var methods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER"}
+// Method indices: a request's method as the index of its label value in
+// methods.
+const (
+	methodGET = iota
+	methodHEAD
+	methodPOST
+	methodPUT
+	methodDELETE
+	methodOPTIONS
+	methodPATCH
+	methodOther // any other method, so a client cannot mint label values
+	numMethods
+)
+
+// methods are the method label values, by method index.
+var methods = [numMethods]string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER"}
 
 func methodIndex(m []byte) int {
 	switch string(m) { // compiles to comparisons, no allocation
 	case "GET":
-		return 0
+		return methodGET
 	case "HEAD":
-		return 1
+		return methodHEAD
 	case "POST":
-		return 2
+		return methodPOST
 	case "PUT":
-		return 3
+		return methodPUT
 	case "DELETE":
-		return 4
+		return methodDELETE
 	case "OPTIONS":
-		return 5
+		return methodOPTIONS
 	case "PATCH":
-		return 6
+		return methodPATCH
 	}
-	return 7
+	return methodOther
 }
 
 // routeCounts is podium_edge_requests_total for one route as a flat array
@@ -66,8 +79,8 @@ func methodIndex(m []byte) int {
 // CounterVec lookup costs a hash and an RLock per request; this costs
 // neither, and the collector emits only the non-zero series at scrape time.
 type routeCounts struct {
-	counts   [8 * codeSlots]atomic.Uint64 // [method][code-100]
-	duration prometheus.Observer          // podium_edge_request_duration_seconds{route}
+	counts   [numMethods * codeSlots]atomic.Uint64 // [method][code-100]
+	duration prometheus.Observer                   // podium_edge_request_duration_seconds{route}
 }
 
 // done counts a finished request and observes its duration at the edge,
@@ -264,7 +277,7 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 		Name: "podium_edge_retries_total",
 		Help: "Requests sent again to another upstream, by why the attempt before failed.",
 	}, []string{"reason"})
-	for _, k := range []string{errRefused, errTimeout, errUpstream, errPoolFull, retryStatus5xx} {
+	for _, k := range []string{kindRefused, kindTimeout, kindUpstream, kindPoolFull, retryStatus5xx} {
 		m.retries[k] = retries.WithLabelValues(k)
 	}
 	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{

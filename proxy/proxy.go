@@ -5,16 +5,13 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -203,26 +200,21 @@ var (
 func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
-	// fasthttp does not recover handler panics: one bad request would take
-	// the whole edge down with every fan's connection. Answer 500, log the
-	// stack once, close that connection, keep serving.
-	defer p.recoverPanic(ctx)
-	st := p.state.Load()
+	x := p.newExchange(ctx)
+	defer x.recoverPanic()
 	req := &ctx.Request
 
 	var scan rawScan
 	scan.scan(req.Header.RawHeaders())
-	peer := peerAddr(ctx)
-	trusted := st.isTrusted(peer)
-	var idBuf [64]byte
-	reqID := p.requestID(req, trusted, idBuf[:0])
-	method := methodIndex(req.Header.Method())
+	x.peer = peerAddr(ctx)
+	x.trusted = x.st.isTrusted(x.peer)
+	x.idLen = len(p.requestID(req, x.trusted, x.idBuf[:0]))
 
 	if why := scan.smuggling(); why != "" {
 		// Never forwarded, and the connection is closed: what follows
 		// on it cannot be framed safely. (After reject: writeError resets
 		// the response, and with it a close set before.)
-		p.reject(st, ctx, p.none, method, fasthttp.StatusBadRequest, errSmuggling, "malformed request: "+why, reqID, nil)
+		x.reject(fasthttp.StatusBadRequest, kindSmuggling, "malformed request: "+why)
 		ctx.SetConnectionClose()
 		return
 	}
@@ -232,34 +224,38 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	var pathBuf [128]byte
 	path, perr := requestPath(req, pathBuf[:0])
 	if perr != nil {
-		p.reject(st, ctx, p.none, method, fasthttp.StatusBadRequest, errMalformed, "malformed request: "+perr.Error(), reqID, nil)
+		x.reject(fasthttp.StatusBadRequest, kindMalformed, "malformed request: "+perr.Error())
 		return
 	}
-	if bytes.Equal(path, strPing) && (method == 0 || method == 1) {
+	getOrHead := x.method == methodGET || x.method == methodHEAD
+	if bytes.Equal(path, strPing) && getOrHead {
 		p.ping(ctx)
-		p.none.counts.done(method, ctx.Response.StatusCode(), ctx.Time(), time.Now())
+		x.quiet = true
+		x.finish(time.Now())
 		return
 	}
 
-	rt := st.match(req.Header.Method(), path)
-	if rt == nil {
-		p.reject(st, ctx, p.none, method, fasthttp.StatusNotFound, errNoRoute, "no route for this path", reqID, nil)
+	x.route = x.st.match(req.Header.Method(), path)
+	if x.route == nil {
+		x.route = p.none
+		x.reject(fasthttp.StatusNotFound, kindNoRoute, "no route for this path")
 		return
 	}
+	route := x.route
 
-	if rt.policy != "" && !p.allowed(st, ctx, rt, method, peer, trusted, reqID) {
+	if route.policy != "" && !x.allowed() {
 		return
 	}
-	if d := st.directResponse(rt); d != nil {
-		p.reject(st, ctx, rt, method, d.status, errDirect, d.msg, reqID, nil)
+	if d := x.st.directResponse(route); d != nil {
+		x.reject(d.status, kindDirect, d.msg)
 		return
 	}
-	if c := rt.inflight; c != nil {
+	if c := route.inflight; c != nil {
 		if !c.Acquire() {
 			// Shed before the origins drown: a fast, clear 503 now beats a
 			// slow timeout for everyone.
 			p.metrics.shed.Inc()
-			p.reject(st, ctx, rt, method, fasthttp.StatusServiceUnavailable, errShed, "the ticket service is at capacity; retry in a second", reqID, nil)
+			x.reject(fasthttp.StatusServiceUnavailable, kindShed, "the ticket service is at capacity; retry in a second")
 			ctx.Response.Header.Set("Retry-After", "1")
 			return
 		}
@@ -274,34 +270,35 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		req.Header.Del("Expect") // the edge already has the body
 	}
 	req.Header.ResetConnectionClose()
-	p.setForwarded(ctx, peer, trusted, reqID, scan.fwd)
+	x.setForwarded(scan.fwd)
 	if clientClose || p.draining.Load() {
 		// While draining, every answer closes its connection, so keep-alive
 		// clients reconnect, and land on the process taking over the port.
 		defer ctx.SetConnectionClose()
 	}
 
-	if rt.cache != nil && (method == 0 || method == 1) && p.store != nil {
-		p.serveCached(st, ctx, rt, method, reqID)
+	if route.cache != nil && getOrHead && p.store != nil {
+		x.serveCached()
 		return
 	}
 
-	h, end, retries, fail := p.forward(st, req, &ctx.Response, ctx.Time())
+	h, end, retries, fail := p.forward(x.st, req, &ctx.Response, ctx.Time())
+	x.host, x.retries = h, retries
 	if retries > 0 {
 		defer setRetries(ctx, retries)
 	}
 	if fail != nil {
-		p.reject(st, ctx, rt, method, fail.status, fail.kind, fail.msg, reqID, h)
-		p.logUpstreamError(reqID, h, fail)
+		x.reject(fail.status, fail.kind, fail.msg)
+		x.logUpstreamError(fail)
 		return
 	}
+	x.upstreamTime = end.Sub(ctx.Time())
 	status := ctx.Response.StatusCode()
-	if status < 300 && status >= 200 && (len(rt.purge) > 0 || !isSafe(req.Header.Method())) {
-		p.invalidate(ctx, rt)
+	if status < 300 && status >= 200 && (len(route.purge) > 0 || !isSafe(req.Header.Method())) {
+		p.invalidate(ctx, route)
 	}
 	transport.FlushBig(ctx)
-	rt.counts.done(method, status, ctx.Time(), end)
-	p.accessLog(st, ctx, rt, status, h, reqID, end.Sub(ctx.Time()), retries)
+	x.finish(end)
 }
 
 var strXFFKey = string(strXForwardedFor)
@@ -309,16 +306,17 @@ var strXFFKey = string(strXForwardedFor)
 // allowed applies the route's rate limit to the client (the socket peer,
 // or for a trusted peer the right-most untrusted X-Forwarded-For address),
 // and answers 429 with Retry-After when the client is over it.
-func (p *Proxy) allowed(st *state, ctx *fasthttp.RequestCtx, rt *route, method int, peer netip.Addr, trusted bool, reqID []byte) bool {
-	lim := p.limits.Limiter(rt.policy)
+func (x *exchange) allowed() bool {
+	p, ctx, route := x.p, x.ctx, x.route
+	lim := p.limits.Limiter(route.policy)
 	if lim == nil {
 		return true
 	}
-	client := peer
-	if trusted {
-		client = ratelimit.ClientIPFields(peer, ctx.Request.Header.PeekAll(strXFFKey), st.trusted)
+	client := x.peer
+	if x.trusted {
+		client = ratelimit.ClientIPFields(x.peer, ctx.Request.Header.PeekAll(strXFFKey), x.st.trusted)
 	}
-	if st.allow.Contains(client) {
+	if x.st.allow.Contains(client) {
 		return true
 	}
 	var hv []byte
@@ -331,10 +329,10 @@ func (p *Proxy) allowed(st *state, ctx *fasthttp.RequestCtx, rt *route, method i
 	if ok {
 		return true
 	}
-	p.metrics.rateLimited(rt.policy)
+	p.metrics.rateLimited(route.policy)
 	secs := ratelimit.RetryAfterSeconds(wait)
-	p.reject(st, ctx, rt, method, fasthttp.StatusTooManyRequests, errRateLimited,
-		"too many requests; retry after "+strconv.FormatInt(secs, 10)+" seconds", reqID, nil)
+	x.reject(fasthttp.StatusTooManyRequests, kindRateLimited,
+		"too many requests; retry after "+strconv.FormatInt(secs, 10)+" seconds")
 	var b [20]byte
 	ctx.Response.Header.SetBytesV("Retry-After", ratelimit.AppendRetryAfter(b[:0], wait))
 	return false
@@ -375,7 +373,7 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 	}
 	deadline := start.Add(total)
 	replayable := st.replayable(req)
-	var tried [6]*balancer.Host
+	var tried [config.MaxRetriesLimit + 1]*balancer.Host // validation caps max_retries
 	var last *upstreamFailure
 	var reason string // why the next attempt would be a retry
 	var h *balancer.Host
@@ -419,11 +417,11 @@ func (p *Proxy) forward(st *state, req *fasthttp.Request, resp *fasthttp.Respons
 				break
 			}
 			p.upstreamFailed(h)
-			if !st.retryStatus(status) || !p.retryable(st, replayable, attempt, errUpstream, deadline) {
+			if !st.retryStatus(status) || !p.retryable(st, replayable, attempt, kindUpstream, deadline) {
 				break
 			}
 			reason = retryStatus5xx
-			last = &upstreamFailure{status: status, kind: errUpstream, msg: "the ticket service answered " + strconv.Itoa(status)}
+			last = &upstreamFailure{status: status, kind: kindUpstream, msg: "the ticket service answered " + strconv.Itoa(status)}
 			continue
 		}
 		status, kind, msg := classify(err)
@@ -475,10 +473,10 @@ func (st *state) replayable(req *fasthttp.Request) bool {
 // the budget.
 func (p *Proxy) retryable(st *state, replayable bool, attempt int, kind string, deadline time.Time) bool {
 	rc := &st.cfg.Retries
-	if attempt >= rc.MaxRetries || attempt+1 >= 6 || time.Until(deadline) <= 0 {
+	if attempt >= rc.MaxRetries || attempt >= config.MaxRetriesLimit || time.Until(deadline) <= 0 {
 		return false
 	}
-	if !replayable && kind != errRefused {
+	if !replayable && kind != kindRefused {
 		return false
 	}
 	// Envoy's retry budget: retries in flight at most budget_percent of
@@ -517,45 +515,8 @@ func (p *Proxy) ObserveProbe(h *balancer.Host, rtt time.Duration, err error) {
 	}
 }
 
-var failNoUpstream = upstreamFailure{status: fasthttp.StatusServiceUnavailable, kind: errNoUpstream,
+var failNoUpstream = upstreamFailure{status: fasthttp.StatusServiceUnavailable, kind: kindNoUpstream,
 	msg: "no healthy ticket service instance is available; try again in a few seconds"}
-
-func (p *Proxy) logUpstreamError(reqID []byte, h *balancer.Host, f *upstreamFailure) {
-	if f.err == nil {
-		return
-	}
-	ok, suppressed := p.logs.allow(&p.state.Load().cfg.AccessLog.ErrorLimit, upstreamLogKey(h.Addr), time.Now())
-	if !ok || !p.log.Enabled(context.Background(), slog.LevelWarn) {
-		return
-	}
-	p.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream request failed",
-		slog.String("request_id", string(reqID)), slog.String("upstream", h.Addr),
-		slog.String("kind", f.kind), slog.String("error", f.err.Error()), suppressedAttr(suppressed))
-}
-
-func (p *Proxy) recoverPanic(ctx *fasthttp.RequestCtx) {
-	r := recover()
-	if r == nil {
-		return
-	}
-	p.metrics.errors[errPanic].Inc()
-	var idBuf [64]byte
-	id := p.requestID(&ctx.Request, false, idBuf[:0])
-	if ok, suppressed := p.logs.allow(&p.state.Load().cfg.AccessLog.ErrorLimit, clientLogKey(peerAddr(ctx)), time.Now()); ok {
-		p.log.Error("panic serving a request; answered 500", "request_id", string(id), "path", string(ctx.Path()),
-			"panic", fmt.Sprint(r), "stack", string(debug.Stack()), suppressedAttr(suppressed))
-	}
-	writeError(ctx, fasthttp.StatusInternalServerError, "the edge failed on this request; it has been logged", id)
-	ctx.SetConnectionClose()
-}
-
-// reject answers with the edge's own error and counts it.
-func (p *Proxy) reject(st *state, ctx *fasthttp.RequestCtx, rt *route, method, status int, kind, msg string, reqID []byte, h *balancer.Host) {
-	writeError(ctx, status, msg, reqID)
-	p.metrics.errors[kind].Inc()
-	rt.counts.done(method, status, ctx.Time(), time.Now())
-	p.accessLog(st, ctx, rt, status, h, reqID, 0, 0)
-}
 
 func (p *Proxy) ping(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("Cache-Control", "no-store")
@@ -604,11 +565,11 @@ func (p *Proxy) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 // handleParseError answers requests fasthttp could not parse. fasthttp
 // closes the connection after it.
 func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
-	var idBuf [64]byte
-	reqID := p.newRequestID(idBuf[:0])
+	x := p.newExchange(ctx)
+	x.method = methodOther // the request line may be lost with the headers
+	x.idLen = len(p.newRequestID(x.idBuf[:0]))
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
-	st, none := p.state.Load(), p.none
 	if t := parseErrorTarget(err); t != nil {
 		// A request whose headers fasthttp rejected has lost its request
 		// line; the error's format (JSON for /api/) and the log need it.
@@ -616,15 +577,15 @@ func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	switch {
 	case errors.As(err, &small):
-		p.reject(st, ctx, none, 7, fasthttp.StatusRequestHeaderFieldsTooLarge, errHeaderLimit,
-			"request headers are larger than the edge accepts ("+strconv.Itoa(p.boot.Limits.MaxHeaderBytes)+" bytes)", reqID, nil)
+		x.reject(fasthttp.StatusRequestHeaderFieldsTooLarge, kindHeaderLimit,
+			"request headers are larger than the edge accepts ("+strconv.Itoa(p.boot.Limits.MaxHeaderBytes)+" bytes)")
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		p.reject(st, ctx, none, 7, fasthttp.StatusRequestEntityTooLarge, errHeaderLimit,
-			"request body is larger than the edge accepts ("+strconv.Itoa(p.boot.Limits.MaxBodyBytes)+" bytes)", reqID, nil)
+		x.reject(fasthttp.StatusRequestEntityTooLarge, kindHeaderLimit,
+			"request body is larger than the edge accepts ("+strconv.Itoa(p.boot.Limits.MaxBodyBytes)+" bytes)")
 	case errors.As(err, &ne) && ne.Timeout():
-		p.reject(st, ctx, none, 7, fasthttp.StatusRequestTimeout, errClientTimeout, "the request was not received in time", reqID, nil)
+		x.reject(fasthttp.StatusRequestTimeout, kindClientTimeout, "the request was not received in time")
 	default:
-		p.reject(st, ctx, none, 7, fasthttp.StatusBadRequest, errMalformed, "malformed request: "+parseReason(err), reqID, nil)
+		x.reject(fasthttp.StatusBadRequest, kindMalformed, "malformed request: "+parseReason(err))
 	}
 	ctx.SetConnectionClose()
 }
@@ -701,13 +662,13 @@ func parseErrorTarget(err error) []byte {
 func classify(err error) (status int, kind, msg string) {
 	switch {
 	case errors.Is(err, fasthttp.ErrDialTimeout), errors.Is(err, syscall.ECONNREFUSED):
-		return fasthttp.StatusBadGateway, errRefused, "could not connect to the ticket service"
+		return fasthttp.StatusBadGateway, kindRefused, "could not connect to the ticket service"
 	case errors.Is(err, fasthttp.ErrTimeout):
-		return fasthttp.StatusGatewayTimeout, errTimeout, "the ticket service did not answer in time"
+		return fasthttp.StatusGatewayTimeout, kindTimeout, "the ticket service did not answer in time"
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
-		return fasthttp.StatusServiceUnavailable, errPoolFull, "the ticket service is at its connection limit; try again shortly"
+		return fasthttp.StatusServiceUnavailable, kindPoolFull, "the ticket service is at its connection limit; try again shortly"
 	}
-	return fasthttp.StatusBadGateway, errUpstream, "the ticket service returned an invalid or incomplete response"
+	return fasthttp.StatusBadGateway, kindUpstream, "the ticket service returned an invalid or incomplete response"
 }
 
 func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
@@ -730,8 +691,9 @@ func (st *state) isTrusted(a netip.Addr) bool {
 // setForwarded sets X-Forwarded-For/-Proto/-Host. A chain from a trusted
 // peer is extended; from anyone else it is replaced, since an untrusted
 // client could otherwise pick the address that rate limits and logs see.
-func (p *Proxy) setForwarded(ctx *fasthttp.RequestCtx, peer netip.Addr, trusted bool, reqID []byte, present uint8) {
-	h := &ctx.Request.Header
+func (x *exchange) setForwarded(present uint8) {
+	h := &x.ctx.Request.Header
+	peer, trusted := x.peer, x.trusted
 	// set replaces a header the client sent and appends one it did not:
 	// appending skips a scan of every header, and most requests carry
 	// none of these.
@@ -761,7 +723,7 @@ func (p *Proxy) setForwarded(ctx *fasthttp.RequestCtx, peer netip.Addr, trusted 
 	if !trusted || present&fwdHost == 0 {
 		set(fwdHost, strXForwardedHost, h.Host())
 	}
-	set(fwdRequestID, strXRequestID, reqID)
+	set(fwdRequestID, strXRequestID, x.id())
 }
 
 // requestID keeps a trusted peer's X-Request-ID (a sane one: at most 128
@@ -795,45 +757,6 @@ func printable(b []byte) bool {
 		}
 	}
 	return true
-}
-
-// accessLog writes one JSON line per request: for a sampled share of
-// requests, and for every 400 and 5xx; a line for a 4xx or 5xx answer
-// only within access_log.error_limit for its client (see logLimiter).
-func (p *Proxy) accessLog(st *state, ctx *fasthttp.RequestCtx, rt *route, status int, h *balancer.Host, reqID []byte, upstreamTime time.Duration, retries int) {
-	al := &st.cfg.AccessLog
-	if !al.Enabled {
-		return
-	}
-	if status < 500 && status != fasthttp.StatusBadRequest && (al.Sample <= 0 || (al.Sample < 1 && rand.Float64() >= al.Sample)) {
-		return
-	}
-	var suppressed uint64
-	if status >= 400 {
-		ok, n := p.logs.allow(&al.ErrorLimit, clientLogKey(logClient(st, ctx)), time.Now())
-		if !ok {
-			return
-		}
-		suppressed = n
-	}
-	upAddr := ""
-	if h != nil {
-		upAddr = h.Addr
-	}
-	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
-		slog.String("request_id", string(reqID)),
-		slog.String("method", string(ctx.Method())),
-		slog.String("path", string(ctx.Path())),
-		slog.String("route", rt.name),
-		slog.String("upstream", upAddr),
-		slog.Int("status", status),
-		slog.Float64("duration_ms", sinceMillis(ctx.Time())),
-		slog.Float64("upstream_ms", float64(upstreamTime.Microseconds())/1000),
-		slog.Int("retries", retries),
-		slog.String("cache", string(ctx.Response.Header.Peek("X-Cache"))),
-		slog.String("client", ctx.RemoteIP().String()),
-		suppressedAttr(suppressed),
-	)
 }
 
 // fasthttpLogger routes fasthttp's own messages into the structured log.

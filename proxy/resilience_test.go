@@ -135,7 +135,7 @@ func TestSIGKILLedOriginNoClientErrors(t *testing.T) {
 		t.Fatalf("host order changed")
 	}
 	retried := func() float64 {
-		return testCounter(e.p.metrics.retries[errRefused]) + testCounter(e.p.metrics.retries[errUpstream])
+		return testCounter(e.p.metrics.retries[kindRefused]) + testCounter(e.p.metrics.retries[kindUpstream])
 	}
 	stop := make(chan struct{})
 	ld := startSteadyLoad(e.url("/api/games"), 400, stop)
@@ -167,8 +167,8 @@ func TestSIGKILLedOriginNoClientErrors(t *testing.T) {
 	stop = make(chan struct{}) // for the deferred close
 
 	t.Logf("sent %d GETs, killed %s after %d; retries: refused %v, upstream %v (%v by the ejection, %d requests waiting then); budget refused %v",
-		ld.sent.Load(), ups[1].addr, killedAt, testCounter(e.p.metrics.retries[errRefused]),
-		testCounter(e.p.metrics.retries[errUpstream]), retriedAtEjection, waiting, testCounter(e.p.metrics.retryBudgetExhausted))
+		ld.sent.Load(), ups[1].addr, killedAt, testCounter(e.p.metrics.retries[kindRefused]),
+		testCounter(e.p.metrics.retries[kindUpstream]), retriedAtEjection, waiting, testCounter(e.p.metrics.retryBudgetExhausted))
 	if ld.failed.Load() != 0 {
 		t.Errorf("%d of %d GETs failed at the client after an origin was SIGKILLed, want 0", ld.failed.Load(), ld.sent.Load())
 	}

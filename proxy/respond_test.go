@@ -143,7 +143,7 @@ func TestInternalPathsNotForwarded(t *testing.T) {
 			canonical++
 		}
 	}
-	if got := testCounter(e.p.metrics.errors[errDirect]); got < float64(canonical) || got > float64(len(hidden)) {
+	if got := testCounter(e.p.metrics.errors[kindDirect]); got < float64(canonical) || got > float64(len(hidden)) {
 		t.Errorf("errors{kind=direct_response} = %v, want %d..%d", got, canonical, len(hidden))
 	}
 	rc := e.p.metrics.routeCounts("internal_metrics")

@@ -116,7 +116,7 @@ func TestPerTryTimeout(t *testing.T) {
 	})
 	keepBusy(t, e, good.addr) // the stalled upstream is picked first
 
-	counted := retriesCounted(e, errTimeout)
+	counted := retriesCounted(e, kindTimeout)
 	start := time.Now()
 	r := do(t, "GET", e.url("/api/games/1"))
 	took := time.Since(start)
@@ -126,7 +126,7 @@ func TestPerTryTimeout(t *testing.T) {
 	if stalled.count.Load() != 1 || good.count.Load() != 1 {
 		t.Errorf("stalled upstream got %d, good %d; want 1 each", stalled.count.Load(), good.count.Load())
 	}
-	if got := retriesCounted(e, errTimeout) - counted; got != 1 {
+	if got := retriesCounted(e, kindTimeout) - counted; got != 1 {
 		t.Errorf(`podium_edge_retries_total{reason="timeout"} grew by %v, want 1`, got)
 	}
 	if took < perTry {
@@ -224,7 +224,7 @@ func TestUpstreamPoolFull(t *testing.T) {
 		if got := u.most.Load(); got != 1 {
 			t.Errorf("the upstream served %d requests at once over a pool of max_conns 1", got)
 		}
-		if got := testCounter(e.p.metrics.errors[errPoolFull]); got != 0 {
+		if got := testCounter(e.p.metrics.errors[kindPoolFull]); got != 0 {
 			t.Errorf("pool_full errors %v, want 0: the connection came free in time", got)
 		}
 	})
@@ -249,7 +249,7 @@ func TestUpstreamPoolFull(t *testing.T) {
 		if took < connect {
 			t.Errorf("503 after %v, before timeouts.connect (%v): the request did not wait for a connection", took, connect)
 		}
-		if got := testCounter(e.p.metrics.errors[errPoolFull]); got != 1 {
+		if got := testCounter(e.p.metrics.errors[kindPoolFull]); got != 1 {
 			t.Errorf(`podium_edge_errors_total{kind="pool_full"} = %v, want 1`, got)
 		}
 		if got := u.count.Load(); got != 1 {

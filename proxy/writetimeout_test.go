@@ -82,7 +82,7 @@ func TestClientWriteTimeoutClosesStalledPipeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	sent := time.Now()
-	counter := e.p.metrics.errors[errClientWrite]
+	counter := e.p.metrics.errors[kindClientWrite]
 	var took time.Duration
 	for deadline := sent.Add(timeout + 10*time.Second); ; {
 		if testCounter(counter) >= 1 {
@@ -151,7 +151,7 @@ func TestClientWriteTimeoutSparesSlowReader(t *testing.T) {
 	if took < 3*timeout/2 {
 		t.Fatalf("the download took %v, want it to outlast the %v timeout well for the test to mean anything", took, timeout)
 	}
-	if got := testCounter(e.p.metrics.errors[errClientWrite]); got != 0 {
+	if got := testCounter(e.p.metrics.errors[kindClientWrite]); got != 0 {
 		t.Errorf("client_write_timeout = %v for a client that kept reading, want 0", got)
 	}
 }
