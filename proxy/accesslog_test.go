@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,5 +224,87 @@ func TestAccessLogSampleAndOff(t *testing.T) {
 	}
 	if got := len(offSink.accessLines(t)); got != 0 {
 		t.Errorf("access_log.enabled false: %d lines, want none", got)
+	}
+}
+
+// Every way a request ends is counted once in podium_edge_requests_total
+// and logged once: proxied, a cache miss and a hit, a stale copy served
+// while it revalidates, a rate-limited request, a route the edge answers
+// itself, no route, and the upstream gone. The edge's own /ping is
+// counted and not logged. (Stale-while-revalidate once counted its
+// request and never logged it.)
+func TestEveryPathCountedAndLoggedOnce(t *testing.T) {
+	u := newUpstream(t)
+	var swrFetches atomic.Int64
+	revalidated := make(chan struct{}, 1)
+	u.handler = func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/swr":
+			// Stale when stored (Age equal to max-age), with a minute of
+			// stale-while-revalidate left.
+			w.Header().Set("Cache-Control", "public, max-age=60, stale-while-revalidate=60")
+			if swrFetches.Add(1) == 1 {
+				w.Header().Set("Age", "60")
+			} else {
+				defer func() { revalidated <- struct{}{} }()
+			}
+		case "/cached":
+			w.Header().Set("Cache-Control", "public, max-age=60")
+		}
+		io.WriteString(w, "ok")
+	}
+	cached := &config.RouteCache{TTL: config.Duration(time.Minute)}
+	e, sink := loggingEdge(t, []*testUpstream{u}, withAccessLog(1), func(c *config.Edge) {
+		c.RateLimits = map[string]config.RateLimit{"tight": {Rate: 0.001, Burst: 1}}
+		c.Routes = []config.Route{
+			{Name: "swr", Match: config.Match{Path: "/swr", Methods: []string{"GET"}}, Cache: cached},
+			{Name: "cached", Match: config.Match{Path: "/cached", Methods: []string{"GET"}}, Cache: cached},
+			{Name: "tight", Match: config.Match{Path: "/tight"}, RateLimit: "tight"},
+			{Name: "gone", Match: config.Match{Path: "/gone"}, Respond: &config.Respond{Status: 410}},
+			{Name: "rest", Match: config.Match{PathPrefix: "/x"}},
+		}
+	})
+	for _, tc := range []struct {
+		name, path string
+		code       int
+		cache      string // the X-Cache answer; "" for none
+		logged     bool
+		before     func()
+	}{
+		{"proxied", "/x", 200, "", true, nil},
+		{"cache miss", "/cached", 200, "MISS", true, nil},
+		{"cache hit", "/cached", 200, "HIT", true, nil},
+		{"stored stale", "/swr", 200, "MISS", true, nil},
+		{"stale while revalidating", "/swr", 200, "STALE", true, nil},
+		{"within the rate", "/tight", 200, "", true, func() {
+			// The revalidation has reached the origin: nothing it does
+			// later is counted or logged as a request.
+			select {
+			case <-revalidated:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the stale copy was never revalidated")
+			}
+		}},
+		{"rate limited", "/tight", 429, "", true, nil},
+		{"respond route", "/gone", 410, "", true, nil},
+		{"no route", "/nowhere", 404, "", true, nil},
+		{"ping", "/ping", 200, "", false, nil},
+		{"upstream gone", "/x", 502, "", true, u.stop},
+	} {
+		if tc.before != nil {
+			tc.before()
+		}
+		counted, lines := gathered(t, e, "podium_edge_requests_total"), len(sink.accessLines(t))
+		r := do(t, "GET", e.url(tc.path))
+		if r.code != tc.code || r.header.Get("X-Cache") != tc.cache {
+			t.Fatalf("%s: GET %s answered %d X-Cache %q, want %d %q", tc.name, tc.path, r.code, r.header.Get("X-Cache"), tc.code, tc.cache)
+		}
+		if got := gathered(t, e, "podium_edge_requests_total") - counted; got != 1 {
+			t.Errorf("%s: counted %v times, want once", tc.name, got)
+		}
+		want := map[bool]int{true: 1, false: 0}[tc.logged]
+		if got := len(sink.accessLines(t)) - lines; got != want {
+			t.Errorf("%s: %d access-log lines, want %d", tc.name, got, want)
+		}
 	}
 }
