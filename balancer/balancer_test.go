@@ -187,7 +187,7 @@ func TestSlowStart(t *testing.T) {
 			t.Errorf("up for %v without slow start: effective weight %v, want 4", tc.up, got)
 		}
 	}
-	// Through Pick: the share of 100 concurrent requests a host that came
+	// Through PickExcept: the share of 100 concurrent requests a host that came
 	// up a given time ago takes beside an old host of the same weight.
 	// Least connections keeps (inflight+1)/weight level, so the new host
 	// holds w/(1+w) of them, w its effective fraction.

@@ -146,8 +146,8 @@ func newUpstreamStatus(h *balancer.Host, now time.Time) upstreamStatus {
 
 // adminUpstreams shows every upstream in the pool, in discovery's order:
 // JSON by default, for jq and tooling; ?format=text gives one line each,
-// for an operator at a terminal. Issue 14: "no healthy ticket service
-// instance" with no reason anywhere; the reason is here, and in the log.
+// for an operator at a terminal. A client told "no healthy ticket service
+// instance" is owed a reason somewhere: it is here, and in the log.
 func (p *Proxy) adminUpstreams(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	now := time.Now()

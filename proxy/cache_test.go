@@ -428,10 +428,10 @@ func TestAdminPurge(t *testing.T) {
 // stale when stored, with 30 s of stale-while-revalidate left) and holds
 // the revalidation until the fan has had the stale copy, so "at once"
 // means "without waiting for the origin", whatever the machine's speed.
-// The refreshed copy has a minute to live. (This test used to wait 1.1 s
-// for a max-age=1 copy to expire; the origin's whole-second Date then left
+// The refreshed copy has a minute to live. (Waiting for a max-age=1 copy
+// to expire instead would not do: the origin's whole-second Date can leave
 // the refreshed copy fresh for as little as a few milliseconds, and the
-// next fan saw it stale in some 2-5% of runs.)
+// next fan would see it stale in some 2-5% of runs.)
 func TestStaleWhileRevalidate(t *testing.T) {
 	u := newUpstream(t)
 	var seats, fetches atomic.Int64

@@ -156,7 +156,7 @@ func (p *Proxy) lookup(hash uint64, key []byte) *cache.Entry {
 // exactly the one key stands for (cache.Target: the normalised path and
 // the query with its parameters sorted, as Varnish's std.querysort sets
 // req.url): what is stored under a key is the answer to the bytes that key
-// names, never to another reading of them (issue 22).
+// names, never to another reading of them, which could poison the key.
 func (p *Proxy) fillRequest(src, dst *fasthttp.Request, key []byte) {
 	src.CopyTo(dst)
 	dst.Header.SetMethod(fasthttp.MethodGet)

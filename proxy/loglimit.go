@@ -157,7 +157,7 @@ func logClient(st *state, ctx *fasthttp.RequestCtx) netip.Addr {
 
 // clientWriteTimedOut counts, and logs within access_log.error_limit, a
 // client connection whose answer made no progress for timeouts.write
-// (clientConn's send gave up; fasthttp closes the connection).
+// (the transport's send gave up; fasthttp closes the connection).
 func (p *Proxy) clientWriteTimedOut(c net.Conn) {
 	p.metrics.errors[kindClientWrite].Inc()
 	var peer netip.Addr

@@ -9,11 +9,11 @@ import (
 
 // The request path is parsed once, here, into one normal form, and that
 // form is what the edge routes, rate-limits, keys, purges and forwards
-// (STYLE habit 15). Project issue 22: the edge routed and keyed on
-// fasthttp's decoded path, in which %2F is '/', but forwarded the path as
-// the client wrote it; the origin's router (Go's ServeMux) read
-// /api%2Fgames as one segment and answered 404, and the edge stored that
-// 404 as the listing of /api/games for every fan.
+// (STYLE habit 15). Two readings are a cache-poisoning attack: an edge
+// that routes and keys on fasthttp's decoded path, in which %2F is '/',
+// but forwards the path as the client wrote it, lets the origin's router
+// (Go's ServeMux) read /api%2Fgames as one segment and answer 404, and
+// stores that 404 as the listing of /api/games for every fan.
 //
 // The normal form is RFC 3986 §6.2.2's syntax-based normalisation plus
 // merged slashes, as Envoy does with normalize_path and merge_slashes:
@@ -217,7 +217,7 @@ func inNormalForm(p []byte) bool {
 
 // requestPath normalises the request's path (normalizePath) and makes the
 // request carry that form from here on: URI().PathOriginal() returns it,
-// and it is what upstream.do forwards (DisablePathNormalizing). It returns
+// and it is what transport.Upstream.Do forwards (DisablePathNormalizing). It returns
 // the normal form; buf is room for it. When the client sent the path in
 // normal form already, as clients do, it costs one pass over the path and
 // changes nothing.

@@ -220,7 +220,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	}
 
 	// The path is normalised once; that form is routed, keyed and
-	// forwarded (normalize.go, issue 22). Ambiguous encodings get 400.
+	// forwarded (normalize.go). Ambiguous encodings get 400.
 	var pathBuf [128]byte
 	path, perr := requestPath(req, pathBuf[:0])
 	if perr != nil {
@@ -537,7 +537,7 @@ func (p *Proxy) ping(ctx *fasthttp.RequestCtx) {
 // Transfer-Encoding and Content-Length, a coding other than chunked, ...)
 // is not read further. fasthttp's own parser lets some of them through
 // (CL+TE is read as chunked, "identity" as the Content-Length), and would
-// wait up to read_body for a body the edge then refuses (issue 14); Envoy
+// wait up to read_body for a body the edge then refuses; Envoy
 // and HAProxy answer as soon as the headers are in. So its body is
 // declared empty and the connection marked to close: the handler runs at
 // once and answers 400 from the same check, and whatever the client sends
