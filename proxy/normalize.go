@@ -217,8 +217,8 @@ func inNormalForm(p []byte) bool {
 
 // requestPath normalises the request's path (normalizePath) and makes the
 // request carry that form from here on: URI().PathOriginal() returns it,
-// and it is what transport.Upstream.Do forwards (DisablePathNormalizing). It returns
-// the normal form; buf is room for it. When the client sent the path in
+// and it is what transport.Upstream.Do forwards (DisablePathNormalizing).
+// It returns the normal form; buf is room for it. When the client sent the path in
 // normal form already, as clients do, it costs one pass over the path and
 // changes nothing.
 func requestPath(req *fasthttp.Request, buf []byte) ([]byte, error) {
