@@ -5,7 +5,6 @@ package transport
 import (
 	"bytes"
 	"io"
-	"net"
 	"testing"
 	"time"
 )
@@ -14,22 +13,8 @@ import (
 // and discards everything, for the write path's cost per call.
 func benchClientConn(b *testing.B) *clientConn {
 	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
+	c, peer := acceptPair(b, &Listener{Slack: time.Second >> 6, WriteTimeout: 30 * time.Second})
 	go io.Copy(io.Discard, peer)
-	b.Cleanup(func() { peer.Close() })
-	c, err := (&Listener{Listener: ln, Slack: time.Second >> 6, WriteTimeout: 30 * time.Second}).Accept()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
 	return c.(*clientConn)
 }
 

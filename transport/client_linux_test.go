@@ -17,26 +17,8 @@ import (
 // clientPair is a clientConn accepted on loopback and the client's end.
 func clientPair(t *testing.T, slack time.Duration) (*clientConn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Close() })
-	c, err := (&Listener{Listener: ln, Slack: slack}).Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, ok := c.(*clientConn)
-	if !ok {
-		t.Fatalf("accepted %T, want *clientConn", c)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc, peer
+	c, peer := acceptPair(t, &Listener{Slack: slack})
+	return c.(*clientConn), peer
 }
 
 // A keep-alive connection whose every read waits re-arms its deadline once

@@ -22,7 +22,7 @@ var modes = []struct {
 
 // acceptPair accepts one client connection through a Listener and returns
 // it with the client's end.
-func acceptPair(t *testing.T, l *Listener) (net.Conn, net.Conn) {
+func acceptPair(t testing.TB, l *Listener) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -66,8 +66,8 @@ func TestClientWriteTimeout(t *testing.T) {
 			if n <= 0 || n >= 64<<20 {
 				t.Errorf("wrote %d bytes before timing out, want some and not all", n)
 			}
-			if took < timeout {
-				t.Errorf("timed out after %v, before the %v write timeout", took, timeout)
+			if took < timeout || took > timeout+timeout>>6+2*time.Second {
+				t.Errorf("timed out after %v, want %v..%v+slack (and scheduling)", took, timeout, timeout)
 			}
 			if got := timedOut.Load(); got != 1 {
 				t.Errorf("OnWriteTimeout called %d times, want 1", got)
