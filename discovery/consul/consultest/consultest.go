@@ -17,8 +17,8 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -192,12 +192,22 @@ func (a *Agent) waitSynced(c *api.Client, deadline time.Time) error {
 		quietWindow = 3500 * time.Millisecond
 	)
 	checkID := "service:" + readyService
-	err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		ID: readyService, Name: readyService,
-		Check: &api.AgentServiceCheck{CheckID: checkID, TTL: "1h"},
-	})
-	if err != nil {
-		return fmt.Errorf("registering the readiness canary: %w", err)
+	// With ACLs on, the leader initialises them just after it is elected;
+	// a request in between is refused with 403 "ACL system must be
+	// bootstrapped" (seen under load). The canary's registration is the
+	// first authorised request, so it waits for that, not for a time.
+	for {
+		err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			ID: readyService, Name: readyService,
+			Check: &api.AgentServiceCheck{CheckID: checkID, TTL: "1h"},
+		})
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "ACL system must be bootstrapped") || time.Now().After(deadline) {
+			return fmt.Errorf("registering the readiness canary: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	start := time.Now()
 	stalled, prompt := false, 0
@@ -357,9 +367,14 @@ func repoRoot() (string, error) {
 
 // freePorts picks four free loopback ports. Serf listens on TCP and UDP, so
 // each port is checked for both. The ports are released before the agent
-// binds them; another process could take one in between, which the leader
-// wait then reports as a failed start.
+// binds them, and a restarted agent binds them again after an outage. A
+// port the kernel handed out with :0 lies in the ephemeral range, where any
+// outgoing connection on the machine can take it in between: seen as "bind:
+// address already in use" when an agent restarted beside a busy test run.
+// So the ports are drawn at random below that range, where the kernel never
+// picks one on its own.
 func freePorts() (ports, error) {
+	lo, hi := 10000, ephemeralStart()
 	var got []int
 	var held []func()
 	defer func() {
@@ -367,12 +382,15 @@ func freePorts() (ports, error) {
 			release()
 		}
 	}()
-	for attempt := 0; len(got) < 4 && attempt < 50; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return ports{}, fmt.Errorf("picking a free port: %w", err)
+	for attempt := 0; len(got) < 4 && attempt < 200; attempt++ {
+		port := lo + rand.IntN(hi-lo)
+		if slices.Contains(got, port) {
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
 		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			l.Close()
@@ -382,9 +400,29 @@ func freePorts() (ports, error) {
 		got = append(got, port)
 	}
 	if len(got) < 4 {
-		return ports{}, errors.New("picking free ports: no 4 ports free for both TCP and UDP on 127.0.0.1")
+		return ports{}, fmt.Errorf("picking free ports: no 4 ports in %d-%d free for both TCP and UDP on 127.0.0.1", lo, hi-1)
 	}
 	return ports{http: got[0], server: got[1], serfLAN: got[2], serfWAN: got[3]}, nil
+}
+
+// ephemeralStart is the first port of the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range), or 32768, Linux's default, where the file
+// cannot be read (other systems start theirs higher still).
+func ephemeralStart() int {
+	const linuxDefault = 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return linuxDefault
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) != 2 {
+		return linuxDefault
+	}
+	n, err := strconv.Atoi(fields[0])
+	if err != nil || n <= 11000 {
+		return linuxDefault
+	}
+	return n
 }
 
 // WaitPassing polls the health endpoint until exactly the given service IDs
