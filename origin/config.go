@@ -30,6 +30,13 @@ const (
 	DefaultGTIDWait        = 500 * time.Millisecond
 	DefaultPurchaseTimeout = 10 * time.Second
 	DefaultPurchaseRetries = 3
+	// DefaultPurchaseBatchMax bounds a batch of one game's purchases: one
+	// transaction of 256 orders is a few milliseconds on the primary, so
+	// the buyers at the back of a batch wait no longer than that.
+	DefaultPurchaseBatchMax = 256
+	// DefaultSoldOutTTL is how long a game seen sold out is refused
+	// without the primary before a batch looks again.
+	DefaultSoldOutTTL      = time.Second
 	DefaultPrimaryConns    = 64
 	DefaultReplicaConns    = 32
 	DefaultDialTimeout     = time.Second
@@ -96,6 +103,14 @@ type Config struct {
 	// lock wait timeout or a lost connection is tried again
 	// (DefaultPurchaseRetries). Negative means never.
 	PurchaseRetries int
+	// PurchaseBatchMax bounds how many purchases of one game commit in one
+	// transaction (DefaultPurchaseBatchMax); 1 commits each alone.
+	PurchaseBatchMax int
+	// SoldOutTTL is how long a game that a batch saw without a seat left
+	// is refused with 409 without asking the primary (DefaultSoldOutTTL).
+	// Seats never come back on their own; the bound is for an operator
+	// who adds some by hand.
+	SoldOutTTL time.Duration
 
 	// PrimaryConns and ReplicaConns size the connection pools
 	// (DefaultPrimaryConns, DefaultReplicaConns per replica).
@@ -164,6 +179,9 @@ func (c Config) withDefaults() Config {
 	} else if c.PurchaseRetries < 0 {
 		c.PurchaseRetries = 0
 	}
+	if c.PurchaseBatchMax == 0 {
+		c.PurchaseBatchMax = DefaultPurchaseBatchMax
+	}
 	if c.PrimaryConns == 0 {
 		c.PrimaryConns = DefaultPrimaryConns
 	}
@@ -179,6 +197,7 @@ func (c Config) withDefaults() Config {
 	set(&c.ReplicaCooldown, DefaultReplicaCooldown)
 	set(&c.GTIDWait, DefaultGTIDWait)
 	set(&c.PurchaseTimeout, DefaultPurchaseTimeout)
+	set(&c.SoldOutTTL, DefaultSoldOutTTL)
 	set(&c.DialTimeout, DefaultDialTimeout)
 	set(&c.QueryTimeout, DefaultQueryTimeout)
 	set(&c.DrainDelay, DefaultDrainDelay)
@@ -211,10 +230,14 @@ func (c Config) Validate() error {
 		"dial timeout": c.DialTimeout, "query timeout": c.QueryTimeout,
 		"drain delay": c.DrainDelay, "shutdown timeout": c.ShutdownTimeout,
 		"idempotency TTL": c.IdempotencyTTL, "idempotency refusal TTL": c.IdempotencyRefusalTTL,
+		"sold-out TTL": c.SoldOutTTL,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s: must be >= 0, got %s", name, d))
 		}
+	}
+	if c.PurchaseBatchMax < 0 || c.PurchaseBatchMax > 10000 {
+		errs = append(errs, fmt.Errorf("purchase batch max: must be 1..10000 (0 for the default), got %d", c.PurchaseBatchMax))
 	}
 	if c.PrimaryConns < 0 || c.ReplicaConns < 0 {
 		errs = append(errs, fmt.Errorf("connection pools: must be >= 1, got primary %d, replica %d", c.PrimaryConns, c.ReplicaConns))

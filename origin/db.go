@@ -86,6 +86,8 @@ type cluster struct {
 	// pos is the primary's GTID position as last seen, against which the
 	// GTIDs that clients present are checked.
 	pos primaryPosition
+	// sale holds the purchase batches and the sold-out marks (sale.go).
+	sale saleBook
 }
 
 // openDB opens a pool for dsn with the driver settings the origin relies on:
@@ -133,6 +135,7 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 		return nil, fmt.Errorf("primary: %w", err)
 	}
 	c := &cluster{cfg: cfg, log: log, m: m, primary: primary, primaryName: name}
+	c.sale.queues = map[int64]*gameQueue{}
 	c.primaryUp.Store(true) // optimistic until the first check says otherwise
 	// Pool usage (open, in use, idle, waits) as database/sql keeps it:
 	// go_sql_* series labelled db_name.

@@ -24,6 +24,11 @@ type metrics struct {
 	replicaLag *prometheus.GaugeVec
 	inFlight   prometheus.Gauge
 	queries    *prometheus.HistogramVec
+	// batchSize, batchSplits and soldOutAnswers watch the purchase
+	// batches (sale.go).
+	batchSize      prometheus.Histogram
+	batchSplits    prometheus.Counter
+	soldOutAnswers *prometheus.CounterVec
 }
 
 // observeQuery records how long one database operation took (a listing
@@ -95,12 +100,25 @@ func newMetrics() *metrics {
 		}),
 		queries: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "podium_origin_db_query_duration_seconds",
-			Help:    "Time of one database operation, by operation: list_games, get_game, list_sports, purchase.",
+			Help:    "Time of one database operation, by operation: list_games, get_game, list_sports, purchase (one request, from arrival to answer), purchase_batch (one batch transaction, retries included).",
 			Buckets: latencyBuckets,
 		}, []string{"op"}),
 	}
+	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "podium_origin_purchase_batch_size",
+		Help:    "Purchases of one game committed in one transaction.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+	})
+	m.batchSplits = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podium_origin_purchase_batch_splits_total",
+		Help: "Purchase batches the database refused whole, whose requests then ran one by one.",
+	})
+	m.soldOutAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podium_origin_sold_out_short_circuits_total",
+		Help: "Purchases of a game known sold out answered without a transaction on the primary, by key: no_key, new_key (409, looked up on a replica), replayed_key (the key's stored answer).",
+	}, []string{"key"})
 	m.reg.MustRegister(m.requests, m.duration, m.purchases, m.seatsSold, m.retries, m.reads,
-		m.gtidWaits, m.dbUp, m.replicaLag, m.inFlight, m.queries,
+		m.gtidWaits, m.dbUp, m.replicaLag, m.inFlight, m.queries, m.batchSize, m.batchSplits, m.soldOutAnswers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

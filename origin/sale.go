@@ -1,0 +1,838 @@
+package origin
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mathrand "math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Purchases are committed in batches, one game at a time (issue 16).
+//
+// Every purchase of a game that this origin receives joins the game's
+// queue. One goroutine per game with buyers waiting (started by the first
+// of them, gone when the queue is empty) takes up to PurchaseBatchMax
+// requests off the front of the queue, commits them in one transaction,
+// hands each its own answer, and takes the next batch: while a batch
+// commits, the next one gathers, as in MariaDB's binlog group commit. There
+// is no timer: a lone buyer is committed at once, and under load a batch is
+// whatever arrived during the previous commit.
+//
+// Fairness: the queue is first in, first out, and a batch decides its
+// buyers in the order they joined it, so the buyers of one game that reach
+// one origin are served in arrival order; a buyer refused for lack of seats
+// does not hold up a later one who asks for fewer. Batches of different
+// origins queue on the game's row lock, which InnoDB grants in request
+// order.
+//
+// One batch is one transaction on the primary, READ COMMITTED:
+//
+//  1. UPDATE games SET remaining = remaining - Σq WHERE id = ? AND
+//     remaining >= Σq takes the row lock and, in the common case, every
+//     seat the batch asks for. When fewer are left, SELECT ... FOR UPDATE
+//     reads how many, and they are handed out in arrival order.
+//  2. Under that lock (so the checks of one game run one batch at a time,
+//     across origins), one query reads for every request: its order token
+//     (an earlier attempt whose COMMIT answer was lost), its stored
+//     Idempotency-Key answer, what its email already holds of the game, how
+//     many keys the email stored in the last hour, and which requests of
+//     the batch are by the same email (as the database compares emails).
+//  3. Each request gets its outcome in arrival order: a replay, the order
+//     an earlier attempt committed, 429 for too many keys, 404, 409 sold
+//     out or limit per buyer, or a sale.
+//  4. Seats not sold are given back (or, after the FOR UPDATE, the seats
+//     sold are taken), one multi-row INSERT writes the orders, one the
+//     Idempotency-Keys with their final answers, and the batch commits.
+//
+// A batch that fails with a deadlock, a lock wait timeout or a lost
+// connection is retried whole with the same order tokens, so an attempt
+// whose COMMIT went through sells once. A batch that fails otherwise is
+// split and each request runs alone, so one request the database refuses
+// never fails its neighbours.
+
+// saleReq is one purchase waiting for its batch. Owned by its batch once
+// taken off the queue; done is closed when out and err are set.
+type saleReq struct {
+	p    purchaseRequest
+	hash []byte
+	// token is the order's order_token: the same for every attempt.
+	token []byte
+	out   purchaseOutcome
+	err   error
+	done  chan struct{}
+}
+
+// gameQueue is the buyers of one game waiting for a batch. Guarded by
+// saleBook.mu.
+type gameQueue struct {
+	pending []*saleReq
+}
+
+// saleBook holds the per-game queues and the sold-out marks. Safe for
+// concurrent use; must not be copied.
+type saleBook struct {
+	mu sync.Mutex
+	// queues has an entry while the game's batch goroutine runs.
+	queues map[int64]*gameQueue
+	// soldOut maps a game id to its soldOutMark.
+	soldOut sync.Map
+}
+
+// soldOutMark says that a batch saw the game with no seat left. Seats only
+// ever go down (no code path gives any back outside the transaction that
+// took them), so the mark stays true; it lapses after SoldOutTTL all the
+// same, so that an operator who adds seats by hand sells them again within
+// that time, and a later batch sets it anew.
+type soldOutMark struct {
+	until time.Time
+	// gtid is the primary's position when the mark was set: every
+	// Idempotency-Key stored before the sell-out is covered by it.
+	gtid string
+}
+
+// purchase sells p.Quantity seats of p.GameID, or says why not. A game
+// this origin knows to be sold out is answered without a transaction
+// (soldOutAnswer); every other purchase joins its game's next batch and
+// waits for its own answer. A purchase that could not be committed within
+// PurchaseTimeout returns an error wrapping ErrUnavailable, with nothing
+// written.
+func (c *cluster) purchase(ctx context.Context, p purchaseRequest) (purchaseOutcome, error) {
+	defer c.m.observeQuery("purchase", time.Now())
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.PurchaseTimeout)
+	defer cancel()
+	if out, ok, err := c.soldOutAnswer(ctx, p); ok || err != nil {
+		return out, err
+	}
+	// One token for every attempt of this request: if an attempt's COMMIT
+	// succeeded but its answer was lost with the connection, the retry
+	// finds the order by its token and returns it.
+	token := make([]byte, 16)
+	rand.Read(token)
+	r := &saleReq{p: p, hash: p.hash(), token: token, done: make(chan struct{})}
+	c.enqueue(r)
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		if c.withdraw(r) {
+			return purchaseOutcome{}, fmt.Errorf("%w: purchase of game %d: waited %s in the queue: %w", ErrUnavailable, p.GameID, c.cfg.PurchaseTimeout, ctx.Err())
+		}
+		// Its batch has it: the answer is the truth, whatever the
+		// client's patience. The batch is bounded by PurchaseTimeout.
+		<-r.done
+	}
+	if r.err != nil {
+		return purchaseOutcome{}, r.err
+	}
+	return r.out, nil
+}
+
+// enqueue adds r to its game's queue, starting the game's batch goroutine
+// when none runs.
+func (c *cluster) enqueue(r *saleReq) {
+	b := &c.sale
+	b.mu.Lock()
+	q, running := b.queues[r.p.GameID]
+	if !running {
+		q = &gameQueue{}
+		b.queues[r.p.GameID] = q
+	}
+	q.pending = append(q.pending, r)
+	b.mu.Unlock()
+	if !running {
+		go c.runGame(r.p.GameID, q)
+	}
+}
+
+// withdraw takes r off its queue if no batch has taken it yet.
+func (c *cluster) withdraw(r *saleReq) bool {
+	b := &c.sale
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := b.queues[r.p.GameID]
+	if q == nil {
+		return false
+	}
+	for i, x := range q.pending {
+		if x == r {
+			q.pending = append(q.pending[:i], q.pending[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// runGame commits the batches of one game until its queue is empty.
+func (c *cluster) runGame(game int64, q *gameQueue) {
+	b := &c.sale
+	for {
+		b.mu.Lock()
+		if len(q.pending) == 0 {
+			delete(b.queues, game)
+			b.mu.Unlock()
+			return
+		}
+		n := min(len(q.pending), c.cfg.PurchaseBatchMax)
+		batch := make([]*saleReq, n)
+		copy(batch, q.pending)
+		// Copy the rest down so the array does not grow without bound
+		// under a steady stream of buyers.
+		q.pending = append(q.pending[:0], q.pending[n:]...)
+		b.mu.Unlock()
+		c.commitBatch(game, batch)
+	}
+}
+
+// commitBatch runs one batch and answers every request in it, whatever
+// happens (a panic included).
+func (c *cluster) commitBatch(game int64, batch []*saleReq) {
+	start := time.Now()
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error("origin: purchase batch panicked", "game", game, "panic", v)
+			for _, r := range batch {
+				if r.done != nil {
+					select {
+					case <-r.done:
+					default:
+						r.err = fmt.Errorf("purchase of game %d: internal error", game)
+						close(r.done)
+					}
+				}
+			}
+		}
+	}()
+	c.m.batchSize.Observe(float64(len(batch)))
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PurchaseTimeout)
+	defer cancel()
+	res, err := c.commitWithRetries(ctx, game, batch)
+	c.m.observeQuery("purchase_batch", start)
+	if err != nil && len(batch) > 1 && retryReason(err) == "" && ctx.Err() == nil {
+		// Something in the batch made the database refuse it: each
+		// request runs alone, so that only the culprit fails.
+		c.m.batchSplits.Inc()
+		c.log.Warn("origin: purchase batch failed, running its requests one by one", "game", game, "size", len(batch), "err", err)
+		for _, r := range batch {
+			one, err := c.commitWithRetries(ctx, game, []*saleReq{r})
+			c.answer(r, one, 0, err)
+		}
+		return
+	}
+	for i, r := range batch {
+		c.answer(r, res, i, err)
+	}
+}
+
+func (c *cluster) answer(r *saleReq, res batchResult, i int, err error) {
+	if err != nil {
+		r.err = fmt.Errorf("%w: purchase of game %d: %w", ErrUnavailable, r.p.GameID, err)
+	} else {
+		r.out = res.outs[i]
+	}
+	close(r.done)
+}
+
+// batchResult is a committed batch: one outcome per request, in order.
+type batchResult struct {
+	outs  []purchaseOutcome
+	wrote bool
+	// gtid is the batch's commit, "" when it wrote nothing.
+	gtid string
+}
+
+// commitWithRetries runs batchOnce until it commits, retrying what
+// retryReason allows, with jittered backoff, up to PurchaseRetries times.
+func (c *cluster) commitWithRetries(ctx context.Context, game int64, batch []*saleReq) (batchResult, error) {
+	var lastErr error
+	for attempt := 0; attempt <= c.cfg.PurchaseRetries; attempt++ {
+		if attempt > 0 {
+			// Exponential backoff with full jitter: the contenders of a
+			// deadlock must not collide again in lockstep.
+			d := time.Duration(mathrand.Int64N(int64(10*time.Millisecond) << attempt))
+			select {
+			case <-ctx.Done():
+				return batchResult{}, fmt.Errorf("%w (after: %w)", ctx.Err(), lastErr)
+			case <-time.After(d):
+			}
+		}
+		res, soldOut, err := c.batchOnce(ctx, game, batch)
+		if err == nil {
+			if pos, perr := parseGTID(res.gtid); perr == nil {
+				// The client may present this GTID to any origin next;
+				// this one knows at once that the primary has reached it.
+				c.pos.merge(pos)
+			}
+			if !soldOut.until.IsZero() {
+				c.markSoldOut(game, soldOut.gtid)
+			}
+			return res, nil
+		}
+		lastErr = err
+		reason := retryReason(err)
+		if reason == "" || ctx.Err() != nil {
+			break
+		}
+		c.m.retries.WithLabelValues(reason).Inc()
+	}
+	return batchResult{}, lastErr
+}
+
+// purchaseOnce runs one attempt of a single purchase, as its own batch,
+// with the order token given: what a retry after a lost COMMIT does.
+func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, hash []byte) (purchaseOutcome, error) {
+	res, _, err := c.batchOnce(ctx, p.GameID, []*saleReq{{p: p, hash: hash, token: token}})
+	if err != nil {
+		return purchaseOutcome{}, err
+	}
+	return res.outs[0], nil
+}
+
+// errKeyRace is a batch's Idempotency-Key INSERT colliding with a key that
+// another transaction stored after the batch looked: retried, the batch
+// sees it and replays it.
+var errKeyRace = errors.New("idempotency key stored by a concurrent purchase")
+
+// reqFacts is what the database says about one request of a batch.
+type reqFacts struct {
+	// buyer is the index of the batch's first request by the same email.
+	buyer int
+	// held is what the email holds of the game already.
+	held int64
+	// keysInHour counts the email's keys stored in the last hour, and
+	// oldestKey is the oldest of them.
+	keysInHour int
+	oldestKey  sql.NullTime
+	// stored is the key's stored answer, when the key was used before.
+	stored     bool
+	storedHash []byte
+	storedCode int
+	storedBody []byte
+	// order is the order an earlier attempt of this request committed.
+	orderID      int64
+	orderCreated time.Time
+}
+
+// batchOnce is one attempt at committing a batch. soldOut is set (until
+// not zero) when the batch left the game without a seat.
+func (c *cluster) batchOnce(ctx context.Context, game int64, batch []*saleReq) (res batchResult, soldOut soldOutMark, err error) {
+	// A dedicated connection: @@last_gtid after COMMIT is per session.
+	conn, err := c.primary.Conn(ctx)
+	if err != nil {
+		return res, soldOut, err
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return res, soldOut, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tx.Rollback() //nolint:errcheck // nothing to do; the session may be gone
+		}
+	}()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+
+	var want int64
+	for _, r := range batch {
+		want += int64(r.p.Quantity)
+	}
+	// 1. The row lock, and the seats in the common case.
+	upd, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", want, game, want)
+	if err != nil {
+		return res, soldOut, err
+	}
+	n, err := upd.RowsAffected()
+	if err != nil {
+		return res, soldOut, err
+	}
+	taken, avail, exists := int64(0), int64(0), true
+	if n == 1 {
+		taken, avail = want, want
+	} else {
+		switch err := tx.QueryRowContext(ctx, "SELECT remaining FROM games WHERE id = ? FOR UPDATE", game).Scan(&avail); {
+		case errors.Is(err, sql.ErrNoRows):
+			exists = false
+		case err != nil:
+			return res, soldOut, err
+		}
+	}
+	// 2. What the database knows of each request.
+	facts, err := c.batchFacts(ctx, tx, game, batch, now)
+	if err != nil {
+		return res, soldOut, err
+	}
+
+	// 3. Outcomes, in arrival order.
+	outs := make([]purchaseOutcome, len(batch))
+	held := map[int]int64{}  // by buyer: seats held, this batch's sales included
+	newKeys := map[int]int{} // by buyer: keys this batch stores
+	firstKey := map[string]int{}
+	dupOf := map[int]int{}
+	// written marks the outcomes this batch stores; past those that an
+	// earlier commit stored (replays, recovered orders).
+	written := make([]bool, len(batch))
+	past := make([]bool, len(batch))
+	var sold []int // requests that buy seats
+	var keyed []int
+	var soldSeats int64
+	limit := int64(c.cfg.MaxPerBuyer)
+	keysLimit := c.cfg.IdempotencyKeysPerHour
+	for i, r := range batch {
+		p, f := r.p, &facts[i]
+		if _, ok := held[f.buyer]; !ok {
+			held[f.buyer] = f.held
+		}
+		if p.IdempotencyKey != "" {
+			kk := strconv.Itoa(f.buyer) + "\x00" + p.IdempotencyKey
+			if j, ok := firstKey[kk]; ok {
+				dupOf[i] = j
+				continue
+			}
+			firstKey[kk] = i
+			if f.stored {
+				outs[i] = storedAnswer(p, r.hash, f.storedHash, f.storedCode, f.storedBody, "")
+				past[i] = outs[i].Replayed
+				continue
+			}
+		}
+		if f.orderID != 0 {
+			// An earlier attempt of this request committed; its answer
+			// was lost with its connection.
+			outs[i] = purchaseOutcome{Status: http.StatusCreated, Result: "sold", Body: orderBody(p, f.orderID, f.orderCreated)}
+			past[i] = true
+			continue
+		}
+		if p.IdempotencyKey != "" && keysLimit > 0 && f.keysInHour+newKeys[f.buyer]+1 > keysLimit {
+			outs[i] = keysPerHourRefusal(p, keysLimit, f.oldestKey, now)
+			continue
+		}
+		switch {
+		case !exists:
+			outs[i] = purchaseOutcome{Status: http.StatusNotFound, Result: "not_found", Body: jsonBody(errorBody{
+				Error:     fmt.Sprintf("no game with id %d; GET /api/games lists them", p.GameID),
+				RequestID: p.RequestID,
+			})}
+		case int64(p.Quantity) > avail:
+			outs[i] = soldOutRefusal(p, avail)
+		case limit > 0 && held[f.buyer]+int64(p.Quantity) > limit:
+			outs[i] = buyerLimitRefusal(p, limit, held[f.buyer])
+		default:
+			avail -= int64(p.Quantity)
+			soldSeats += int64(p.Quantity)
+			held[f.buyer] += int64(p.Quantity)
+			sold = append(sold, i)
+			written[i] = true
+		}
+		if p.IdempotencyKey != "" {
+			newKeys[f.buyer]++
+			keyed = append(keyed, i)
+			written[i] = true
+		}
+	}
+
+	// 4. Seats, orders, keys.
+	if n == 1 && taken > soldSeats {
+		if _, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining + ? WHERE id = ?", taken-soldSeats, game); err != nil {
+			return res, soldOut, err
+		}
+	} else if n == 0 && soldSeats > 0 {
+		upd, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", soldSeats, game, soldSeats)
+		if err != nil {
+			return res, soldOut, err
+		}
+		if n, err := upd.RowsAffected(); err != nil || n != 1 {
+			// Cannot be: the row is locked since the SELECT read it.
+			return res, soldOut, fmt.Errorf("taking %d seats of game %d under its lock changed %d rows: %w", soldSeats, game, n, err)
+		}
+	}
+	if len(sold) > 0 {
+		if err := insertOrders(ctx, tx, batch, sold, outs, now); err != nil {
+			return res, soldOut, err
+		}
+	}
+	for i, j := range dupOf {
+		outs[i] = duplicateAnswer(batch[i], batch[j], outs[j])
+		past[i] = outs[i].Replayed
+	}
+	if len(keyed) > 0 {
+		if err := c.insertKeys(ctx, tx, batch, keyed, outs, now); err != nil {
+			return res, soldOut, err
+		}
+	}
+	wrote := len(sold) > 0 || len(keyed) > 0
+	if !wrote {
+		// Nothing to keep: the seats taken are given back by the rollback.
+		tx.Rollback() //nolint:errcheck
+		committed = true
+	} else {
+		if err := tx.Commit(); err != nil {
+			return res, soldOut, err
+		}
+		committed = true
+	}
+	res = batchResult{outs: outs, wrote: wrote}
+	// No seat left, under the lock: the game is sold out as of now.
+	leftZero := exists && n == 0 && avail == 0
+	anyPast := false
+	for _, p := range past {
+		anyPast = anyPast || p
+	}
+	if wrote || anyPast || leftZero {
+		// The GTIDs are a convenience for read-your-writes, and the mark
+		// an optimisation: failing to read them must not turn a
+		// committed sale into an error.
+		var last, pos sql.NullString
+		if err := conn.QueryRowContext(ctx, "SELECT @@last_gtid, @@gtid_binlog_pos").Scan(&last, &pos); err == nil {
+			if wrote {
+				res.gtid = last.String
+			}
+			for i := range outs {
+				switch {
+				case written[i]:
+					outs[i].GTID = last.String
+				case past[i]:
+					// The primary's position covers the original commit,
+					// so a read that waits for it sees it.
+					outs[i].GTID = pos.String
+				}
+			}
+			if leftZero {
+				soldOut = soldOutMark{until: time.Now(), gtid: pos.String}
+			}
+		}
+	}
+	return res, soldOut, nil
+}
+
+// batchFacts reads, in one query under the game's row lock, what step 2 of
+// the batch needs for each request. The batch's emails and keys go in as a
+// table of literals, so that the database compares emails as its columns
+// do (utf8mb4_unicode_ci: case and accents aside).
+func (c *cluster) batchFacts(ctx context.Context, tx *sql.Tx, game int64, batch []*saleReq, now time.Time) ([]reqFacts, error) {
+	var q strings.Builder
+	args := make([]any, 0, 4*len(batch)+2)
+	q.WriteString("WITH b (i, email, k, token) AS (VALUES ")
+	for i, r := range batch {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?, ?)")
+		var key any
+		if r.p.IdempotencyKey != "" {
+			key = []byte(r.p.IdempotencyKey)
+		}
+		args = append(args, i, r.p.Email, key, r.token)
+	}
+	q.WriteString(`)
+SELECT b.i,
+  (SELECT MIN(b2.i) FROM b b2 WHERE b2.email = b.email),
+  (SELECT COALESCE(SUM(t.quantity), 0) FROM tickets t WHERE t.game_id = ? AND t.email = b.email),
+  IF(b.k IS NULL, 0, (SELECT COUNT(*) FROM idempotency_keys h WHERE h.buyer = b.email AND h.created_at > ?)),
+  IF(b.k IS NULL, NULL, (SELECT MIN(h.created_at) FROM idempotency_keys h WHERE h.buyer = b.email AND h.created_at > ?)),
+  k.request_hash, k.status, k.response,
+  o.id, o.created_at
+FROM b
+LEFT JOIN idempotency_keys k ON k.buyer = b.email AND k.idem_key = b.k
+LEFT JOIN tickets o ON o.order_token = b.token`)
+	hourAgo := now.Add(-time.Hour)
+	args = append(args, game, hourAgo, hourAgo)
+	rows, err := tx.QueryContext(ctx, q.String(), args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading the batch's buyers: %w", err)
+	}
+	defer rows.Close()
+	facts := make([]reqFacts, len(batch))
+	seen := 0
+	for rows.Next() {
+		var i int
+		var f reqFacts
+		var hash, body []byte
+		var code sql.NullInt64
+		var orderID sql.NullInt64
+		var created sql.NullTime
+		if err := rows.Scan(&i, &f.buyer, &f.held, &f.keysInHour, &f.oldestKey, &hash, &code, &body, &orderID, &created); err != nil {
+			return nil, fmt.Errorf("reading the batch's buyers: %w", err)
+		}
+		if i < 0 || i >= len(batch) {
+			return nil, fmt.Errorf("reading the batch's buyers: row for request %d of %d", i, len(batch))
+		}
+		if code.Valid {
+			f.stored, f.storedHash, f.storedCode, f.storedBody = true, hash, int(code.Int64), body
+		}
+		if orderID.Valid {
+			f.orderID, f.orderCreated = orderID.Int64, created.Time
+		}
+		facts[i] = f
+		seen++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading the batch's buyers: %w", err)
+	}
+	if seen != len(batch) {
+		return nil, fmt.Errorf("reading the batch's buyers: %d rows for %d requests", seen, len(batch))
+	}
+	return facts, nil
+}
+
+// insertOrders writes the orders of the sold requests in one INSERT and
+// fills in their 201 answers.
+func insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq, sold []int, outs []purchaseOutcome, now time.Time) error {
+	var q strings.Builder
+	args := make([]any, 0, 5*len(sold))
+	q.WriteString("INSERT INTO tickets (game_id, email, quantity, order_token, created_at) VALUES ")
+	for n, i := range sold {
+		if n > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?, ?, ?)")
+		p := batch[i].p
+		args = append(args, p.GameID, p.Email, p.Quantity, batch[i].token, now)
+	}
+	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+		return fmt.Errorf("inserting %d orders: %w", len(sold), err)
+	}
+	// The ids by token: a multi-row INSERT's ids are consecutive only
+	// under innodb_autoinc_lock_mode 0 or 1, which is a server setting.
+	q.Reset()
+	args = args[:0]
+	q.WriteString("SELECT order_token, id FROM tickets WHERE order_token IN (")
+	for n, i := range sold {
+		if n > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("?")
+		args = append(args, batch[i].token)
+	}
+	q.WriteString(")")
+	rows, err := tx.QueryContext(ctx, q.String(), args...)
+	if err != nil {
+		return fmt.Errorf("reading the ids of %d orders: %w", len(sold), err)
+	}
+	defer rows.Close()
+	ids := make(map[string]int64, len(sold))
+	for rows.Next() {
+		var token []byte
+		var id int64
+		if err := rows.Scan(&token, &id); err != nil {
+			return fmt.Errorf("reading the ids of %d orders: %w", len(sold), err)
+		}
+		ids[string(token)] = id
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the ids of %d orders: %w", len(sold), err)
+	}
+	for _, i := range sold {
+		id, ok := ids[string(batch[i].token)]
+		if !ok {
+			return fmt.Errorf("order of request %d not found after its INSERT", i)
+		}
+		outs[i] = purchaseOutcome{Status: http.StatusCreated, Result: "sold", Body: orderBody(batch[i].p, id, now)}
+	}
+	return nil
+}
+
+// insertKeys stores the Idempotency-Key of each keyed request with its
+// final answer, in one INSERT. A sale's answer is kept the whole TTL; a
+// refusal protects no sale, and is kept only for the client's retries. A
+// 429 for too many keys is stored nowhere.
+func (c *cluster) insertKeys(ctx context.Context, tx *sql.Tx, batch []*saleReq, keyed []int, outs []purchaseOutcome, now time.Time) error {
+	var q strings.Builder
+	args := make([]any, 0, 7*len(keyed))
+	q.WriteString("INSERT INTO idempotency_keys (buyer, idem_key, request_hash, status, response, created_at, expires_at) VALUES ")
+	n := 0
+	for _, i := range keyed {
+		out := outs[i]
+		if out.Result == "key_limit" {
+			continue
+		}
+		if n > 0 {
+			q.WriteString(", ")
+		}
+		n++
+		q.WriteString("(?, ?, ?, ?, ?, ?, ?)")
+		expires := now.Add(c.cfg.IdempotencyTTL)
+		if out.Status != http.StatusCreated {
+			expires = now.Add(c.cfg.IdempotencyRefusalTTL)
+		}
+		p := batch[i].p
+		args = append(args, p.Email, p.IdempotencyKey, batch[i].hash, out.Status, out.Body, now, expires)
+	}
+	if n == 0 {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, q.String(), args...)
+	if mysqlErrNumber(err) == erDupEntry {
+		return fmt.Errorf("%w: %w", errKeyRace, err)
+	}
+	if err != nil {
+		return fmt.Errorf("storing %d idempotency keys: %w", n, err)
+	}
+	return nil
+}
+
+func orderBody(p purchaseRequest, id int64, created time.Time) []byte {
+	return jsonBody(Order{
+		OrderID: id, GameID: p.GameID, Email: p.Email, Quantity: p.Quantity,
+		Tickets:   ticketNumbers(p.GameID, id, p.Quantity),
+		CreatedAt: created.UTC().Format(createdAtLayout),
+	})
+}
+
+// storedAnswer answers a request whose Idempotency-Key this buyer already
+// used, from the key's row.
+//
+// Keys are scoped to the buyer, as Stripe scopes them to an account: the
+// row is found by (email, key), so a request naming another buyer's key
+// under its own email finds nothing, and is a new purchase of its own. It
+// learns nothing of the other buyer's order: not its existence (no 422),
+// not its body. To see someone's stored answer one must send their email,
+// their key, and their game and quantity; keys are meant to be random
+// (UUIDs), so that is a guess of the key.
+func storedAnswer(p purchaseRequest, hash, storedHash []byte, status int, body []byte, gtid string) purchaseOutcome {
+	if string(storedHash) != string(hash) {
+		return purchaseOutcome{Status: http.StatusUnprocessableEntity, Result: "key_mismatch", Body: jsonBody(errorBody{
+			Error:     "you already used this Idempotency-Key with a different request (game, quantity or the email's spelling); use a new key for a new order",
+			RequestID: p.RequestID,
+		})}
+	}
+	if status == 0 {
+		// A claim by an origin from before issue 16, still in flight.
+		return purchaseOutcome{Status: http.StatusConflict, Result: "key_in_flight", Body: jsonBody(errorBody{
+			Error:     "a request with this Idempotency-Key is still being processed; retry with the same key in a few seconds to get its result",
+			RequestID: p.RequestID,
+		})}
+	}
+	return purchaseOutcome{Status: status, Body: body, GTID: gtid, Replayed: true, Result: "replayed"}
+}
+
+// duplicateAnswer answers r, which carries the same buyer and key as
+// first, an earlier request of the same batch: a replay of first's answer,
+// as if r had come a moment later.
+func duplicateAnswer(r, first *saleReq, out purchaseOutcome) purchaseOutcome {
+	if string(r.hash) != string(first.hash) {
+		return storedAnswer(r.p, r.hash, first.hash, 0, nil, "")
+	}
+	if out.Result == "key_limit" {
+		// Not stored: r is refused like first, on its own account.
+		return keysPerHourLike(r.p, out)
+	}
+	out.Replayed, out.Result = true, "replayed"
+	return out
+}
+
+func soldOutRefusal(p purchaseRequest, remaining int64) purchaseOutcome {
+	msg := fmt.Sprintf("sold out: no seats left for game %d", p.GameID)
+	if remaining > 0 {
+		msg = fmt.Sprintf("not enough seats: %d requested, %d left for game %d; order at most %d", p.Quantity, remaining, p.GameID, remaining)
+	}
+	return purchaseOutcome{Status: http.StatusConflict, Result: "sold_out", Body: jsonBody(errorBody{
+		Error: msg, RequestID: p.RequestID, Remaining: &remaining,
+	})}
+}
+
+// buyerLimitRefusal refuses an order that would leave the buyer holding
+// more than limit seats of the game (409, code limit_per_buyer).
+//
+// Why this cannot be raced: the batch holds the game's row lock from its
+// first statement to its end, and every purchase of the game takes that
+// lock before it counts. So the checks of one game run one batch at a
+// time, across origins, and each count (a fresh READ COMMITTED snapshot,
+// taken after the lock was granted) sees every order committed before it;
+// within a batch, the orders decided before are added in.
+func buyerLimitRefusal(p purchaseRequest, limit, held int64) purchaseOutcome {
+	msg := fmt.Sprintf("limit per buyer: one email may hold at most %d tickets for game %d, and %s already holds %d; order at most %d",
+		limit, p.GameID, p.Email, held, max(limit-held, 0))
+	if held >= limit {
+		msg = fmt.Sprintf("limit per buyer: one email may hold at most %d tickets for game %d, and %s already holds %d",
+			limit, p.GameID, p.Email, held)
+	}
+	return purchaseOutcome{Status: http.StatusConflict, Result: "limit_per_buyer", Body: jsonBody(errorBody{
+		Error: msg, RequestID: p.RequestID, Code: "limit_per_buyer",
+	})}
+}
+
+// keysPerHourRefusal bounds the Idempotency-Keys one buyer may have stored
+// in any hour: a new key past the bound is a 429, stored nowhere. A
+// buyer's requests in other games' batches count one another only once
+// committed, so a burst may store up to its own concurrency past the
+// bound, once: after it, every new key that hour is refused.
+func keysPerHourRefusal(p purchaseRequest, limit int, oldest sql.NullTime, now time.Time) purchaseOutcome {
+	retry := 3600
+	if oldest.Valid {
+		// The oldest key of the hour leaves it first.
+		retry = int(oldest.Time.Add(time.Hour).Sub(now)/time.Second) + 1
+	}
+	retry = min(max(retry, 1), 3600)
+	return purchaseOutcome{Status: http.StatusTooManyRequests, Result: "key_limit", RetryAfter: retry,
+		Body: jsonBody(errorBody{
+			Error: fmt.Sprintf("too many Idempotency-Keys: one buyer may use at most %d new keys an hour; retry with a key you already used to get its answer, or wait %d s",
+				limit, retry),
+			RequestID: p.RequestID, Code: "idempotency_keys_per_hour",
+		})}
+}
+
+// keysPerHourLike is out, a 429 for too many keys, addressed to p.
+func keysPerHourLike(p purchaseRequest, out purchaseOutcome) purchaseOutcome {
+	var e errorBody
+	if err := json.Unmarshal(out.Body, &e); err == nil {
+		e.RequestID = p.RequestID
+		out.Body = jsonBody(e)
+	}
+	return out
+}
+
+// markSoldOut records that game has no seat left, as of the primary's
+// position gtid.
+func (c *cluster) markSoldOut(game int64, gtid string) {
+	if _, had := c.sale.soldOut.Swap(game, soldOutMark{until: time.Now().Add(c.cfg.SoldOutTTL), gtid: gtid}); !had {
+		c.log.Info("origin: game sold out; refusing its buyers without the primary", "game", game, "for", c.cfg.SoldOutTTL)
+	}
+}
+
+// soldOutAnswer answers a purchase of a game marked sold out, with ok
+// true; ok is false when the game is not marked (or the mark lapsed).
+//
+// Without an Idempotency-Key the answer is 409 sold out at once. With one,
+// the key may hold the answer of a purchase made before the sell-out: it is
+// read from a replica that has applied everything up to the sell-out (or
+// from the primary if none has, as any read-your-writes read), and
+// replayed. A new key gets 409 sold out and is not stored: the game stays
+// sold out, so the request's retries get the same answer again (with their
+// own request_id), and the primary does not see the crowd.
+func (c *cluster) soldOutAnswer(ctx context.Context, p purchaseRequest) (purchaseOutcome, bool, error) {
+	v, ok := c.sale.soldOut.Load(p.GameID)
+	if !ok {
+		return purchaseOutcome{}, false, nil
+	}
+	mark := v.(soldOutMark)
+	if time.Now().After(mark.until) {
+		return purchaseOutcome{}, false, nil
+	}
+	if p.IdempotencyKey == "" {
+		c.m.soldOutAnswers.WithLabelValues("no_key").Inc()
+		return soldOutRefusal(p, 0), true, nil
+	}
+	var storedHash, body []byte
+	var status int
+	err := c.read(ctx, mark.gtid, func(ctx context.Context, db querier) error {
+		return db.QueryRowContext(ctx, "SELECT request_hash, status, response FROM idempotency_keys WHERE buyer = ? AND idem_key = ?",
+			p.Email, p.IdempotencyKey).Scan(&storedHash, &status, &body)
+	})
+	switch {
+	case isNotFound(err):
+		c.m.soldOutAnswers.WithLabelValues("new_key").Inc()
+		return soldOutRefusal(p, 0), true, nil
+	case err != nil:
+		return purchaseOutcome{}, false, fmt.Errorf("%w: reading the Idempotency-Key of a purchase of sold-out game %d: %w", ErrUnavailable, p.GameID, err)
+	}
+	c.m.soldOutAnswers.WithLabelValues("replayed_key").Inc()
+	return storedAnswer(p, p.hash(), storedHash, status, body, mark.gtid), true, nil
+}
