@@ -511,7 +511,8 @@ func replicaFault(err error) bool {
 // retryReason names why a purchase attempt may be tried again, or "" when
 // it may not: deadlocks and lock wait timeouts roll the transaction back
 // whole; a lost connection either never committed or committed with a
-// ticket row whose order_token the retry collides with.
+// ticket row whose order_token the retry finds; a key another transaction
+// stored after the batch looked is found by the retry and replayed.
 func retryReason(err error) string {
 	switch mysqlErrNumber(err) {
 	case erLockDeadlock:
@@ -521,6 +522,9 @@ func retryReason(err error) string {
 	}
 	if isConnError(err) {
 		return "connection"
+	}
+	if errors.Is(err, errKeyRace) {
+		return "idempotency_key_race"
 	}
 	return ""
 }

@@ -76,7 +76,7 @@ func newMetrics() *metrics {
 		}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podium_origin_purchase_retries_total",
-			Help: "Purchase transactions tried again, by reason: deadlock, lock_wait_timeout, connection.",
+			Help: "Purchase batch transactions tried again, by reason: deadlock, lock_wait_timeout, connection, idempotency_key_race.",
 		}, []string{"reason"}),
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podium_origin_db_reads_total",

@@ -1,0 +1,403 @@
+package origin
+
+import (
+	"bytes"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// queued is how many purchases of game wait in s's queue for a batch.
+func queued(s *testServer, game int64) int {
+	s.db.sale.mu.Lock()
+	defer s.db.sale.mu.Unlock()
+	if q := s.db.sale.queues[game]; q != nil {
+		return len(q.pending)
+	}
+	return 0
+}
+
+// waitQueued waits until n purchases of game wait for a batch. The batch
+// before them is stuck on a row lock the test holds, so the count only
+// grows: the wait ends on that event, or fails after 30 s.
+func waitQueued(t *testing.T, s *testServer, game int64, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for queued(s, game) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d purchases of game %d queued, want %d", queued(s, game), game, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// holdGame locks game's row in a transaction of the test's own, so that the
+// batch that reaches it waits and the next batch gathers behind it.
+func holdGame(t *testing.T, game int64) *sql.Tx {
+	t.Helper()
+	lock, err := tc.primaryDB.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lock.Rollback() }) //nolint:errcheck
+	if _, err := lock.Exec("SELECT remaining FROM games WHERE id = ? FOR UPDATE", game); err != nil {
+		t.Fatal(err)
+	}
+	return lock
+}
+
+// histogramCounts returns the sample count of h and how many samples were
+// at least min.
+func histogramCounts(t *testing.T, h prometheus.Histogram, min float64) (total, atLeast uint64) {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	total = m.GetHistogram().GetSampleCount()
+	var below uint64
+	for _, b := range m.GetHistogram().GetBucket() {
+		if b.GetUpperBound() < min {
+			below = b.GetCumulativeCount()
+		}
+	}
+	return total, total - below
+}
+
+// A batch holds every kind of request at once: bad input, each
+// Idempotency-Key rule, the limits, and good buys. Each gets the answer it
+// would get alone, and no bad one fails a good one.
+func TestBatchAnswersEachBuyerOnItsOwn(t *testing.T) {
+	const keysPerHour = 3
+	s := startServer(t, func(c *Config) { c.IdempotencyKeysPerHour = keysPerHour })
+	game := createGame(t, 40)
+	buyURL := fmt.Sprintf("%s/api/games/%d/buy", s.URL, game)
+	key := func(k string) string { return fmt.Sprintf("g%d-%s", game, k) }
+
+	// Stored before the batch: a sale to replay, a buyer at the key bound,
+	// a buyer at the seat limit.
+	stored := buyWithKey(t, s.URL, game, 2, "stored@example.com", key("stored"))
+	if stored.Status != http.StatusCreated {
+		t.Fatalf("stored sale: %d %s", stored.Status, stored.Body)
+	}
+	for i := range keysPerHour {
+		if r := buyWithKey(t, s.URL, game, 1, "busy@example.com", key(fmt.Sprintf("busy-%d", i))); r.Status != http.StatusCreated {
+			t.Fatalf("busy key %d: %d %s", i, r.Status, r.Body)
+		}
+	}
+	if r := buyAPIAs(t, s.URL, game, int(DefaultMaxPerBuyer), "full@example.com"); r.Status != http.StatusCreated {
+		t.Fatalf("buyer to the limit: %d %s", r.Status, r.Body)
+	}
+	// 40 - 2 - 3 - 8 = 27 seats left.
+
+	lock, blocker := startBlocker(t, s, game)
+
+	type req struct {
+		name, body, key string
+		ctype           string
+		status          int
+		want            string // substring of the body
+		replayOf        *response
+	}
+	// The first 19 are refused before they join a batch.
+	const early = 19
+	json := "application/json"
+	reqs := []req{
+		// Every case of TestBuyBadInput that reaches the buy handler.
+		{"invalid JSON", `{"quantity": 1,`, "", json, 400, "invalid JSON", nil},
+		{"not an object", `[1, 2]`, "", json, 400, "invalid JSON", nil},
+		{"empty body", ``, "", json, 400, "empty body", nil},
+		{"two objects", `{"quantity": 1, "email": "a@example.com"} {}`, "", json, 400, "exactly one object", nil},
+		{"unknown field", `{"quantity": 1, "email": "a@example.com", "seat": "A1"}`, "", json, 400, `unknown field`, nil},
+		{"quantity as string", `{"quantity": "1", "email": "a@example.com"}`, "", json, 400, `must be an integer`, nil},
+		{"quantity fractional", `{"quantity": 1.5, "email": "a@example.com"}`, "", json, 400, `must be an integer`, nil},
+		{"quantity missing", `{"email": "a@example.com"}`, "", json, 422, "quantity: required", nil},
+		{"quantity zero", `{"quantity": 0, "email": "a@example.com"}`, "", json, 422, "1..8", nil},
+		{"quantity negative", `{"quantity": -3, "email": "a@example.com"}`, "", json, 422, "1..8", nil},
+		{"quantity above the per-order maximum", `{"quantity": 9, "email": "a@example.com"}`, "", json, 422, "1..8", nil},
+		{"email missing", `{"quantity": 1}`, "", json, 422, "email: required", nil},
+		{"email without at", `{"quantity": 1, "email": "fan.example.com"}`, "", json, 422, "not an email address", nil},
+		{"email with display name", `{"quantity": 1, "email": "Fan <fan@example.com>"}`, "", json, 422, "not an email address", nil},
+		{"email without domain dot", `{"quantity": 1, "email": "fan@localhost"}`, "", json, 422, "domain name", nil},
+		{"email too long", `{"quantity": 1, "email": "` + strings.Repeat("a", 250) + `@example.com"}`, "", json, 422, "254", nil},
+		{"body too large", `{"quantity": 1, "email": "a@example.com", "x": "` + strings.Repeat("x", 5000) + `"}`, "", json, 413, "too large", nil},
+		{"form content type", `quantity=1&email=a@example.com`, "", "application/x-www-form-urlencoded", 415, "application/json", nil},
+		{"bad idempotency key", `{"quantity": 1, "email": "a@example.com"}`, "has space", json, 400, "Idempotency-Key", nil},
+		// Every Idempotency-Key rule.
+		{"replay of a stored key", `{"quantity": 2, "email": "stored@example.com"}`, key("stored"), json, 201, "", &stored},
+		{"stored key, other quantity", `{"quantity": 1, "email": "stored@example.com"}`, key("stored"), json, 422, "different request", nil},
+		{"stored key, same email in capitals", `{"quantity": 2, "email": "STORED@example.com"}`, key("stored"), json, 422, "different request", nil},
+		{"stored key, other email", `{"quantity": 1, "email": "other@example.com"}`, key("stored"), json, 201, `"email":"other@example.com"`, nil},
+		{"new key", `{"quantity": 1, "email": "dup@example.com"}`, key("dup"), json, 201, `"email":"dup@example.com"`, nil},
+		{"new key again in the same batch", `{"quantity": 1, "email": "dup@example.com"}`, key("dup"), json, 201, "", nil}, // replay of the one above
+		{"new key again, other body", `{"quantity": 2, "email": "dup@example.com"}`, key("dup"), json, 422, "different request", nil},
+		{"key past the hourly bound", `{"quantity": 1, "email": "busy@example.com"}`, key("busy-new"), json, 429, "too many Idempotency-Keys", nil},
+		// The limits.
+		{"buyer at the seat limit", `{"quantity": 1, "email": "full@example.com"}`, "", json, 409, "limit per buyer", nil},
+		{"buyer past the seat limit within the batch", `{"quantity": 5, "email": "Twice@example.com"}`, "", json, 201, "", nil},
+		{"same buyer otherwise spelled", `{"quantity": 5, "email": "twice@EXAMPLE.com"}`, "", json, 409, "limit per buyer", nil},
+		{"more than is left", `{"quantity": 8, "email": "big@example.com"}`, "", json, 201, "", nil},
+	}
+	// Good buys around them: 27 - 1 (blocker) - 1 (other) - 1 (dup) - 5 - 8 = 11 left for them, 7 asked.
+	for i := range 7 {
+		reqs = append(reqs, req{fmt.Sprintf("good %d", i), fmt.Sprintf(`{"quantity": 1, "email": "good%d@example.com"}`, i), "", json, 201, `"quantity":1`, nil})
+	}
+	// Last in the batch, so the seats left are known: 11 - 7 = 4.
+	reqs = append(reqs, req{"over-asking at the end", `{"quantity": 5, "email": "late@example.com"}`, key("late"), json, 409, "5 requested, 4 left", nil})
+
+	answers := make([]response, len(reqs))
+	var wg sync.WaitGroup
+	joined := 0
+	for i, rq := range reqs {
+		headers := []string{"X-Request-ID", fmt.Sprintf("batch-%d", i)}
+		if rq.ctype != "" {
+			headers = append(headers, "Content-Type", rq.ctype)
+		}
+		if rq.key != "" {
+			headers = append(headers, "Idempotency-Key", rq.key)
+		}
+		if i < early {
+			// Refused before it joins a batch: its answer is its event.
+			answers[i] = do(t, "POST", buyURL, rq.body, headers...)
+			continue
+		}
+		wg.Go(func() { answers[i] = do(t, "POST", buyURL, rq.body, headers...) })
+		// In arrival order: each joins the queue before the next is sent.
+		joined++
+		waitQueued(t, s, game, joined)
+	}
+	if err := lock.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if r := <-blocker; r.Status != http.StatusCreated {
+		t.Fatalf("the first buyer: %d %s", r.Status, r.Body)
+	}
+	for i, rq := range reqs {
+		r := answers[i]
+		if r.Status != rq.status || !bytes.Contains(r.Body, []byte(rq.want)) {
+			t.Errorf("%s: %d %s, want %d containing %q", rq.name, r.Status, r.Body, rq.status, rq.want)
+		}
+		if rq.replayOf != nil && (!bytes.Equal(r.Body, rq.replayOf.Body) || r.Header.Get("Idempotency-Replayed") != "true") {
+			t.Errorf("%s: %s replayed=%q, want %s replayed", rq.name, r.Body, r.Header.Get("Idempotency-Replayed"), rq.replayOf.Body)
+		}
+	}
+	// The in-batch duplicate is a replay of the first use of its key.
+	first, dup := answers[23], answers[24]
+	if !bytes.Equal(first.Body, dup.Body) || dup.Header.Get("Idempotency-Replayed") != "true" || first.Header.Get("Idempotency-Replayed") != "" {
+		t.Errorf("duplicate key in one batch: %s and %s (replayed %q), want the second a replay of the first",
+			first.Body, dup.Body, dup.Header.Get("Idempotency-Replayed"))
+	}
+	if n := metricValue(t, s.m.batchSplits); n != 0 {
+		t.Errorf("%v batches split: no request here is one the database refuses", n)
+	}
+	total, big := histogramCounts(t, s.m.batchSize, float64(joined))
+	if big < 1 {
+		t.Errorf("batch sizes: %d batches, none of %d or more requests", total, joined)
+	}
+	// 2 + 3 + 8 before; 1 + 1 + 1 + 5 + 8 + 7 in the batches.
+	const wantSold = 2 + 3 + 8 + 1 + 1 + 1 + 5 + 8 + 7
+	if remaining, sold, _, _ := gameState(t, game); sold != wantSold || remaining != 40-wantSold {
+		t.Errorf("remaining %d sold %d, want %d and %d", remaining, sold, 40-wantSold, wantSold)
+	}
+	if got := buyerHolds(t, game, "twice@example.com"); got != 5 {
+		t.Errorf("twice@ holds %d, want 5", got)
+	}
+	var keys int
+	if err := tc.primaryDB.QueryRow("SELECT COUNT(*) FROM idempotency_keys WHERE buyer = 'busy@example.com'").Scan(&keys); err != nil || keys != keysPerHour {
+		t.Errorf("busy@ has %d keys stored (%v), want %d: the 429 stores none", keys, err, keysPerHour)
+	}
+}
+
+// Buyers of one game are served in arrival order: with fewer seats than
+// buyers, the first to arrive get them.
+func TestBatchServesInArrivalOrder(t *testing.T) {
+	s := startServer(t, nil)
+	const seats, buyers = 6, 15
+	game := createGame(t, seats+1)
+	lock, blocker := startBlocker(t, s, game)
+	answers := make([]response, buyers)
+	var wg sync.WaitGroup
+	for i := range buyers {
+		wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, game, 1, fmt.Sprintf("fan%02d@example.com", i)) })
+		waitQueued(t, s, game, i+1)
+	}
+	lock.Rollback() //nolint:errcheck
+	wg.Wait()
+	if r := <-blocker; r.Status != http.StatusCreated {
+		t.Fatalf("first buyer: %d %s", r.Status, r.Body)
+	}
+	for i, r := range answers {
+		want := http.StatusConflict
+		if i < seats {
+			want = http.StatusCreated
+		}
+		if r.Status != want {
+			t.Errorf("buyer %d in arrival order: %d %s, want %d", i, r.Status, r.Body, want)
+		}
+	}
+}
+
+// startBlocker locks game's row, then buys one seat of it, and returns
+// once that purchase's batch waits on the lock: every purchase of the game
+// after it gathers into the next batch until the test lets go of the lock.
+func startBlocker(t *testing.T, s *testServer, game int64) (*sql.Tx, <-chan response) {
+	t.Helper()
+	lock := holdGame(t, game)
+	blocker := make(chan response, 1)
+	go func() {
+		r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), `{"quantity": 1, "email": "first@example.com"}`, "Content-Type", "application/json")
+		if err != nil {
+			r = response{Status: -1, Body: []byte(err.Error())}
+		}
+		blocker <- r
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		tc.primaryDB.QueryRow(`SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE games SET remaining%' AND INFO LIKE ?`,
+			fmt.Sprintf("%%WHERE id = %d %%", game)).Scan(&n) //nolint:errcheck // 0 on error: asked again
+		if n > 0 {
+			return lock, blocker
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first purchase never reached the game's row lock")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// primaryStatus reads counters of the primary's SHOW GLOBAL STATUS.
+func primaryStatus(t *testing.T, names ...string) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	rows, err := tc.primaryDB.Query("SHOW GLOBAL STATUS WHERE Variable_name IN ('" + strings.Join(names, "','") + "')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var v int64
+		if err := rows.Scan(&name, &v); err != nil {
+			t.Fatal(err)
+		}
+		out[name] = v
+	}
+	return out
+}
+
+// Issue 16: a sold-out game's crowd does not reach the primary. Once a
+// batch has seen the game without a seat, purchases of it are refused from
+// memory (no key), or after a replica read of the key; the primary commits
+// and updates nothing for them, and a key used before the sell-out still
+// replays its sale.
+func TestSoldOutCostsThePrimaryNothing(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.SoldOutTTL = time.Hour })
+	game := createGame(t, 2)
+	sale := buyWithKey(t, s.URL, game, 2, "early@example.com", fmt.Sprintf("g%d-early", game))
+	if sale.Status != http.StatusCreated {
+		t.Fatalf("sale: %d %s", sale.Status, sale.Body)
+	}
+	// The batch that finds the game empty marks it.
+	if r := buyAPIAs(t, s.URL, game, 1, "late@example.com"); r.Status != http.StatusConflict {
+		t.Fatalf("first refusal: %d %s", r.Status, r.Body)
+	}
+	counters := []string{"Com_update", "Com_commit", "Com_insert", "Com_rollback"}
+	before := primaryStatus(t, counters...)
+	const crowd, keyed = 2000, 200
+	answers := make([]response, crowd)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 32 {
+		wg.Go(func() {
+			for i := range work {
+				body := fmt.Sprintf(`{"quantity": 1, "email": "crowd%d@example.com"}`, i)
+				h := []string{"Content-Type", "application/json"}
+				if i < keyed {
+					h = append(h, "Idempotency-Key", fmt.Sprintf("g%d-crowd-%d", game, i))
+				}
+				r, err := doErr("POST", fmt.Sprintf("%s/api/games/%d/buy", s.URL, game), body, h...)
+				if err != nil {
+					r = response{Status: -1, Body: []byte(err.Error())}
+				}
+				answers[i] = r
+			}
+		})
+	}
+	for i := range crowd {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	replay := buyWithKey(t, s.URL, game, 2, "early@example.com", fmt.Sprintf("g%d-early", game))
+	after := primaryStatus(t, counters...)
+
+	for i, r := range answers {
+		var e errorBody
+		if r.Status != http.StatusConflict || json.Unmarshal(r.Body, &e) != nil || e.Remaining == nil || *e.Remaining != 0 || !strings.Contains(e.Error, "sold out") {
+			t.Fatalf("crowd buyer %d: %d %s, want 409 sold out, 0 remaining", i, r.Status, r.Body)
+		}
+	}
+	if replay.Status != http.StatusCreated || !bytes.Equal(replay.Body, sale.Body) || replay.Header.Get("Idempotency-Replayed") != "true" {
+		t.Errorf("replay of a sale from before the sell-out: %d %s, want %s replayed", replay.Status, replay.Body, sale.Body)
+	}
+	for _, c := range counters {
+		if d := after[c] - before[c]; d*100 >= crowd {
+			t.Errorf("%s on the primary rose by %d during a crowd of %d on a sold-out game, want under 1%%", c, d, crowd)
+		}
+	}
+	for label, want := range map[string]float64{"no_key": crowd - keyed, "new_key": keyed, "replayed_key": 1} {
+		if got := metricValue(t, s.m.soldOutAnswers.WithLabelValues(label)); got != want {
+			t.Errorf("sold-out short circuits with %s: %v, want %v", label, got, want)
+		}
+	}
+	if remaining, sold, _, _ := gameState(t, game); remaining != 0 || sold != 2 {
+		t.Errorf("remaining %d sold %d, want 0 and 2", remaining, sold)
+	}
+}
+
+// The sold-out mark lapses: seats an operator adds by hand are sold again
+// once SoldOutTTL has passed.
+func TestSoldOutMarkLapses(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.SoldOutTTL = time.Hour })
+	game := createGame(t, 1)
+	if r := buyAPIAs(t, s.URL, game, 1, "a@example.com"); r.Status != http.StatusCreated {
+		t.Fatalf("sale: %d %s", r.Status, r.Body)
+	}
+	if r := buyAPIAs(t, s.URL, game, 1, "b@example.com"); r.Status != http.StatusConflict {
+		t.Fatalf("after the sell-out: %d %s", r.Status, r.Body)
+	}
+	v, ok := s.db.sale.soldOut.Load(game)
+	if !ok {
+		t.Fatal("the batch that found no seat did not mark the game")
+	}
+	mark := v.(soldOutMark)
+	if left := time.Until(mark.until); left < 59*time.Minute || left > time.Hour {
+		t.Errorf("the mark lasts %s more, want SoldOutTTL (1h)", left)
+	}
+	if _, err := tc.primaryDB.Exec("UPDATE games SET capacity = capacity + 1, remaining = remaining + 1 WHERE id = ?", game); err != nil {
+		t.Fatal(err)
+	}
+	// Inside the mark the answer stays 409, from memory.
+	if r := buyAPIAs(t, s.URL, game, 1, "c@example.com"); r.Status != http.StatusConflict {
+		t.Fatalf("inside the mark: %d %s", r.Status, r.Body)
+	}
+	// The hour passes.
+	mark.until = time.Now().Add(-time.Millisecond)
+	s.db.sale.soldOut.Store(game, mark)
+	if r := buyAPIAs(t, s.URL, game, 1, "d@example.com"); r.Status != http.StatusCreated {
+		t.Fatalf("after the mark lapsed: %d %s, want the added seat sold", r.Status, r.Body)
+	}
+	if remaining, sold, _, _ := gameState(t, game); remaining != 0 || sold != 2 {
+		t.Errorf("remaining %d sold %d, want 0 and 2", remaining, sold)
+	}
+}
