@@ -214,9 +214,11 @@ func (c *cluster) commitBatch(game int64, batch []*saleReq) {
 	defer cancel()
 	res, err := c.commitWithRetries(ctx, game, batch)
 	c.m.observeQuery("purchase_batch", start)
-	if err != nil && len(batch) > 1 && retryReason(err) == "" && ctx.Err() == nil {
-		// Something in the batch made the database refuse it: each
-		// request runs alone, so that only the culprit fails.
+	if err != nil && len(batch) > 1 && !isConnError(err) && ctx.Err() == nil {
+		// Something in the batch made the database refuse it, or kept
+		// failing it past its retries: each request runs alone, so that
+		// only the culprit fails. (A primary that is gone fails them all
+		// alike: no split then.)
 		c.m.batchSplits.Inc()
 		c.log.Warn("origin: purchase batch failed, running its requests one by one", "game", game, "size", len(batch), "err", err)
 		for _, r := range batch {

@@ -96,7 +96,12 @@ func TestBatchAnswersEachBuyerOnItsOwn(t *testing.T) {
 	if r := buyAPIAs(t, s.URL, game, int(DefaultMaxPerBuyer), "full@example.com"); r.Status != http.StatusCreated {
 		t.Fatalf("buyer to the limit: %d %s", r.Status, r.Body)
 	}
-	// 40 - 2 - 3 - 8 = 27 seats left.
+	for i := range keysPerHour - 1 {
+		if r := buyWithKey(t, s.URL, game, 1, "some@example.com", key(fmt.Sprintf("some-%d", i))); r.Status != http.StatusCreated {
+			t.Fatalf("some key %d: %d %s", i, r.Status, r.Body)
+		}
+	}
+	// 40 - 2 - 3 - 8 - 2 = 25 seats left.
 
 	lock, blocker := startBlocker(t, s, game)
 
@@ -140,17 +145,19 @@ func TestBatchAnswersEachBuyerOnItsOwn(t *testing.T) {
 		{"new key again in the same batch", `{"quantity": 1, "email": "dup@example.com"}`, key("dup"), json, 201, "", nil}, // replay of the one above
 		{"new key again, other body", `{"quantity": 2, "email": "dup@example.com"}`, key("dup"), json, 422, "different request", nil},
 		{"key past the hourly bound", `{"quantity": 1, "email": "busy@example.com"}`, key("busy-new"), json, 429, "too many Idempotency-Keys", nil},
+		{"the last key under the bound", `{"quantity": 1, "email": "some@example.com"}`, key("some-new-1"), json, 201, "", nil},
+		{"a key past the bound within the batch", `{"quantity": 1, "email": "some@example.com"}`, key("some-new-2"), json, 429, "too many Idempotency-Keys", nil},
 		// The limits.
 		{"buyer at the seat limit", `{"quantity": 1, "email": "full@example.com"}`, "", json, 409, "limit per buyer", nil},
 		{"buyer past the seat limit within the batch", `{"quantity": 5, "email": "Twice@example.com"}`, "", json, 201, "", nil},
 		{"same buyer otherwise spelled", `{"quantity": 5, "email": "twice@EXAMPLE.com"}`, "", json, 409, "limit per buyer", nil},
 		{"more than is left", `{"quantity": 8, "email": "big@example.com"}`, "", json, 201, "", nil},
 	}
-	// Good buys around them: 27 - 1 (blocker) - 1 (other) - 1 (dup) - 5 - 8 = 11 left for them, 7 asked.
-	for i := range 7 {
+	// Good buys around them: 25 - 1 (blocker) - 1 (other) - 1 (dup) - 1 (some) - 5 - 8 = 8 left for them, 4 asked.
+	for i := range 4 {
 		reqs = append(reqs, req{fmt.Sprintf("good %d", i), fmt.Sprintf(`{"quantity": 1, "email": "good%d@example.com"}`, i), "", json, 201, `"quantity":1`, nil})
 	}
-	// Last in the batch, so the seats left are known: 11 - 7 = 4.
+	// Last in the batch, so the seats left are known: 8 - 4 = 4.
 	reqs = append(reqs, req{"over-asking at the end", `{"quantity": 5, "email": "late@example.com"}`, key("late"), json, 409, "5 requested, 4 left", nil})
 
 	answers := make([]response, len(reqs))
@@ -203,17 +210,19 @@ func TestBatchAnswersEachBuyerOnItsOwn(t *testing.T) {
 	if big < 1 {
 		t.Errorf("batch sizes: %d batches, none of %d or more requests", total, joined)
 	}
-	// 2 + 3 + 8 before; 1 + 1 + 1 + 5 + 8 + 7 in the batches.
-	const wantSold = 2 + 3 + 8 + 1 + 1 + 1 + 5 + 8 + 7
+	// 2 + 3 + 8 + 2 before; 1 + 1 + 1 + 1 + 5 + 8 + 4 in the batches.
+	const wantSold = 2 + 3 + 8 + 2 + 1 + 1 + 1 + 1 + 5 + 8 + 4
 	if remaining, sold, _, _ := gameState(t, game); sold != wantSold || remaining != 40-wantSold {
 		t.Errorf("remaining %d sold %d, want %d and %d", remaining, sold, 40-wantSold, wantSold)
 	}
 	if got := buyerHolds(t, game, "twice@example.com"); got != 5 {
 		t.Errorf("twice@ holds %d, want 5", got)
 	}
-	var keys int
-	if err := tc.primaryDB.QueryRow("SELECT COUNT(*) FROM idempotency_keys WHERE buyer = 'busy@example.com'").Scan(&keys); err != nil || keys != keysPerHour {
-		t.Errorf("busy@ has %d keys stored (%v), want %d: the 429 stores none", keys, err, keysPerHour)
+	for _, buyer := range []string{"busy@example.com", "some@example.com"} {
+		var keys int
+		if err := tc.primaryDB.QueryRow("SELECT COUNT(*) FROM idempotency_keys WHERE buyer = ?", buyer).Scan(&keys); err != nil || keys != keysPerHour {
+			t.Errorf("%s has %d keys stored (%v), want %d: a 429 stores none", buyer, keys, err, keysPerHour)
+		}
 	}
 }
 
@@ -399,5 +408,55 @@ func TestSoldOutMarkLapses(t *testing.T) {
 	}
 	if remaining, sold, _, _ := gameState(t, game); remaining != 0 || sold != 2 {
 		t.Errorf("remaining %d sold %d, want 0 and 2", remaining, sold)
+	}
+}
+
+// A request the database refuses (here a CHECK the test adds, standing for
+// any value that passes validation but not the schema) fails its batch;
+// the batch is then split, and only that request fails.
+func TestBatchSplitsAroundARequestTheDatabaseRefuses(t *testing.T) {
+	s := startServer(t, nil)
+	game := createGame(t, 20)
+	admin, _, err := openDB(tc.migrate, 1, Config{}.withDefaults(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close() })
+	poison := fmt.Sprintf("poison%d@example.com", game)
+	if _, err := admin.Exec(fmt.Sprintf("ALTER TABLE tickets ADD CONSTRAINT test_poison CHECK (email <> '%s')", poison)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := admin.Exec("ALTER TABLE tickets DROP CONSTRAINT test_poison"); err != nil {
+			t.Errorf("dropping the test constraint: %v", err)
+		}
+	})
+	lock, blocker := startBlocker(t, s, game)
+	emails := []string{"good0@example.com", poison, "good1@example.com", "good2@example.com"}
+	answers := make([]response, len(emails))
+	var wg sync.WaitGroup
+	for i, email := range emails {
+		wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, game, 2, email) })
+		waitQueued(t, s, game, i+1)
+	}
+	lock.Rollback() //nolint:errcheck
+	wg.Wait()
+	if r := <-blocker; r.Status != http.StatusCreated {
+		t.Fatalf("first buyer: %d %s", r.Status, r.Body)
+	}
+	for i, r := range answers {
+		want := http.StatusCreated
+		if emails[i] == poison {
+			want = http.StatusServiceUnavailable
+		}
+		if r.Status != want {
+			t.Errorf("%s: %d %s, want %d", emails[i], r.Status, r.Body, want)
+		}
+	}
+	if n := metricValue(t, s.m.batchSplits); n != 1 {
+		t.Errorf("%v batches split, want 1", n)
+	}
+	if remaining, sold, orders, _ := gameState(t, game); sold != 7 || orders != 4 || remaining != 13 {
+		t.Errorf("remaining %d, sold %d in %d orders; want 13, 7 in 4", remaining, sold, orders)
 	}
 }
