@@ -372,6 +372,18 @@ func TestSoldOutCostsThePrimaryNothing(t *testing.T) {
 	if remaining, sold, _, _ := gameState(t, game); remaining != 0 || sold != 2 {
 		t.Errorf("remaining %d sold %d, want 0 and 2", remaining, sold)
 	}
+	m := do(t, "GET", s.URL+"/metrics", "")
+	for _, want := range []string{
+		fmt.Sprintf(`podium_origin_sold_out_short_circuits_total{key="no_key"} %d`, crowd-keyed),
+		`podium_origin_purchase_batch_size_bucket{le="1"} 2`,
+		`podium_origin_purchase_batch_size_count 2`,
+		`podium_origin_purchase_batch_splits_total 0`,
+		`podium_origin_db_query_duration_seconds_count{op="purchase_batch"} 2`,
+	} {
+		if !strings.Contains(string(m.Body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
 
 // The sold-out mark lapses: seats an operator adds by hand are sold again
