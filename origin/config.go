@@ -34,6 +34,10 @@ const (
 	// transaction of 256 orders is a few milliseconds on the primary, so
 	// the buyers at the back of a batch wait no longer than that.
 	DefaultPurchaseBatchMax = 256
+	// DefaultPurchaseLanes is how many batches commit at once: a game's
+	// purchases go to lane id modulo lanes, so buyers spread over many
+	// games share batches, and the primary commits a few at a time.
+	DefaultPurchaseLanes = 4
 	// DefaultSoldOutTTL is how long a game seen sold out is refused
 	// without the primary before a batch looks again.
 	DefaultSoldOutTTL      = time.Second
@@ -106,6 +110,9 @@ type Config struct {
 	// PurchaseBatchMax bounds how many purchases of one game commit in one
 	// transaction (DefaultPurchaseBatchMax); 1 commits each alone.
 	PurchaseBatchMax int
+	// PurchaseLanes is how many purchase batches may commit at once
+	// (DefaultPurchaseLanes). The games are shared among them by id.
+	PurchaseLanes int
 	// SoldOutTTL is how long a game that a batch saw without a seat left
 	// is refused with 409 without asking the primary (DefaultSoldOutTTL).
 	// Seats never come back on their own; the bound is for an operator
@@ -182,6 +189,9 @@ func (c Config) withDefaults() Config {
 	if c.PurchaseBatchMax == 0 {
 		c.PurchaseBatchMax = DefaultPurchaseBatchMax
 	}
+	if c.PurchaseLanes == 0 {
+		c.PurchaseLanes = DefaultPurchaseLanes
+	}
 	if c.PrimaryConns == 0 {
 		c.PrimaryConns = DefaultPrimaryConns
 	}
@@ -238,6 +248,9 @@ func (c Config) Validate() error {
 	}
 	if c.PurchaseBatchMax < 0 || c.PurchaseBatchMax > 10000 {
 		errs = append(errs, fmt.Errorf("purchase batch max: must be 1..10000 (0 for the default), got %d", c.PurchaseBatchMax))
+	}
+	if c.PurchaseLanes < 0 || c.PurchaseLanes > 1024 {
+		errs = append(errs, fmt.Errorf("purchase lanes: must be 1..1024 (0 for the default), got %d", c.PurchaseLanes))
 	}
 	if c.PrimaryConns < 0 || c.ReplicaConns < 0 {
 		errs = append(errs, fmt.Errorf("connection pools: must be >= 1, got primary %d, replica %d", c.PrimaryConns, c.ReplicaConns))

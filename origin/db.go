@@ -135,7 +135,9 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 		return nil, fmt.Errorf("primary: %w", err)
 	}
 	c := &cluster{cfg: cfg, log: log, m: m, primary: primary, primaryName: name}
-	c.sale.queues = map[int64]*gameQueue{}
+	for range cfg.PurchaseLanes {
+		c.sale.lanes = append(c.sale.lanes, &lane{})
+	}
 	c.primaryUp.Store(true) // optimistic until the first check says otherwise
 	// Pool usage (open, in use, idle, waits) as database/sql keeps it:
 	// go_sql_* series labelled db_name.

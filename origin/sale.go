@@ -9,6 +9,7 @@ import (
 	"fmt"
 	mathrand "math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,20 +71,25 @@ type saleReq struct {
 	done  chan struct{}
 }
 
-// gameQueue is the buyers of one game waiting for a batch. Guarded by
-// saleBook.mu.
-type gameQueue struct {
+// lane is a queue of purchases waiting for a batch: the games whose id is
+// its index modulo the number of lanes. Safe for concurrent use.
+type lane struct {
+	mu      sync.Mutex
 	pending []*saleReq
+	// running is true while the lane's batch goroutine runs.
+	running bool
 }
 
-// saleBook holds the per-game queues and the sold-out marks. Safe for
-// concurrent use; must not be copied.
+// saleBook holds the lanes and the sold-out marks. Safe for concurrent
+// use; must not be copied.
 type saleBook struct {
-	mu sync.Mutex
-	// queues has an entry while the game's batch goroutine runs.
-	queues map[int64]*gameQueue
+	lanes []*lane
 	// soldOut maps a game id to its soldOutMark.
 	soldOut sync.Map
+}
+
+func (b *saleBook) lane(game int64) *lane {
+	return b.lanes[uint64(game)%uint64(len(b.lanes))]
 }
 
 // soldOutMark says that a batch saw the game with no seat left. Seats only
@@ -134,75 +140,67 @@ func (c *cluster) purchase(ctx context.Context, p purchaseRequest) (purchaseOutc
 	return r.out, nil
 }
 
-// enqueue adds r to its game's queue, starting the game's batch goroutine
-// when none runs.
+// enqueue adds r to its lane, starting the lane's batch goroutine when
+// none runs.
 func (c *cluster) enqueue(r *saleReq) {
-	b := &c.sale
-	b.mu.Lock()
-	q, running := b.queues[r.p.GameID]
-	if !running {
-		q = &gameQueue{}
-		b.queues[r.p.GameID] = q
-	}
-	q.pending = append(q.pending, r)
-	b.mu.Unlock()
-	if !running {
-		go c.runGame(r.p.GameID, q)
+	l := c.sale.lane(r.p.GameID)
+	l.mu.Lock()
+	l.pending = append(l.pending, r)
+	start := !l.running
+	l.running = true
+	l.mu.Unlock()
+	if start {
+		go c.runLane(l)
 	}
 }
 
-// withdraw takes r off its queue if no batch has taken it yet.
+// withdraw takes r off its lane if no batch has taken it yet.
 func (c *cluster) withdraw(r *saleReq) bool {
-	b := &c.sale
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	q := b.queues[r.p.GameID]
-	if q == nil {
-		return false
-	}
-	for i, x := range q.pending {
+	l := c.sale.lane(r.p.GameID)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, x := range l.pending {
 		if x == r {
-			q.pending = append(q.pending[:i], q.pending[i+1:]...)
+			l.pending = append(l.pending[:i], l.pending[i+1:]...)
 			return true
 		}
 	}
 	return false
 }
 
-// runGame commits the batches of one game until its queue is empty.
-func (c *cluster) runGame(game int64, q *gameQueue) {
-	b := &c.sale
+// runLane commits the lane's batches until it is empty.
+func (c *cluster) runLane(l *lane) {
 	for {
-		b.mu.Lock()
-		if len(q.pending) == 0 {
-			delete(b.queues, game)
-			b.mu.Unlock()
+		l.mu.Lock()
+		if len(l.pending) == 0 {
+			l.running = false
+			l.mu.Unlock()
 			return
 		}
-		n := min(len(q.pending), c.cfg.PurchaseBatchMax)
+		n := min(len(l.pending), c.cfg.PurchaseBatchMax)
 		batch := make([]*saleReq, n)
-		copy(batch, q.pending)
+		copy(batch, l.pending)
 		// Copy the rest down so the array does not grow without bound
 		// under a steady stream of buyers.
-		q.pending = append(q.pending[:0], q.pending[n:]...)
-		b.mu.Unlock()
-		c.commitBatch(game, batch)
+		l.pending = append(l.pending[:0], l.pending[n:]...)
+		l.mu.Unlock()
+		c.commitBatch(batch)
 	}
 }
 
 // commitBatch runs one batch and answers every request in it, whatever
 // happens (a panic included).
-func (c *cluster) commitBatch(game int64, batch []*saleReq) {
+func (c *cluster) commitBatch(batch []*saleReq) {
 	start := time.Now()
 	defer func() {
 		if v := recover(); v != nil {
-			c.log.Error("origin: purchase batch panicked", "game", game, "panic", v)
+			c.log.Error("origin: purchase batch panicked", "size", len(batch), "panic", v)
 			for _, r := range batch {
 				if r.done != nil {
 					select {
 					case <-r.done:
 					default:
-						r.err = fmt.Errorf("purchase of game %d: internal error", game)
+						r.err = fmt.Errorf("purchase of game %d: internal error", r.p.GameID)
 						close(r.done)
 					}
 				}
@@ -212,7 +210,7 @@ func (c *cluster) commitBatch(game int64, batch []*saleReq) {
 	c.m.batchSize.Observe(float64(len(batch)))
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PurchaseTimeout)
 	defer cancel()
-	res, err := c.commitWithRetries(ctx, game, batch)
+	res, err := c.commitWithRetries(ctx, batch)
 	c.m.observeQuery("purchase_batch", start)
 	if err != nil && len(batch) > 1 && !isConnError(err) && ctx.Err() == nil {
 		// Something in the batch made the database refuse it, or kept
@@ -220,9 +218,9 @@ func (c *cluster) commitBatch(game int64, batch []*saleReq) {
 		// only the culprit fails. (A primary that is gone fails them all
 		// alike: no split then.)
 		c.m.batchSplits.Inc()
-		c.log.Warn("origin: purchase batch failed, running its requests one by one", "game", game, "size", len(batch), "err", err)
+		c.log.Warn("origin: purchase batch failed, running its requests one by one", "size", len(batch), "err", err)
 		for _, r := range batch {
-			one, err := c.commitWithRetries(ctx, game, []*saleReq{r})
+			one, err := c.commitWithRetries(ctx, []*saleReq{r})
 			c.answer(r, one, 0, err)
 		}
 		return
@@ -245,13 +243,14 @@ func (c *cluster) answer(r *saleReq, res batchResult, i int, err error) {
 type batchResult struct {
 	outs  []purchaseOutcome
 	wrote bool
-	// gtid is the batch's commit, "" when it wrote nothing.
-	gtid string
+	// gtid is the batch's commit, "" when it wrote nothing; pos the
+	// primary's position after it.
+	gtid, pos string
 }
 
 // commitWithRetries runs batchOnce until it commits, retrying what
 // retryReason allows, with jittered backoff, up to PurchaseRetries times.
-func (c *cluster) commitWithRetries(ctx context.Context, game int64, batch []*saleReq) (batchResult, error) {
+func (c *cluster) commitWithRetries(ctx context.Context, batch []*saleReq) (batchResult, error) {
 	var lastErr error
 	for attempt := 0; attempt <= c.cfg.PurchaseRetries; attempt++ {
 		if attempt > 0 {
@@ -264,15 +263,15 @@ func (c *cluster) commitWithRetries(ctx context.Context, game int64, batch []*sa
 			case <-time.After(d):
 			}
 		}
-		res, soldOut, err := c.batchOnce(ctx, game, batch)
+		res, soldOut, err := c.batchOnce(ctx, batch)
 		if err == nil {
 			if pos, perr := parseGTID(res.gtid); perr == nil {
 				// The client may present this GTID to any origin next;
 				// this one knows at once that the primary has reached it.
 				c.pos.merge(pos)
 			}
-			if !soldOut.until.IsZero() {
-				c.markSoldOut(game, soldOut.gtid)
+			for _, game := range soldOut {
+				c.markSoldOut(game, res.pos)
 			}
 			return res, nil
 		}
@@ -289,7 +288,7 @@ func (c *cluster) commitWithRetries(ctx context.Context, game int64, batch []*sa
 // purchaseOnce runs one attempt of a single purchase, as its own batch,
 // with the order token given: what a retry after a lost COMMIT does.
 func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, hash []byte) (purchaseOutcome, error) {
-	res, _, err := c.batchOnce(ctx, p.GameID, []*saleReq{{p: p, hash: hash, token: token}})
+	res, _, err := c.batchOnce(ctx, []*saleReq{{p: p, hash: hash, token: token}})
 	if err != nil {
 		return purchaseOutcome{}, err
 	}
@@ -321,18 +320,44 @@ type reqFacts struct {
 	orderCreated time.Time
 }
 
-// batchOnce is one attempt at committing a batch. soldOut is set (until
-// not zero) when the batch left the game without a seat.
-func (c *cluster) batchOnce(ctx context.Context, game int64, batch []*saleReq) (res batchResult, soldOut soldOutMark, err error) {
+// gameSeats is one game of a batch.
+type gameSeats struct {
+	want  int64 // seats the batch asks for
+	taken int64 // seats the conditional UPDATE took (fast path)
+	// avail is the seats left to hand out: taken on the fast path, the
+	// row's remaining on the slow one.
+	avail  int64
+	sold   int64
+	exists bool
+}
+
+// batchOnce is one attempt at committing a batch. soldOut lists the games
+// the batch left without a seat, seen under their row lock.
+func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchResult, soldOut []int64, err error) {
 	// A dedicated connection: @@last_gtid after COMMIT is per session.
 	conn, err := c.primary.Conn(ctx)
 	if err != nil {
-		return res, soldOut, err
+		return res, nil, err
 	}
 	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	seats := map[int64]*gameSeats{}
+	var ids []int64
+	for _, r := range batch {
+		g := seats[r.p.GameID]
+		if g == nil {
+			g = &gameSeats{exists: true}
+			seats[r.p.GameID] = g
+			ids = append(ids, r.p.GameID)
+		}
+		g.want += int64(r.p.Quantity)
+	}
+	// Rows are locked in id order, by every batch of every origin, so
+	// two batches never wait for each other's rows in a cycle.
+	slices.Sort(ids)
+
+	tx, fast, err := c.takeSeats(ctx, conn, ids, seats)
 	if err != nil {
-		return res, soldOut, err
+		return res, nil, err
 	}
 	committed := false
 	defer func() {
@@ -342,55 +367,35 @@ func (c *cluster) batchOnce(ctx context.Context, game int64, batch []*saleReq) (
 	}()
 	now := time.Now().UTC().Truncate(time.Microsecond)
 
-	var want int64
-	for _, r := range batch {
-		want += int64(r.p.Quantity)
-	}
-	// 1. The row lock, and the seats in the common case.
-	upd, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", want, game, want)
-	if err != nil {
-		return res, soldOut, err
-	}
-	n, err := upd.RowsAffected()
-	if err != nil {
-		return res, soldOut, err
-	}
-	taken, avail, exists := int64(0), int64(0), true
-	if n == 1 {
-		taken, avail = want, want
-	} else {
-		switch err := tx.QueryRowContext(ctx, "SELECT remaining FROM games WHERE id = ? FOR UPDATE", game).Scan(&avail); {
-		case errors.Is(err, sql.ErrNoRows):
-			exists = false
-		case err != nil:
-			return res, soldOut, err
-		}
-	}
 	// 2. What the database knows of each request.
-	facts, err := c.batchFacts(ctx, tx, game, batch, now)
+	facts, err := c.batchFacts(ctx, tx, batch, now)
 	if err != nil {
-		return res, soldOut, err
+		return res, nil, err
 	}
 
 	// 3. Outcomes, in arrival order.
 	outs := make([]purchaseOutcome, len(batch))
-	held := map[int]int64{}  // by buyer: seats held, this batch's sales included
-	newKeys := map[int]int{} // by buyer: keys this batch stores
-	firstKey := map[string]int{}
-	dupOf := map[int]int{}
 	// written marks the outcomes this batch stores; past those that an
 	// earlier commit stored (replays, recovered orders).
 	written := make([]bool, len(batch))
 	past := make([]bool, len(batch))
+	type holding struct {
+		game  int64
+		buyer int
+	}
+	held := map[holding]int64{} // seats held, this batch's sales included
+	newKeys := map[int]int{}    // by buyer: keys this batch stores
+	firstKey := map[string]int{}
+	dupOf := map[int]int{}
 	var sold []int // requests that buy seats
 	var keyed []int
-	var soldSeats int64
 	limit := int64(c.cfg.MaxPerBuyer)
 	keysLimit := c.cfg.IdempotencyKeysPerHour
 	for i, r := range batch {
-		p, f := r.p, &facts[i]
-		if _, ok := held[f.buyer]; !ok {
-			held[f.buyer] = f.held
+		p, f, g := r.p, &facts[i], seats[r.p.GameID]
+		h := holding{p.GameID, f.buyer}
+		if _, ok := held[h]; !ok {
+			held[h] = f.held
 		}
 		if p.IdempotencyKey != "" {
 			kk := strconv.Itoa(f.buyer) + "\x00" + p.IdempotencyKey
@@ -417,19 +422,19 @@ func (c *cluster) batchOnce(ctx context.Context, game int64, batch []*saleReq) (
 			continue
 		}
 		switch {
-		case !exists:
+		case !g.exists:
 			outs[i] = purchaseOutcome{Status: http.StatusNotFound, Result: "not_found", Body: jsonBody(errorBody{
 				Error:     fmt.Sprintf("no game with id %d; GET /api/games lists them", p.GameID),
 				RequestID: p.RequestID,
 			})}
-		case int64(p.Quantity) > avail:
-			outs[i] = soldOutRefusal(p, avail)
-		case limit > 0 && held[f.buyer]+int64(p.Quantity) > limit:
-			outs[i] = buyerLimitRefusal(p, limit, held[f.buyer])
+		case int64(p.Quantity) > g.avail:
+			outs[i] = soldOutRefusal(p, g.avail)
+		case limit > 0 && held[h]+int64(p.Quantity) > limit:
+			outs[i] = buyerLimitRefusal(p, limit, held[h])
 		default:
-			avail -= int64(p.Quantity)
-			soldSeats += int64(p.Quantity)
-			held[f.buyer] += int64(p.Quantity)
+			g.avail -= int64(p.Quantity)
+			g.sold += int64(p.Quantity)
+			held[h] += int64(p.Quantity)
 			sold = append(sold, i)
 			written[i] = true
 		}
@@ -441,23 +446,12 @@ func (c *cluster) batchOnce(ctx context.Context, game int64, batch []*saleReq) (
 	}
 
 	// 4. Seats, orders, keys.
-	if n == 1 && taken > soldSeats {
-		if _, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining + ? WHERE id = ?", taken-soldSeats, game); err != nil {
-			return res, soldOut, err
-		}
-	} else if n == 0 && soldSeats > 0 {
-		upd, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", soldSeats, game, soldSeats)
-		if err != nil {
-			return res, soldOut, err
-		}
-		if n, err := upd.RowsAffected(); err != nil || n != 1 {
-			// Cannot be: the row is locked since the SELECT read it.
-			return res, soldOut, fmt.Errorf("taking %d seats of game %d under its lock changed %d rows: %w", soldSeats, game, n, err)
-		}
+	if err := settleSeats(ctx, tx, ids, seats, fast); err != nil {
+		return res, nil, err
 	}
 	if len(sold) > 0 {
 		if err := insertOrders(ctx, tx, batch, sold, outs, now); err != nil {
-			return res, soldOut, err
+			return res, nil, err
 		}
 	}
 	for i, j := range dupOf {
@@ -466,7 +460,7 @@ func (c *cluster) batchOnce(ctx context.Context, game int64, batch []*saleReq) (
 	}
 	if len(keyed) > 0 {
 		if err := c.insertKeys(ctx, tx, batch, keyed, outs, now); err != nil {
-			return res, soldOut, err
+			return res, nil, err
 		}
 	}
 	wrote := len(sold) > 0 || len(keyed) > 0
@@ -476,67 +470,209 @@ func (c *cluster) batchOnce(ctx context.Context, game int64, batch []*saleReq) (
 		committed = true
 	} else {
 		if err := tx.Commit(); err != nil {
-			return res, soldOut, err
+			return res, nil, err
 		}
 		committed = true
 	}
 	res = batchResult{outs: outs, wrote: wrote}
-	// No seat left, under the lock: the game is sold out as of now.
-	leftZero := exists && n == 0 && avail == 0
-	anyPast := false
-	for _, p := range past {
-		anyPast = anyPast || p
+	if !fast {
+		// No seat left, read under the lock: sold out as of now.
+		for _, id := range ids {
+			if g := seats[id]; g.exists && g.avail == 0 {
+				soldOut = append(soldOut, id)
+			}
+		}
 	}
-	if wrote || anyPast || leftZero {
+	if wrote || len(soldOut) > 0 || slices.Contains(past, true) {
 		// The GTIDs are a convenience for read-your-writes, and the mark
 		// an optimisation: failing to read them must not turn a
 		// committed sale into an error.
 		var last, pos sql.NullString
-		if err := conn.QueryRowContext(ctx, "SELECT @@last_gtid, @@gtid_binlog_pos").Scan(&last, &pos); err == nil {
-			if wrote {
-				res.gtid = last.String
-			}
-			for i := range outs {
-				switch {
-				case written[i]:
-					outs[i].GTID = last.String
-				case past[i]:
-					// The primary's position covers the original commit,
-					// so a read that waits for it sees it.
-					outs[i].GTID = pos.String
-				}
-			}
-			if leftZero {
-				soldOut = soldOutMark{until: time.Now(), gtid: pos.String}
+		if err := conn.QueryRowContext(ctx, "SELECT @@last_gtid, @@gtid_binlog_pos").Scan(&last, &pos); err != nil {
+			return res, nil, nil
+		}
+		if wrote {
+			res.gtid = last.String
+		}
+		res.pos = pos.String
+		for i := range outs {
+			switch {
+			case written[i]:
+				outs[i].GTID = last.String
+			case past[i]:
+				// The primary's position covers the original commit,
+				// so a read that waits for it sees it.
+				outs[i].GTID = pos.String
 			}
 		}
 	}
 	return res, soldOut, nil
 }
 
-// batchFacts reads, in one query under the game's row lock, what step 2 of
-// the batch needs for each request. The batch's emails and keys go in as a
-// table of literals, so that the database compares emails as its columns
-// do (utf8mb4_unicode_ci: case and accents aside).
-func (c *cluster) batchFacts(ctx context.Context, tx *sql.Tx, game int64, batch []*saleReq, now time.Time) ([]reqFacts, error) {
+// takeSeats begins the batch's transaction on conn and takes the games'
+// row locks (step 1). On the fast path one conditional UPDATE takes every
+// seat asked for (taken = want). When some game has fewer seats left than
+// asked, that UPDATE is rolled back and the rows are read with SELECT ...
+// FOR UPDATE instead (avail = remaining), for settleSeats to take what is
+// handed out; a game without a row has exists false.
+func (c *cluster) takeSeats(ctx context.Context, conn *sql.Conn, ids []int64, seats map[int64]*gameSeats) (_ *sql.Tx, fast bool, err error) {
+	// READ COMMITTED: the reads under the locks take no gap locks, so
+	// concurrent buyers of a game queue on its row alone.
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, false, err
+	}
+	defer func() {
+		// A transaction left open would hold conn, whose Close then
+		// waits for ever.
+		if err != nil {
+			tx.Rollback() //nolint:errcheck // the session may be gone
+		}
+	}()
+	var res sql.Result
+	if len(ids) == 1 {
+		w := seats[ids[0]].want
+		res, err = tx.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", w, ids[0], w)
+	} else {
+		byGame, args := caseByID(ids, func(id int64) int64 { return seats[id].want })
+		args = append(args, args...)
+		q := "UPDATE games SET remaining = remaining - " + byGame + " WHERE id IN (" + idList(ids) + ") AND remaining >= " + byGame + " ORDER BY id"
+		res, err = tx.ExecContext(ctx, q, args...)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return nil, false, err
+	}
+	if n == int64(len(ids)) {
+		for _, id := range ids {
+			seats[id].taken, seats[id].avail = seats[id].want, seats[id].want
+		}
+		return tx, true, nil
+	}
+	if n > 0 {
+		// Some games were taken, some not, and which is not known: undo
+		// and lock them all to read.
+		if err := tx.Rollback(); err != nil {
+			return nil, false, err
+		}
+		again, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+		if err != nil {
+			return nil, false, err
+		}
+		tx = again
+	}
+	for _, id := range ids {
+		seats[id].exists = false
+	}
+	rows, err := tx.QueryContext(ctx, "SELECT id, remaining FROM games WHERE id IN ("+idList(ids)+") ORDER BY id FOR UPDATE")
+	if err != nil {
+		return nil, false, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, remaining int64
+		if err := rows.Scan(&id, &remaining); err != nil {
+			return nil, false, err
+		}
+		if g := seats[id]; g != nil {
+			g.exists, g.avail = true, remaining
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	return tx, false, nil
+}
+
+// settleSeats makes the games' rows agree with what the batch sold: on the
+// fast path it gives back the seats taken but not sold; on the slow path
+// it takes the seats sold.
+func settleSeats(ctx context.Context, tx *sql.Tx, ids []int64, seats map[int64]*gameSeats, fast bool) error {
+	var change []int64
+	delta := func(id int64) int64 {
+		if g := seats[id]; fast {
+			return g.taken - g.sold // given back
+		} else {
+			return g.sold // taken
+		}
+	}
+	for _, id := range ids {
+		if seats[id].exists && delta(id) > 0 {
+			change = append(change, id)
+		}
+	}
+	if len(change) == 0 {
+		return nil
+	}
+	byGame, args := caseByID(change, delta)
+	op, check := "+", ""
+	if !fast {
+		op = "-"
+		check = " AND remaining >= " + byGame
+		args = append(args, args...)
+	}
+	res, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining "+op+" "+byGame+" WHERE id IN ("+idList(change)+")"+check, args...)
+	if err != nil {
+		return fmt.Errorf("settling the seats of %d games: %w", len(change), err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(change)) {
+		// Cannot be: the rows are locked since the batch's first statement.
+		return fmt.Errorf("settling the seats of %d games under their locks changed %d rows: %w", len(change), n, err)
+	}
+	return nil
+}
+
+// caseByID returns "CASE id WHEN ? THEN ? ... END" and its arguments.
+func caseByID(ids []int64, v func(int64) int64) (string, []any) {
+	var b strings.Builder
+	args := make([]any, 0, 2*len(ids))
+	b.WriteString("CASE id")
+	for _, id := range ids {
+		b.WriteString(" WHEN ? THEN ?")
+		args = append(args, id, v(id))
+	}
+	b.WriteString(" END")
+	return b.String(), args
+}
+
+// idList returns the ids as a SQL list; they are integers, not input.
+func idList(ids []int64) string {
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	return b.String()
+}
+
+// batchFacts reads, in one query under the games' row locks, what step 2
+// of the batch needs for each request. The batch's emails and keys go in
+// as a table of literals, so that the database compares emails as its
+// columns do (utf8mb4_unicode_ci: case and accents aside).
+func (c *cluster) batchFacts(ctx context.Context, tx *sql.Tx, batch []*saleReq, now time.Time) ([]reqFacts, error) {
 	var q strings.Builder
-	args := make([]any, 0, 4*len(batch)+2)
-	q.WriteString("WITH b (i, email, k, token) AS (VALUES ")
+	args := make([]any, 0, 5*len(batch)+2)
+	q.WriteString("WITH b (i, g, email, k, token) AS (VALUES ")
 	for i, r := range batch {
 		if i > 0 {
 			q.WriteString(", ")
 		}
-		q.WriteString("(?, ?, ?, ?)")
+		q.WriteString("(?, ?, ?, ?, ?)")
 		var key any
 		if r.p.IdempotencyKey != "" {
 			key = []byte(r.p.IdempotencyKey)
 		}
-		args = append(args, i, r.p.Email, key, r.token)
+		args = append(args, i, r.p.GameID, r.p.Email, key, r.token)
 	}
 	q.WriteString(`)
 SELECT b.i,
   (SELECT MIN(b2.i) FROM b b2 WHERE b2.email = b.email),
-  (SELECT COALESCE(SUM(t.quantity), 0) FROM tickets t WHERE t.game_id = ? AND t.email = b.email),
+  (SELECT COALESCE(SUM(t.quantity), 0) FROM tickets t WHERE t.game_id = b.g AND t.email = b.email),
   IF(b.k IS NULL, 0, (SELECT COUNT(*) FROM idempotency_keys h WHERE h.buyer = b.email AND h.created_at > ?)),
   IF(b.k IS NULL, NULL, (SELECT MIN(h.created_at) FROM idempotency_keys h WHERE h.buyer = b.email AND h.created_at > ?)),
   k.request_hash, k.status, k.response,
@@ -545,7 +681,7 @@ FROM b
 LEFT JOIN idempotency_keys k ON k.buyer = b.email AND k.idem_key = b.k
 LEFT JOIN tickets o ON o.order_token = b.token`)
 	hourAgo := now.Add(-time.Hour)
-	args = append(args, game, hourAgo, hourAgo)
+	args = append(args, hourAgo, hourAgo)
 	rows, err := tx.QueryContext(ctx, q.String(), args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading the batch's buyers: %w", err)

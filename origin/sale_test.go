@@ -15,14 +15,18 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// queued is how many purchases of game wait in s's queue for a batch.
+// queued is how many purchases of game wait in s's lanes for a batch.
 func queued(s *testServer, game int64) int {
-	s.db.sale.mu.Lock()
-	defer s.db.sale.mu.Unlock()
-	if q := s.db.sale.queues[game]; q != nil {
-		return len(q.pending)
+	l := s.db.sale.lane(game)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.pending {
+		if r.p.GameID == game {
+			n++
+		}
 	}
-	return 0
+	return n
 }
 
 // waitQueued waits until n purchases of game wait for a batch. The batch
@@ -471,4 +475,96 @@ func TestBatchSplitsAroundARequestTheDatabaseRefuses(t *testing.T) {
 	if remaining, sold, orders, _ := gameState(t, game); sold != 7 || orders != 4 || remaining != 13 {
 		t.Errorf("remaining %d, sold %d in %d orders; want 13, 7 in 4", remaining, sold, orders)
 	}
+}
+
+// Games share a lane and so a batch: one transaction takes the seats of
+// all, and when one of them has too few left, the batch reads every row
+// under its lock and hands the seats out per game, in arrival order.
+func TestBatchOfSeveralGames(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.PurchaseLanes = 1; c.MaxPerBuyer = 4; c.SoldOutTTL = time.Hour })
+	plenty, scarce, other := createGame(t, 100), createGame(t, 3), createGame(t, 50)
+
+	// Everything fits: one fast batch over two games, one buyer refused
+	// for the limit (their seats are given back).
+	lock, blocker := startBlocker(t, s, plenty)
+	type buy = saleBuy
+	run := func(buys []buy) {
+		t.Helper()
+		answers := make([]response, len(buys))
+		var wg sync.WaitGroup
+		for i, b := range buys {
+			wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, b.game, b.qty, b.email) })
+			waitQueued(t, s, b.game, countGame(buys[:i+1], b.game))
+		}
+		lock.Rollback() //nolint:errcheck
+		wg.Wait()
+		if r := <-blocker; r.Status != http.StatusCreated {
+			t.Fatalf("first buyer: %d %s", r.Status, r.Body)
+		}
+		for i, r := range answers {
+			if r.Status != buys[i].want {
+				t.Errorf("buy %d (%d × game %d by %s): %d %s, want %d", i, buys[i].qty, buys[i].game, buys[i].email, r.Status, r.Body, buys[i].want)
+			}
+		}
+	}
+	run([]buy{
+		{plenty, 3, "a@example.com", 201},
+		{other, 4, "b@example.com", 201},
+		{plenty, 2, "A@example.com", 409}, // a@ would hold 5 > 4
+		{other, 1, "c@example.com", 201},
+	})
+	for _, g := range []struct {
+		id              int64
+		remaining, sold int64
+	}{{plenty, 96, 4}, {other, 45, 5}} {
+		if remaining, sold, _, _ := gameState(t, g.id); remaining != g.remaining || sold != g.sold {
+			t.Errorf("game %d: remaining %d sold %d, want %d and %d", g.id, remaining, sold, g.remaining, g.sold)
+		}
+	}
+
+	// The scarce game cannot give what the batch asks: the slow path.
+	lock, blocker = startBlocker(t, s, plenty)
+	run([]buy{
+		{scarce, 1, "d@example.com", 201},
+		{plenty, 2, "e@example.com", 201},
+		{scarce, 2, "f@example.com", 201},
+		{scarce, 1, "g@example.com", 409}, // none left
+		{plenty, 4, "h@example.com", 201},
+	})
+	for _, g := range []struct {
+		id              int64
+		remaining, sold int64
+	}{{plenty, 89, 11}, {scarce, 0, 3}, {other, 45, 5}} {
+		if remaining, sold, _, _ := gameState(t, g.id); remaining != g.remaining || sold != g.sold {
+			t.Errorf("game %d: remaining %d sold %d, want %d and %d", g.id, remaining, sold, g.remaining, g.sold)
+		}
+	}
+	if _, ok := s.db.sale.soldOut.Load(scarce); !ok {
+		t.Error("the scarce game, left without a seat, is not marked sold out")
+	}
+	if _, ok := s.db.sale.soldOut.Load(plenty); ok {
+		t.Error("the plentiful game is marked sold out")
+	}
+	if total, big := histogramCounts(t, s.m.batchSize, 4); big != 2 {
+		t.Errorf("%d batches, %d of 4 or more requests; want 2 such", total, big)
+	}
+}
+
+// saleBuy is one purchase of a test batch and the status it should get.
+type saleBuy struct {
+	game  int64
+	qty   int
+	email string
+	want  int
+}
+
+// countGame is how many of buys are of game.
+func countGame(buys []saleBuy, game int64) int {
+	n := 0
+	for _, b := range buys {
+		if b.game == game {
+			n++
+		}
+	}
+	return n
 }

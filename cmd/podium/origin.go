@@ -46,6 +46,7 @@ func runOrigin(args []string) error {
 	fs.IntVar(&cfg.GTIDWaitConns, "gtid-wait-conns", 0, "most MASTER_GTID_WAITs at once per replica, each holding a connection; the excess reads from the primary (0: half of -replica-conns)"+fs.env("gtid-wait-conns", "PODIUM_ORIGIN_GTID_WAIT_CONNS"))
 	fs.DurationVar(&cfg.PurchaseTimeout, "purchase-timeout", origin.DefaultPurchaseTimeout, "bound on one purchase with its retries"+fs.env("purchase-timeout", "PODIUM_ORIGIN_PURCHASE_TIMEOUT"))
 	fs.IntVar(&cfg.PurchaseBatchMax, "purchase-batch-max", origin.DefaultPurchaseBatchMax, "most purchases of one game committed in one transaction; 1: each alone"+fs.env("purchase-batch-max", "PODIUM_ORIGIN_PURCHASE_BATCH_MAX"))
+	fs.IntVar(&cfg.PurchaseLanes, "purchase-lanes", origin.DefaultPurchaseLanes, "purchase batches committing at once; games are shared among them by id"+fs.env("purchase-lanes", "PODIUM_ORIGIN_PURCHASE_LANES"))
 	fs.DurationVar(&cfg.SoldOutTTL, "sold-out-ttl", origin.DefaultSoldOutTTL, "refuse a game seen sold out this long without asking the primary"+fs.env("sold-out-ttl", "PODIUM_ORIGIN_SOLD_OUT_TTL"))
 	fs.IntVar(&cfg.PrimaryConns, "primary-conns", origin.DefaultPrimaryConns, "primary connection pool size"+fs.env("primary-conns", "PODIUM_ORIGIN_PRIMARY_CONNS"))
 	fs.IntVar(&cfg.ReplicaConns, "replica-conns", origin.DefaultReplicaConns, "connection pool size per replica"+fs.env("replica-conns", "PODIUM_ORIGIN_REPLICA_CONNS"))
