@@ -88,6 +88,10 @@ type cluster struct {
 	pos primaryPosition
 	// sale holds the purchase batches and the sold-out marks (sale.go).
 	sale saleBook
+	// autoincStep is the step between the ids of one multi-row INSERT of
+	// orders, read from the primary by the first batch: 0 while unknown,
+	// -1 when the ids are not consecutive (innodb_autoinc_lock_mode 2).
+	autoincStep atomic.Int64
 }
 
 // openDB opens a pool for dsn with the driver settings the origin relies on:
@@ -130,7 +134,10 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 	// A purchase that waits this long for another one's lock on the same
 	// Idempotency-Key row gives up with 409 instead of hanging (the InnoDB
 	// default is 50s); a wait on a game row this long is retried.
-	primary, name, err := openDB(cfg.PrimaryDSN, cfg.PrimaryConns, cfg, map[string]string{"innodb_lock_wait_timeout": "5"})
+	// READ COMMITTED for the session: a purchase batch's BEGIN is then
+	// one round trip, not two (the driver sends SET TRANSACTION first for
+	// a transaction of another level); see takeSeats for why this level.
+	primary, name, err := openDB(cfg.PrimaryDSN, cfg.PrimaryConns, cfg, map[string]string{"innodb_lock_wait_timeout": "5", "tx_isolation": "'READ-COMMITTED'"})
 	if err != nil {
 		return nil, fmt.Errorf("primary: %w", err)
 	}

@@ -450,7 +450,7 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 		return res, nil, err
 	}
 	if len(sold) > 0 {
-		if err := insertOrders(ctx, tx, batch, sold, outs, now); err != nil {
+		if err := c.insertOrders(ctx, tx, batch, sold, outs, now); err != nil {
 			return res, nil, err
 		}
 	}
@@ -516,9 +516,10 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 // FOR UPDATE instead (avail = remaining), for settleSeats to take what is
 // handed out; a game without a row has exists false.
 func (c *cluster) takeSeats(ctx context.Context, conn *sql.Conn, ids []int64, seats map[int64]*gameSeats) (_ *sql.Tx, fast bool, err error) {
-	// READ COMMITTED: the reads under the locks take no gap locks, so
-	// concurrent buyers of a game queue on its row alone.
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	// READ COMMITTED (the session's level, set when the pool connects):
+	// the reads under the locks take no gap locks, so concurrent buyers of
+	// a game queue on its row alone.
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, false, err
 	}
@@ -558,7 +559,7 @@ func (c *cluster) takeSeats(ctx context.Context, conn *sql.Conn, ids []int64, se
 		if err := tx.Rollback(); err != nil {
 			return nil, false, err
 		}
-		again, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+		again, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return nil, false, err
 		}
@@ -673,8 +674,8 @@ func (c *cluster) batchFacts(ctx context.Context, tx *sql.Tx, batch []*saleReq, 
 SELECT b.i,
   (SELECT MIN(b2.i) FROM b b2 WHERE b2.email = b.email),
   (SELECT COALESCE(SUM(t.quantity), 0) FROM tickets t WHERE t.game_id = b.g AND t.email = b.email),
-  IF(b.k IS NULL, 0, (SELECT COUNT(*) FROM idempotency_keys h WHERE h.buyer = b.email AND h.created_at > ?)),
-  IF(b.k IS NULL, NULL, (SELECT MIN(h.created_at) FROM idempotency_keys h WHERE h.buyer = b.email AND h.created_at > ?)),
+  IF(b.k IS NULL, 0, (SELECT COUNT(*) FROM idempotency_keys h FORCE INDEX (idempotency_keys_buyer_created) WHERE h.buyer = b.email AND h.created_at > ?)),
+  IF(b.k IS NULL, NULL, (SELECT MIN(h.created_at) FROM idempotency_keys h FORCE INDEX (idempotency_keys_buyer_created) WHERE h.buyer = b.email AND h.created_at > ?)),
   k.request_hash, k.status, k.response,
   o.id, o.created_at
 FROM b
@@ -722,7 +723,7 @@ LEFT JOIN tickets o ON o.order_token = b.token`)
 
 // insertOrders writes the orders of the sold requests in one INSERT and
 // fills in their 201 answers.
-func insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq, sold []int, outs []purchaseOutcome, now time.Time) error {
+func (c *cluster) insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq, sold []int, outs []purchaseOutcome, now time.Time) error {
 	var q strings.Builder
 	args := make([]any, 0, 5*len(sold))
 	q.WriteString("INSERT INTO tickets (game_id, email, quantity, order_token, created_at) VALUES ")
@@ -734,11 +735,28 @@ func insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq, sold []int,
 		p := batch[i].p
 		args = append(args, p.GameID, p.Email, p.Quantity, batch[i].token, now)
 	}
-	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+	res, err := tx.ExecContext(ctx, q.String(), args...)
+	if err != nil {
 		return fmt.Errorf("inserting %d orders: %w", len(sold), err)
 	}
-	// The ids by token: a multi-row INSERT's ids are consecutive only
-	// under innodb_autoinc_lock_mode 0 or 1, which is a server setting.
+	step, err := c.orderIDStep(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if step > 0 {
+		// The ids of one multi-row INSERT are consecutive (in steps of
+		// auto_increment_increment) under innodb_autoinc_lock_mode 0 or
+		// 1, and LAST_INSERT_ID is the first: one round trip saved.
+		first, err := res.LastInsertId()
+		if err != nil {
+			return fmt.Errorf("reading the ids of %d orders: %w", len(sold), err)
+		}
+		for n, i := range sold {
+			outs[i] = purchaseOutcome{Status: http.StatusCreated, Result: "sold", Body: orderBody(batch[i].p, first+int64(n)*step, now)}
+		}
+		return nil
+	}
+	// Otherwise the ids by token.
 	q.Reset()
 	args = args[:0]
 	q.WriteString("SELECT order_token, id FROM tickets WHERE order_token IN (")
@@ -775,6 +793,23 @@ func insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq, sold []int,
 		outs[i] = purchaseOutcome{Status: http.StatusCreated, Result: "sold", Body: orderBody(batch[i].p, id, now)}
 	}
 	return nil
+}
+
+// orderIDStep returns the step between the ids of a multi-row INSERT of
+// orders, or -1 when they are not consecutive; read once.
+func (c *cluster) orderIDStep(ctx context.Context, tx *sql.Tx) (int64, error) {
+	if step := c.autoincStep.Load(); step != 0 {
+		return step, nil
+	}
+	var mode, step int64
+	if err := tx.QueryRowContext(ctx, "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment").Scan(&mode, &step); err != nil {
+		return 0, fmt.Errorf("reading the primary's auto-increment settings: %w", err)
+	}
+	if mode == 2 || step < 1 {
+		step = -1
+	}
+	c.autoincStep.Store(step)
+	return step, nil
 }
 
 // insertKeys stores the Idempotency-Key of each keyed request with its

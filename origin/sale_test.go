@@ -505,6 +505,9 @@ func TestBatchOfSeveralGames(t *testing.T) {
 			if r.Status != buys[i].want {
 				t.Errorf("buy %d (%d × game %d by %s): %d %s, want %d", i, buys[i].qty, buys[i].game, buys[i].email, r.Status, r.Body, buys[i].want)
 			}
+			if r.Status == http.StatusCreated {
+				checkOrder(t, r.Body)
+			}
 		}
 	}
 	run([]buy{
@@ -523,6 +526,9 @@ func TestBatchOfSeveralGames(t *testing.T) {
 	}
 
 	// The scarce game cannot give what the batch asks: the slow path.
+	// And the orders' ids are read back by token, as on a primary whose
+	// multi-row INSERTs do not number rows consecutively.
+	s.db.autoincStep.Store(-1)
 	lock, blocker = startBlocker(t, s, plenty)
 	run([]buy{
 		{scarce, 1, "d@example.com", 201},
@@ -567,4 +573,22 @@ func countGame(buys []saleBuy, game int64) int {
 		}
 	}
 	return n
+}
+
+// checkOrder checks a 201 body against the order row its order_id names.
+func checkOrder(t *testing.T, body []byte) {
+	t.Helper()
+	var o Order
+	if err := json.Unmarshal(body, &o); err != nil {
+		t.Fatalf("201 body %s: %v", body, err)
+	}
+	var game int64
+	var email string
+	var qty int
+	if err := tc.primaryDB.QueryRow("SELECT game_id, email, quantity FROM tickets WHERE id = ?", o.OrderID).Scan(&game, &email, &qty); err != nil {
+		t.Fatalf("order %d of answer %s: %v", o.OrderID, body, err)
+	}
+	if game != o.GameID || email != o.Email || qty != o.Quantity {
+		t.Errorf("answer %s names order %d, which is %d × game %d for %s", body, o.OrderID, qty, game, email)
+	}
 }
