@@ -29,6 +29,7 @@ type metrics struct {
 	batchSize      prometheus.Histogram
 	batchSplits    prometheus.Counter
 	soldOutAnswers *prometheus.CounterVec
+	keyLookupSize  prometheus.Histogram
 }
 
 // observeQuery records how long one database operation took (a listing
@@ -117,7 +118,12 @@ func newMetrics() *metrics {
 		Name: "podium_origin_sold_out_short_circuits_total",
 		Help: "Purchases of a game known sold out answered without a transaction on the primary, by key: no_key, new_key (409, looked up on a replica), replayed_key (the key's stored answer).",
 	}, []string{"key"})
-	m.reg.MustRegister(m.requests, m.duration, m.purchases, m.seatsSold, m.retries, m.reads,
+	m.keyLookupSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "podium_origin_sold_out_key_lookup_size",
+		Help:    "Idempotency-Keys of purchases of sold-out games read in one query.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+	})
+	m.reg.MustRegister(m.keyLookupSize, m.requests, m.duration, m.purchases, m.seatsSold, m.retries, m.reads,
 		m.gtidWaits, m.dbUp, m.replicaLag, m.inFlight, m.queries, m.batchSize, m.batchSplits, m.soldOutAnswers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

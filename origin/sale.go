@@ -86,6 +86,7 @@ type saleBook struct {
 	lanes []*lane
 	// soldOut maps a game id to its soldOutMark.
 	soldOut sync.Map
+	lookups keyLookups
 }
 
 func (b *saleBook) lane(game int64) *lane {
@@ -993,19 +994,142 @@ func (c *cluster) soldOutAnswer(ctx context.Context, p purchaseRequest) (purchas
 		c.m.soldOutAnswers.WithLabelValues("no_key").Inc()
 		return soldOutRefusal(p, 0), true, nil
 	}
-	var storedHash, body []byte
-	var status int
-	err := c.read(ctx, mark.gtid, func(ctx context.Context, db querier) error {
-		return db.QueryRowContext(ctx, "SELECT request_hash, status, response FROM idempotency_keys WHERE buyer = ? AND idem_key = ?",
-			p.Email, p.IdempotencyKey).Scan(&storedHash, &status, &body)
-	})
+	k := &keyLookup{p: p, mark: mark, done: make(chan struct{})}
+	c.lookupKey(k)
+	select {
+	case <-k.done:
+	case <-ctx.Done():
+		return purchaseOutcome{}, false, fmt.Errorf("%w: reading the Idempotency-Key of a purchase of sold-out game %d: %w", ErrUnavailable, p.GameID, ctx.Err())
+	}
 	switch {
-	case isNotFound(err):
+	case k.err != nil:
+		return purchaseOutcome{}, false, fmt.Errorf("%w: reading the Idempotency-Key of a purchase of sold-out game %d: %w", ErrUnavailable, p.GameID, k.err)
+	case !k.found:
 		c.m.soldOutAnswers.WithLabelValues("new_key").Inc()
 		return soldOutRefusal(p, 0), true, nil
-	case err != nil:
-		return purchaseOutcome{}, false, fmt.Errorf("%w: reading the Idempotency-Key of a purchase of sold-out game %d: %w", ErrUnavailable, p.GameID, err)
 	}
 	c.m.soldOutAnswers.WithLabelValues("replayed_key").Inc()
-	return storedAnswer(p, p.hash(), storedHash, status, body, mark.gtid), true, nil
+	return storedAnswer(p, p.hash(), k.hash, k.status, k.body, mark.gtid), true, nil
+}
+
+// keyLookup is a keyed purchase of a sold-out game waiting for its key to
+// be read. done is closed once found (and hash, status, body) or err are
+// set.
+type keyLookup struct {
+	p     purchaseRequest
+	mark  soldOutMark
+	found bool
+	hash  []byte
+	// status and body are the key's stored answer.
+	status int
+	body   []byte
+	err    error
+	done   chan struct{}
+}
+
+// keyLookups queues the keyed purchases of sold-out games: like purchases,
+// they are read in batches, one query for whatever arrived while the last
+// one ran, so a storm of them costs a replica one query per batch rather
+// than two per request (the GTID wait, the read). Safe for concurrent use.
+type keyLookups struct {
+	mu      sync.Mutex
+	pending []*keyLookup
+	running bool
+}
+
+// lookupKey queues k, starting the lookup goroutine when none runs.
+func (c *cluster) lookupKey(k *keyLookup) {
+	q := &c.sale.lookups
+	q.mu.Lock()
+	q.pending = append(q.pending, k)
+	start := !q.running
+	q.running = true
+	q.mu.Unlock()
+	if !start {
+		return
+	}
+	go func() {
+		for {
+			q.mu.Lock()
+			if len(q.pending) == 0 {
+				q.running = false
+				q.mu.Unlock()
+				return
+			}
+			n := min(len(q.pending), c.cfg.PurchaseBatchMax)
+			batch := make([]*keyLookup, n)
+			copy(batch, q.pending)
+			q.pending = append(q.pending[:0], q.pending[n:]...)
+			q.mu.Unlock()
+			c.readKeys(batch)
+		}
+	}()
+}
+
+// readKeys reads the stored answers of a batch of keys, from a replica
+// that has applied every sell-out the batch's marks name (or the primary),
+// and answers each.
+func (c *cluster) readKeys(batch []*keyLookup) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error("origin: idempotency key lookup panicked", "size", len(batch), "panic", v)
+			for _, k := range batch {
+				select {
+				case <-k.done:
+				default:
+					k.err = errors.New("internal error")
+					close(k.done)
+				}
+			}
+		}
+	}()
+	c.m.keyLookupSize.Observe(float64(len(batch)))
+	// Positions only grow: the newest mark's covers the others.
+	gtid, newest := "", time.Time{}
+	var q strings.Builder
+	args := make([]any, 0, 3*len(batch))
+	q.WriteString("WITH b (i, email, k) AS (VALUES ")
+	for i, k := range batch {
+		if k.mark.until.After(newest) {
+			gtid, newest = k.mark.gtid, k.mark.until
+		}
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?)")
+		args = append(args, i, k.p.Email, []byte(k.p.IdempotencyKey))
+	}
+	q.WriteString(") SELECT b.i, k.request_hash, k.status, k.response FROM b JOIN idempotency_keys k ON k.buyer = b.email AND k.idem_key = b.k")
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PurchaseTimeout)
+	defer cancel()
+	found := make([]*keyLookup, len(batch))
+	err := c.read(ctx, gtid, func(ctx context.Context, db querier) error {
+		clear(found)
+		rows, err := db.QueryContext(ctx, q.String(), args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var i, status int
+			var hash, body []byte
+			if err := rows.Scan(&i, &hash, &status, &body); err != nil {
+				return err
+			}
+			if i < 0 || i >= len(batch) {
+				return fmt.Errorf("key lookup: row for request %d of %d", i, len(batch))
+			}
+			found[i] = &keyLookup{found: true, hash: hash, status: status, body: body}
+		}
+		return rows.Err()
+	})
+	for i, k := range batch {
+		switch {
+		case err != nil:
+			k.err = err
+		case found[i] != nil:
+			k.found, k.hash, k.status, k.body = true, found[i].hash, found[i].status, found[i].body
+		}
+		close(k.done)
+	}
 }

@@ -352,6 +352,7 @@ func TestSoldOutCostsThePrimaryNothing(t *testing.T) {
 	close(work)
 	wg.Wait()
 	replay := buyWithKey(t, s.URL, game, 2, "early@example.com", fmt.Sprintf("g%d-early", game))
+	mismatch := buyWithKey(t, s.URL, game, 1, "early@example.com", fmt.Sprintf("g%d-early", game))
 	after := primaryStatus(t, counters...)
 
 	for i, r := range answers {
@@ -363,12 +364,22 @@ func TestSoldOutCostsThePrimaryNothing(t *testing.T) {
 	if replay.Status != http.StatusCreated || !bytes.Equal(replay.Body, sale.Body) || replay.Header.Get("Idempotency-Replayed") != "true" {
 		t.Errorf("replay of a sale from before the sell-out: %d %s, want %s replayed", replay.Status, replay.Body, sale.Body)
 	}
+	if mismatch.Status != http.StatusUnprocessableEntity {
+		t.Errorf("the key of a sale from before the sell-out, with another body: %d %s, want 422", mismatch.Status, mismatch.Body)
+	}
+	var lookups dto.Metric
+	if err := s.m.keyLookupSize.Write(&lookups); err != nil {
+		t.Fatal(err)
+	}
+	if got := lookups.GetHistogram().GetSampleSum(); got != keyed+2 {
+		t.Errorf("%v keys looked up, want %d", got, keyed+2)
+	}
 	for _, c := range counters {
 		if d := after[c] - before[c]; d*100 >= crowd {
 			t.Errorf("%s on the primary rose by %d during a crowd of %d on a sold-out game, want under 1%%", c, d, crowd)
 		}
 	}
-	for label, want := range map[string]float64{"no_key": crowd - keyed, "new_key": keyed, "replayed_key": 1} {
+	for label, want := range map[string]float64{"no_key": crowd - keyed, "new_key": keyed, "replayed_key": 2} {
 		if got := metricValue(t, s.m.soldOutAnswers.WithLabelValues(label)); got != want {
 			t.Errorf("sold-out short circuits with %s: %v, want %v", label, got, want)
 		}
