@@ -116,7 +116,7 @@ func newMetrics() *metrics {
 	})
 	m.soldOutAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_origin_sold_out_short_circuits_total",
-		Help: "Purchases of a game known sold out answered without a transaction on the primary, by key: no_key, new_key (409, looked up on a replica), replayed_key (the key's stored answer).",
+		Help: "Purchases of a game known sold out answered without a transaction on the primary, by key: no_key, new_key (409, looked up on a replica), stored_key (answered from the key's stored row: its replay, or 422 for another body).",
 	}, []string{"key"})
 	m.keyLookupSize = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "podium_origin_sold_out_key_lookup_size",

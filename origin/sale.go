@@ -1008,7 +1008,7 @@ func (c *cluster) soldOutAnswer(ctx context.Context, p purchaseRequest) (purchas
 		c.m.soldOutAnswers.WithLabelValues("new_key").Inc()
 		return soldOutRefusal(p, 0), true, nil
 	}
-	c.m.soldOutAnswers.WithLabelValues("replayed_key").Inc()
+	c.m.soldOutAnswers.WithLabelValues("stored_key").Inc()
 	return storedAnswer(p, p.hash(), k.hash, k.status, k.body, mark.gtid), true, nil
 }
 

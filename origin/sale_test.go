@@ -379,7 +379,7 @@ func TestSoldOutCostsThePrimaryNothing(t *testing.T) {
 			t.Errorf("%s on the primary rose by %d during a crowd of %d on a sold-out game, want under 1%%", c, d, crowd)
 		}
 	}
-	for label, want := range map[string]float64{"no_key": crowd - keyed, "new_key": keyed, "replayed_key": 2} {
+	for label, want := range map[string]float64{"no_key": crowd - keyed, "new_key": keyed, "stored_key": 2} {
 		if got := metricValue(t, s.m.soldOutAnswers.WithLabelValues(label)); got != want {
 			t.Errorf("sold-out short circuits with %s: %v, want %v", label, got, want)
 		}
