@@ -76,6 +76,8 @@ type cluster struct {
 	log     *slog.Logger
 	m       *metrics
 	primary *sql.DB
+	// sales is the purchase batches' pool on the primary (sale.go).
+	sales *sql.DB
 	// primaryName is host:port of the primary, for logs.
 	primaryName string
 	replicas    []*replica
@@ -97,7 +99,7 @@ type cluster struct {
 // openDB opens a pool for dsn with the driver settings the origin relies on:
 // UTC times, fast dial failure, bounded reads and writes, interpolated
 // parameters (one round trip per statement instead of prepare+execute).
-func openDB(dsn string, conns int, cfg Config, vars map[string]string) (*sql.DB, string, error) {
+func openDB(dsn string, conns int, cfg Config, vars map[string]string, opts ...func(*mysql.Config)) (*sql.DB, string, error) {
 	mc, err := mysql.ParseDSN(dsn)
 	if err != nil {
 		return nil, "", fmt.Errorf("parsing DSN: %w", err)
@@ -115,6 +117,9 @@ func openDB(dsn string, conns int, cfg Config, vars map[string]string) (*sql.DB,
 	mc.Params["time_zone"] = "'+00:00'"
 	for k, v := range vars {
 		mc.Params[k] = v
+	}
+	for _, o := range opts {
+		o(mc)
 	}
 	connector, err := mysql.NewConnector(mc)
 	if err != nil {
@@ -134,21 +139,31 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 	// A purchase that waits this long for another one's lock on the same
 	// Idempotency-Key row gives up with 409 instead of hanging (the InnoDB
 	// default is 50s); a wait on a game row this long is retried.
-	// READ COMMITTED for the session: a purchase batch's BEGIN is then
-	// one round trip, not two (the driver sends SET TRANSACTION first for
-	// a transaction of another level); see takeSeats for why this level.
-	primary, name, err := openDB(cfg.PrimaryDSN, cfg.PrimaryConns, cfg, map[string]string{"innodb_lock_wait_timeout": "5", "tx_isolation": "'READ-COMMITTED'"})
+	primary, name, err := openDB(cfg.PrimaryDSN, cfg.PrimaryConns, cfg, map[string]string{"innodb_lock_wait_timeout": "5"})
 	if err != nil {
 		return nil, fmt.Errorf("primary: %w", err)
 	}
-	c := &cluster{cfg: cfg, log: log, m: m, primary: primary, primaryName: name}
+	// The purchase batches' own pool on the primary, a session per lane
+	// (and as many spare): READ COMMITTED (see takeSeats), autocommit off
+	// so that a batch's first statement begins its transaction, and
+	// several statements per round trip so that its last one stores the
+	// keys, commits and reads the GTID. The parameters are interpolated
+	// and escaped by the driver; no statement text comes from a client.
+	sales, _, err := openDB(cfg.PrimaryDSN, 2*cfg.PurchaseLanes, cfg,
+		map[string]string{"innodb_lock_wait_timeout": "5", "tx_isolation": "'READ-COMMITTED'", "autocommit": "0"},
+		func(mc *mysql.Config) { mc.MultiStatements = true })
+	if err != nil {
+		primary.Close()
+		return nil, fmt.Errorf("primary (purchases): %w", err)
+	}
+	c := &cluster{cfg: cfg, log: log, m: m, primary: primary, sales: sales, primaryName: name}
 	for range cfg.PurchaseLanes {
 		c.sale.lanes = append(c.sale.lanes, &lane{})
 	}
 	c.primaryUp.Store(true) // optimistic until the first check says otherwise
 	// Pool usage (open, in use, idle, waits) as database/sql keeps it:
 	// go_sql_* series labelled db_name.
-	m.reg.MustRegister(collectors.NewDBStatsCollector(primary, "primary"))
+	m.reg.MustRegister(collectors.NewDBStatsCollector(primary, "primary"), collectors.NewDBStatsCollector(sales, "sales"))
 	for i, dsn := range cfg.ReplicaDSNs {
 		db, name, err := openDB(dsn, cfg.ReplicaConns, cfg, nil)
 		if err != nil {
@@ -165,6 +180,7 @@ func newCluster(cfg Config, log *slog.Logger, m *metrics) (*cluster, error) {
 
 func (c *cluster) close() {
 	c.primary.Close()
+	c.sales.Close()
 	for _, r := range c.replicas {
 		r.db.Close()
 	}

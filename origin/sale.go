@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -296,6 +297,15 @@ func (c *cluster) purchaseOnce(ctx context.Context, p purchaseRequest, token, ha
 	return res.outs[0], nil
 }
 
+// saleSession is what a batch runs its statements on: a *sql.Conn of the
+// sales pool, whose session holds the transaction.
+type saleSession interface {
+	querier
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+var _ saleSession = (*sql.Conn)(nil)
+
 // errKeyRace is a batch's Idempotency-Key INSERT colliding with a key that
 // another transaction stored after the batch looked: retried, the batch
 // sees it and replays it.
@@ -335,12 +345,20 @@ type gameSeats struct {
 // batchOnce is one attempt at committing a batch. soldOut lists the games
 // the batch left without a seat, seen under their row lock.
 func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchResult, soldOut []int64, err error) {
-	// A dedicated connection: @@last_gtid after COMMIT is per session.
-	conn, err := c.primary.Conn(ctx)
+	// A dedicated session of the sales pool (autocommit off: the first
+	// statement begins the transaction, one round trip saved; several
+	// statements per round trip at the end). @@last_gtid is per session.
+	conn, err := c.sales.Conn(ctx)
 	if err != nil {
 		return res, nil, err
 	}
-	defer conn.Close()
+	ended := false
+	defer func() {
+		if !ended {
+			endSession(conn)
+		}
+		conn.Close()
+	}()
 	seats := map[int64]*gameSeats{}
 	var ids []int64
 	for _, r := range batch {
@@ -356,20 +374,14 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 	// two batches never wait for each other's rows in a cycle.
 	slices.Sort(ids)
 
-	tx, fast, err := c.takeSeats(ctx, conn, ids, seats)
+	fast, err := takeSeats(ctx, conn, ids, seats)
 	if err != nil {
 		return res, nil, err
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			tx.Rollback() //nolint:errcheck // nothing to do; the session may be gone
-		}
-	}()
 	now := time.Now().UTC().Truncate(time.Microsecond)
 
 	// 2. What the database knows of each request.
-	facts, err := c.batchFacts(ctx, tx, batch, now)
+	facts, err := c.batchFacts(ctx, conn, batch, now)
 	if err != nil {
 		return res, nil, err
 	}
@@ -447,11 +459,11 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 	}
 
 	// 4. Seats, orders, keys.
-	if err := settleSeats(ctx, tx, ids, seats, fast); err != nil {
+	if err := settleSeats(ctx, conn, ids, seats, fast); err != nil {
 		return res, nil, err
 	}
 	if len(sold) > 0 {
-		if err := c.insertOrders(ctx, tx, batch, sold, outs, now); err != nil {
+		if err := c.insertOrders(ctx, conn, batch, sold, outs, now); err != nil {
 			return res, nil, err
 		}
 	}
@@ -459,23 +471,30 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 		outs[i] = duplicateAnswer(batch[i], batch[j], outs[j])
 		past[i] = outs[i].Replayed
 	}
-	if len(keyed) > 0 {
-		if err := c.insertKeys(ctx, tx, batch, keyed, outs, now); err != nil {
-			return res, nil, err
-		}
-	}
 	wrote := len(sold) > 0 || len(keyed) > 0
-	if !wrote {
-		// Nothing to keep: the seats taken are given back by the rollback.
-		tx.Rollback() //nolint:errcheck
-		committed = true
-	} else {
-		if err := tx.Commit(); err != nil {
-			return res, nil, err
+	// The keys, COMMIT (or ROLLBACK when there is nothing to keep: the
+	// seats taken are given back) and the GTIDs, in one round trip.
+	var end strings.Builder
+	var args []any
+	end.WriteString("ROLLBACK")
+	if wrote {
+		end.Reset()
+		if q, a := c.keysStatement(batch, keyed, outs, now); q != "" {
+			end.WriteString(q + "; ")
+			args = a
 		}
-		committed = true
+		end.WriteString("COMMIT")
 	}
-	res = batchResult{outs: outs, wrote: wrote}
+	end.WriteString("; SELECT @@last_gtid, @@gtid_binlog_pos")
+	last, pos, err := finish(ctx, conn, end.String(), args)
+	if err != nil {
+		return res, nil, err
+	}
+	ended = true
+	res = batchResult{outs: outs, wrote: wrote, pos: pos}
+	if wrote {
+		res.gtid = last
+	}
 	if !fast {
 		// No seat left, read under the lock: sold out as of now.
 		for _, id := range ids {
@@ -484,115 +503,86 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 			}
 		}
 	}
-	if wrote || len(soldOut) > 0 || slices.Contains(past, true) {
-		// The GTIDs are a convenience for read-your-writes, and the mark
-		// an optimisation: failing to read them must not turn a
-		// committed sale into an error.
-		var last, pos sql.NullString
-		if err := conn.QueryRowContext(ctx, "SELECT @@last_gtid, @@gtid_binlog_pos").Scan(&last, &pos); err != nil {
-			return res, nil, nil
-		}
-		if wrote {
-			res.gtid = last.String
-		}
-		res.pos = pos.String
-		for i := range outs {
-			switch {
-			case written[i]:
-				outs[i].GTID = last.String
-			case past[i]:
-				// The primary's position covers the original commit,
-				// so a read that waits for it sees it.
-				outs[i].GTID = pos.String
-			}
+	for i := range outs {
+		switch {
+		case written[i]:
+			outs[i].GTID = last
+		case past[i]:
+			// The primary's position covers the original commit, so a
+			// read that waits for it sees it.
+			outs[i].GTID = pos
 		}
 	}
 	return res, soldOut, nil
 }
 
-// takeSeats begins the batch's transaction on conn and takes the games'
-// row locks (step 1). On the fast path one conditional UPDATE takes every
+// takeSeats begins the batch's transaction in db's session and takes the
+// games' row locks (step 1). On the fast path one conditional UPDATE takes every
 // seat asked for (taken = want). When some game has fewer seats left than
 // asked, that UPDATE is rolled back and the rows are read with SELECT ...
 // FOR UPDATE instead (avail = remaining), for settleSeats to take what is
 // handed out; a game without a row has exists false.
-func (c *cluster) takeSeats(ctx context.Context, conn *sql.Conn, ids []int64, seats map[int64]*gameSeats) (_ *sql.Tx, fast bool, err error) {
-	// READ COMMITTED (the session's level, set when the pool connects):
-	// the reads under the locks take no gap locks, so concurrent buyers of
-	// a game queue on its row alone.
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, false, err
-	}
-	defer func() {
-		// A transaction left open would hold conn, whose Close then
-		// waits for ever.
-		if err != nil {
-			tx.Rollback() //nolint:errcheck // the session may be gone
-		}
-	}()
+func takeSeats(ctx context.Context, db saleSession, ids []int64, seats map[int64]*gameSeats) (fast bool, err error) {
+	// The session is READ COMMITTED (set when the pool connects): the
+	// reads under the locks take no gap locks, so concurrent buyers of a
+	// game queue on its row alone.
 	var res sql.Result
 	if len(ids) == 1 {
 		w := seats[ids[0]].want
-		res, err = tx.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", w, ids[0], w)
+		res, err = db.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", w, ids[0], w)
 	} else {
 		byGame, args := caseByID(ids, func(id int64) int64 { return seats[id].want })
 		args = append(args, args...)
 		q := "UPDATE games SET remaining = remaining - " + byGame + " WHERE id IN (" + idList(ids) + ") AND remaining >= " + byGame + " ORDER BY id"
-		res, err = tx.ExecContext(ctx, q, args...)
+		res, err = db.ExecContext(ctx, q, args...)
 	}
 	if err != nil {
-		return nil, false, err
+		return false, err
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return nil, false, err
+		return false, err
 	}
 	if n == int64(len(ids)) {
 		for _, id := range ids {
 			seats[id].taken, seats[id].avail = seats[id].want, seats[id].want
 		}
-		return tx, true, nil
+		return true, nil
 	}
 	if n > 0 {
 		// Some games were taken, some not, and which is not known: undo
 		// and lock them all to read.
-		if err := tx.Rollback(); err != nil {
-			return nil, false, err
+		if _, err := db.ExecContext(ctx, "ROLLBACK"); err != nil {
+			return false, err
 		}
-		again, err := conn.BeginTx(ctx, nil)
-		if err != nil {
-			return nil, false, err
-		}
-		tx = again
 	}
 	for _, id := range ids {
 		seats[id].exists = false
 	}
-	rows, err := tx.QueryContext(ctx, "SELECT id, remaining FROM games WHERE id IN ("+idList(ids)+") ORDER BY id FOR UPDATE")
+	rows, err := db.QueryContext(ctx, "SELECT id, remaining FROM games WHERE id IN ("+idList(ids)+") ORDER BY id FOR UPDATE")
 	if err != nil {
-		return nil, false, err
+		return false, err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var id, remaining int64
 		if err := rows.Scan(&id, &remaining); err != nil {
-			return nil, false, err
+			return false, err
 		}
 		if g := seats[id]; g != nil {
 			g.exists, g.avail = true, remaining
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, false, err
+		return false, err
 	}
-	return tx, false, nil
+	return false, nil
 }
 
 // settleSeats makes the games' rows agree with what the batch sold: on the
 // fast path it gives back the seats taken but not sold; on the slow path
 // it takes the seats sold.
-func settleSeats(ctx context.Context, tx *sql.Tx, ids []int64, seats map[int64]*gameSeats, fast bool) error {
+func settleSeats(ctx context.Context, db saleSession, ids []int64, seats map[int64]*gameSeats, fast bool) error {
 	var change []int64
 	delta := func(id int64) int64 {
 		if g := seats[id]; fast {
@@ -616,7 +606,7 @@ func settleSeats(ctx context.Context, tx *sql.Tx, ids []int64, seats map[int64]*
 		check = " AND remaining >= " + byGame
 		args = append(args, args...)
 	}
-	res, err := tx.ExecContext(ctx, "UPDATE games SET remaining = remaining "+op+" "+byGame+" WHERE id IN ("+idList(change)+")"+check, args...)
+	res, err := db.ExecContext(ctx, "UPDATE games SET remaining = remaining "+op+" "+byGame+" WHERE id IN ("+idList(change)+")"+check, args...)
 	if err != nil {
 		return fmt.Errorf("settling the seats of %d games: %w", len(change), err)
 	}
@@ -656,7 +646,7 @@ func idList(ids []int64) string {
 // of the batch needs for each request. The batch's emails and keys go in
 // as a table of literals, so that the database compares emails as its
 // columns do (utf8mb4_unicode_ci: case and accents aside).
-func (c *cluster) batchFacts(ctx context.Context, tx *sql.Tx, batch []*saleReq, now time.Time) ([]reqFacts, error) {
+func (c *cluster) batchFacts(ctx context.Context, db saleSession, batch []*saleReq, now time.Time) ([]reqFacts, error) {
 	var q strings.Builder
 	args := make([]any, 0, 5*len(batch)+2)
 	q.WriteString("WITH b (i, g, email, k, token) AS (VALUES ")
@@ -684,7 +674,7 @@ LEFT JOIN idempotency_keys k ON k.buyer = b.email AND k.idem_key = b.k
 LEFT JOIN tickets o ON o.order_token = b.token`)
 	hourAgo := now.Add(-time.Hour)
 	args = append(args, hourAgo, hourAgo)
-	rows, err := tx.QueryContext(ctx, q.String(), args...)
+	rows, err := db.QueryContext(ctx, q.String(), args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading the batch's buyers: %w", err)
 	}
@@ -724,7 +714,7 @@ LEFT JOIN tickets o ON o.order_token = b.token`)
 
 // insertOrders writes the orders of the sold requests in one INSERT and
 // fills in their 201 answers.
-func (c *cluster) insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq, sold []int, outs []purchaseOutcome, now time.Time) error {
+func (c *cluster) insertOrders(ctx context.Context, db saleSession, batch []*saleReq, sold []int, outs []purchaseOutcome, now time.Time) error {
 	var q strings.Builder
 	args := make([]any, 0, 5*len(sold))
 	q.WriteString("INSERT INTO tickets (game_id, email, quantity, order_token, created_at) VALUES ")
@@ -736,11 +726,11 @@ func (c *cluster) insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq
 		p := batch[i].p
 		args = append(args, p.GameID, p.Email, p.Quantity, batch[i].token, now)
 	}
-	res, err := tx.ExecContext(ctx, q.String(), args...)
+	res, err := db.ExecContext(ctx, q.String(), args...)
 	if err != nil {
 		return fmt.Errorf("inserting %d orders: %w", len(sold), err)
 	}
-	step, err := c.orderIDStep(ctx, tx)
+	step, err := c.orderIDStep(ctx, db)
 	if err != nil {
 		return err
 	}
@@ -769,7 +759,7 @@ func (c *cluster) insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq
 		args = append(args, batch[i].token)
 	}
 	q.WriteString(")")
-	rows, err := tx.QueryContext(ctx, q.String(), args...)
+	rows, err := db.QueryContext(ctx, q.String(), args...)
 	if err != nil {
 		return fmt.Errorf("reading the ids of %d orders: %w", len(sold), err)
 	}
@@ -798,12 +788,12 @@ func (c *cluster) insertOrders(ctx context.Context, tx *sql.Tx, batch []*saleReq
 
 // orderIDStep returns the step between the ids of a multi-row INSERT of
 // orders, or -1 when they are not consecutive; read once.
-func (c *cluster) orderIDStep(ctx context.Context, tx *sql.Tx) (int64, error) {
+func (c *cluster) orderIDStep(ctx context.Context, db saleSession) (int64, error) {
 	if step := c.autoincStep.Load(); step != 0 {
 		return step, nil
 	}
 	var mode, step int64
-	if err := tx.QueryRowContext(ctx, "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment").Scan(&mode, &step); err != nil {
+	if err := db.QueryRowContext(ctx, "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment").Scan(&mode, &step); err != nil {
 		return 0, fmt.Errorf("reading the primary's auto-increment settings: %w", err)
 	}
 	if mode == 2 || step < 1 {
@@ -817,7 +807,7 @@ func (c *cluster) orderIDStep(ctx context.Context, tx *sql.Tx) (int64, error) {
 // final answer, in one INSERT. A sale's answer is kept the whole TTL; a
 // refusal protects no sale, and is kept only for the client's retries. A
 // 429 for too many keys is stored nowhere.
-func (c *cluster) insertKeys(ctx context.Context, tx *sql.Tx, batch []*saleReq, keyed []int, outs []purchaseOutcome, now time.Time) error {
+func (c *cluster) keysStatement(batch []*saleReq, keyed []int, outs []purchaseOutcome, now time.Time) (string, []any) {
 	var q strings.Builder
 	args := make([]any, 0, 7*len(keyed))
 	q.WriteString("INSERT INTO idempotency_keys (buyer, idem_key, request_hash, status, response, created_at, expires_at) VALUES ")
@@ -840,16 +830,52 @@ func (c *cluster) insertKeys(ctx context.Context, tx *sql.Tx, batch []*saleReq, 
 		args = append(args, p.Email, p.IdempotencyKey, batch[i].hash, out.Status, out.Body, now, expires)
 	}
 	if n == 0 {
-		return nil
+		return "", nil
 	}
-	_, err := tx.ExecContext(ctx, q.String(), args...)
+	return q.String(), args
+}
+
+// finish runs the batch's last round trip, stmts (the keys' INSERT, COMMIT
+// or ROLLBACK, then the GTID query), and returns @@last_gtid and
+// @@gtid_binlog_pos.
+func finish(ctx context.Context, db saleSession, stmts string, args []any) (last, pos string, err error) {
+	rows, err := db.QueryContext(ctx, stmts, args...)
 	if mysqlErrNumber(err) == erDupEntry {
-		return fmt.Errorf("%w: %w", errKeyRace, err)
+		return "", "", fmt.Errorf("%w: %w", errKeyRace, err)
 	}
 	if err != nil {
-		return fmt.Errorf("storing %d idempotency keys: %w", n, err)
+		return "", "", fmt.Errorf("committing: %w", err)
 	}
-	return nil
+	defer rows.Close()
+	for {
+		if cols, err := rows.Columns(); err == nil && len(cols) == 2 {
+			var l, p sql.NullString
+			if rows.Next() {
+				if err := rows.Scan(&l, &p); err != nil {
+					return "", "", fmt.Errorf("reading the commit's GTID: %w", err)
+				}
+			}
+			last, pos = l.String, p.String
+		}
+		if !rows.NextResultSet() {
+			break
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", "", fmt.Errorf("committing: %w", err)
+	}
+	return last, pos, nil
+}
+
+// endSession rolls back whatever a failed batch left open in conn's
+// session; if it cannot, the connection is dropped rather than returned to
+// the pool inside a transaction that holds row locks.
+func endSession(conn *sql.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		conn.Raw(func(any) error { return driver.ErrBadConn }) //nolint:errcheck // the point is the discard
+	}
 }
 
 func orderBody(p purchaseRequest, id int64, created time.Time) []byte {
