@@ -374,14 +374,11 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 	// two batches never wait for each other's rows in a cycle.
 	slices.Sort(ids)
 
-	fast, err := takeSeats(ctx, conn, ids, seats)
-	if err != nil {
-		return res, nil, err
-	}
+	// 2. What the database knows of each request, read in the same round
+	// trip as step 1, under its locks.
 	now := time.Now().UTC().Truncate(time.Microsecond)
-
-	// 2. What the database knows of each request.
-	facts, err := c.batchFacts(ctx, conn, batch, now)
+	fq, fargs := factsQuery(batch, now)
+	fast, facts, err := takeSeats(ctx, conn, ids, seats, fq, fargs, len(batch))
 	if err != nil {
 		return res, nil, err
 	}
@@ -517,66 +514,111 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 }
 
 // takeSeats begins the batch's transaction in db's session and takes the
-// games' row locks (step 1). On the fast path one conditional UPDATE takes every
-// seat asked for (taken = want). When some game has fewer seats left than
-// asked, that UPDATE is rolled back and the rows are read with SELECT ...
-// FOR UPDATE instead (avail = remaining), for settleSeats to take what is
-// handed out; a game without a row has exists false.
-func takeSeats(ctx context.Context, db saleSession, ids []int64, seats map[int64]*gameSeats) (fast bool, err error) {
+// games' row locks (step 1), then runs factsQ (step 2) in the same round
+// trip. On the fast path one conditional UPDATE takes every seat asked for
+// (taken = want). When some game has fewer seats left than asked, that
+// UPDATE is rolled back and the rows are read with SELECT ... FOR UPDATE
+// instead (avail = remaining), and the facts read again under those locks,
+// for settleSeats to take what is handed out; a game without a row has
+// exists false.
+func takeSeats(ctx context.Context, db saleSession, ids []int64, seats map[int64]*gameSeats, factsQ string, factsArgs []any, n int) (fast bool, facts []reqFacts, err error) {
 	// The session is READ COMMITTED (set when the pool connects): the
 	// reads under the locks take no gap locks, so concurrent buyers of a
 	// game queue on its row alone.
-	var res sql.Result
+	var q string
+	var args []any
 	if len(ids) == 1 {
 		w := seats[ids[0]].want
-		res, err = db.ExecContext(ctx, "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", w, ids[0], w)
+		q, args = "UPDATE games SET remaining = remaining - ? WHERE id = ? AND remaining >= ?", []any{w, ids[0], w}
 	} else {
-		byGame, args := caseByID(ids, func(id int64) int64 { return seats[id].want })
-		args = append(args, args...)
-		q := "UPDATE games SET remaining = remaining - " + byGame + " WHERE id IN (" + idList(ids) + ") AND remaining >= " + byGame + " ORDER BY id"
-		res, err = db.ExecContext(ctx, q, args...)
+		byGame, a := caseByID(ids, func(id int64) int64 { return seats[id].want })
+		q, args = "UPDATE games SET remaining = remaining - "+byGame+" WHERE id IN ("+idList(ids)+") AND remaining >= "+byGame+" ORDER BY id", append(a, a...)
 	}
+	var changed int64
+	err = queryResults(ctx, db, q+"; SELECT ROW_COUNT(); "+factsQ, append(args, factsArgs...), func(cols int, rows *sql.Rows) error {
+		switch cols {
+		case 1:
+			if !rows.Next() {
+				return errors.New("ROW_COUNT() returned no row")
+			}
+			return rows.Scan(&changed)
+		case factsColumns:
+			facts, err = scanFacts(rows, n)
+			return err
+		}
+		return nil
+	})
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, err
+	if facts == nil {
+		return false, nil, errors.New("reading the batch's buyers: no result")
 	}
-	if n == int64(len(ids)) {
+	if changed == int64(len(ids)) {
 		for _, id := range ids {
 			seats[id].taken, seats[id].avail = seats[id].want, seats[id].want
 		}
-		return true, nil
+		return true, facts, nil
 	}
-	if n > 0 {
+	if changed > 0 {
 		// Some games were taken, some not, and which is not known: undo
 		// and lock them all to read.
 		if _, err := db.ExecContext(ctx, "ROLLBACK"); err != nil {
-			return false, err
+			return false, nil, err
 		}
 	}
 	for _, id := range ids {
 		seats[id].exists = false
 	}
-	rows, err := db.QueryContext(ctx, "SELECT id, remaining FROM games WHERE id IN ("+idList(ids)+") ORDER BY id FOR UPDATE")
+	err = queryResults(ctx, db, "SELECT id, remaining FROM games WHERE id IN ("+idList(ids)+") ORDER BY id FOR UPDATE; "+factsQ, factsArgs, func(cols int, rows *sql.Rows) error {
+		switch cols {
+		case 2:
+			for rows.Next() {
+				var id, remaining int64
+				if err := rows.Scan(&id, &remaining); err != nil {
+					return err
+				}
+				if g := seats[id]; g != nil {
+					g.exists, g.avail = true, remaining
+				}
+			}
+		case factsColumns:
+			facts, err = scanFacts(rows, n)
+			return err
+		}
+		return nil
+	})
 	if err != nil {
-		return false, err
+		return false, nil, err
+	}
+	if facts == nil {
+		return false, nil, errors.New("reading the batch's buyers: no result")
+	}
+	return false, facts, nil
+}
+
+// queryResults runs the statements of q and hands each result set to
+// read with its number of columns (0 for a statement without rows), which
+// tells the sets of one query apart.
+func queryResults(ctx context.Context, db saleSession, q string, args []any, read func(cols int, rows *sql.Rows) error) error {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
 	}
 	defer rows.Close()
-	for rows.Next() {
-		var id, remaining int64
-		if err := rows.Scan(&id, &remaining); err != nil {
-			return false, err
+	for {
+		cols, err := rows.Columns()
+		if err != nil {
+			return err
 		}
-		if g := seats[id]; g != nil {
-			g.exists, g.avail = true, remaining
+		if err := read(len(cols), rows); err != nil {
+			return err
+		}
+		if !rows.NextResultSet() {
+			break
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return false, err
-	}
-	return false, nil
+	return rows.Err()
 }
 
 // settleSeats makes the games' rows agree with what the batch sold: on the
@@ -642,11 +684,14 @@ func idList(ids []int64) string {
 	return b.String()
 }
 
-// batchFacts reads, in one query under the games' row locks, what step 2
-// of the batch needs for each request. The batch's emails and keys go in
-// as a table of literals, so that the database compares emails as its
-// columns do (utf8mb4_unicode_ci: case and accents aside).
-func (c *cluster) batchFacts(ctx context.Context, db saleSession, batch []*saleReq, now time.Time) ([]reqFacts, error) {
+// factsQuery is the query of step 2: for each request of the batch, in
+// one query run under the games' row locks, its first request by the same
+// email, what that email holds of its game, its keys of the last hour, its
+// key's stored answer and the order of an earlier attempt. The batch's
+// emails and keys go in as a table of literals, so that the database
+// compares emails as its columns do (utf8mb4_unicode_ci: case and accents
+// aside).
+func factsQuery(batch []*saleReq, now time.Time) (string, []any) {
 	var q strings.Builder
 	args := make([]any, 0, 5*len(batch)+2)
 	q.WriteString("WITH b (i, g, email, k, token) AS (VALUES ")
@@ -674,12 +719,15 @@ LEFT JOIN idempotency_keys k ON k.buyer = b.email AND k.idem_key = b.k
 LEFT JOIN tickets o ON o.order_token = b.token`)
 	hourAgo := now.Add(-time.Hour)
 	args = append(args, hourAgo, hourAgo)
-	rows, err := db.QueryContext(ctx, q.String(), args...)
-	if err != nil {
-		return nil, fmt.Errorf("reading the batch's buyers: %w", err)
-	}
-	defer rows.Close()
-	facts := make([]reqFacts, len(batch))
+	return q.String(), args
+}
+
+// factsColumns is how many columns factsQuery returns.
+const factsColumns = 10
+
+// scanFacts reads factsQuery's rows for a batch of n requests.
+func scanFacts(rows *sql.Rows, n int) ([]reqFacts, error) {
+	facts := make([]reqFacts, n)
 	seen := 0
 	for rows.Next() {
 		var i int
@@ -691,8 +739,8 @@ LEFT JOIN tickets o ON o.order_token = b.token`)
 		if err := rows.Scan(&i, &f.buyer, &f.held, &f.keysInHour, &f.oldestKey, &hash, &code, &body, &orderID, &created); err != nil {
 			return nil, fmt.Errorf("reading the batch's buyers: %w", err)
 		}
-		if i < 0 || i >= len(batch) {
-			return nil, fmt.Errorf("reading the batch's buyers: row for request %d of %d", i, len(batch))
+		if i < 0 || i >= n {
+			return nil, fmt.Errorf("reading the batch's buyers: row for request %d of %d", i, n)
 		}
 		if code.Valid {
 			f.stored, f.storedHash, f.storedCode, f.storedBody = true, hash, int(code.Int64), body
@@ -706,8 +754,8 @@ LEFT JOIN tickets o ON o.order_token = b.token`)
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading the batch's buyers: %w", err)
 	}
-	if seen != len(batch) {
-		return nil, fmt.Errorf("reading the batch's buyers: %d rows for %d requests", seen, len(batch))
+	if seen != n {
+		return nil, fmt.Errorf("reading the batch's buyers: %d rows for %d requests", seen, n)
 	}
 	return facts, nil
 }
