@@ -36,8 +36,10 @@ const (
 	DefaultPurchaseBatchMax = 256
 	// DefaultPurchaseLanes is how many batches commit at once: a game's
 	// purchases go to lane id modulo lanes, so buyers spread over many
-	// games share batches, and the primary commits a few at a time.
-	DefaultPurchaseLanes = 4
+	// games share batches, and the primary commits a few at a time
+	// (spread over 624 games, 64 buyers at once: 8 lanes sold 2,053/s
+	// where 4 sold 1,758/s and 1 sold 1,626/s, in runs of 5 s).
+	DefaultPurchaseLanes = 8
 	// DefaultSoldOutTTL is how long a game seen sold out is refused
 	// without the primary before a batch looks again.
 	DefaultSoldOutTTL      = time.Second
