@@ -59,12 +59,14 @@ demo-clean:
 	scripts/demo.sh clean
 
 # The comparison's origin scenario runs on a MariaDB cluster of its own
-# (ports 3317-3319), apart from the demo's.
+# (ports 3317-3319), apart from the demo's; so does scripts/bench-sale.sh,
+# the purchase path against mariadb-slap (bench-results/sale.md).
 BENCH_DB := PODIUM_DB_STATE_DIR=.state/bench-mariadb PODIUM_DB_PRIMARY_PORT=3317 PODIUM_DB_REPLICA1_PORT=3318 PODIUM_DB_REPLICA2_PORT=3319
 
 bench: deps build
 	$(BENCH_DB) scripts/mariadb-cluster.sh start
-	eval "$$($(BENCH_DB) scripts/mariadb-cluster.sh env)" && $(BIN) bench compare; \
+	eval "$$($(BENCH_DB) scripts/mariadb-cluster.sh env)" && $(BIN) bench compare && \
+	  $(BENCH_DB) PODIUM_BIN=$(BIN) scripts/bench-sale.sh; \
 	  status=$$?; $(BENCH_DB) scripts/mariadb-cluster.sh stop; exit $$status
 
 # Checks a running stack (make demo's by default): /ping on edge and
