@@ -17,42 +17,48 @@ import (
 	"time"
 )
 
-// Purchases are committed in batches, one game at a time (issue 16).
+// Purchases are committed in batches (issue 16).
 //
-// Every purchase of a game that this origin receives joins the game's
-// queue. One goroutine per game with buyers waiting (started by the first
-// of them, gone when the queue is empty) takes up to PurchaseBatchMax
-// requests off the front of the queue, commits them in one transaction,
-// hands each its own answer, and takes the next batch: while a batch
-// commits, the next one gathers, as in MariaDB's binlog group commit. There
-// is no timer: a lone buyer is committed at once, and under load a batch is
-// whatever arrived during the previous commit.
+// Every purchase joins a lane: lane game id mod PurchaseLanes. One
+// goroutine per lane with buyers waiting (started by the first of them,
+// gone when the lane is empty) takes up to PurchaseBatchMax requests off
+// the front of the lane, commits them in one transaction, hands each its
+// own answer, and takes the next batch: while a batch commits, the next one
+// gathers, as in MariaDB's binlog group commit. There is no timer: a lone
+// buyer is committed at once, and under load a batch is whatever arrived
+// during the previous commit. Lanes commit side by side; the buyers of
+// many games share a lane's batches.
 //
-// Fairness: the queue is first in, first out, and a batch decides its
-// buyers in the order they joined it, so the buyers of one game that reach
-// one origin are served in arrival order; a buyer refused for lack of seats
-// does not hold up a later one who asks for fewer. Batches of different
-// origins queue on the game's row lock, which InnoDB grants in request
-// order.
+// Fairness: all buyers of a game reach the same lane, which is first in,
+// first out, and a batch decides its buyers in the order they joined it,
+// so the buyers of one game that reach one origin are served in arrival
+// order; a buyer refused for lack of seats does not hold up a later one
+// who asks for fewer. Batches of different origins queue on the game's row
+// lock, which InnoDB grants in request order.
 //
-// One batch is one transaction on the primary, READ COMMITTED:
+// One batch is one transaction on the primary, READ COMMITTED, on a
+// session of the sales pool (autocommit off, several statements per round
+// trip): three round trips in the common case.
 //
 //  1. UPDATE games SET remaining = remaining - Σq WHERE id = ? AND
-//     remaining >= Σq takes the row lock and, in the common case, every
-//     seat the batch asks for. When fewer are left, SELECT ... FOR UPDATE
-//     reads how many, and they are handed out in arrival order.
-//  2. Under that lock (so the checks of one game run one batch at a time,
-//     across origins), one query reads for every request: its order token
-//     (an earlier attempt whose COMMIT answer was lost), its stored
-//     Idempotency-Key answer, what its email already holds of the game, how
-//     many keys the email stored in the last hour, and which requests of
-//     the batch are by the same email (as the database compares emails).
-//  3. Each request gets its outcome in arrival order: a replay, the order
+//     remaining >= Σq (one UPDATE ... CASE over the batch's games, in id
+//     order) takes the row locks and, in the common case, every seat the
+//     batch asks for. In the same round trip, under those locks (so the
+//     checks of one game run one batch at a time, across origins), one
+//     query reads for every request: its order token (an earlier attempt
+//     whose COMMIT answer was lost), its stored Idempotency-Key answer,
+//     what its email already holds of the game, how many keys the email
+//     stored in the last hour, and which requests of the batch are by the
+//     same email (as the database compares emails). When a game has fewer
+//     seats left than asked, the UPDATE is undone and SELECT ... FOR UPDATE
+//     reads the rows instead.
+//  2. Each request gets its outcome in arrival order: a replay, the order
 //     an earlier attempt committed, 429 for too many keys, 404, 409 sold
-//     out or limit per buyer, or a sale.
-//  4. Seats not sold are given back (or, after the FOR UPDATE, the seats
-//     sold are taken), one multi-row INSERT writes the orders, one the
-//     Idempotency-Keys with their final answers, and the batch commits.
+//     out or limit per buyer, or a sale. Seats not sold are given back (or,
+//     after the FOR UPDATE, the seats sold are taken), and one multi-row
+//     INSERT writes the orders.
+//  3. One multi-row INSERT stores the Idempotency-Keys with their final
+//     answers, then COMMIT, then the GTIDs.
 //
 // A batch that fails with a deadlock, a lock wait timeout or a lost
 // connection is retried whole with the same order tokens, so an attempt
