@@ -306,14 +306,7 @@ func TestExpiredIdempotencyKeysAreSwept(t *testing.T) {
 // arrives on the channel; a transport failure as Status -1.
 func buyBehindLock(t *testing.T, base string, game int64, quantity int) (*sql.Tx, <-chan response) {
 	t.Helper()
-	lock, err := tc.primaryDB.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lock.Rollback() }) //nolint:errcheck
-	if _, err := lock.Exec("SELECT remaining FROM games WHERE id = ? FOR UPDATE", game); err != nil {
-		t.Fatal(err)
-	}
+	lock := holdGame(t, game)
 	bought := make(chan response, 1)
 	go func() {
 		body := fmt.Sprintf(`{"quantity": %d, "email": "a@example.com"}`, quantity)

@@ -78,14 +78,64 @@ type saleReq struct {
 	done  chan struct{}
 }
 
-// lane is a queue of purchases waiting for a batch: the games whose id is
-// its index modulo the number of lanes. Safe for concurrent use.
-type lane struct {
+// batchQueue is a first-in, first-out queue of items waiting for a batch,
+// drained by one goroutine at a time. Safe for concurrent use; must not be
+// copied.
+type batchQueue[T comparable] struct {
 	mu      sync.Mutex
-	pending []*saleReq
-	// running is true while the lane's batch goroutine runs.
+	pending []T
+	// running is true while a goroutine drains the queue.
 	running bool
 }
+
+// push appends x, and reports whether the caller must start the draining
+// goroutine (none runs).
+func (q *batchQueue[T]) push(x T) (start bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.pending = append(q.pending, x)
+	start = !q.running
+	q.running = true
+	return start
+}
+
+// drain hands batches of up to max items, in order, to commit until the
+// queue is empty.
+func (q *batchQueue[T]) drain(max int, commit func([]T)) {
+	for {
+		q.mu.Lock()
+		if len(q.pending) == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		n := min(len(q.pending), max)
+		batch := make([]T, n)
+		copy(batch, q.pending)
+		// Copy the rest down so the array does not grow without bound
+		// under a steady stream of arrivals.
+		q.pending = append(q.pending[:0], q.pending[n:]...)
+		q.mu.Unlock()
+		commit(batch)
+	}
+}
+
+// withdraw takes x off the queue if no batch has taken it yet.
+func (q *batchQueue[T]) withdraw(x T) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, y := range q.pending {
+		if y == x {
+			q.pending = append(q.pending[:i], q.pending[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// lane is the queue of the purchases of the games whose id is its index
+// modulo the number of lanes.
+type lane = batchQueue[*saleReq]
 
 // saleBook holds the lanes and the sold-out marks. Safe for concurrent
 // use; must not be copied.
@@ -93,7 +143,7 @@ type saleBook struct {
 	lanes []*lane
 	// soldOut maps a game id to its soldOutMark.
 	soldOut sync.Map
-	lookups keyLookups
+	lookups batchQueue[*keyLookup]
 }
 
 func (b *saleBook) lane(game int64) *lane {
@@ -152,48 +202,14 @@ func (c *cluster) purchase(ctx context.Context, p purchaseRequest) (purchaseOutc
 // none runs.
 func (c *cluster) enqueue(r *saleReq) {
 	l := c.sale.lane(r.p.GameID)
-	l.mu.Lock()
-	l.pending = append(l.pending, r)
-	start := !l.running
-	l.running = true
-	l.mu.Unlock()
-	if start {
-		go c.runLane(l)
+	if l.push(r) {
+		go l.drain(c.cfg.PurchaseBatchMax, c.commitBatch)
 	}
 }
 
 // withdraw takes r off its lane if no batch has taken it yet.
 func (c *cluster) withdraw(r *saleReq) bool {
-	l := c.sale.lane(r.p.GameID)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for i, x := range l.pending {
-		if x == r {
-			l.pending = append(l.pending[:i], l.pending[i+1:]...)
-			return true
-		}
-	}
-	return false
-}
-
-// runLane commits the lane's batches until it is empty.
-func (c *cluster) runLane(l *lane) {
-	for {
-		l.mu.Lock()
-		if len(l.pending) == 0 {
-			l.running = false
-			l.mu.Unlock()
-			return
-		}
-		n := min(len(l.pending), c.cfg.PurchaseBatchMax)
-		batch := make([]*saleReq, n)
-		copy(batch, l.pending)
-		// Copy the rest down so the array does not grow without bound
-		// under a steady stream of buyers.
-		l.pending = append(l.pending[:0], l.pending[n:]...)
-		l.mu.Unlock()
-		c.commitBatch(batch)
-	}
+	return c.sale.lane(r.p.GameID).withdraw(r)
 }
 
 // commitBatch runs one batch and answers every request in it, whatever
@@ -1107,43 +1123,16 @@ type keyLookup struct {
 	done   chan struct{}
 }
 
-// keyLookups queues the keyed purchases of sold-out games: like purchases,
-// they are read in batches, one query for whatever arrived while the last
-// one ran, so a storm of them costs a replica one query per batch rather
-// than two per request (the GTID wait, the read). Safe for concurrent use.
-type keyLookups struct {
-	mu      sync.Mutex
-	pending []*keyLookup
-	running bool
-}
-
-// lookupKey queues k, starting the lookup goroutine when none runs.
+// lookupKey queues k, starting the lookup goroutine when none runs. Like
+// purchases, the keys of sold-out games are read in batches, one query for
+// whatever arrived while the last one ran, so a storm of them costs a
+// replica one query per batch rather than two per request (the GTID wait,
+// the read).
 func (c *cluster) lookupKey(k *keyLookup) {
 	q := &c.sale.lookups
-	q.mu.Lock()
-	q.pending = append(q.pending, k)
-	start := !q.running
-	q.running = true
-	q.mu.Unlock()
-	if !start {
-		return
+	if q.push(k) {
+		go q.drain(c.cfg.PurchaseBatchMax, c.readKeys)
 	}
-	go func() {
-		for {
-			q.mu.Lock()
-			if len(q.pending) == 0 {
-				q.running = false
-				q.mu.Unlock()
-				return
-			}
-			n := min(len(q.pending), c.cfg.PurchaseBatchMax)
-			batch := make([]*keyLookup, n)
-			copy(batch, q.pending)
-			q.pending = append(q.pending[:0], q.pending[n:]...)
-			q.mu.Unlock()
-			c.readKeys(batch)
-		}
-	}()
 }
 
 // readKeys reads the stored answers of a batch of keys, from a replica
