@@ -236,12 +236,28 @@ func TestBatchServesInArrivalOrder(t *testing.T) {
 	s := startServer(t, nil)
 	const seats, buyers = 6, 15
 	game := createGame(t, seats+1)
+	buys := make([]saleBuy, buyers)
+	for i := range buys {
+		buys[i] = saleBuy{game, 1, fmt.Sprintf("fan%02d@example.com", i), http.StatusConflict}
+		if i < seats {
+			buys[i].want = http.StatusCreated
+		}
+	}
+	buyBehindBlocker(t, s, game, buys)
+}
+
+// buyBehindBlocker sends buys one after another, each once the one before
+// has joined its lane, behind a blocker on game's row (startBlocker), so
+// that they gather into one batch; then lets the blocker go and checks
+// each answer's status, and each sale's order row.
+func buyBehindBlocker(t *testing.T, s *testServer, game int64, buys []saleBuy) []response {
+	t.Helper()
 	lock, blocker := startBlocker(t, s, game)
-	answers := make([]response, buyers)
+	answers := make([]response, len(buys))
 	var wg sync.WaitGroup
-	for i := range buyers {
-		wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, game, 1, fmt.Sprintf("fan%02d@example.com", i)) })
-		waitQueued(t, s, game, i+1)
+	for i, b := range buys {
+		wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, b.game, b.qty, b.email) })
+		waitQueued(t, s, b.game, countGame(buys[:i+1], b.game))
 	}
 	lock.Rollback() //nolint:errcheck
 	wg.Wait()
@@ -249,14 +265,15 @@ func TestBatchServesInArrivalOrder(t *testing.T) {
 		t.Fatalf("first buyer: %d %s", r.Status, r.Body)
 	}
 	for i, r := range answers {
-		want := http.StatusConflict
-		if i < seats {
-			want = http.StatusCreated
+		b := buys[i]
+		if r.Status != b.want {
+			t.Errorf("buy %d in arrival order (%d × game %d by %s): %d %s, want %d", i, b.qty, b.game, b.email, r.Status, r.Body, b.want)
 		}
-		if r.Status != want {
-			t.Errorf("buyer %d in arrival order: %d %s, want %d", i, r.Status, r.Body, want)
+		if r.Status == http.StatusCreated {
+			checkOrder(t, r.Body)
 		}
 	}
+	return answers
 }
 
 // startBlocker locks game's row, then buys one seat of it, and returns
@@ -458,28 +475,12 @@ func TestBatchSplitsAroundARequestTheDatabaseRefuses(t *testing.T) {
 			t.Errorf("dropping the test constraint: %v", err)
 		}
 	})
-	lock, blocker := startBlocker(t, s, game)
-	emails := []string{"good0@example.com", poison, "good1@example.com", "good2@example.com"}
-	answers := make([]response, len(emails))
-	var wg sync.WaitGroup
-	for i, email := range emails {
-		wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, game, 2, email) })
-		waitQueued(t, s, game, i+1)
-	}
-	lock.Rollback() //nolint:errcheck
-	wg.Wait()
-	if r := <-blocker; r.Status != http.StatusCreated {
-		t.Fatalf("first buyer: %d %s", r.Status, r.Body)
-	}
-	for i, r := range answers {
-		want := http.StatusCreated
-		if emails[i] == poison {
-			want = http.StatusServiceUnavailable
-		}
-		if r.Status != want {
-			t.Errorf("%s: %d %s, want %d", emails[i], r.Status, r.Body, want)
-		}
-	}
+	buyBehindBlocker(t, s, game, []saleBuy{
+		{game, 2, "good0@example.com", http.StatusCreated},
+		{game, 2, poison, http.StatusServiceUnavailable},
+		{game, 2, "good1@example.com", http.StatusCreated},
+		{game, 2, "good2@example.com", http.StatusCreated},
+	})
 	if n := metricValue(t, s.m.batchSplits); n != 1 {
 		t.Errorf("%v batches split, want 1", n)
 	}
@@ -497,31 +498,8 @@ func TestBatchOfSeveralGames(t *testing.T) {
 
 	// Everything fits: one fast batch over two games, one buyer refused
 	// for the limit (their seats are given back).
-	lock, blocker := startBlocker(t, s, plenty)
 	type buy = saleBuy
-	run := func(buys []buy) {
-		t.Helper()
-		answers := make([]response, len(buys))
-		var wg sync.WaitGroup
-		for i, b := range buys {
-			wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, b.game, b.qty, b.email) })
-			waitQueued(t, s, b.game, countGame(buys[:i+1], b.game))
-		}
-		lock.Rollback() //nolint:errcheck
-		wg.Wait()
-		if r := <-blocker; r.Status != http.StatusCreated {
-			t.Fatalf("first buyer: %d %s", r.Status, r.Body)
-		}
-		for i, r := range answers {
-			if r.Status != buys[i].want {
-				t.Errorf("buy %d (%d × game %d by %s): %d %s, want %d", i, buys[i].qty, buys[i].game, buys[i].email, r.Status, r.Body, buys[i].want)
-			}
-			if r.Status == http.StatusCreated {
-				checkOrder(t, r.Body)
-			}
-		}
-	}
-	run([]buy{
+	buyBehindBlocker(t, s, plenty, []buy{
 		{plenty, 3, "a@example.com", 201},
 		{other, 4, "b@example.com", 201},
 		{plenty, 2, "A@example.com", 409}, // a@ would hold 5 > 4
@@ -540,8 +518,7 @@ func TestBatchOfSeveralGames(t *testing.T) {
 	// And the orders' ids are read back by token, as on a primary whose
 	// multi-row INSERTs do not number rows consecutively.
 	s.db.autoincStep.Store(-1)
-	lock, blocker = startBlocker(t, s, plenty)
-	run([]buy{
+	buyBehindBlocker(t, s, plenty, []buy{
 		{scarce, 1, "d@example.com", 201},
 		{plenty, 2, "e@example.com", 201},
 		{scarce, 2, "f@example.com", 201},
