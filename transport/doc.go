@@ -25,8 +25,8 @@
 // The fast path is an optimisation, not a requirement. Elsewhere than
 // Linux, or built with the tag portable, client connections are plain
 // net.Conns with the same write timeout (plainClientConn) and upstream
-// connections are the dialled net.Conn as it is, whose deadlines Do sets
-// on every request; a request that finds its pooled connection closed by
-// the upstream is then not sent again on a fresh one (see Upstream.Do),
-// and fails to the caller's retry policy.
+// connections are the dialled net.Conn, whose deadlines Do sets on every
+// request, wrapped only to keep the behaviour: a request that finds its
+// pooled connection closed by the upstream is sent again on a fresh one
+// under the same rule (plainUpstreamConn, exchangeState; see Upstream.Do).
 package transport

@@ -5,7 +5,6 @@ package transport
 import (
 	"errors"
 	"net"
-	"os"
 	"syscall"
 	"unsafe"
 )
@@ -19,12 +18,6 @@ func rawTCP(c net.Conn) (tc *net.TCPConn, raw syscall.RawConn, ok bool) {
 	}
 	raw, err := tc.SyscallConn()
 	return tc, raw, err == nil
-}
-
-// sockError is a failed system call on a socket as net.Conn reports it
-// ("read tcp A->B: ...").
-func sockError(op string, errno error, local, peer net.Addr) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: local, Addr: peer, Err: os.NewSyscallError(op, errno)}
 }
 
 // relabel makes RawConn's "raw-read" errors read like any other read error

@@ -34,14 +34,15 @@ type Observer interface {
 }
 
 // pooledConn is what Do needs of a pooled connection beyond net.Conn, to
-// save its system calls and to send a request again when the upstream
-// closed the connection under it. The Linux upstreamConn has it; a plain
-// net.Conn (the portable path, a test's in-memory dialer) does not, and
-// Do then sets its deadlines on every request and never resends.
+// send a request again when the upstream closed the connection under it,
+// and on Linux to save its system calls. Dialer's connections have it: the
+// Linux upstreamConn and the portable plainUpstreamConn. A connection made
+// by another dialer (a test's in-memory one) does not, and Do then sets
+// its deadlines on every request and never resends on it.
 type pooledConn interface {
 	net.Conn
 	// begin starts an exchange; with check, a reused connection is first
-	// checked for a close by the upstream.
+	// checked for a close by the upstream (see exchangeState.start).
 	begin(check bool) error
 	// arm sets the deadlines of an exchange that must end by d, timeout
 	// from its start.
@@ -54,6 +55,57 @@ type pooledConn interface {
 	// markReused marks the connection as one an exchange got its answer on.
 	markReused()
 }
+
+// exchangeState is what the exchange in progress on a pooled connection
+// has done, for Do's decision to send its request again on a fresh
+// connection. Both kinds of pooledConn embed it and record wrote and
+// answered as bytes really leave and arrive, so the rule of when a
+// request may be sent twice is this one, whatever the connection.
+type exchangeState struct {
+	reused   bool // an earlier exchange on this socket got its answer
+	wrote    bool // some byte of this exchange's request went into the socket
+	answered bool // some byte of its answer came back
+}
+
+// start begins an exchange and says whether the connection must first be
+// checked for a close by the upstream while it sat in the pool: only a
+// connection an earlier exchange used, and only when the caller asks
+// (check, for a request that must not be sent twice). A closed one is
+// found before the request is sent, errUpstreamClosed, so the request
+// provably never reached the upstream. The check narrows the window in
+// which such a request can be lost to an idle close to the moment between
+// the check and the send; a request that may be sent twice needs none,
+// since Do resends it after a failure.
+func (s *exchangeState) start(check bool) bool {
+	s.wrote, s.answered = false, false
+	return check && s.reused
+}
+
+// stale says whether the exchange that just failed may be sent again on a
+// fresh connection, as if it had not been tried: it failed on a
+// connection an earlier exchange used, before any byte of its answer came,
+// and it may be sent twice (replayable) or provably never left the edge.
+// That is the upstream closing a pooled connection, at its keep-alive
+// timeout or on a restart, just before or as the edge used it. nginx
+// likewise does not count a failure on a cached connection as a try
+// (ngx_http_upstream_next), and Go's Transport resends on a new
+// connection (persistConn.shouldRetryRequest).
+func (s *exchangeState) stale(replayable bool) bool {
+	return s.reused && !s.answered && (replayable || !s.wrote)
+}
+
+// markReused records that an exchange got its answer on the connection,
+// so a later failure on it may be the upstream closing it while it sat in
+// the pool.
+func (s *exchangeState) markReused() { s.reused = true }
+
+// errUpstreamClosed is a pooled connection found closed by the upstream
+// before a request was sent on it.
+var errUpstreamClosed = errors.New("the upstream had closed the pooled connection")
+
+// errIdleBytes is a pooled connection the upstream sent bytes on while it
+// sat idle: whatever they are, the connection's framing is lost.
+var errIdleBytes = errors.New("the upstream sent bytes on an idle connection")
 
 // Do sends req to the upstream over one of its pooled keep-alive
 // connections and reads the answer into resp, giving up at start+timeout.
@@ -72,7 +124,7 @@ type pooledConn interface {
 // A request that fails on a pooled connection an earlier request used,
 // before any byte of its answer, is sent again at once on a fresh
 // connection to the same upstream, where that cannot do its work twice
-// (pooledConn.stale): replayable says it may be sent twice (an idempotent
+// (exchangeState.stale), on every system: replayable says it may be sent twice (an idempotent
 // method, or an Idempotency-Key); anything else only when it provably
 // never left the edge. That is an upstream closing an idle keep-alive
 // connection (Node's keepAliveTimeout is 5 s by default) as the edge took
@@ -182,8 +234,9 @@ func (u *Upstream) exchange(conn net.Conn, pc pooledConn, req *fasthttp.Request,
 }
 
 // Dialer is a HostClient.Dial that connects within timeout and wraps each
-// TCP connection so that Do saves its system calls (see upstreamConn); on
-// systems without them the connection is returned as it is.
+// connection so that Do can send a request again when the upstream closed
+// the connection under it, and on Linux save its system calls: an
+// upstreamConn there, a plainUpstreamConn elsewhere.
 func Dialer(timeout time.Duration) fasthttp.DialFunc {
 	return func(addr string) (net.Conn, error) {
 		c, err := fasthttp.DialTimeout(addr, timeout)

@@ -79,11 +79,7 @@ type upstreamConn struct {
 	sent       bool
 	blocked    bool
 
-	// What the exchange in progress has done, for Upstream.Do's decision
-	// to send its request again on a fresh connection (see stale).
-	reused   bool // an earlier exchange on this socket got its answer
-	wrote    bool // some byte of this exchange's request went into the socket
-	answered bool // some byte of its answer came back
+	exchangeState
 	onProbe  func(fd uintptr)
 	probeErr error
 
@@ -107,24 +103,11 @@ func newUpstreamConn(c net.Conn) net.Conn {
 	return uc
 }
 
-// errUpstreamClosed is a pooled connection found closed by the upstream
-// before a request was sent on it.
-var errUpstreamClosed = errors.New("the upstream had closed the pooled connection")
-
-// begin starts an exchange. With check, a connection an earlier exchange
-// used is first checked for a close by the upstream while it sat in the
-// pool, and if it was closed, begin returns errUpstreamClosed and the
-// request is not sent: provably, it never reached the upstream.
-//
-// The check is one recvfrom(2) with MSG_PEEK: a FIN or reset that came
-// while the connection was idle is waiting there. It narrows the window
-// in which a request that must not be sent twice can be lost to an idle
-// close to the microseconds between the check and the send. A request
-// that may be sent twice needs no check (Do resends it after a
-// failure), so only the others pay for the system call.
+// begin starts an exchange, first checking the connection for a close by
+// the upstream where exchangeState.start asks: one recvfrom(2) with
+// MSG_PEEK, for a FIN or reset that came while the connection was idle.
 func (c *upstreamConn) begin(check bool) error {
-	c.wrote, c.answered = false, false
-	if !check || !c.reused {
+	if !c.start(check) {
 		return nil
 	}
 	c.probeErr = nil
@@ -138,40 +121,17 @@ func (c *upstreamConn) probe(fd uintptr) {
 	var b [1]byte
 	for {
 		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		switch {
-		case e == syscall.EINTR:
+		if e == syscall.EINTR {
 			continue
-		case e == syscall.EAGAIN:
-			return // nothing waiting: the connection is open
-		case e != 0:
-			c.probeErr = c.opError("read", e)
-		case n == 0:
-			c.probeErr = errUpstreamClosed
-		default:
-			// Bytes nobody asked for: whatever they are, this connection's
-			// framing is lost.
-			c.probeErr = errors.New("the upstream sent bytes on an idle connection")
 		}
+		var err error
+		if e != 0 {
+			err = e
+		}
+		c.probeErr = peeked(int(n), err, c.local, c.peer)
 		return
 	}
 }
-
-// stale says whether the exchange that just failed may be sent again on a
-// fresh connection, as if it had not been tried: it failed on a
-// connection an earlier exchange used, before any byte of its answer came,
-// and it may be sent twice (replayable) or provably never left the edge.
-// That is the upstream closing a pooled connection, at its keep-alive
-// timeout or on a restart, just before or as the edge used it. nginx
-// likewise does not count a failure on a cached connection as a try
-// (ngx_http_upstream_next), and Go's Transport resends on a new
-// connection (persistConn.shouldRetryRequest).
-func (c *upstreamConn) stale(replayable bool) bool {
-	return c.reused && !c.answered && (replayable || !c.wrote)
-}
-
-// markReused records that an exchange got its answer on c, so a later
-// failure on it may be the upstream closing it while it sat in the pool.
-func (c *upstreamConn) markReused() { c.reused = true }
 
 // redial replaces c's socket by a new connection to the same upstream,
 // made by dial, so that c keeps its place in the HostClient's pool (and
@@ -190,7 +150,7 @@ func (c *upstreamConn) redial(dial func() (net.Conn, error)) error {
 	}
 	c.tc, c.raw, c.local, c.peer = fresh.tc, fresh.raw, fresh.local, fresh.peer
 	c.writeDL, c.appliedDL, c.readDL = time.Time{}, time.Time{}, time.Time{}
-	c.reused, c.wrote, c.answered = false, false, false
+	c.exchangeState = exchangeState{}
 	return nil
 }
 
