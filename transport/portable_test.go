@@ -1,11 +1,14 @@
 package transport
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -119,6 +122,22 @@ func TestClientReadDeadline(t *testing.T) {
 	}
 }
 
+// upstreamDial is Dialer, or with plain a dialer of the portable
+// plainUpstreamConn, which Dialer makes only where upstreamConn does not
+// run.
+func upstreamDial(plain bool) fasthttp.DialFunc {
+	if !plain {
+		return Dialer(time.Second)
+	}
+	return func(addr string) (net.Conn, error) {
+		c, err := fasthttp.DialTimeout(addr, time.Second)
+		if err != nil {
+			return nil, err
+		}
+		return &plainUpstreamConn{Conn: c}, nil
+	}
+}
+
 // observed records what an Upstream's Duration is given.
 type observed struct{ n atomic.Int64 }
 
@@ -144,10 +163,7 @@ func TestUpstreamDo(t *testing.T) {
 			}}
 			go srv.Serve(ln)
 			t.Cleanup(func() { srv.Shutdown() })
-			dial := Dialer(time.Second)
-			if m.plain {
-				dial = func(addr string) (net.Conn, error) { return fasthttp.DialTimeout(addr, time.Second) }
-			}
+			dial := upstreamDial(m.plain)
 			var took observed
 			var conns atomic.Int64
 			u := &Upstream{Duration: &took, Client: &fasthttp.HostClient{Addr: ln.Addr().String(),
@@ -183,5 +199,192 @@ func TestUpstreamDo(t *testing.T) {
 				t.Errorf("Duration observed %d times after a timeout, want still 20", got)
 			}
 		})
+	}
+}
+
+// closingServer answers the first request on each connection. Then, with
+// idleClose, it closes the connection at once, as an upstream does whose
+// keep-alive timeout ends while the connection sits in the edge's pool
+// (and says so on closed); otherwise it reads the next request and closes
+// the connection without answering, as one does whose timeout ends just
+// as the request arrives, or with partial after the first line of an
+// answer. With never it answers nothing.
+type closingServer struct {
+	addr      string
+	idleClose bool
+	partial   bool
+	never     bool
+	closed    chan struct{}
+	mu        sync.Mutex
+	arrived   map[string]int // path: times it arrived
+}
+
+func newClosingServer(t *testing.T, idleClose, partial, never bool) *closingServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	s := &closingServer{addr: ln.Addr().String(), idleClose: idleClose, partial: partial, never: never,
+		closed: make(chan struct{}, 16), arrived: map[string]int{}}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.serve(c)
+		}
+	}()
+	return s
+}
+
+func (s *closingServer) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for n := 1; ; n++ {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		s.mu.Lock()
+		s.arrived[req.URL.Path]++
+		s.mu.Unlock()
+		if n > 1 || s.never {
+			if s.partial {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+			}
+			return // read, never answered in full
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		if s.idleClose {
+			c.Close()
+			s.closed <- struct{}{}
+			return
+		}
+	}
+}
+
+func (s *closingServer) count(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.arrived[path]
+}
+
+// Upstream.Do over either kind of pooled connection sends a request again
+// on a fresh connection, once, after the upstream closed the pooled one
+// under it, where that cannot do its work twice: a replayable request
+// that failed before any byte of its answer, and any request found closed
+// before it was sent. A request that may not be sent twice and reached
+// the upstream is not, and neither is one whose answer had begun or that
+// failed on a fresh connection.
+func TestUpstreamResendsOnStaleConnection(t *testing.T) {
+	cases := []struct {
+		name                      string
+		idleClose, partial, never bool
+		replayable                bool
+		wantErr                   bool
+		arrivals, resent          int
+	}{
+		{"replayable, closed as it arrived: resent", false, false, false, true, false, 2, 1},
+		{"not replayable, closed as it arrived: not resent", false, false, false, false, true, 1, 0},
+		{"not replayable, closed while idle: found before sending, resent", true, false, false, false, false, 1, 1},
+		{"replayable, closed while idle: resent", true, false, false, true, false, 1, 1},
+		{"replayable, closed once the answer began: not resent", false, true, false, true, true, 1, 0},
+		{"replayable, fresh connection fails: not resent", false, false, true, true, true, 1, 0},
+	}
+	for _, m := range modes {
+		for _, tc := range cases {
+			t.Run(m.name+"/"+tc.name, func(t *testing.T) {
+				s := newClosingServer(t, tc.idleClose, tc.partial, tc.never)
+				var resent, dials atomic.Int64
+				dial := upstreamDial(m.plain)
+				u := &Upstream{Resent: func() { resent.Add(1) }, Client: &fasthttp.HostClient{Addr: s.addr,
+					Dial: func(addr string) (net.Conn, error) { dials.Add(1); return dial(addr) }}}
+				req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+				defer fasthttp.ReleaseRequest(req)
+				defer fasthttp.ReleaseResponse(resp)
+				if !tc.never {
+					req.SetRequestURI("http://" + s.addr + "/warm")
+					if _, err := u.Do(req, resp, time.Now(), 5*time.Second, true); err != nil || string(resp.Body()) != "ok" {
+						t.Fatalf("warming request: %v, body %q", err, resp.Body())
+					}
+					if tc.idleClose {
+						<-s.closed
+					}
+				}
+				req.SetRequestURI("http://" + s.addr + "/case")
+				req.Header.SetMethod("POST")
+				req.SetBodyString("{}")
+				_, err := u.Do(req, resp, time.Now(), 5*time.Second, tc.replayable)
+				if tc.wantErr != (err != nil) {
+					t.Errorf("Do = %v, want an error %v", err, tc.wantErr)
+				}
+				if err == nil && string(resp.Body()) != "ok" {
+					t.Errorf("body %q, want ok", resp.Body())
+				}
+				if got := s.count("/case"); got != tc.arrivals {
+					t.Errorf("the request reached the upstream %d times, want %d", got, tc.arrivals)
+				}
+				if got := resent.Load(); got != int64(tc.resent) {
+					t.Errorf("Resent called %d times, want %d", got, tc.resent)
+				}
+				if want := int64(1 + tc.resent); dials.Load() != want {
+					t.Errorf("dialled %d connections, want %d", dials.Load(), want)
+				}
+			})
+		}
+	}
+}
+
+// Both checks of an idle connection, the non-blocking peek and the short
+// read of systems without one, tell an open connection from one the
+// upstream closed or sent unasked-for bytes on.
+func TestProbe(t *testing.T) {
+	checks := []struct {
+		name  string
+		check func(net.Conn) error
+	}{{"probe", probe}, {"readProbe", readProbe}}
+	peers := []struct {
+		name string
+		peer func(net.Conn)
+		want error
+	}{
+		{"open", func(net.Conn) {}, nil},
+		{"closed", func(p net.Conn) { p.Close() }, errUpstreamClosed},
+		{"bytes", func(p net.Conn) { p.Write([]byte("x")) }, errIdleBytes},
+	}
+	for _, ck := range checks {
+		for _, pc := range peers {
+			t.Run(ck.name+"/"+pc.name, func(t *testing.T) {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				p, err := ln.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer p.Close()
+				pc.peer(p)
+				got := ck.check(c)
+				// A FIN or a byte the peer sent may still be on its way:
+				// check until the check sees something, for 5 s at most.
+				for end := time.Now().Add(5 * time.Second); got == nil && pc.want != nil && time.Now().Before(end); {
+					got = ck.check(c)
+				}
+				if !errors.Is(got, pc.want) {
+					t.Errorf("%s on a connection whose peer is %s = %v, want %v", ck.name, pc.name, got, pc.want)
+				}
+			})
+		}
 	}
 }

@@ -1,4 +1,4 @@
-//go:build unix && (!linux || portable)
+//go:build unix
 
 package transport
 
@@ -7,7 +7,7 @@ import (
 	"syscall"
 )
 
-// probe checks an idle pooled connection for a close by the upstream as
+// probe checks an idle plainUpstreamConn for a close by the upstream as
 // the Linux upstreamConn does, with one recvfrom(2) with MSG_PEEK that does
 // not wait (Go's sockets are non-blocking); a connection without a raw
 // socket is checked by readProbe.
