@@ -36,7 +36,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
 
-test: deps consul lint test-race test-go
+test: deps consul lint test-race test-go test-portable
 	scripts/fuzz.sh $(CI_FUZZTIME)
 
 # Every Fuzz target in the module for FUZZTIME each; make test runs them
@@ -51,6 +51,13 @@ test-race:
 
 test-go:
 	$(GO) test -count=1 -timeout 20m $(GOTESTFLAGS) ./...
+
+# The socket layer's portable fallback (what runs elsewhere than Linux)
+# and the proxy on it, built here with the tag that forces it: the edge
+# behaves the same on both.
+.PHONY: test-portable
+test-portable:
+	$(GO) test -count=1 -tags portable $(GOTESTFLAGS) ./transport/ ./proxy/
 
 demo: deps build
 	scripts/demo.sh

@@ -1,5 +1,13 @@
 //go:build linux
 
+// These tests need a client that takes bytes slower than the edge sends
+// them, with nothing hiding in socket buffers: internal/sockettest makes
+// one with SO_RCVBUF and TCP_MAXSEG set as Linux reads them (it doubles
+// the buffer asked for; loopback's segments are 64 KiB; Windows has no
+// TCP_MAXSEG), which is why they are Linux's. What they check is not: they
+// build with the tag portable too, and make test-portable runs them on
+// the fallback's connections.
+
 package proxy
 
 import (

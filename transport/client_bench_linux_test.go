@@ -1,5 +1,7 @@
 //go:build !portable
 
+// Benchmarks of clientConn, which only the native Linux build has.
+
 package transport
 
 import (

@@ -1,5 +1,9 @@
 //go:build !portable
 
+// Tests of upstreamConn, the Linux upstream connection, which only the
+// native Linux build has; portable_test.go runs what both connections
+// share on both.
+
 package transport
 
 import (

@@ -1,5 +1,9 @@
 //go:build !portable
 
+// Tests of clientConn's lazy write deadline, which only the native Linux
+// build has (the portable connection sets one per chunk); its small
+// socket buffers are Linux's too (internal/sockettest).
+
 package transport
 
 import (
