@@ -359,21 +359,9 @@ func TestProbe(t *testing.T) {
 	for _, ck := range checks {
 		for _, pc := range peers {
 			t.Run(ck.name+"/"+pc.name, func(t *testing.T) {
-				ln, err := net.Listen("tcp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer ln.Close()
-				c, err := net.Dial("tcp", ln.Addr().String())
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				p, err := ln.Accept()
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer p.Close()
+				// c is a plain TCP connection, as dialled; the accepted
+				// end plays the upstream.
+				p, c := acceptPair(t, &Listener{plain: true})
 				pc.peer(p)
 				got := ck.check(c)
 				// A FIN or a byte the peer sent may still be on its way:
