@@ -712,7 +712,11 @@ func idList(ids []int64) string {
 // key's stored answer and the order of an earlier attempt. The batch's
 // emails and keys go in as a table of literals, so that the database
 // compares emails as its columns do (utf8mb4_unicode_ci: case and accents
-// aside).
+// aside). Both lookups by email name their index: the optimizer does not
+// see that a column of the literal table can key an index, and alone it
+// took tickets_game for what a buyer holds, reading every order of the
+// game for every request. On a hot game with 90,000 orders that made a
+// batch take 220 ms instead of a few.
 func factsQuery(batch []*saleReq, now time.Time) (string, []any) {
 	var q strings.Builder
 	args := make([]any, 0, 5*len(batch)+2)
@@ -731,7 +735,7 @@ func factsQuery(batch []*saleReq, now time.Time) (string, []any) {
 	q.WriteString(`)
 SELECT b.i,
   (SELECT MIN(b2.i) FROM b b2 WHERE b2.email = b.email),
-  (SELECT COALESCE(SUM(t.quantity), 0) FROM tickets t WHERE t.game_id = b.g AND t.email = b.email),
+  (SELECT COALESCE(SUM(t.quantity), 0) FROM tickets t FORCE INDEX (tickets_game_email) WHERE t.game_id = b.g AND t.email = b.email),
   IF(b.k IS NULL, 0, (SELECT COUNT(*) FROM idempotency_keys h FORCE INDEX (idempotency_keys_buyer_created) WHERE h.buyer = b.email AND h.created_at > ?)),
   IF(b.k IS NULL, NULL, (SELECT MIN(h.created_at) FROM idempotency_keys h FORCE INDEX (idempotency_keys_buyer_created) WHERE h.buyer = b.email AND h.created_at > ?)),
   k.request_hash, k.status, k.response,
