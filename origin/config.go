@@ -36,10 +36,13 @@ const (
 	DefaultPurchaseBatchMax = 256
 	// DefaultPurchaseLanes is how many batches commit at once: a game's
 	// purchases go to lane id modulo lanes, so buyers spread over many
-	// games share batches, and the primary commits a few at a time
-	// (spread over 624 games, 64 buyers at once: 8 lanes sold 2,053/s
-	// where 4 sold 1,758/s and 1 sold 1,626/s, in runs of 5 s).
-	DefaultPurchaseLanes = 8
+	// games share batches. One lane makes the largest batches, and the
+	// primary's CPU per purchase falls with the batch: spread over 624
+	// games, 64 buyers at once, origin direct on a quiet machine, 1 lane
+	// sold 3,946/s (batches of 32), 2 lanes 3,545/s, 4 lanes 2,868/s and
+	// 8 lanes 2,417/s (batches of 4.5), runs of 8 s. More lanes pay only
+	// where the primary has cores to spare and commits are slow.
+	DefaultPurchaseLanes = 1
 	// DefaultSoldOutTTL is how long a game seen sold out is refused
 	// without the primary before a batch looks again.
 	DefaultSoldOutTTL      = time.Second
