@@ -100,8 +100,8 @@ func (s *Server) readGTID(r *http.Request) (gtid, problem string) {
 
 // The listing's times are bounded by MariaDB's DATETIME, 1000-01-01 to
 // 9999-12-31 (the range the server documents as supported): outside it the
-// driver cannot even encode a parameter (year 0, year 10000), and issue 22.3
-// showed what a failed encoding did to the replicas.
+// driver cannot even encode a parameter (year 0, year 10000), and a failed
+// encoding used to set every replica aside as if it had failed.
 var (
 	minListingTime = time.Date(1000, 1, 1, 0, 0, 0, 0, time.UTC)
 	maxListingTime = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)

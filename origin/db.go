@@ -60,7 +60,7 @@ type replica struct {
 	// gtidWaits holds a token per MASTER_GTID_WAIT running on this
 	// replica: each holds a connection for up to GTIDWait, so without a
 	// bound a few dozen requests a second presenting GTIDs the replica has
-	// not applied would take its whole pool (issue 22.4).
+	// not applied would take its whole pool.
 	gtidWaits chan struct{}
 }
 
@@ -381,7 +381,7 @@ func (c *cluster) read(ctx context.Context, gtid string, fn func(context.Context
 				break
 			}
 			if !replicaFault(err) {
-				// The read itself failed (issue 22.3: a parameter the
+				// The read itself failed (say, a parameter the
 				// driver could not encode): it would fail the same on
 				// every replica, and setting them all aside would turn
 				// one bad request into an outage. The primary gets one

@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-// Purchases are committed in batches (issue 16).
+// Purchases are committed in batches.
 //
 // Every purchase joins a lane: lane game id mod PurchaseLanes. One
 // goroutine per lane with buyers waiting (started by the first of them,
@@ -978,7 +978,8 @@ func storedAnswer(p purchaseRequest, hash, storedHash []byte, status int, body [
 		})}
 	}
 	if status == 0 {
-		// A claim by an origin from before issue 16, still in flight.
+		// A claim by an origin that predates batches (one that inserted the
+		// key first and commits its answer later), still in flight.
 		return purchaseOutcome{Status: http.StatusConflict, Result: "key_in_flight", Body: jsonBody(errorBody{
 			Error:     "a request with this Idempotency-Key is still being processed; retry with the same key in a few seconds to get its result",
 			RequestID: p.RequestID,

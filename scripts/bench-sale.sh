@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-sale.sh: issue 16's purchase-path measurement, in one run.
+# bench-sale.sh: the purchase path against the database's own rate, in one run.
 #
 # On one MariaDB cluster (the DSNs of `scripts/mariadb-cluster.sh env` in
 # the environment, and PODIUM_DB_STATE_DIR naming its state dir, as
@@ -144,7 +144,7 @@ def sold(name):
     return x["statuses"].get("201", 0) / (x["elapsed_ns"] / 1e9)
 def ms(name, p):
     return r(name)["latency"][f"{p}_us"] / 1000
-print(f"# Purchases (issue 16), load average before the run {load}\n")
+print(f"# Purchases, load average before the run {load}\n")
 print("| path | one hot game, purchases/s | × raw | spread over 624 games, purchases/s | × raw |")
 print("|---|---|---|---|---|")
 print(f"| mariadb-slap c=32 (raw) | {raw_hot} | 1.00 | {raw_spread} | 1.00 |")

@@ -6,7 +6,8 @@
 # with every 10th answer of every upstream delayed 5 s. The edge must retry
 # the slow ones elsewhere, and the requests answered at the first try must
 # keep a p99 under 2x the baseline's. Writes bench-results/slow-origin-*.
-# Upstreams and generator on CPU 0, the edge on CPU 1 (DESIGN.md).
+# Upstreams and generator on CPU 0, the edge on CPU 1, as make bench pins
+# them, so the edge's CPU is its own.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
