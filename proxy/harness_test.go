@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -194,22 +195,35 @@ func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slo
 	return e
 }
 
+// healthyWait bounds the wait for the first probes to pass. It stops a
+// hang and asserts no speed: on a loaded two-core machine a test with a
+// probe a second and rise 2 took over 3 s to see its upstream up.
+const healthyWait = 30 * time.Second
+
 func (e *testEdge) waitHealthy(t testing.TB, n int) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(healthyWait)
+	var down []string
 	for time.Now().Before(deadline) {
 		up := 0
+		down = down[:0]
 		for _, h := range e.p.Pool().Hosts() {
 			if h.Healthy() {
 				up++
+				continue
 			}
+			why := "no probe yet"
+			if pr := h.LastProbe(); pr != nil {
+				why = fmt.Sprintf("last probe %+v", *pr)
+			}
+			down = append(down, h.Addr+": "+why)
 		}
 		if up == n {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("upstreams did not all come up within 3s")
+	t.Fatalf("upstreams did not all come up within %v: %v", healthyWait, down)
 }
 
 // waitChange waits for the prober to take the upstream at addr up or
