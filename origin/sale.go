@@ -430,17 +430,21 @@ func (c *cluster) batchOnce(ctx context.Context, batch []*saleReq) (res batchRes
 			held[h] = f.held
 		}
 		if p.IdempotencyKey != "" {
+			// A key stored before this batch answers every use of it from
+			// the stored row, each compared with what was stored: a
+			// genuine retry behind a mismatched use of the same key is a
+			// replay, not a duplicate of the mismatch.
+			if f.stored {
+				outs[i] = storedAnswer(p, r.hash, f.storedHash, f.storedCode, f.storedBody, "")
+				past[i] = outs[i].Replayed
+				continue
+			}
 			kk := strconv.Itoa(f.buyer) + "\x00" + p.IdempotencyKey
 			if j, ok := firstKey[kk]; ok {
 				dupOf[i] = j
 				continue
 			}
 			firstKey[kk] = i
-			if f.stored {
-				outs[i] = storedAnswer(p, r.hash, f.storedHash, f.storedCode, f.storedBody, "")
-				past[i] = outs[i].Replayed
-				continue
-			}
 		}
 		if f.orderID != 0 {
 			// An earlier attempt of this request committed; its answer
