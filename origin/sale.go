@@ -212,6 +212,12 @@ func (c *cluster) withdraw(r *saleReq) bool {
 	return c.sale.lane(r.p.GameID).withdraw(r)
 }
 
+// settleTimeout bounds the one more attempt a batch gets when its own
+// budget ran out (commitBatch): long enough for a lock wait that the first
+// attempt met to end, short enough that the answer still reaches a client
+// whose write timeout is PurchaseTimeout + 10 s.
+const settleTimeout = 5 * time.Second
+
 // commitBatch runs one batch and answers every request in it, whatever
 // happens (a panic included).
 func (c *cluster) commitBatch(batch []*saleReq) {
@@ -235,6 +241,19 @@ func (c *cluster) commitBatch(batch []*saleReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PurchaseTimeout)
 	defer cancel()
 	res, err := c.commitWithRetries(ctx, batch)
+	if err != nil && ctx.Err() != nil {
+		// The batch's budget ran out, perhaps while its COMMIT was on the
+		// wire: the driver drops the connection, and the server may still
+		// commit. A 503 then would hide a sale, and a buyer without a key
+		// who retries would buy twice. One more attempt with the same
+		// order tokens, on a short budget of its own, settles it: orders
+		// that committed are found by token and answered as sold; if
+		// nothing committed, the batch commits now or fails as before.
+		c.log.Warn("origin: purchase batch ran out of time; settling it with the same order tokens", "size", len(batch), "err", err)
+		settle, cancelSettle := context.WithTimeout(context.Background(), settleTimeout)
+		defer cancelSettle()
+		res, err = c.commitWithRetries(settle, batch)
+	}
 	c.m.observeQuery("purchase_batch", start)
 	if err != nil && len(batch) > 1 && !isConnError(err) && ctx.Err() == nil {
 		// Something in the batch made the database refuse it, or kept

@@ -639,3 +639,35 @@ func TestFactsQueryReadsByIndex(t *testing.T) {
 		}
 	}
 }
+
+// A batch whose budget runs out is not answered 503 at once: whether its
+// COMMIT went through is unknown then, so it gets one more attempt with the
+// same order tokens. Here the first attempt waits on a row lock past the
+// budget; the lock goes once the origin says it is settling, and the
+// buyer gets their seat, sold once.
+func TestBatchOutOfTimeIsSettled(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.PurchaseTimeout = time.Second })
+	game := createGame(t, 10)
+	lock := holdGame(t, game)
+	answer := make(chan response, 1)
+	go func() { answer <- buyAPIAs(t, s.URL, game, 2, "late@example.com") }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(s.logs.String(), "settling it with the same order tokens") {
+		if time.Now().After(deadline) {
+			lock.Rollback() //nolint:errcheck
+			t.Fatalf("the batch never ran out of time behind the lock; logs:\n%s", s.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := lock.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-answer
+	if r.Status != http.StatusCreated {
+		t.Fatalf("buy after settling: %d %s, want 201", r.Status, r.Body)
+	}
+	checkOrder(t, r.Body)
+	if remaining, sold, orders, _ := gameState(t, game); sold != 2 || remaining != 8 || orders != 1 {
+		t.Errorf("remaining %d, sold %d in %d orders; want 8, 2 in 1", remaining, sold, orders)
+	}
+}
