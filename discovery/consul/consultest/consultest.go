@@ -365,6 +365,16 @@ func repoRoot() (string, error) {
 	}
 }
 
+// handedOut holds every port freePorts has given an agent in this test
+// process. A stopped agent's ports are free for anyone until it starts
+// again: a parallel test's agent drew one of them once, and the stopped
+// agent's watcher read the other test's services from it. So a port is
+// handed out once per process.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
 // freePorts picks four free loopback ports. Serf listens on TCP and UDP, so
 // each port is checked for both. The ports are released before the agent
 // binds them, and a restarted agent binds them again after an outage. A
@@ -382,9 +392,14 @@ func freePorts() (ports, error) {
 			release()
 		}
 	}()
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
+	}
 	for attempt := 0; len(got) < 4 && attempt < 200; attempt++ {
 		port := lo + rand.IntN(hi-lo)
-		if slices.Contains(got, port) {
+		if handedOut.ports[port] || slices.Contains(got, port) {
 			continue
 		}
 		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
@@ -401,6 +416,9 @@ func freePorts() (ports, error) {
 	}
 	if len(got) < 4 {
 		return ports{}, fmt.Errorf("picking free ports: no 4 ports in %d-%d free for both TCP and UDP on 127.0.0.1", lo, hi-1)
+	}
+	for _, port := range got {
+		handedOut.ports[port] = true
 	}
 	return ports{http: got[0], server: got[1], serfLAN: got[2], serfWAN: got[3]}, nil
 }
