@@ -82,7 +82,34 @@ func waitOK(t *testing.T, url string) {
 // loadUntil sends GETs at rate per second until stop closes; it counts
 // connection refusals apart from other failures, and hands each 200's body
 // to onBody when that is set.
-type loadStats struct{ sent, refused, failed atomic.Int64 }
+type loadStats struct {
+	sent, refused, failed atomic.Int64
+
+	mu      sync.Mutex
+	reasons map[string]int // why requests failed: an error or a status and body, counted
+}
+
+// fail counts a failed request under its reason.
+func (st *loadStats) fail(reason string) {
+	st.failed.Add(1)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.reasons == nil {
+		st.reasons = map[string]int{}
+	}
+	if len(st.reasons) < 20 {
+		st.reasons[reason]++
+	} else {
+		st.reasons["(other reasons)"]++
+	}
+}
+
+// why says why requests failed, for a failing test's message.
+func (st *loadStats) why() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return fmt.Sprint(st.reasons)
+}
 
 // failures is every request that did not get a 200.
 func (st *loadStats) failures() int64 { return st.refused.Load() + st.failed.Load() }
@@ -110,14 +137,14 @@ func loadUntil(url string, rate int, stop <-chan struct{}, wg *sync.WaitGroup, o
 					if strings.Contains(err.Error(), "connection refused") {
 						st.refused.Add(1)
 					} else {
-						st.failed.Add(1)
+						st.fail(err.Error())
 					}
 					return
 				}
 				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 {
-					st.failed.Add(1)
+					st.fail(fmt.Sprintf("%d %.120s", resp.StatusCode, body))
 					return
 				}
 				if onBody != nil {
@@ -237,7 +264,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 
 	t.Logf("%d requests, %s successful reloads", st.sent.Load(), reloads)
 	if st.failed.Load()+st.refused.Load() != 0 {
-		t.Errorf("%d requests failed and %d were refused during 20 reloads and a broken config, want 0", st.failed.Load(), st.refused.Load())
+		t.Errorf("%d requests failed and %d were refused during 20 reloads and a broken config, want 0; failed: %s\n%s", st.failed.Load(), st.refused.Load(), st.why(), logs)
 	}
 	if st.sent.Load() < 100 {
 		t.Errorf("only %d requests sent: the load did not run", st.sent.Load())
@@ -308,6 +335,6 @@ func TestZeroDowntimeRestart(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d requests across the handover", st.sent.Load())
 	if st.refused.Load() != 0 || st.failed.Load() != 0 {
-		t.Errorf("%d refused and %d failed across the handover, want 0 and 0", st.refused.Load(), st.failed.Load())
+		t.Errorf("%d refused and %d failed across the handover, want 0 and 0; failed: %s", st.refused.Load(), st.failed.Load(), st.why())
 	}
 }
