@@ -30,6 +30,30 @@ type edgeFlags struct {
 	config, upstreams, listen, admin string
 }
 
+// notEmpty refuses a config file with no setting in it (nothing, or only
+// blanks and comments) on reload. Loaded as is, it would be the embedded
+// defaults: another listener and the default upstreams in place of the
+// running ones. A reload reads such a file when it lands between a save's
+// truncation and its write (seen: a debounced reload read a file the next
+// save had just truncated, and the edge answered 503 until the write), or
+// when a file was emptied by mistake; either way the running config is the
+// one to keep. path "" (no -config) is the embedded defaults, and fine.
+func notEmpty(path string) error {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil // LoadFile reports it, with context
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if l := strings.TrimSpace(line); l != "" && !strings.HasPrefix(l, "#") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: the file has no settings (a save in progress, or emptied by mistake?); the running config stays until it has", path)
+}
+
 func (f edgeFlags) load() (*config.Edge, error) {
 	cfg := config.DefaultEdge()
 	if f.config != "" {
@@ -252,6 +276,11 @@ func (e *edge) startProber(bg context.Context, cfg *config.Edge) {
 func (e *edge) reload(bg context.Context, why string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if err := notEmpty(e.flags.config); err != nil {
+		e.p.ReloadFailed()
+		e.log.Error("config reload rejected; the running config stays", "trigger", why, "error", err.Error())
+		return
+	}
 	cfg, err := e.flags.load()
 	if err != nil {
 		e.p.ReloadFailed()

@@ -338,3 +338,46 @@ func TestZeroDowntimeRestart(t *testing.T) {
 		t.Errorf("%d refused and %d failed across the handover, want 0 and 0; failed: %s", st.refused.Load(), st.failed.Load(), st.why())
 	}
 }
+
+// TestReloadRefusesAnEmptyFile: a reload that finds the file empty, or with
+// only comments, keeps the running config. Taken as is it would be the
+// embedded defaults (other upstreams, other listeners): TestReloadsUnderLoad
+// got 503s when a debounced reload read the file between the next save's
+// truncation and its write.
+func TestReloadRefusesAnEmptyFile(t *testing.T) {
+	bin := buildPodium(t)
+	a := httpUpstream(t)
+	listen, admin := freePort(t), freePort(t)
+	path := filepath.Join(t.TempDir(), "edge.yaml")
+	os.WriteFile(path, []byte(edgeConfigRoute(listen, admin, "kept", []int{3}, a)), 0o644)
+	cmd, logs := startEdgeProcess(t, bin, "-config", path)
+	waitOK(t, "http://"+listen+"/x")
+	for i, content := range []string{"", "\n  \n", "# only a comment\n\n   # and another\n"} {
+		os.WriteFile(path, []byte(content), 0o644)
+		cmd.Process.Signal(syscall.SIGHUP)
+		want := fmt.Sprintf("%d", i+1)
+		for deadline := time.Now().Add(15 * time.Second); metric(t, admin, `podium_edge_config_reloads_total{result="failure"}`) != want; {
+			if time.Now().After(deadline) {
+				t.Fatalf("content %q: reload failures %q, want %s\n%s", content, metric(t, admin, `podium_edge_config_reloads_total{result="failure"}`), want, logs)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := metric(t, admin, "podium_edge_config_last_reload_successful"); got != "0" {
+			t.Errorf("content %q: last reload successful = %q, want 0", content, got)
+		}
+		resp, err := http.Get("http://" + listen + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("content %q: GET /x = %d after the refused reload, want 200 from the running config", content, resp.StatusCode)
+		}
+		if got := metric(t, admin, fmt.Sprintf(`podium_edge_upstream_weight{upstream=%q}`, a)); got != "3" {
+			t.Errorf("content %q: upstream weight %q, want the running 3", content, got)
+		}
+	}
+	if !strings.Contains(logs.String(), "the file has no settings") {
+		t.Errorf("the log does not say why the reload was refused:\n%s", logs)
+	}
+}
