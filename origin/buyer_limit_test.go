@@ -181,7 +181,7 @@ func TestRetryAfterLostCommitAtTheBuyerLimit(t *testing.T) {
 		t.Fatalf("first order: %d %s", r.Status, r.Body)
 	}
 	p := purchaseRequest{GameID: game, Quantity: 2, Email: "edge@example.com"}
-	token := []byte("limit-token-0001")
+	token := orderToken()
 	first, err := s.db.purchaseOnce(context.Background(), p, token, p.hash())
 	if err != nil || first.Status != http.StatusCreated {
 		t.Fatalf("order to the limit: %+v %v", first, err)

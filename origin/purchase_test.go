@@ -363,11 +363,22 @@ func TestPurchaseRetriedAfterLostConnection(t *testing.T) {
 // An attempt whose COMMIT succeeded but whose answer was lost is retried
 // with the same order token: the retry returns the committed order and
 // takes no more seats.
+// orderToken is a fresh order token, as purchase draws one: an order
+// token is unique in the database, so a fixed one would find the order of
+// an earlier run of the test (-count) instead of selling.
+func orderToken() []byte {
+	b := make([]byte, 16)
+	for i := range b {
+		b[i] = byte(rand.Uint32())
+	}
+	return b
+}
+
 func TestRetryAfterLostCommitSellsOnce(t *testing.T) {
 	s := startServer(t, nil)
 	game := createGame(t, 5)
 	p := purchaseRequest{GameID: game, Quantity: 2, Email: "a@example.com"}
-	token := []byte("0123456789abcdef")
+	token := orderToken()
 	first, err := s.db.purchaseOnce(context.Background(), p, token, p.hash())
 	if err != nil || first.Status != http.StatusCreated {
 		t.Fatalf("first attempt: %+v %v", first, err)
