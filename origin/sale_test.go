@@ -85,23 +85,26 @@ func TestBatchAnswersEachBuyerOnItsOwn(t *testing.T) {
 	game := createGame(t, 40)
 	buyURL := fmt.Sprintf("%s/api/games/%d/buy", s.URL, game)
 	key := func(k string) string { return fmt.Sprintf("g%d-%s", game, k) }
+	// The buyers are this run's own: the keys-per-hour bound counts an
+	// email's keys across games, and across runs under -count.
+	at := fmt.Sprintf("@g%d.example.com", game)
 
 	// Stored before the batch: a sale to replay, a buyer at the key bound,
 	// a buyer at the seat limit.
-	stored := buyWithKey(t, s.URL, game, 2, "stored@example.com", key("stored"))
+	stored := buyWithKey(t, s.URL, game, 2, "stored"+at, key("stored"))
 	if stored.Status != http.StatusCreated {
 		t.Fatalf("stored sale: %d %s", stored.Status, stored.Body)
 	}
 	for i := range keysPerHour {
-		if r := buyWithKey(t, s.URL, game, 1, "busy@example.com", key(fmt.Sprintf("busy-%d", i))); r.Status != http.StatusCreated {
+		if r := buyWithKey(t, s.URL, game, 1, "busy"+at, key(fmt.Sprintf("busy-%d", i))); r.Status != http.StatusCreated {
 			t.Fatalf("busy key %d: %d %s", i, r.Status, r.Body)
 		}
 	}
-	if r := buyAPIAs(t, s.URL, game, int(DefaultMaxPerBuyer), "full@example.com"); r.Status != http.StatusCreated {
+	if r := buyAPIAs(t, s.URL, game, int(DefaultMaxPerBuyer), "full"+at); r.Status != http.StatusCreated {
 		t.Fatalf("buyer to the limit: %d %s", r.Status, r.Body)
 	}
 	for i := range keysPerHour - 1 {
-		if r := buyWithKey(t, s.URL, game, 1, "some@example.com", key(fmt.Sprintf("some-%d", i))); r.Status != http.StatusCreated {
+		if r := buyWithKey(t, s.URL, game, 1, "some"+at, key(fmt.Sprintf("some-%d", i))); r.Status != http.StatusCreated {
 			t.Fatalf("some key %d: %d %s", i, r.Status, r.Body)
 		}
 	}
@@ -167,6 +170,13 @@ func TestBatchAnswersEachBuyerOnItsOwn(t *testing.T) {
 	// Last in the batch, so the seats left are known: 8 - 4 = 4.
 	reqs = append(reqs, req{"over-asking at the end", `{"quantity": 5, "email": "late@example.com"}`, key("late"), json, 409, "5 requested, 4 left", nil})
 
+	for i := range reqs {
+		for _, f := range []*string{&reqs[i].body, &reqs[i].want} {
+			*f = strings.ReplaceAll(*f, "@example.com", at)
+			*f = strings.ReplaceAll(*f, "@EXAMPLE.com", strings.ToUpper(at))
+		}
+	}
+
 	answers := make([]response, len(reqs))
 	var wg sync.WaitGroup
 	joined := 0
@@ -222,10 +232,10 @@ func TestBatchAnswersEachBuyerOnItsOwn(t *testing.T) {
 	if remaining, sold, _, _ := gameState(t, game); sold != wantSold || remaining != 40-wantSold {
 		t.Errorf("remaining %d sold %d, want %d and %d", remaining, sold, 40-wantSold, wantSold)
 	}
-	if got := buyerHolds(t, game, "twice@example.com"); got != 5 {
+	if got := buyerHolds(t, game, "twice"+at); got != 5 {
 		t.Errorf("twice@ holds %d, want 5", got)
 	}
-	for _, buyer := range []string{"busy@example.com", "some@example.com"} {
+	for _, buyer := range []string{"busy" + at, "some" + at} {
 		var keys int
 		if err := tc.primaryDB.QueryRow("SELECT COUNT(*) FROM idempotency_keys WHERE buyer = ?", buyer).Scan(&keys); err != nil || keys != keysPerHour {
 			t.Errorf("%s has %d keys stored (%v), want %d: a 429 stores none", buyer, keys, err, keysPerHour)
