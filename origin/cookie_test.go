@@ -28,7 +28,7 @@ func TestCookiesAreSecureOverTLS(t *testing.T) {
 	s := startServer(t, nil)
 	game := createGame(t, 10)
 	path := fmt.Sprintf("/games/%d/buy", game)
-	order := url.Values{"quantity": {"1"}, "email": {"fan@example.com"}}
+	order := url.Values{"quantity": {"1"}, "email": {fan(game)}}
 	for _, tt := range []struct {
 		name   string
 		proto  string

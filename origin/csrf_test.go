@@ -73,7 +73,7 @@ func TestBuyAPIRequiresJSONContentType(t *testing.T) {
 	s := startServer(t, nil)
 	game := createGame(t, 10)
 	apiURL := fmt.Sprintf("%s/api/games/%d/buy", s.URL, game)
-	order := `{"quantity": 1, "email": "fan@example.com"}`
+	order := fmt.Sprintf(`{"quantity": 1, "email": %q}`, fan(game))
 	for _, ct := range []string{"", "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "application/json;;"} {
 		headers := []string{}
 		if ct != "" {
@@ -135,11 +135,11 @@ func TestBuyFormNeedsItsToken(t *testing.T) {
 		{"garbage", buyForm{Token: "1.%%%%", Cookie: form.Cookie}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := tt.form.submit(t, buyURL, url.Values{"quantity": {"2"}, "email": {"fan@example.com"}, "form_token": {tt.form.Token}})
+			r := tt.form.submit(t, buyURL, url.Values{"quantity": {"2"}, "email": {fan(game)}, "form_token": {tt.form.Token}})
 			if r.Status != http.StatusForbidden || !strings.Contains(string(r.Body), "expired or did not come from this site") {
 				t.Fatalf("%d, want 403 saying the form expired:\n%s", r.Status, r.Body)
 			}
-			if got := formField(t, r.Body, "form_token"); got == tt.form.Token || !strings.Contains(string(r.Body), `value="fan@example.com"`) {
+			if got := formField(t, r.Body, "form_token"); got == tt.form.Token || !strings.Contains(string(r.Body), `value="`+fan(game)+`"`) {
 				t.Errorf("the refusal should give the form back, filled in, with a new token")
 			}
 			if cc := r.Header.Get("Cache-Control"); cc != "no-store" {
@@ -151,13 +151,13 @@ func TestBuyFormNeedsItsToken(t *testing.T) {
 		t.Fatalf("after refused forms: remaining %d, sold %d; want 10 and 0", remaining, sold)
 	}
 	// The form rendered by one origin, posted to another.
-	if r := form.submit(t, fmt.Sprintf("%s/games/%d/buy", other.URL, game), url.Values{"quantity": {"2"}, "email": {"fan@example.com"}}); r.Status != http.StatusCreated {
+	if r := form.submit(t, fmt.Sprintf("%s/games/%d/buy", other.URL, game), url.Values{"quantity": {"2"}, "email": {fan(game)}}); r.Status != http.StatusCreated {
 		t.Fatalf("form from origin 1 posted to origin 2: %d\n%s", r.Status, r.Body)
 	}
 	// A fan whose form was refused submits the form they got back.
-	refused := buyForm{Token: "", Cookie: form.Cookie}.submit(t, buyURL, url.Values{"quantity": {"1"}, "email": {"fan@example.com"}, "form_token": {""}})
+	refused := buyForm{Token: "", Cookie: form.Cookie}.submit(t, buyURL, url.Values{"quantity": {"1"}, "email": {fan(game)}, "form_token": {""}})
 	again := buyForm{Token: formField(t, refused.Body, "form_token"), Cookie: form.Cookie}
-	if r := again.submit(t, buyURL, url.Values{"quantity": {"1"}, "email": {"fan@example.com"}}); r.Status != http.StatusCreated {
+	if r := again.submit(t, buyURL, url.Values{"quantity": {"1"}, "email": {fan(game)}}); r.Status != http.StatusCreated {
 		t.Fatalf("resubmitting the form given back: %d\n%s", r.Status, r.Body)
 	}
 	if remaining, sold, _, _ := gameState(t, game); remaining != 7 || sold != 3 {
@@ -175,7 +175,7 @@ func TestFormSecretFromConfig(t *testing.T) {
 	c := startServer(t, func(c *Config) { c.FormSecret = strings.Repeat("x", 40) })
 	game := createGame(t, 10)
 	path := fmt.Sprintf("/games/%d/buy", game)
-	order := func() url.Values { return url.Values{"quantity": {"1"}, "email": {"fan@example.com"}} }
+	order := func() url.Values { return url.Values{"quantity": {"1"}, "email": {fan(game)}} }
 	form := openBuyForm(t, a.URL+path, "")
 	if r := form.submit(t, b.URL+path, order()); r.Status != http.StatusCreated {
 		t.Errorf("same secret: %d, want 201", r.Status)
