@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podium-edge/podium/internal/testport"
 )
 
 // TestDemo runs scripts/demo.sh, the stack of `make demo`, on free ports and
@@ -292,28 +294,15 @@ func startDemo(t *testing.T) *demo {
 	return d
 }
 
-// demoPortRun finds n consecutive free loopback ports below the kernel's
-// ephemeral range (32768-60999 here), so no outgoing connection takes one
-// of them while the demo runs: origin N listens on the first + N - 1.
+// demoPortRun finds n consecutive free loopback ports (internal/testport):
+// origin N listens on the first + N - 1.
 func demoPortRun(t *testing.T, n int) int {
 	t.Helper()
-	for range 100 {
-		base := 20000 + rand.IntN(12000)
-		free := true
-		for p := base; p < base+n && free; p++ {
-			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				free = false
-				break
-			}
-			ln.Close()
-		}
-		if free {
-			return base
-		}
+	base, err := testport.Run(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no %d consecutive free ports in 20000-32000 after 100 tries", n)
-	return 0
+	return base
 }
 
 func (d *demo) originAddr(i int) string { return "127.0.0.1:" + strconv.Itoa(d.originPort+i-1) }

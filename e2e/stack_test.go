@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podium-edge/podium/internal/testport"
 
 	"github.com/podium-edge/podium/discovery/consul/consultest"
 )
@@ -88,17 +89,13 @@ type proc struct {
 	done chan struct{}
 }
 
-// freePorts reserves n loopback ports and releases them for the caller.
+// freePorts picks n free loopback ports for the processes a test starts
+// (internal/testport says why not ":0").
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	ports, err := testport.Free(n, false)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
 }

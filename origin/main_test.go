@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podium-edge/podium/internal/testport"
 )
 
 // seedGames is the number of sessions migration 0002 seeds (ids 1..624).
@@ -138,22 +140,16 @@ func stopCluster() {
 	}
 }
 
+// freePorts picks n free loopback ports for the MariaDB nodes
+// (internal/testport says why not ":0").
 func freePorts(n int) ([]string, error) {
+	got, err := testport.Free(n, false)
+	if err != nil {
+		return nil, err
+	}
 	var ports []string
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		_, p, _ := net.SplitHostPort(ln.Addr().String())
-		ports = append(ports, p)
+	for _, p := range got {
+		ports = append(ports, strconv.Itoa(p))
 	}
 	return ports, nil
 }

@@ -8,11 +8,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/podium-edge/podium/internal/testport"
 
 	"github.com/podium-edge/podium/config"
 )
@@ -39,9 +42,13 @@ func TestMain(m *testing.M) {
 // processUpstream is the test binary serving on addr in its own process.
 func processUpstream(t *testing.T) (*exec.Cmd, string) {
 	t.Helper()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	// A port the child binds after the test released it: drawn where no
+	// other process takes it in between (internal/testport).
+	ports, err := testport.Free(1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "PODIUM_TEST_UPSTREAM="+addr)
 	out, _ := cmd.StdoutPipe()

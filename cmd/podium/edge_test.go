@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podium-edge/podium/internal/testport"
 )
 
 // buildPodium builds the real binary once per test run.
@@ -25,14 +28,15 @@ func buildPodium(t *testing.T) string {
 	return bin
 }
 
+// freePort is a free loopback address for a process the test starts
+// (internal/testport says why not ":0").
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := testport.Free(1, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return "127.0.0.1:" + strconv.Itoa(ports[0])
 }
 
 func TestEdgeRejectsBadConfig(t *testing.T) {

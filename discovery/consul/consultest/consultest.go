@@ -18,7 +18,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -30,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podium-edge/podium/internal/testport"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -365,82 +366,17 @@ func repoRoot() (string, error) {
 	}
 }
 
-// handedOut holds every port freePorts has given an agent in this test
-// process. A stopped agent's ports are free for anyone until it starts
-// again: a parallel test's agent drew one of them once, and the stopped
-// agent's watcher read the other test's services from it. So a port is
-// handed out once per process.
-var handedOut struct {
-	sync.Mutex
-	ports map[int]bool
-}
-
-// freePorts picks four free loopback ports. Serf listens on TCP and UDP, so
-// each port is checked for both. The ports are released before the agent
-// binds them, and a restarted agent binds them again after an outage. A
-// port the kernel handed out with :0 lies in the ephemeral range, where any
-// outgoing connection on the machine can take it in between: seen as "bind:
-// address already in use" when an agent restarted beside a busy test run.
-// So the ports are drawn at random below that range, where the kernel never
-// picks one on its own.
+// freePorts picks four free loopback ports (internal/testport says where
+// from, and why not ":0"). Serf listens on TCP and UDP, so each port is
+// free for both. The ports are released before the agent binds them, and a
+// restarted agent binds them again after an outage: a port is handed out
+// once per process, so no parallel test's agent takes a stopped one's.
 func freePorts() (ports, error) {
-	lo, hi := 10000, ephemeralStart()
-	var got []int
-	var held []func()
-	defer func() {
-		for _, release := range held {
-			release()
-		}
-	}()
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	if handedOut.ports == nil {
-		handedOut.ports = map[int]bool{}
-	}
-	for attempt := 0; len(got) < 4 && attempt < 200; attempt++ {
-		port := lo + rand.IntN(hi-lo)
-		if handedOut.ports[port] || slices.Contains(got, port) {
-			continue
-		}
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			l.Close()
-			continue
-		}
-		held = append(held, func() { l.Close(); u.Close() })
-		got = append(got, port)
-	}
-	if len(got) < 4 {
-		return ports{}, fmt.Errorf("picking free ports: no 4 ports in %d-%d free for both TCP and UDP on 127.0.0.1", lo, hi-1)
-	}
-	for _, port := range got {
-		handedOut.ports[port] = true
+	got, err := testport.Free(4, true)
+	if err != nil {
+		return ports{}, fmt.Errorf("picking free ports for the agent: %w", err)
 	}
 	return ports{http: got[0], server: got[1], serfLAN: got[2], serfWAN: got[3]}, nil
-}
-
-// ephemeralStart is the first port of the kernel's ephemeral range
-// (net.ipv4.ip_local_port_range), or 32768, Linux's default, where the file
-// cannot be read (other systems start theirs higher still).
-func ephemeralStart() int {
-	const linuxDefault = 32768
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return linuxDefault
-	}
-	fields := strings.Fields(string(b))
-	if len(fields) != 2 {
-		return linuxDefault
-	}
-	n, err := strconv.Atoi(fields[0])
-	if err != nil || n <= 11000 {
-		return linuxDefault
-	}
-	return n
 }
 
 // WaitPassing polls the health endpoint until exactly the given service IDs
