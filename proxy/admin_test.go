@@ -49,7 +49,16 @@ func TestAdminMetrics(t *testing.T) {
 		get(t, e.url("/api/games"))
 	}
 	get(t, e.url("/nowhere"))
+	// The prober marks the upstream up (which startEdge waits for), then
+	// counts the transition: wait for that count, so the scrape below is
+	// of an edge past it. The bound only ends a test whose count never
+	// comes; the check below still says which line is missing.
+	changed := `podium_edge_upstream_state_changes_total{state="up",upstream="` + u.addr + `"} 1`
 	code, body := get(t, admin+"/metrics")
+	for deadline := time.Now().Add(10 * time.Second); code == 200 && !strings.Contains(body, changed) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		code, body = get(t, admin+"/metrics")
+	}
 	if code != 200 {
 		t.Fatalf("/metrics = %d", code)
 	}
@@ -62,7 +71,7 @@ func TestAdminMetrics(t *testing.T) {
 		`podium_edge_upstream_in_flight_requests{upstream="` + u.addr + `"} 0`,
 		`podium_edge_upstream_up{upstream="` + u.addr + `"} 1`,
 		`podium_edge_healthcheck_duration_seconds_count{upstream="` + u.addr + `"}`,
-		`podium_edge_upstream_state_changes_total{state="up",upstream="` + u.addr + `"} 1`,
+		changed,
 		`podium_edge_in_flight_requests 0`,
 		`podium_edge_request_duration_seconds_count{route="api"} 3`,
 		`go_goroutines`,
