@@ -150,7 +150,8 @@ type Retries struct {
 	PerTryTimeout Duration `yaml:"per_try_timeout"`
 	// BudgetPercent caps retries in flight at this share of requests in
 	// flight, with MinConcurrent always allowed (Envoy's retry budget), so
-	// retries cannot multiply an outage.
+	// retries cannot multiply an outage. A refused connection is retried
+	// outside it: it reached no upstream.
 	BudgetPercent int `yaml:"budget_percent"`
 	MinConcurrent int `yaml:"min_concurrent"`
 	// Methods retried on any failure besides GET, HEAD and OPTIONS, which

@@ -479,6 +479,16 @@ func (p *Proxy) retryable(st *state, replayable bool, attempt int, kind string, 
 	if !replayable && kind != kindRefused {
 		return false
 	}
+	if kind == kindRefused {
+		// A refused connection reached no upstream: its retry moves the
+		// request, it adds no work anywhere, so the budget (which stops
+		// retries from multiplying the load on upstreams already failing)
+		// does not hold it back. A dead origin looks idle to least
+		// connections and draws a burst of requests at once, each refused
+		// within microseconds; held to the budget, the burst's fourth
+		// retry was a 502 to a client.
+		return true
+	}
 	// Envoy's retry budget: retries in flight at most budget_percent of
 	// requests in flight, min_concurrent always allowed.
 	limit := max(int64(rc.MinConcurrent), p.active.Load()*int64(rc.BudgetPercent)/100)

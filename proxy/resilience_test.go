@@ -131,11 +131,8 @@ func TestSIGKILLedOriginNoClientErrors(t *testing.T) {
 		c.HealthCheck.Interval = config.Duration(time.Second) // slow on purpose: retries and ejection must cover
 		// Every request that meets the dead origin must be retried. Least
 		// connections sends a burst of them there at once (refused at
-		// once, it never looks busy), and on a busy machine a burst of
-		// four or more outruns the default budget's 3 concurrent retries,
-		// which then answers one 502 (1 run in about 50 here). The budget
-		// is TestRetryBudget's; here it must not bind.
-		c.Retries.MinConcurrent = 1000
+		// once, it never looks busy): the default retry budget must not
+		// hold those back (TestRefusedRetriesOutsideTheBudget).
 	})
 	victim := e.p.Pool().Hosts()[1]
 	if victim.Addr != ups[1].addr {
@@ -383,6 +380,31 @@ func TestRetryBudget(t *testing.T) {
 		t.Errorf("%v retries refused for a spent budget, want all 4", got)
 	}
 	e.p.activeRetries.Store(0)
+}
+
+// A refused connection is retried whatever the budget: it reached no
+// upstream. With the budget spent, GETs that meet a dead origin still get
+// their answer from the other.
+func TestRefusedRetriesOutsideTheBudget(t *testing.T) {
+	dead, live := newUpstream(t), newUpstream(t)
+	e := startEdge(t, []*testUpstream{dead, live}, nil, func(c *config.Edge) {
+		c.HealthCheck.Interval = config.Duration(time.Hour) // the dead one stays in the pool
+		c.Retries.MinConcurrent = 1
+		c.Retries.BudgetPercent = 0
+	})
+	dead.stop()                // connect refused
+	keepBusy(t, e, live.addr)  // every pick goes to the dead one first
+	e.p.activeRetries.Store(1) // the budget is spent
+	defer e.p.activeRetries.Store(0)
+	before := testCounter(e.p.metrics.retryBudgetExhausted)
+	for range 4 { // under outlier ejection's 5 failures in a row
+		if r := do(t, "GET", e.url("/x")); r.code != 200 || r.header.Get("X-Podium-Retries") != "1" {
+			t.Errorf("GET: %d, X-Podium-Retries %q; want 200 after one retry on the live upstream", r.code, r.header.Get("X-Podium-Retries"))
+		}
+	}
+	if got := testCounter(e.p.metrics.retryBudgetExhausted) - before; got != 0 {
+		t.Errorf("%v refused connections held back by the budget, want 0", got)
+	}
 }
 
 // keepBusy makes the upstream at addr look one request busier to least
