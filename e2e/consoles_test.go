@@ -44,6 +44,8 @@ func TestConsoles(t *testing.T) {
 		{`sum(podium_edge_requests_total{route="buy", code="201"}) > 0 and sum(podium_edge_requests_total{route="buy", code="409"}) > 0`, "a sale and a sold-out answer at the edge"},
 		{`sum(podium_origin_seats_sold_total) > 0`, "seats sold by the origins"},
 		{`count(podium_origin_db_up == 1) > 0`, "the origins' database checks"},
+		// What the overview's counts read, in the last scrape.
+		{`sum(min by (upstream) (podium_edge_upstream_up)) == 3 and count(min by (upstream) (podium_edge_upstream_up)) == 3`, "the edge's three upstreams up"},
 	} {
 		prom.waitFor(t, c.expr, c.what)
 	}
