@@ -90,10 +90,11 @@ type cluster struct {
 	pos primaryPosition
 	// sale holds the purchase batches and the sold-out marks (sale.go).
 	sale saleBook
-	// autoincStep is the step between the ids of one multi-row INSERT of
-	// orders, read from the primary by the first batch: 0 while unknown,
-	// -1 when the ids are not consecutive (innodb_autoinc_lock_mode 2).
-	autoincStep atomic.Int64
+	// idsByToken makes batches read their orders' ids back by token, as
+	// they do on a primary whose multi-row INSERTs do not number rows
+	// consecutively (innodb_autoinc_lock_mode 2): tests set it to run that
+	// path.
+	idsByToken atomic.Bool
 }
 
 // openDB opens a pool for dsn with the driver settings the origin relies on:

@@ -580,24 +580,14 @@ func takeSeats(ctx context.Context, db saleSession, ids []int64, seats map[int64
 		q, args = "UPDATE games SET remaining = remaining - "+byGame+" WHERE id IN ("+idList(ids)+") AND remaining >= "+byGame+" ORDER BY id", append(a, a...)
 	}
 	var changed int64
-	err = queryResults(ctx, db, q+"; SELECT ROW_COUNT(); "+factsQ, append(args, factsArgs...), func(cols int, rows *sql.Rows) error {
-		switch cols {
-		case 1:
-			if !rows.Next() {
-				return errors.New("ROW_COUNT() returned no row")
-			}
-			return rows.Scan(&changed)
-		case factsColumns:
-			facts, err = scanFacts(rows, n)
-			return err
+	facts, err = readFacts(ctx, db, q+"; SELECT ROW_COUNT(); "+factsQ, append(args, factsArgs...), n, func(rows *sql.Rows) error {
+		if !rows.Next() {
+			return errors.New("ROW_COUNT() returned no row")
 		}
-		return nil
+		return rows.Scan(&changed)
 	})
 	if err != nil {
 		return false, nil, err
-	}
-	if facts == nil {
-		return false, nil, errors.New("reading the batch's buyers: no result")
 	}
 	if changed == int64(len(ids)) {
 		for _, id := range ids {
@@ -615,31 +605,47 @@ func takeSeats(ctx context.Context, db saleSession, ids []int64, seats map[int64
 	for _, id := range ids {
 		seats[id].exists = false
 	}
-	err = queryResults(ctx, db, "SELECT id, remaining FROM games WHERE id IN ("+idList(ids)+") ORDER BY id FOR UPDATE; "+factsQ, factsArgs, func(cols int, rows *sql.Rows) error {
-		switch cols {
-		case 2:
-			for rows.Next() {
-				var id, remaining int64
-				if err := rows.Scan(&id, &remaining); err != nil {
-					return err
-				}
-				if g := seats[id]; g != nil {
-					g.exists, g.avail = true, remaining
-				}
+	facts, err = readFacts(ctx, db, "SELECT id, remaining FROM games WHERE id IN ("+idList(ids)+") ORDER BY id FOR UPDATE; "+factsQ, factsArgs, n, func(rows *sql.Rows) error {
+		for rows.Next() {
+			var id, remaining int64
+			if err := rows.Scan(&id, &remaining); err != nil {
+				return err
 			}
-		case factsColumns:
-			facts, err = scanFacts(rows, n)
-			return err
+			if g := seats[id]; g != nil {
+				g.exists, g.avail = true, remaining
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		return false, nil, err
 	}
-	if facts == nil {
-		return false, nil, errors.New("reading the batch's buyers: no result")
-	}
 	return false, facts, nil
+}
+
+// readFacts runs q, whose statements lock the batch's rows and end with
+// factsQuery, in one round trip: the result set of factsQuery gives the
+// facts of the batch's n requests, and lock reads the one result set with
+// rows before it (ROW_COUNT() after the UPDATE, or the rows read FOR
+// UPDATE). The two are told apart by their number of columns.
+func readFacts(ctx context.Context, db saleSession, q string, args []any, n int, lock func(*sql.Rows) error) (facts []reqFacts, err error) {
+	err = queryResults(ctx, db, q, args, func(cols int, rows *sql.Rows) error {
+		switch cols {
+		case 0:
+			return nil
+		case factsColumns:
+			facts, err = scanFacts(rows, n)
+			return err
+		}
+		return lock(rows)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if facts == nil {
+		return nil, errors.New("reading the batch's buyers: no result")
+	}
+	return facts, nil
 }
 
 // queryResults runs the statements of q and hands each result set to
@@ -823,28 +829,35 @@ func (c *cluster) insertOrders(ctx context.Context, db saleSession, batch []*sal
 		p := batch[i].p
 		args = append(args, p.GameID, p.Email, p.Quantity, batch[i].token, now)
 	}
-	res, err := db.ExecContext(ctx, q.String(), args...)
+	// The ids of one multi-row INSERT are consecutive, in steps of the
+	// session's auto_increment_increment, under innodb_autoinc_lock_mode
+	// 0 or 1, and LAST_INSERT_ID() is the first. Both settings are read
+	// in the same round trip as the INSERT, never cached: an operator may
+	// change the step (new sessions take it) and a restart the lock mode.
+	q.WriteString("; SELECT LAST_INSERT_ID(), @@auto_increment_increment, @@innodb_autoinc_lock_mode")
+	var first, step, mode int64
+	got := false
+	err := queryResults(ctx, db, q.String(), args, func(cols int, rows *sql.Rows) error {
+		if cols != 3 || !rows.Next() {
+			return nil
+		}
+		got = true
+		return rows.Scan(&first, &step, &mode)
+	})
 	if err != nil {
 		return fmt.Errorf("inserting %d orders: %w", len(sold), err)
 	}
-	step, err := c.orderIDStep(ctx, db)
-	if err != nil {
-		return err
+	if !got {
+		return fmt.Errorf("inserting %d orders: no LAST_INSERT_ID()", len(sold))
 	}
-	if step > 0 {
-		// The ids of one multi-row INSERT are consecutive (in steps of
-		// auto_increment_increment) under innodb_autoinc_lock_mode 0 or
-		// 1, and LAST_INSERT_ID is the first: one round trip saved.
-		first, err := res.LastInsertId()
-		if err != nil {
-			return fmt.Errorf("reading the ids of %d orders: %w", len(sold), err)
-		}
+	if mode != 2 && step >= 1 && !c.idsByToken.Load() {
 		for n, i := range sold {
 			outs[i] = purchaseOutcome{Status: http.StatusCreated, Result: "sold", Body: orderBody(batch[i].p, first+int64(n)*step, now)}
 		}
 		return nil
 	}
-	// Otherwise the ids by token.
+	// Otherwise (innodb_autoinc_lock_mode 2 interleaves the ids of
+	// concurrent INSERTs) the ids by token: one more round trip.
 	q.Reset()
 	args = args[:0]
 	q.WriteString("SELECT order_token, id FROM tickets WHERE order_token IN (")
@@ -881,23 +894,6 @@ func (c *cluster) insertOrders(ctx context.Context, db saleSession, batch []*sal
 		outs[i] = purchaseOutcome{Status: http.StatusCreated, Result: "sold", Body: orderBody(batch[i].p, id, now)}
 	}
 	return nil
-}
-
-// orderIDStep returns the step between the ids of a multi-row INSERT of
-// orders, or -1 when they are not consecutive; read once.
-func (c *cluster) orderIDStep(ctx context.Context, db saleSession) (int64, error) {
-	if step := c.autoincStep.Load(); step != 0 {
-		return step, nil
-	}
-	var mode, step int64
-	if err := db.QueryRowContext(ctx, "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment").Scan(&mode, &step); err != nil {
-		return 0, fmt.Errorf("reading the primary's auto-increment settings: %w", err)
-	}
-	if mode == 2 || step < 1 {
-		step = -1
-	}
-	c.autoincStep.Store(step)
-	return step, nil
 }
 
 // insertKeys stores the Idempotency-Key of each keyed request with its

@@ -530,7 +530,7 @@ func TestBatchOfSeveralGames(t *testing.T) {
 	// The scarce game cannot give what the batch asks: the slow path.
 	// And the orders' ids are read back by token, as on a primary whose
 	// multi-row INSERTs do not number rows consecutively.
-	s.db.autoincStep.Store(-1)
+	s.db.idsByToken.Store(true)
 	buyBehindBlocker(t, s, plenty, []buy{
 		{scarce, 1, "d@example.com", 201},
 		{plenty, 2, "e@example.com", 201},
@@ -679,5 +679,44 @@ func TestBatchOutOfTimeIsSettled(t *testing.T) {
 	checkOrder(t, r.Body)
 	if remaining, sold, orders, _ := gameState(t, game); sold != 2 || remaining != 8 || orders != 1 {
 		t.Errorf("remaining %d, sold %d in %d orders; want 8, 2 in 1", remaining, sold, orders)
+	}
+}
+
+// The ids of a batch's orders follow the step the primary numbers them by
+// now, not the one it numbered them by when the origin started: an
+// operator changes auto_increment_increment on the running primary, the
+// batches' new sessions take it, and every answer still names its own
+// order row.
+func TestOrderIDsFollowAChangedStep(t *testing.T) {
+	s := startServer(t, nil)
+	game := createGame(t, 20)
+	if r := buyAPIAs(t, s.URL, game, 1, fmt.Sprintf("before%d@example.com", game)); r.Status != http.StatusCreated {
+		t.Fatalf("sale before the change: %d %s", r.Status, r.Body)
+	}
+	was := strings.TrimSpace(clusterCmd(t, "sql", "primary", "SELECT @@GLOBAL.auto_increment_increment"))
+	clusterCmd(t, "sql", "primary", "SET GLOBAL auto_increment_increment = 3")
+	t.Cleanup(func() { clusterCmd(t, "sql", "primary", "SET GLOBAL auto_increment_increment = "+was) })
+	// The sessions the origin holds keep the step they began with; the
+	// ones it opens next take the new one.
+	s.db.sales.SetMaxIdleConns(0)
+	s.db.sales.SetMaxIdleConns(2 * s.db.cfg.PurchaseLanes)
+	var buys []saleBuy
+	for i := range 4 {
+		buys = append(buys, saleBuy{game, 1, fmt.Sprintf("after%d-%d@example.com", i, game), http.StatusCreated})
+	}
+	answers := buyBehindBlocker(t, s, game, buys) // checks each answer against its order row
+	var ids []int64
+	for _, r := range answers {
+		var o Order
+		if err := json.Unmarshal(r.Body, &o); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, o.OrderID)
+	}
+	for i := 1; i < len(ids); i++ {
+		if ids[i]-ids[i-1] != 3 {
+			t.Errorf("order ids %v of one batch, want steps of 3", ids)
+			break
+		}
 	}
 }
