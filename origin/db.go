@@ -534,6 +534,34 @@ func replicaFault(err error) bool {
 	return replicaFaultErrors[mysqlErrNumber(err)]
 }
 
+// requestFaultErrors are the refusals a server gives a statement for a
+// value in it (MariaDB error numbers): one request of a batch can cause
+// them, while its neighbours would pass alone.
+var requestFaultErrors = map[uint16]bool{
+	1048: true, // ER_BAD_NULL_ERROR
+	1062: true, // ER_DUP_ENTRY
+	1264: true, // ER_WARN_DATA_OUT_OF_RANGE
+	1265: true, // WARN_DATA_TRUNCATED
+	1292: true, // ER_TRUNCATED_WRONG_VALUE
+	1366: true, // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: a string the column cannot hold
+	1406: true, // ER_DATA_TOO_LONG
+	1451: true, // ER_ROW_IS_REFERENCED_2
+	1452: true, // ER_NO_REFERENCED_ROW_2
+	1644: true, // ER_SIGNAL_EXCEPTION: a trigger's rule about a row
+	1690: true, // ER_DATA_OUT_OF_RANGE
+	4025: true, // ER_CONSTRAINT_FAILED: a CHECK
+}
+
+// requestFault reports whether a failed batch may owe its failure to one
+// of its requests, so that running them one by one finds it. Anything
+// else is about the server (too many connections, disk full, privileges,
+// read-only, lock waits and deadlocks past their retries) and would fail
+// every request alike: splitting then multiplies the load on a database
+// that is already failing.
+func requestFault(err error) bool {
+	return requestFaultErrors[mysqlErrNumber(err)]
+}
+
 // retryReason names why a purchase attempt may be tried again, or "" when
 // it may not: deadlocks and lock wait timeouts roll the transaction back
 // whole; a lost connection either never committed or committed with a

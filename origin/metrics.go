@@ -112,7 +112,7 @@ func newMetrics() *metrics {
 	})
 	m.batchSplits = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "podium_origin_purchase_batch_splits_total",
-		Help: "Purchase batches the database refused whole, whose requests then ran one by one.",
+		Help: "Purchase batches the database refused for a value one request carries (a constraint, a value out of range), whose requests then ran one by one.",
 	})
 	m.soldOutAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_origin_sold_out_short_circuits_total",

@@ -62,9 +62,11 @@ import (
 //
 // A batch that fails with a deadlock, a lock wait timeout or a lost
 // connection is retried whole with the same order tokens, so an attempt
-// whose COMMIT went through sells once. A batch that fails otherwise is
-// split and each request runs alone, so one request the database refuses
-// never fails its neighbours.
+// whose COMMIT went through sells once. A batch the database refuses for
+// a value one request carries (a constraint, a value out of range:
+// requestFault) is split and each request runs alone, so one request the
+// database refuses never fails its neighbours; a batch that fails for a
+// fault of the server is answered 503 whole, at once.
 
 // saleReq is one purchase waiting for its batch. Owned by its batch once
 // taken off the queue; done is closed when out and err are set.
@@ -255,11 +257,12 @@ func (c *cluster) commitBatch(batch []*saleReq) {
 		res, err = c.commitWithRetries(settle, batch)
 	}
 	c.m.observeQuery("purchase_batch", start)
-	if err != nil && len(batch) > 1 && !isConnError(err) && ctx.Err() == nil {
-		// Something in the batch made the database refuse it, or kept
-		// failing it past its retries: each request runs alone, so that
-		// only the culprit fails. (A primary that is gone fails them all
-		// alike: no split then.)
+	if err != nil && len(batch) > 1 && requestFault(err) && ctx.Err() == nil {
+		// A value in one request made the database refuse the batch: each
+		// request runs alone, so that only the culprit fails. A fault of
+		// the server (gone, read-only, full, out of connections, lock
+		// waits past their retries) fails them all alike, at once: no
+		// split then.
 		c.m.batchSplits.Inc()
 		c.log.Warn("origin: purchase batch failed, running its requests one by one", "size", len(batch), "err", err)
 		for _, r := range batch {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -718,5 +719,48 @@ func TestOrderIDsFollowAChangedStep(t *testing.T) {
 			t.Errorf("order ids %v of one batch, want steps of 3", ids)
 			break
 		}
+	}
+}
+
+// A batch that fails for a fault of the server, not of a request (here the
+// app user loses INSERT on the database, as a botched grant would do), is
+// answered 503 whole and at once: running its requests one by one would
+// only multiply the load on a database that fails them all alike.
+func TestBatchFailingOnTheServerIsNotSplit(t *testing.T) {
+	s := startServer(t, nil)
+	game := createGame(t, 20)
+	app, err := mysql.ParseDSN(tc.primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, blocker := startBlocker(t, s, game)
+	user := fmt.Sprintf("'%s'@'127.0.0.1'", app.User)
+	clusterCmd(t, "sql", "primary", "REVOKE INSERT ON "+app.DBName+".* FROM "+user)
+	t.Cleanup(func() { clusterCmd(t, "sql", "primary", "GRANT INSERT ON "+app.DBName+".* TO "+user) })
+	// A session keeps the database privileges it began with: the blocker's
+	// batch still inserts, the batches after it run on new sessions.
+	s.db.sales.SetMaxIdleConns(0)
+	const buyers = 4
+	answers := make([]response, buyers)
+	var wg sync.WaitGroup
+	for i := range buyers {
+		wg.Go(func() { answers[i] = buyAPIAs(t, s.URL, game, 1, fmt.Sprintf("fan%d-%d@example.com", i, game)) })
+		waitQueued(t, s, game, i+1)
+	}
+	lock.Rollback() //nolint:errcheck
+	wg.Wait()
+	if r := <-blocker; r.Status != http.StatusCreated {
+		t.Fatalf("first buyer: %d %s", r.Status, r.Body)
+	}
+	for i, r := range answers {
+		if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+			t.Errorf("buyer %d: %d %s, want 503 with Retry-After", i, r.Status, r.Body)
+		}
+	}
+	if n := metricValue(t, s.m.batchSplits); n != 0 {
+		t.Errorf("%v batches split on a fault of the server, want none", n)
+	}
+	if remaining, sold, orders, _ := gameState(t, game); sold != 1 || orders != 1 || remaining != 19 {
+		t.Errorf("remaining %d, sold %d in %d orders; want 19, 1 in 1 (the first buyer's)", remaining, sold, orders)
 	}
 }
