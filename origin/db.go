@@ -57,6 +57,9 @@ type replica struct {
 	skipUntil atomic.Int64
 	// lagSeconds is Seconds_Behind_Master at the last check, -1 if unknown.
 	lagSeconds atomic.Int64
+	// timeouts counts the checks in a row that timed out while the replica
+	// was in rotation (checkTimeoutsToDown). Guarded by cluster.checkMu.
+	timeouts int
 	// gtidWaits holds a token per MASTER_GTID_WAIT running on this
 	// replica: each holds a connection for up to GTIDWait, so without a
 	// bound a few dozen requests a second presenting GTIDs the replica has
@@ -81,8 +84,14 @@ type cluster struct {
 	// primaryName is host:port of the primary, for logs.
 	primaryName string
 	replicas    []*replica
-	// primaryUp is the verdict of the last primary ping.
+	// primaryUp is the verdict of the primary pings.
 	primaryUp atomic.Bool
+	// checkMu runs one health check at a time (the loop's, and
+	// Server.CheckDatabases').
+	checkMu sync.Mutex
+	// primaryTimeouts counts the pings in a row that timed out while the
+	// primary was up (checkTimeoutsToDown). Guarded by checkMu.
+	primaryTimeouts int
 	// rr spreads reads round-robin; the value Add returns picks the start.
 	rr atomic.Uint64
 	// pos is the primary's GTID position as last seen, against which the
@@ -201,6 +210,15 @@ func (c *cluster) canRead() bool {
 	return false
 }
 
+// checkTimeoutsToDown is how many health checks in a row must time out
+// before a node in use is taken out of it (HAProxy's "fall"): one slow
+// answer on a busy machine is not an outage, and taking the primary and
+// both replicas out at once for it turned the origin's /ping to 503 and
+// emptied the edge's pool (seen with the whole suite beside CPU hogs).
+// A refused or broken connection, an error from the server, or a replica
+// that says it is not replicating takes a node out at the first check.
+const checkTimeoutsToDown = 2
+
 // healthLoop checks the primary and the replicas every HealthInterval until
 // ctx ends. A panic in a check is logged and the loop goes on.
 func (c *cluster) healthLoop(ctx context.Context) {
@@ -239,6 +257,8 @@ func (c *cluster) safely(what string, fn func()) {
 // replica's verdict depends on it, then the replicas in parallel so that one
 // hung node does not delay the verdict on the others.
 func (c *cluster) check(ctx context.Context) {
+	c.checkMu.Lock()
+	defer c.checkMu.Unlock()
 	timeout := min(c.cfg.HealthInterval, 2*time.Second)
 	if timeout < 500*time.Millisecond {
 		timeout = 500 * time.Millisecond
@@ -251,7 +271,16 @@ func (c *cluster) check(ctx context.Context) {
 	err := c.primary.QueryRowContext(pctx, "SELECT @@gtid_binlog_pos").Scan(&pos)
 	cancel()
 	up := err == nil
-	if up {
+	if !up && errors.Is(err, context.DeadlineExceeded) && c.primaryUp.Load() {
+		c.primaryTimeouts++
+		if c.primaryTimeouts < checkTimeoutsToDown {
+			c.log.Warn("origin: primary health check timed out; it stays in use unless the next one does too", "primary", c.primaryName, "timeout", timeout)
+			up = true
+		}
+	} else {
+		c.primaryTimeouts = 0
+	}
+	if err == nil {
 		if p, perr := parsePrimaryPosition(pos); perr != nil {
 			c.log.Warn("origin: "+perr.Error(), "primary", c.primaryName)
 		} else {
@@ -286,6 +315,15 @@ func (c *cluster) check(ctx context.Context) {
 // there is, and keeps serving.
 func (c *cluster) checkReplica(ctx context.Context, r *replica) {
 	ok, lag, reason := c.replicaStatus(ctx, r)
+	if !ok && errors.Is(ctx.Err(), context.DeadlineExceeded) && r.healthy.Load() {
+		r.timeouts++
+		if r.timeouts < checkTimeoutsToDown {
+			c.log.Warn("origin: replica health check timed out; it stays in rotation unless the next one does too", "replica", r.name)
+			return // the last verdict and lag stand
+		}
+	} else {
+		r.timeouts = 0
+	}
 	r.lagSeconds.Store(lag)
 	c.m.replicaLag.WithLabelValues(r.name).Set(float64(lag))
 	c.m.dbUp.WithLabelValues("replica", r.name).Set(b2f(ok))

@@ -8,7 +8,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -276,4 +280,54 @@ func metricValue(t *testing.T, c prometheus.Metric) float64 {
 		return m.Counter.GetValue()
 	}
 	return m.Gauge.GetValue()
+}
+
+// A health check that times out once does not take a node out of use: a
+// frozen primary (SIGSTOP: it holds its connections and answers nothing,
+// as a host does under a storm) stays in use after one slow check, and
+// is out after the second. A refused connection takes it out at once
+// (TestPrimaryStoppedThenRestarted).
+func TestOneSlowHealthCheckIsNotAnOutage(t *testing.T) {
+	// The health loop's own checks wait an hour: the test runs each one.
+	s := startServer(t, func(c *Config) { c.HealthInterval = time.Hour })
+	// Run's first check is done once it serves.
+	for i := 0; !strings.Contains(s.logs.String(), "origin: serving"); i++ {
+		if i == 3000 {
+			t.Fatal("the origin does not serve after 30 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b, err := os.ReadFile(filepath.Join(tc.stateDir, "primary", "mysqld.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	thaw := func() { syscall.Kill(pid, syscall.SIGCONT) }
+	t.Cleanup(thaw)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	ping := func() int {
+		r := do(t, "GET", s.URL+"/ping", "")
+		return r.Status
+	}
+	s.CheckDatabases(context.Background())
+	if !s.db.primaryUp.Load() || ping() != http.StatusOK {
+		t.Fatalf("after one timed-out check: primary up %v, /ping %d; want still up, 200", s.db.primaryUp.Load(), ping())
+	}
+	if !strings.Contains(s.logs.String(), "primary health check timed out") {
+		t.Errorf("the slow check is not logged:\n%s", s.logs.String())
+	}
+	s.CheckDatabases(context.Background())
+	if s.db.primaryUp.Load() {
+		t.Errorf("after two timed-out checks in a row the primary is still in use")
+	}
+	thaw()
+	s.CheckDatabases(context.Background())
+	if !s.db.primaryUp.Load() {
+		t.Errorf("the primary answers again, but is still out of use")
+	}
 }
