@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -119,6 +120,32 @@ routes:
 `, listen, admin, front.addr, second.Host)), 0o644)
 	edge := s.start(t, "edge-retry", podiumBin, "edge", "-config", cfg, "-drain", "0s")
 	s.waitFor(t, edge, "http://"+listen+"/api/games/"+strconv.FormatInt(game, 10), 20*time.Second)
+	// Both origins in rotation before the purchases: the dying one must be
+	// the one picked. (A first health check that times out on a busy
+	// machine starts it down, and every purchase then went to the other.)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var ups struct {
+			Upstreams []struct {
+				InRotation bool `json:"in_rotation"`
+			} `json:"upstreams"`
+		}
+		resp, body := s.do(t, http.MethodGet, "http://"+admin+"/upstreams", "")
+		in := 0
+		if resp.StatusCode == http.StatusOK && json.Unmarshal(body, &ups) == nil {
+			for _, u := range ups.Upstreams {
+				if u.InRotation {
+					in++
+				}
+			}
+		}
+		if in == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the retry edge's upstreams are not both in rotation after 30 s: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	buy := "http://" + listen + "/api/games/" + strconv.FormatInt(game, 10) + "/buy"
 	run := time.Now().UnixNano()
