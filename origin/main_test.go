@@ -236,6 +236,16 @@ func startServer(t testing.TB, mod func(*Config)) *testServer {
 			t.Logf("origin logs:\n%s", logs.String())
 		}
 	})
+	// Run checks the databases once before it serves, then on its own
+	// clock: wait for that first check, or it may land in the middle of
+	// the test (a test that pauses replication and means the replicas to
+	// stay in rotation saw its reads sent to the primary, under load).
+	for i := 0; !strings.Contains(logs.String(), "origin: serving"); i++ {
+		if i == 3000 {
+			t.Fatalf("the origin does not serve after 30 s:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return &testServer{Server: s, URL: "http://" + ln.Addr().String(), logs: logs}
 }
 

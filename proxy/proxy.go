@@ -51,6 +51,7 @@ type Proxy struct {
 	logs    *logLimiter        // bounds error lines per client (access_log.error_limit)
 
 	draining      atomic.Bool
+	warming       atomic.Bool
 	active        atomic.Int64 // client requests in flight, for the retry budget
 	activeRetries atomic.Int64
 	idPrefix      [16]byte // hex of 8 random bytes, fixed per process
@@ -133,6 +134,10 @@ func (p *Proxy) Server() *fasthttp.Server { return p.server }
 // SetDraining makes the edge's /ping answer 503 draining, so load balancers
 // in front stop sending new connections before the listener closes.
 func (p *Proxy) SetDraining(v bool) { p.draining.Store(v) }
+
+// SetWarming makes the edge's /ping answer 503 warming up while it waits,
+// before it takes traffic, for an upstream to pass its health check.
+func (p *Proxy) SetWarming(v bool) { p.warming.Store(v) }
 
 // WrapListener makes the client connections ln accepts the transport's
 // (see transport.Listener): the server must serve the wrapped listener.
@@ -534,6 +539,11 @@ func (p *Proxy) ping(ctx *fasthttp.RequestCtx) {
 	if p.draining.Load() {
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString("draining\n")
+		return
+	}
+	if p.warming.Load() {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString("warming up: waiting for an upstream to pass its health check before taking traffic\n")
 		return
 	}
 	ctx.SetBodyString("pong\n")

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/podium-edge/podium/balancer"
 	"github.com/podium-edge/podium/config"
 	"github.com/podium-edge/podium/discovery"
 	"github.com/podium-edge/podium/discovery/consul"
@@ -171,13 +172,9 @@ func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownT
 		return err
 	}
 	defer p.Close()
-	ln, err := listen(cfg.Listen, cfg.ReusePort)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w (is another edge running? pick another port with -listen)", cfg.Listen, err)
-	}
+	p.SetWarming(true)
 	adminLn, err := listen(cfg.Admin, false)
 	if err != nil {
-		ln.Close()
 		return fmt.Errorf("admin listen %s: %w (pick another port with -admin)", cfg.Admin, err)
 	}
 	adminSrv := &fasthttp.Server{Handler: p.AdminHandler(), Name: "podium-admin", ReadTimeout: 10 * time.Second, NoDefaultServerHeader: true}
@@ -199,6 +196,20 @@ func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownT
 	// A source that loses its backend (a Consul agent gone) keeps the last
 	// known set by not pushing until it hears from it again.
 	e.upstreams.start(bg, src)
+	// Warm up (Envoy's cluster warming): the public listener opens once
+	// an upstream has passed its health check, or after warmUpLimit. With
+	// SO_REUSEPORT the kernel hands a bound listener its share of new
+	// connections at once, so an edge that joined a running one before
+	// any upstream was up answered 503 (TestZeroDowntimeRestart, beside
+	// CPU hogs, when its first probe timed out).
+	if !warmUp(ctx, p.Pool(), warmUpLimit(cfg), log) {
+		return nil // SIGTERM or Ctrl-C while warming up: nothing served yet
+	}
+	ln, err := listen(cfg.Listen, cfg.ReusePort)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w (is another edge running? pick another port with -listen)", cfg.Listen, err)
+	}
+	p.SetWarming(false)
 	var registration *consul.Service
 	if cs := cfg.Discovery.Consul; cs != nil && cs.Register != nil {
 		if registration, err = registerEdge(bg, cs, ln.Addr(), log); err != nil {
@@ -246,6 +257,47 @@ func serveEdge(f edgeFlags, cfg *config.Edge, log *slog.Logger, drain, shutdownT
 	}
 	log.Info("edge stopped")
 	return err
+}
+
+// warmUpLimit bounds the warm-up: long enough for an upstream whose first
+// probe failed to pass rise probes after it, at most 30 s.
+func warmUpLimit(cfg *config.Edge) time.Duration {
+	hc := cfg.HealthCheck
+	d := hc.Interval.D()*time.Duration(hc.Rise+1) + hc.Timeout.D()
+	return min(max(d, time.Second), 30*time.Second)
+}
+
+// warmUp waits until some upstream of pool is healthy, or limit passes,
+// or ctx ends (false then).
+func warmUp(ctx context.Context, pool *balancer.Pool, limit time.Duration, log *slog.Logger) bool {
+	start := time.Now()
+	healthy := func() bool {
+		for _, h := range pool.Hosts() {
+			if h.Healthy() {
+				return true
+			}
+		}
+		return false
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	logged := false
+	for !healthy() {
+		if time.Since(start) >= limit {
+			log.Warn("no upstream passed its health check while warming up; taking traffic anyway (answers are 503 until one does)", "waited", limit.String())
+			return true
+		}
+		if !logged && time.Since(start) >= time.Second {
+			log.Info("warming up: waiting for an upstream to pass its health check before taking traffic", "at_most", limit.String())
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
 }
 
 // startProber (re)starts the active health checker with cfg's settings.

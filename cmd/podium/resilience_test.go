@@ -391,3 +391,71 @@ func TestReloadRefusesAnEmptyFile(t *testing.T) {
 		t.Errorf("the log does not say why the reload was refused:\n%s", logs)
 	}
 }
+
+// An edge opens its public listener only once an upstream has passed its
+// health check (Envoy's cluster warming): with SO_REUSEPORT the kernel
+// hands a bound listener its share of a running edge's new connections at
+// once, and an edge that had no healthy upstream yet answered them 503.
+// Meanwhile the admin /ping says it is warming up.
+func TestEdgeWarmsUpBeforeTakingTraffic(t *testing.T) {
+	var healthy atomic.Bool
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ping" && !healthy.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	bin := buildPodium(t)
+	listen, admin := freePort(t), freePort(t)
+	cfg := filepath.Join(t.TempDir(), "edge.yaml")
+	// The warm-up waits at most interval × (rise + 1) + timeout: 6.5 s.
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`listen: %q
+admin: %q
+access_log: {enabled: false}
+discovery: {static: [%q]}
+healthcheck: {interval: 2s, timeout: 500ms, rise: 2}
+routes: [{name: all, match: {path_prefix: /}}]
+ratelimits: {}
+`, listen, admin, ln.Addr().String())), 0o644)
+	_, logs := startEdgeProcess(t, bin, "-config", cfg)
+
+	// Warming up: the admin listener says so, the public one is not open.
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + admin + "/ping")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "warming up") {
+				t.Fatalf("admin /ping while the only upstream fails its checks: %d %q, want 503 warming up\n%s", resp.StatusCode, body, logs)
+			}
+			break
+		}
+		if i == 1000 {
+			t.Fatalf("the admin listener does not answer after 10 s\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c, err := net.Dial("tcp", listen); err == nil {
+		c.Close()
+		t.Fatalf("the public listener %s accepts connections before any upstream is healthy\n%s", listen, logs)
+	}
+
+	healthy.Store(true)
+	waitOK(t, "http://"+admin+"/ping")
+	resp, err := http.Get("http://" + listen + "/x")
+	if err != nil {
+		t.Fatalf("after the warm-up: %v\n%s", err, logs)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("first request after the warm-up: %d, want 200 from the upstream\n%s", resp.StatusCode, logs)
+	}
+}
