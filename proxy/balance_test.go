@@ -30,7 +30,10 @@ func TestSlowUpstreamGetsFewer(t *testing.T) {
 	ups := []*testUpstream{newUpstream(t), newUpstream(t), newUpstream(t)}
 	ups[0].delay.Store(int64(5 * time.Millisecond))
 	ups[1].delay.Store(int64(5 * time.Millisecond))
-	ups[2].delay.Store(int64(50 * time.Millisecond)) // ten times slower
+	// Fifty times slower: least connections shares by latency, and on a
+	// busy machine the fast ones' latency is mostly the scheduler's (at
+	// ten times, load 20 brought the slow one's share to 0.35).
+	ups[2].delay.Store(int64(250 * time.Millisecond))
 	e := startEdge(t, ups, nil)
 	if failed := load(t, e.url("/x"), 12, 1200); failed != 0 {
 		t.Fatalf("%d requests failed", failed)
