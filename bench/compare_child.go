@@ -2,12 +2,14 @@ package bench
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podium-edge/podium/internal/testport"
 )
 
 // child is a process the comparison started, with its log.
@@ -90,11 +92,15 @@ func (ch *child) tail() string {
 	return strings.Join(lines, " | ")
 }
 
+// freeAddr is a loopback address for a proxy or upstream the comparison
+// starts: drawn below the ephemeral range and claimed for this process
+// (internal/testport), so no outgoing connection takes it before the child
+// binds it (HAProxy once failed to start: address already in use, beside
+// the test suite under load).
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := testport.Free(1, false)
 	if err != nil {
 		return "", fmt.Errorf("finding a free port: %w", err)
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return "127.0.0.1:" + strconv.Itoa(ports[0]), nil
 }
