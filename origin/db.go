@@ -219,6 +219,18 @@ func (c *cluster) canRead() bool {
 // that says it is not replicating takes a node out at the first check.
 const checkTimeoutsToDown = 2
 
+// stillInUse counts in *timeouts the checks in a row of a node in use that
+// timed out, and reports whether this one leaves it in use; any other
+// outcome resets the count.
+func stillInUse(timeouts *int, timedOut, inUse bool) bool {
+	if !timedOut || !inUse {
+		*timeouts = 0
+		return false
+	}
+	*timeouts++
+	return *timeouts < checkTimeoutsToDown
+}
+
 // healthLoop checks the primary and the replicas every HealthInterval until
 // ctx ends. A panic in a check is logged and the loop goes on.
 func (c *cluster) healthLoop(ctx context.Context) {
@@ -271,14 +283,9 @@ func (c *cluster) check(ctx context.Context) {
 	err := c.primary.QueryRowContext(pctx, "SELECT @@gtid_binlog_pos").Scan(&pos)
 	cancel()
 	up := err == nil
-	if !up && errors.Is(err, context.DeadlineExceeded) && c.primaryUp.Load() {
-		c.primaryTimeouts++
-		if c.primaryTimeouts < checkTimeoutsToDown {
-			c.log.Warn("origin: primary health check timed out; it stays in use unless the next one does too", "primary", c.primaryName, "timeout", timeout)
-			up = true
-		}
-	} else {
-		c.primaryTimeouts = 0
+	if stillInUse(&c.primaryTimeouts, !up && errors.Is(err, context.DeadlineExceeded), c.primaryUp.Load()) {
+		c.log.Warn("origin: primary health check timed out; it stays in use unless the next one does too", "primary", c.primaryName, "timeout", timeout)
+		up = true
 	}
 	if err == nil {
 		if p, perr := parsePrimaryPosition(pos); perr != nil {
@@ -315,14 +322,9 @@ func (c *cluster) check(ctx context.Context) {
 // there is, and keeps serving.
 func (c *cluster) checkReplica(ctx context.Context, r *replica) {
 	ok, lag, reason := c.replicaStatus(ctx, r)
-	if !ok && errors.Is(ctx.Err(), context.DeadlineExceeded) && r.healthy.Load() {
-		r.timeouts++
-		if r.timeouts < checkTimeoutsToDown {
-			c.log.Warn("origin: replica health check timed out; it stays in rotation unless the next one does too", "replica", r.name)
-			return // the last verdict and lag stand
-		}
-	} else {
-		r.timeouts = 0
+	if stillInUse(&r.timeouts, !ok && errors.Is(ctx.Err(), context.DeadlineExceeded), r.healthy.Load()) {
+		c.log.Warn("origin: replica health check timed out; it stays in rotation unless the next one does too", "replica", r.name)
+		return // the last verdict and lag stand
 	}
 	r.lagSeconds.Store(lag)
 	c.m.replicaLag.WithLabelValues(r.name).Set(float64(lag))
