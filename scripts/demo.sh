@@ -15,8 +15,8 @@
 # merely suffered:
 # - An origin that exits (kill -9 one to watch the edge route around it,
 #   Consul mark it critical and the alert fire) is named and restarted with
-#   backoff, 1 s, 2 s, 4 s ... capped at 30 s; the backoff starts again at
-#   1 s once an origin has stayed up 60 s. It rejoins through Consul. Its log,
+#   backoff, 2 s, 4 s, 8 s ... capped at 30 s (2 s: longer than Consul and the edge take to see it die); it starts again at
+#   2 s once an origin has stayed up 60 s. It rejoins through Consul. Its log,
 #   appended across restarts, is <state>/demo/originN.log.
 # - `scale N` sets the number of origins. Origin N listens on
 #   127.0.0.1:(9001 + N - 1). New ones register in Consul and the edge
@@ -342,7 +342,7 @@ origin_exited() {
 	wait "$pid" && st=0 || st=$?
 	exit_desc "$st"
 	if ((now - ostart[i] >= stable_ms)); then ofails[i]=0; fi
-	delay=$((1 << ${ofails[i]:-0}))
+	delay=$((2 << ${ofails[i]:-0}))
 	((delay <= restart_cap_s)) || delay=$restart_cap_s
 	ofails[i]=$((${ofails[i]:-0} + 1))
 	if ((st <= 128)); then
