@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strconv"
 	"sync"
@@ -200,6 +202,52 @@ func TestWatcherSeesPassingWithinOneSecond(t *testing.T) {
 		if lag > time.Second {
 			t.Errorf("%s pushed %v after its check passed, want within 1s", id, lag)
 		}
+	}
+}
+
+// TestWatcherStaysOffTheStreamingBackend: the watcher's blocking queries are
+// answered by Consul's RPC blocking-query backend, never by the streaming
+// view, which answers from a stale copy for up to a minute when its
+// subscription fails (see Watcher.Run). A proxy in front of the agent reads
+// Consul's X-Consul-Query-Backend on every answer to a blocking query.
+func TestWatcherStaysOffTheStreamingBackend(t *testing.T) {
+	t.Parallel()
+	agent := consultest.Start(t)
+	target, err := url.Parse("http://" + agent.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu       sync.Mutex
+		backends = map[string]int{} // backend of each blocking answer
+	)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.URL.Path == "/v1/health/service/web" && resp.Request.URL.Query().Get("index") != "" {
+			mu.Lock()
+			backends[resp.Header.Get("X-Consul-Query-Backend")]++
+			mu.Unlock()
+		}
+		return nil
+	}
+	front := httptest.NewServer(rp)
+	t.Cleanup(front.Close)
+
+	w, err := consul.NewWatcher(consul.Config{Address: front.Listener.Addr().String(), Service: "web"}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := watch(t, w)
+	_, from := rec.waitFor(t, 0, "the initial (empty) set", func(s snapshot) bool { return len(s.targets) == 0 })
+	o := newOrigin(t)
+	o.register(t, agent.Client(), "web", "web-0", nil, nil)
+	// Pushed only after a blocking query came back with web-0 passing.
+	rec.waitFor(t, from, "web-0", func(s snapshot) bool { return s.has("web-0") })
+
+	mu.Lock()
+	defer mu.Unlock()
+	if backends[api.QueryBackendBlockingQuery] == 0 || len(backends) != 1 {
+		t.Errorf("blocking answers by X-Consul-Query-Backend = %v, want all %q", backends, api.QueryBackendBlockingQuery)
 	}
 }
 

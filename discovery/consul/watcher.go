@@ -2,7 +2,8 @@
 // Podium's own services there.
 //
 // The Watcher is a discovery.Source: it follows
-// /v1/health/service/<name>?passing with blocking queries and pushes the whole
+// /v1/health/service/<name>?passing&near=_agent with blocking queries (on
+// Consul's RPC backend, not its streaming one) and pushes the whole
 // passing set each time it changes. Register puts a service with an HTTP check
 // on its /ping into the local agent and returns a handle that drains it
 // (MarkCritical) and removes it (Deregister).
@@ -250,6 +251,20 @@ func (w *Watcher) Run(ctx context.Context, push func([]discovery.Target)) (err e
 			AllowStale: w.AllowStale,
 			WaitIndex:  index,
 			WaitTime:   wait,
+			// near=_agent keeps the query on Consul's RPC blocking-query
+			// backend. An agent with use_streaming_backend (the default
+			// since 1.10) answers blocking health queries from a streaming
+			// view unless near is set (1.15, rpcclient/health). When that
+			// view's subscription fails, Consul retries it with a backoff
+			// that grows to 60 s and meanwhile answers from the stale view
+			// with no error, so the watcher cannot tell: at a load of 26 on
+			// two cores an origin reached the watcher 19 s after its check
+			// passed while the agent logged failed subscriptions. On the RPC
+			// backend a failure reaches us as an error, and our backoff (at
+			// most RetryMax) applies. near's sorting by round-trip time
+			// costs nothing (targets sorts by ID), and one watch per edge
+			// is not the many-watcher load that streaming exists for.
+			Near: "_agent",
 		}
 		if failures > 0 {
 			// First query after errors: read at once instead of blocking.
