@@ -15,8 +15,10 @@
 # merely suffered:
 # - An origin that exits (kill -9 one to watch the edge route around it,
 #   Consul mark it critical and the alert fire) is named and restarted with
-#   backoff, 2 s, 4 s, 8 s ... capped at 30 s (2 s: longer than Consul and the edge take to see it die); it starts again at
-#   2 s once an origin has stayed up 60 s. It rejoins through Consul. Its log,
+#   backoff, 2 s, 4 s, 8 s ... capped at 30 s, and not before Consul has
+#   stopped listing it passing (at most 10 s more), so the death is seen; the
+#   backoff starts again at 2 s once an origin has stayed up 60 s. It rejoins
+#   through Consul. Its log,
 #   appended across restarts, is <state>/demo/originN.log.
 # - `scale N` sets the number of origins. Origin N listens on
 #   127.0.0.1:(9001 + N - 1). New ones register in Consul and the edge
@@ -312,7 +314,7 @@ want=0 bad_want='' view_written='' targets_written=''
 edge_pid='' prom_pid='' consul_pid=''
 declare -A db_pid=() db_seen=() # MariaDB node -> its pid while up; seen up once
 restart_cap_s=30  # longest backoff
-stable_ms=60000   # up this long: the next exit starts the backoff at 1 s again
+stable_ms=60000   # up this long: the next exit starts the backoff at 2 s again
 stop_grace_s=30   # a scaled-down origin drains (2 s) and finishes requests; then SIGKILL
 
 # Each process runs in a session of its own (setsid; it does not fork here,
@@ -348,11 +350,25 @@ origin_exited() {
 	if ((st <= 128)); then
 		last=$(tail -n 1 "$logs/origin$i.log" 2>/dev/null) || true
 	fi
-	say "origin $i ($(origin_addr "$i"), pid $pid) exited with $desc; restarting in ${delay}s (log: $logs/origin$i.log)"
+	say "origin $i ($(origin_addr "$i"), pid $pid) exited with $desc; restarting in ${delay}s, once Consul has seen it die (log: $logs/origin$i.log)"
 	if [[ -n $last ]]; then say "  its last log line: $last"; fi
 	ostate[i]=restarting
 	opid[i]=''
 	onext[i]=$((now + delay * 1000))
+}
+
+# still_passing says whether Consul still lists dead origin i as passing,
+# for at most consul_wait_s past its backoff: a restart on the same port
+# before Consul's check has seen the death would hide it from whoever
+# killed it to watch Consul mark it critical. An unanswered query counts as
+# not passing, so a Consul outage never holds a restart back.
+consul_wait_s=10
+still_passing() {
+	local i=$1 addr
+	((now < onext[i] + consul_wait_s * 1000)) || return 1
+	consul_passing || return 1
+	addr=$(origin_addr "$i")
+	[[ " ${passing[*]} " == *" $addr "* ]]
 }
 
 # read_want takes the wanted number of origins from origins.want.
@@ -391,7 +407,7 @@ supervise_origins() {
 			if ((i > want)); then
 				ostate[i]=''
 				say "origin $i: restart cancelled (scaled to $want)"
-			elif ((now >= onext[i])); then
+			elif ((now >= onext[i])) && ! still_passing "$i"; then
 				start_origin "$i" restart
 			fi
 			;;
