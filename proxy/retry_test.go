@@ -33,11 +33,22 @@ func newGate(t *testing.T) *gate {
 
 func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
 
-// An upstream answering 502, 503 or 504 has the request retried on
-// another upstream (retries.on_status), for a method that may be sent
-// twice; any other 5xx, or a POST without an Idempotency-Key, reaches the
-// client as the upstream sent it.
-func TestRetriedOnUpstreamStatus(t *testing.T) {
+// statusRetryCase is one request to an edge whose first pick (bad)
+// answers status, and what the client should see.
+type statusRetryCase struct {
+	name        string
+	status      int
+	method      string
+	hdr         []string
+	wantCode    int
+	wantRetried bool
+}
+
+// statusRetryEdge starts an edge over a good and a bad upstream, with
+// least connections picking the bad one first every time, and runs each
+// case against it: the bad upstream answers the case's status.
+func statusRetryEdge(t *testing.T, opt edgeOption, cases []statusRetryCase) {
+	t.Helper()
 	good, bad := newUpstream(t), newUpstream(t)
 	var status atomic.Int64
 	bad.handler = func(w http.ResponseWriter, r *http.Request) {
@@ -46,27 +57,14 @@ func TestRetriedOnUpstreamStatus(t *testing.T) {
 	}
 	e := startEdge(t, []*testUpstream{good, bad}, nil, func(c *config.Edge) {
 		c.Outlier.ConsecutiveFailures = 0 // this test is about retries, not ejection
+		if opt != nil {
+			opt(c)
+		}
 	})
 	// Least connections then picks the bad upstream first, every time.
 	keepBusy(t, e, good.addr)
 
-	for _, tc := range []struct {
-		name        string
-		status      int
-		method      string
-		hdr         []string
-		wantCode    int
-		wantRetried bool
-	}{
-		{"GET 502", 502, "GET", nil, 200, true},
-		{"GET 503", 503, "GET", nil, 200, true},
-		{"GET 504", 504, "GET", nil, 200, true},
-		{"HEAD 503", 503, "HEAD", nil, 200, true},
-		{"GET 500", 500, "GET", nil, 500, false},
-		{"GET 501", 501, "GET", nil, 501, false},
-		{"POST 503", 503, "POST", nil, 503, false},
-		{"POST 503 with Idempotency-Key", 503, "POST", []string{"Idempotency-Key", "k-503"}, 200, true},
-	} {
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			status.Store(int64(tc.status))
 			badBefore, goodBefore := bad.count.Load(), good.count.Load()
@@ -99,6 +97,39 @@ func TestRetriedOnUpstreamStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An upstream answering 502, 503 or 504 has the request retried on
+// another upstream (retries.on_status), for a method that may be sent
+// twice (GET, HEAD, OPTIONS); any other 5xx, or a POST without an
+// Idempotency-Key, or a PUT that retries.methods does not list, reaches
+// the client as the upstream sent it.
+func TestRetriedOnUpstreamStatus(t *testing.T) {
+	statusRetryEdge(t, nil, []statusRetryCase{
+		{"GET 502", 502, "GET", nil, 200, true},
+		{"GET 503", 503, "GET", nil, 200, true},
+		{"GET 504", 504, "GET", nil, 200, true},
+		{"HEAD 503", 503, "HEAD", nil, 200, true},
+		{"OPTIONS 503", 503, "OPTIONS", nil, 200, true},
+		{"GET 500", 500, "GET", nil, 500, false},
+		{"GET 501", 501, "GET", nil, 501, false},
+		{"POST 503", 503, "POST", nil, 503, false},
+		{"POST 503 with Idempotency-Key", 503, "POST", []string{"Idempotency-Key", "k-503"}, 200, true},
+		{"PUT 503, not in retries.methods", 503, "PUT", nil, 503, false},
+	})
+}
+
+// retries.methods makes a method retried as GET is: a PUT listed there
+// is sent again to another upstream after a 503 (without the setting,
+// TestRetriedOnUpstreamStatus sees it passed through); a method it does
+// not list is still not.
+func TestRetriedMethodsSetting(t *testing.T) {
+	statusRetryEdge(t, func(c *config.Edge) { c.Retries.Methods = []string{"PUT"} }, []statusRetryCase{
+		{"PUT 503", 503, "PUT", nil, 200, true},
+		{"PUT 502", 502, "PUT", nil, 200, true},
+		{"DELETE 503, not listed", 503, "DELETE", nil, 503, false},
+		{"POST 503", 503, "POST", nil, 503, false},
+	})
 }
 
 // retries.per_try_timeout bounds one attempt, not the whole request: an

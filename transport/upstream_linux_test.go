@@ -270,22 +270,32 @@ func TestUpstreamConnArmsLazily(t *testing.T) {
 		t.Errorf("30 exchanges over %v armed the read deadline %d times, want at most %d", elapsed, uc.rearms, most)
 	}
 
-	// Idle past a short deadline: it fires with nobody reading; the next
-	// exchange must not see it.
-	if err := exchange(100, "short", time.Now().Add(50*time.Millisecond), 50*time.Millisecond); err != nil {
+	// If a deadline is never put on the socket, the watchdog's close fails
+	// the read waiting for it instead of hanging the test.
+	watchdog := time.AfterFunc(30*time.Second, func() { uc.tc.Close() })
+	defer watchdog.Stop()
+
+	// A short deadline left on the socket fires, as it does on a pooled
+	// connection after its request; the next exchange must not see it.
+	// The read returns when the deadline fires, however late this machine
+	// gets to it: no echo has to come back within the short deadline.
+	if err := uc.arm(time.Now().Add(50*time.Millisecond), 50*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(120 * time.Millisecond) // past that deadline, by the clock alone
+	fired := uc.readDL
+	var ne net.Error
+	if _, err := uc.Read(make([]byte, 64)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("waiting on the short deadline: %v, want a timeout", err)
+	}
+	if now := time.Now(); now.Before(fired) {
+		t.Fatalf("the read timed out at %v, before the deadline on the socket (%v)", now, fired)
+	}
 	if err := exchange(101, "after idle", time.Now().Add(timeout), timeout); err != nil {
 		t.Fatalf("an exchange after a deadline fired in the pool: %v", err)
 	}
 
 	// A request never answered times out, with the deadline on the socket
-	// at most timeout/64 after the one asked for (and if none was armed at
-	// all, the watchdog's close fails the read instead of hanging the
-	// test).
-	watchdog := time.AfterFunc(30*time.Second, func() { uc.tc.Close() })
-	defer watchdog.Stop()
+	// at most timeout/64 after the one asked for.
 	const short = 200 * time.Millisecond
 	start = time.Now()
 	d := start.Add(short)
@@ -296,7 +306,6 @@ func TestUpstreamConnArmsLazily(t *testing.T) {
 		t.Errorf("deadline for %v armed %v after it, want 0 .. %v", short, late, short>>6)
 	}
 	err := exchange(102, "hang", d, short)
-	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("unanswered request: %v, want a timeout", err)
 	}
