@@ -206,6 +206,14 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
 	x := p.newExchange(ctx)
+	if p.draining.Load() {
+		// While draining, every answer closes its connection (/ping's and
+		// the edge's own rejections too), so keep-alive clients and load
+		// balancers reconnect, and land on the process taking over the
+		// port. Deferred before recoverPanic, so it runs after it, and
+		// after any reject, whose writeError resets the response.
+		defer ctx.SetConnectionClose()
+	}
 	defer x.recoverPanic()
 	req := &ctx.Request
 
@@ -276,9 +284,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	}
 	req.Header.ResetConnectionClose()
 	x.setForwarded(scan.fwd)
-	if clientClose || p.draining.Load() {
-		// While draining, every answer closes its connection, so keep-alive
-		// clients reconnect, and land on the process taking over the port.
+	if clientClose {
 		defer ctx.SetConnectionClose()
 	}
 

@@ -38,7 +38,14 @@ func consulOrigin(agent string) int {
 		return 1
 	}
 	addr := ln.Addr().(*net.TCPAddr)
+	// PODIUM_TEST_CONSUL_ORIGIN_FAIL names a path answered 503: an edge
+	// prober sent there sees the origin down while Consul's check, on
+	// /ping, passes.
+	failPath := os.Getenv("PODIUM_TEST_CONSUL_ORIGIN_FAIL")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failPath != "" && r.URL.Path == failPath {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
 		io.WriteString(w, addr.String())
 	})}
 	go srv.Serve(ln)
@@ -73,8 +80,15 @@ type consulOriginProc struct {
 
 func startConsulOrigin(t *testing.T, agent string) *consulOriginProc {
 	t.Helper()
+	return startConsulOriginEnv(t, agent)
+}
+
+// startConsulOriginEnv is startConsulOrigin with env (KEY=value) added to
+// the origin process's environment.
+func startConsulOriginEnv(t *testing.T, agent string, env ...string) *consulOriginProc {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "PODIUM_TEST_CONSUL_ORIGIN="+agent)
+	cmd.Env = append(append(os.Environ(), "PODIUM_TEST_CONSUL_ORIGIN="+agent), env...)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -190,11 +192,15 @@ func metric(t *testing.T, admin, name string) string {
 }
 
 // TestReloadsUnderLoad: 20 reloads under 200 req/s, half by rewriting the
-// file, half by SIGHUP, each changing the weights, the order of the
-// upstream set and the route's name; then a broken config, then one that
-// needs a restart. After each reload the test waits until the new config
-// is in force (weights in the metrics, requests counted under the new
-// route), so a reload that is counted but not applied fails it.
+// file, half by SIGHUP, each changing the route's name and the upstream
+// list: odd ones list b first, and each upstream takes the weight of its
+// place in the list. Then a broken config, then one that needs a restart.
+// After each reload the test waits until the new config is in force (each
+// upstream's weight in the metrics, the order in /upstreams, which shows
+// discovery's order, requests counted under the new route), so a reload
+// that is counted but not applied fails it. The order changes nothing in
+// routing (the balancer picks the least loaded); /upstreams is where an
+// operator sees it.
 func TestReloadsUnderLoad(t *testing.T) {
 	bin := buildPodium(t)
 	a, b := httpUpstream(t), httpUpstream(t)
@@ -218,23 +224,23 @@ func TestReloadsUnderLoad(t *testing.T) {
 	}
 	for i := range 20 {
 		ups, weights := []string{a, b}, []int{1 + i%3, 2}
-		want := map[string]int{a: weights[0], b: weights[1]}
-		if i%3 == 1 {
+		if i%2 == 1 {
 			ups = []string{b, a}
-			want = map[string]int{b: weights[0], a: weights[1]}
 		}
+		want := map[string]int{ups[0]: weights[0], ups[1]: weights[1]}
 		route := fmt.Sprintf("all%d", i)
 		os.WriteFile(path, []byte(edgeConfigRoute(listen, admin, route, weights, ups...)), 0o644)
 		if i%2 == 1 {
 			cmd.Process.Signal(syscall.SIGHUP)
 		}
-		inForce(fmt.Sprintf("reload %d (route %s, weights %v)", i, route, want), func() bool {
+		inForce(fmt.Sprintf("reload %d (route %s, upstreams in order %v, weights %v)", i, route, ups, want), func() bool {
 			for up, w := range want {
 				if metric(t, admin, fmt.Sprintf(`podium_edge_upstream_weight{upstream=%q}`, up)) != strconv.Itoa(w) {
 					return false
 				}
 			}
-			return atoiOr(metric(t, admin, fmt.Sprintf(`podium_edge_requests_total{code="200",method="GET",route=%q}`, route))) > 0
+			return slices.Equal(upstreamOrder(t, admin), ups) &&
+				atoiOr(metric(t, admin, fmt.Sprintf(`podium_edge_requests_total{code="200",method="GET",route=%q}`, route))) > 0
 		})
 	}
 	reloads := metric(t, admin, `podium_edge_config_reloads_total{result="success"}`)
@@ -279,6 +285,30 @@ func TestReloadsUnderLoad(t *testing.T) {
 		t.Errorf("the restart-only change was not logged with what needs the restart:\n%s", logs)
 	}
 	waitOK(t, "http://"+listen+"/x")
+}
+
+// upstreamOrder is the upstreams' addresses as the admin /upstreams lists
+// them: in discovery's order.
+func upstreamOrder(t *testing.T, admin string) []string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/upstreams")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Upstreams []struct {
+			Address string `json:"address"`
+		} `json:"upstreams"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("admin /upstreams: %v", err)
+	}
+	var out []string
+	for _, u := range body.Upstreams {
+		out = append(out, u.Address)
+	}
+	return out
 }
 
 func atoiOr(s string) int {
