@@ -13,6 +13,8 @@ func TestAllocs(t *testing.T) {
 	buf := make([]byte, 0, TokenLen)
 	long := make([]byte, 200)
 	var sink Token
+	buy := mustPattern(t, "/games/*/buy")
+	var matched bool
 	tests := []struct {
 		name string
 		fn   func()
@@ -25,8 +27,10 @@ func TestAllocs(t *testing.T) {
 		}},
 		{"Verify copied", func() { sink, _ = r.Verify(tok, bob, nowMs) }},
 		{"IdentityHash long identity", func() { sink.IDH = r.IdentityHash(long) }},
+		{"Pattern.Match", func() { matched = buy.Match([]byte("//GAMES/1;x/buy/")) }},
 		{"NewPlace+AppendToken", func() { buf = r.AppendToken(buf[:0], r.NewPlace(alice, nowMs, expMs)) }},
 	}
+	_ = matched
 	for _, tt := range tests {
 		if got := testing.AllocsPerRun(100, tt.fn); got != 0 {
 			t.Errorf("%s: %v allocations, want 0", tt.name, got)
