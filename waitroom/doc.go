@@ -1,8 +1,10 @@
 // Package waitroom is the core of the edge's waiting room (issue 18): a
 // fair queue in front of an on-sale path. It holds the parts that need no
 // proxy: the key file (keys.go), the signed place and admission tokens and
-// the identity they are bound to (token.go), and the stricter path form a
-// room is matched on (match.go).
+// the identity they are bound to (token.go), the stricter path form a
+// room is matched on (match.go), and one edge's admission state: a
+// watermark over per-millisecond arrival counts, advanced at the room's
+// rate, with a history that says when each place was admitted (gate.go).
 //
 // Nothing imports it yet; wiring it into the proxy (the waiting page, the
 // cookie and header, the admin controls, metrics) is to come in a later
