@@ -126,6 +126,11 @@ func TestAdminUpstreams(t *testing.T) {
 	fine, falls, ejected := newUpstream(t), newUpstream(t), newUpstream(t)
 	e := startEdge(t, []*testUpstream{fine, falls, ejected}, nil, func(c *config.Edge) {
 		c.Outlier.UnejectOnActivePass = false // the ejection must outlast the next probe
+		// The failing upstreams fail by refusal, at once; the healthy ones
+		// must pass every probe, which the harness's 100 ms timeout did
+		// not always allow at a load of 30 (a stress run, 1 of 50).
+		c.HealthCheck.Interval = config.Duration(time.Second)
+		c.HealthCheck.Timeout = config.Duration(time.Second)
 	})
 	admin := startAdmin(t, e)
 
@@ -175,8 +180,8 @@ func TestAdminUpstreams(t *testing.T) {
 	}
 	var got map[string]upstream
 	// Poll the real endpoint until the probes have judged both failing
-	// upstreams (fall is 3 probes, 100ms apart).
-	deadline := time.Now().Add(10 * time.Second)
+	// upstreams (fall is 3 probes, 1 s apart).
+	deadline := time.Now().Add(30 * time.Second) // a hang guard
 	for {
 		code, body := get(t, admin+"/upstreams")
 		if code != 200 {
@@ -195,7 +200,7 @@ func TestAdminUpstreams(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the failing upstreams were not judged within 10s:\n%s", body)
+			t.Fatalf("the failing upstreams were not judged within 30s:\n%s", body)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -98,20 +98,31 @@ start() {
 		-serf-lan-port="$serf_lan_port" -serf-wan-port="$serf_wan_port" \
 		-dns-port="$dns_port" -grpc-port="$grpc_port" -grpc-tls-port=-1 \
 		-log-level=info >>"$logfile" 2>&1 </dev/null &
-	echo $! >"$pidfile"
-	wait_leader
+	local child=$!
+	echo "$child" >"$pidfile"
+	wait_leader "$child"
 	echo "consul.sh: started (pid $(<"$pidfile"), http 127.0.0.1:$http_port, log $logfile)"
+}
+
+# alive: is our own child still running? Right after `nohup consul &` the
+# child is bash, then nohup, until it execs consul, so pid's check of
+# /proc/PID/exe fails for a while (long on a loaded machine) although nothing
+# exited. An exited child stays a zombie (state Z) until this script reaps it.
+alive() {
+	local st
+	st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) && [[ -n $st && $st != Z && $st != X ]]
 }
 
 wait_leader() {
 	# A -dev agent elects itself in well under a second; 30 s covers a
-	# loaded CI machine.
-	local i
+	# loaded CI machine. With a pid (the child start just forked), that
+	# process's liveness is checked; without one, the pid file's.
+	local i child=${1:-}
 	for ((i = 0; i < 300; i++)); do
 		if leader >/dev/null; then
 			return 0
 		fi
-		if ! pid >/dev/null; then
+		if ! { [[ -n $child ]] && alive "$child"; } && ! { [[ -z $child ]] && pid >/dev/null; }; then
 			tail -n 20 "$logfile" >&2 || true
 			die "agent exited during start; log above ($logfile)"
 		fi

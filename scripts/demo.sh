@@ -16,10 +16,10 @@
 # - An origin that exits (kill -9 one to watch the edge route around it,
 #   Consul mark it critical and the alert fire) is named and restarted with
 #   backoff, 2 s, 4 s, 8 s ... capped at 30 s, and not before Consul has
-#   stopped listing it passing (at most 10 s more), so the death is seen; the
-#   backoff starts again at 2 s once an origin has stayed up 60 s. It rejoins
-#   through Consul. Its log,
-#   appended across restarts, is <state>/demo/originN.log.
+#   stopped listing it passing (at most 10 s more), so the death can be
+#   watched; the backoff starts again at 2 s once an origin has stayed up
+#   60 s. It rejoins through Consul. Its log, appended across restarts, is
+#   <state>/demo/originN.log.
 # - `scale N` sets the number of origins. Origin N listens on
 #   127.0.0.1:(9001 + N - 1). New ones register in Consul and the edge
 #   slow-starts them (balancer.slow_start in deploy/edge/demo.yaml); removed
@@ -350,7 +350,7 @@ origin_exited() {
 	if ((st <= 128)); then
 		last=$(tail -n 1 "$logs/origin$i.log" 2>/dev/null) || true
 	fi
-	say "origin $i ($(origin_addr "$i"), pid $pid) exited with $desc; restarting in ${delay}s, once Consul has seen it die (log: $logs/origin$i.log)"
+	say "origin $i ($(origin_addr "$i"), pid $pid) exited with $desc; restarting in ${delay}s, once Consul has marked it down (at most 10 s more) (log: $logs/origin$i.log)"
 	if [[ -n $last ]]; then say "  its last log line: $last"; fi
 	ostate[i]=restarting
 	opid[i]=''
@@ -360,13 +360,19 @@ origin_exited() {
 # still_passing says whether Consul still lists dead origin i as passing,
 # for at most consul_wait_s past its backoff: a restart on the same port
 # before Consul's check has seen the death would hide it from whoever
-# killed it to watch Consul mark it critical. An unanswered query counts as
-# not passing, so a Consul outage never holds a restart back.
+# killed it to watch Consul mark it critical. Consul is asked at most once a
+# tick (passing_tick), however many origins wait, and an unanswered query
+# counts as not passing, so a slow or dead agent never holds a restart back.
 consul_wait_s=10
+passing_tick='' passing_ok=''
 still_passing() {
 	local i=$1 addr
 	((now < onext[i] + consul_wait_s * 1000)) || return 1
-	consul_passing || return 1
+	if [[ $passing_tick != "$now" ]]; then
+		passing_tick=$now
+		consul_passing && passing_ok=1 || passing_ok=''
+	fi
+	[[ -n $passing_ok ]] || return 1
 	addr=$(origin_addr "$i")
 	[[ " ${passing[*]} " == *" $addr "* ]]
 }

@@ -219,7 +219,7 @@ ratelimits: {}
 	time.Sleep(500 * time.Millisecond)
 	failedLeave := load.failures() - failedBefore
 	if failedLeave != 0 {
-		t.Errorf("%d requests failed while an origin left with SIGTERM, want 0", failedLeave)
+		t.Errorf("%d requests failed while an origin left with SIGTERM, want 0; all failures so far: %s", failedLeave, load.why())
 	}
 
 	// One origin is SIGKILLed under load.
@@ -244,7 +244,7 @@ ratelimits: {}
 	// README says 0: a GET that meets the dead origin (refused, reset, or a
 	// pooled connection found closed) is retried on another one.
 	if failedKill != 0 {
-		t.Errorf("%d requests failed after a SIGKILL, want 0 (a GET that meets the dead origin is retried on another)", failedKill)
+		t.Errorf("%d requests failed after a SIGKILL, want 0 (a GET that meets the dead origin is retried on another); all failures so far: %s", failedKill, load.why())
 	}
 
 	// The agent goes away for 10 s: the edge serves the last known set.
@@ -253,7 +253,7 @@ ratelimits: {}
 	time.Sleep(10 * time.Second)
 	failedOutage := load.failures() - failedBefore
 	if failedOutage != 0 {
-		t.Errorf("%d requests failed while the Consul agent was down, want 0", failedOutage)
+		t.Errorf("%d requests failed while the Consul agent was down, want 0; all failures so far: %s", failedOutage, load.why())
 	}
 	agent.Start()
 	// And picks up changes afterwards.

@@ -33,9 +33,12 @@ const settleWait = 45 * time.Second
 
 // origin is a real HTTP server on loopback whose /ping the agent checks.
 type origin struct {
-	srv     *httptest.Server
-	healthy atomic.Bool
-	firstOK atomic.Int64 // unix nanos of the first 200 on /ping
+	srv      *httptest.Server
+	healthy  atomic.Bool
+	firstOK  atomic.Int64 // unix nanos of the first 200 on /ping
+	pings    atomic.Int64 // /ping requests answered or stalled
+	failed   atomic.Int64 // /ping answered 503
+	stallFor atomic.Int64 // the next /ping stalls this many ns, once
 }
 
 func newOrigin(t *testing.T) *origin {
@@ -47,7 +50,16 @@ func newOrigin(t *testing.T) *origin {
 			http.NotFound(w, r)
 			return
 		}
+		o.pings.Add(1)
+		if d := o.stallFor.Swap(0); d > 0 {
+			select { // past the check's timeout: the agent gives up first
+			case <-time.After(time.Duration(d)):
+			case <-r.Context().Done():
+			}
+			return
+		}
 		if !o.healthy.Load() {
+			o.failed.Add(1)
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
@@ -248,6 +260,43 @@ func TestWatcherStaysOffTheStreamingBackend(t *testing.T) {
 	defer mu.Unlock()
 	if backends[api.QueryBackendBlockingQuery] == 0 || len(backends) != 1 {
 		t.Errorf("blocking answers by X-Consul-Query-Backend = %v, want all %q", backends, api.QueryBackendBlockingQuery)
+	}
+}
+
+// TestOneSlowCheckIsNotAnOutage: an instance goes critical only after
+// DefaultCheckFall failed checks in a row. One check that times out (a busy
+// host) leaves it passing, so no edge drops it; a /ping that keeps failing
+// takes it out at the third failure, not before.
+func TestOneSlowCheckIsNotAnOutage(t *testing.T) {
+	t.Parallel()
+	agent := consultest.Start(t)
+	c := agent.Client()
+	rec := watch(t, newWatcher(t, agent, consul.Config{Service: "web"}))
+	o := newOrigin(t)
+	o.register(t, c, "web", "s", nil, nil)
+	_, from := rec.waitFor(t, 0, "s", func(s snapshot) bool { return s.has("s") })
+
+	// One check stalls past its 500 ms timeout; wait until the agent has
+	// run two more after it, so that its verdict on the slow one is in.
+	stalled := o.pings.Load() + 1
+	o.stallFor.Store(int64(2 * consul.DefaultCheckTimeout))
+	for deadline := time.Now().Add(settleWait); o.pings.Load() < stalled+2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent ran %d checks in %v after the stalled one, want 2", o.pings.Load()-stalled, settleWait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range rec.all()[from:] {
+		if !s.has("s") {
+			t.Fatalf("one check timed out and the watcher pushed %v without s at %v: one slow check took it out", s.ids(), s.at.Format(time.StampMilli))
+		}
+	}
+
+	// A /ping that keeps failing: out at the DefaultCheckFall-th failure.
+	o.healthy.Store(false)
+	rec.waitFor(t, from, "s gone", func(s snapshot) bool { return !s.has("s") })
+	if n := o.failed.Load(); n < consul.DefaultCheckFall {
+		t.Errorf("s went critical after %d failed checks, want %d in a row", n, consul.DefaultCheckFall)
 	}
 }
 

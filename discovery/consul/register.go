@@ -24,6 +24,17 @@ const (
 	// interval every second (and logs "check has interval below minimum").
 	DefaultCheckInterval = time.Second
 	DefaultCheckTimeout  = 500 * time.Millisecond
+	// DefaultCheckFall is how many failed checks in a row turn an instance
+	// critical (Consul's failures_before_critical; HAProxy's fall, and the
+	// edge's own healthcheck.fall). With Consul's default of 1, a single
+	// check that timed out while the host was busy took the instance out
+	// of every edge at once: on a loaded machine two origins timed out in
+	// the same second, the only third was restarting, and the demo's edge
+	// answered 503 "no healthy ticket service instance" for a second. A
+	// dead instance now goes critical after three checks (about 3 s at the
+	// 1 s interval); the edges meanwhile retry its refused connections
+	// elsewhere and their own prober takes it out.
+	DefaultCheckFall = 3
 	// DefaultDeregisterCriticalAfter removes an instance whose check has
 	// been critical this long (a process that died without deregistering).
 	// Consul reaps at most every 30 s and never sooner than 1 m, so smaller
@@ -60,6 +71,9 @@ type Registration struct {
 	// DefaultCheckInterval and DefaultCheckTimeout.
 	CheckInterval time.Duration
 	CheckTimeout  time.Duration
+	// CheckFall is how many failed checks in a row turn the instance
+	// critical. Zero means DefaultCheckFall.
+	CheckFall int
 	// DeregisterCriticalAfter: zero means DefaultDeregisterCriticalAfter.
 	DeregisterCriticalAfter time.Duration
 	// KeepAliveInterval is how often the handle asks the agent whether it
@@ -102,6 +116,9 @@ func Register(ctx context.Context, client *api.Client, r Registration) (*Service
 	if r.Name == "" || r.Addr == "" || r.Port <= 0 || r.Port > 65535 {
 		return nil, fmt.Errorf("consul: register: need a service name, an address and a port in 1..65535 (got name %q, addr %q, port %d)", r.Name, r.Addr, r.Port)
 	}
+	if r.CheckFall < 0 {
+		return nil, fmt.Errorf("consul: register %s: check fall %d: want a positive number of failed checks, or 0 for %d", r.Name, r.CheckFall, DefaultCheckFall)
+	}
 	if ip := net.ParseIP(r.Addr); ip != nil && ip.IsUnspecified() {
 		return nil, fmt.Errorf("consul: register %s: address %s is a wildcard that other hosts cannot dial; register the interface address instead", r.Name, r.Addr)
 	}
@@ -118,6 +135,7 @@ func Register(ctx context.Context, client *api.Client, r Registration) (*Service
 		Method:                         "GET",
 		Interval:                       cmp.Or(r.CheckInterval, DefaultCheckInterval).String(),
 		Timeout:                        cmp.Or(r.CheckTimeout, DefaultCheckTimeout).String(),
+		FailuresBeforeCritical:         cmp.Or(r.CheckFall, DefaultCheckFall),
 		DeregisterCriticalServiceAfter: cmp.Or(r.DeregisterCriticalAfter, DefaultDeregisterCriticalAfter).String(),
 	}
 	s := &Service{

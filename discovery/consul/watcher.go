@@ -256,14 +256,15 @@ func (w *Watcher) Run(ctx context.Context, push func([]discovery.Target)) (err e
 			// since 1.10) answers blocking health queries from a streaming
 			// view unless near is set (1.15, rpcclient/health). When that
 			// view's subscription fails, Consul retries it with a backoff
-			// that grows to 60 s and meanwhile answers from the stale view
-			// with no error, so the watcher cannot tell: at a load of 26 on
-			// two cores an origin reached the watcher 19 s after its check
-			// passed while the agent logged failed subscriptions. On the RPC
-			// backend a failure reaches us as an error, and our backoff (at
-			// most RetryMax) applies. near's sorting by round-trip time
-			// costs nothing (targets sorts by ID), and one watch per edge
-			// is not the many-watcher load that streaming exists for.
+			// that grows to 60 s and meanwhile, after at most one error,
+			// answers from the stale view, so the watcher cannot tell: at a
+			// load of 26 on two cores an origin reached the watcher 19 s
+			// after its check passed while the agent logged failed
+			// subscriptions. On the RPC backend a failure reaches us as an
+			// error, and our backoff (at most RetryMax) applies. near's
+			// sorting by round-trip time costs nothing (targets sorts by
+			// ID), and one watch per edge is not the many-watcher load that
+			// streaming exists for.
 			Near: "_agent",
 		}
 		if failures > 0 {
