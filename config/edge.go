@@ -3,6 +3,8 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -101,6 +103,13 @@ type Edge struct {
 	RateLimits     map[string]RateLimit `yaml:"ratelimits"`
 	RateLimitAllow []string             `yaml:"ratelimit_allow"`
 	Outlier        Outlier              `yaml:"outlier"`
+	// WaitingRooms queue visitors in front of the paths they guard
+	// (issue 18); none by default.
+	WaitingRooms []WaitingRoom `yaml:"waiting_rooms"`
+	// WaitingRoomStateDir holds each room's admission history (a file per
+	// room and epoch), so a restarted edge keeps the queue's order and
+	// refuses spent places. Empty means DefaultWaitingRoomStateDir.
+	WaitingRoomStateDir string `yaml:"waiting_room_state_dir"`
 	trusted        []netip.Prefix       // parsed TrustedProxies
 	allow          []netip.Prefix       // parsed RateLimitAllow
 	// routesEmbedded: Routes are DefaultRoutes, not written by the user, so
@@ -480,7 +489,7 @@ func Load(file string, data []byte) (*Edge, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &validator{root: root}
+	v := &validator{root: root, dir: filepath.Dir(file)}
 	cfg.validate(v)
 	if len(v.problems) > 0 {
 		return nil, &Error{File: file, Problems: v.problems}
@@ -521,6 +530,21 @@ func policyNames(m map[string]RateLimit) string {
 		return "none"
 	}
 	return strings.Join(names, ", ")
+}
+
+// DefaultWaitingRoomStateDir is where waiting rooms keep their admission
+// history when waiting_room_state_dir is unset: a directory under the OS
+// temp dir (os.TempDir()/podium-waitroom), which survives a restart of the
+// edge, the case that matters during a sale, if not a reboot.
+const DefaultWaitingRoomStateDir = "podium-waitroom"
+
+// WaitingRoomStatePath is the directory waiting rooms keep their history
+// in: waiting_room_state_dir, or os.TempDir()/DefaultWaitingRoomStateDir.
+func (c *Edge) WaitingRoomStatePath() string {
+	if c.WaitingRoomStateDir != "" {
+		return c.WaitingRoomStateDir
+	}
+	return filepath.Join(os.TempDir(), DefaultWaitingRoomStateDir)
 }
 
 // TrustedPrefixes returns the parsed trusted_proxies.

@@ -60,6 +60,11 @@ func ParsePattern(s string) (Pattern, error) {
 // String is the pattern as written.
 func (p Pattern) String() string { return p.src }
 
+// RoomForm is the pattern in room form ("/games/*/buy" for
+// "/Games//*/buy/"): two patterns that match the same paths have the same
+// room form.
+func (p Pattern) RoomForm() string { return "/" + strings.Join(p.segs, "/") }
+
 // Match reports whether path, in the proxy's normal form, is guarded by p
 // in room form. It does not allocate.
 func (p Pattern) Match(path []byte) bool {

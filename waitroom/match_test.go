@@ -67,6 +67,8 @@ func TestParsePattern(t *testing.T) {
 		got := strings.Join(p.segs, ",")
 		if err != nil {
 			got = err.Error()
+		} else if rf, want := p.RoomForm(), "/"+strings.ReplaceAll(got, ",", "/"); rf != want {
+			t.Errorf("ParsePattern(%q).RoomForm() = %q, want %q", tt.pattern, rf, want)
 		}
 		if !strings.Contains(got, tt.want) {
 			t.Errorf("ParsePattern(%q) = %q, want %q", tt.pattern, got, tt.want)
