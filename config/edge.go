@@ -109,9 +109,9 @@ type Edge struct {
 	// WaitingRoomStateDir holds each room's admission history (a file per
 	// room and epoch), so a restarted edge keeps the queue's order and
 	// refuses spent places. Empty means DefaultWaitingRoomStateDir.
-	WaitingRoomStateDir string `yaml:"waiting_room_state_dir"`
-	trusted        []netip.Prefix       // parsed TrustedProxies
-	allow          []netip.Prefix       // parsed RateLimitAllow
+	WaitingRoomStateDir string         `yaml:"waiting_room_state_dir"`
+	trusted             []netip.Prefix // parsed TrustedProxies
+	allow               []netip.Prefix // parsed RateLimitAllow
 	// routesEmbedded: Routes are DefaultRoutes, not written by the user, so
 	// a policy they name that ratelimits lacks falls back (see validate).
 	routesEmbedded bool
