@@ -6,9 +6,12 @@
 // watermark over per-millisecond arrival counts, advanced at the room's
 // rate, with a history that says when each place was admitted (gate.go).
 //
-// Nothing imports it yet; wiring it into the proxy (the waiting page, the
-// cookie and header, the admin controls, metrics) is to come in a later
-// change.
+// The proxy asks it as it asks the rate limiter (proxy/waitroom.go): the
+// waiting page, the cookie and header, the admin controls and metrics live
+// there; config reads key files and patterns with its parsers. A Gate
+// counts each identity once (Join), says how many wait ahead of a place
+// (Ahead), and keeps its history in a Store: MemStore, or FileStore, which
+// outlives the process.
 //
 // A visitor's place is a token the edge signs: the room, its epoch, a hash
 // of the visitor's identity (the rate limiter's client key) and a position

@@ -82,7 +82,22 @@ type GateConfig struct {
 	// token admits; after that it is spent. It should be at most the
 	// session lifetime. Zero means DefaultClaimWindowMs.
 	ClaimWindowMs int64
+	// HoldUntilMs, when set, holds the watermark until then: Tick moves
+	// nothing and saves no budget before it. A restarted edge has lost
+	// its per-millisecond counts, and with none the watermark would jump
+	// to now-SettleMs at the first Tick, past every waiting visitor; held
+	// for a refresh interval, the visitors' pages come back and Join
+	// counts them again first.
+	HoldUntilMs int64
+	// MaxVisitors bounds the identities Join remembers (each about 60
+	// bytes); past it an arrival is counted without being remembered,
+	// which only slows admission. Zero means DefaultMaxVisitors.
+	MaxVisitors int
 }
+
+// DefaultMaxVisitors is GateConfig.MaxVisitors's zero value: a million
+// waiting identities, about 60 MiB.
+const DefaultMaxVisitors = 1 << 20
 
 // Status is what Gate.Check says of a place.
 type Status uint8
@@ -124,11 +139,15 @@ type Gate struct {
 	store Store
 	key   string
 
-	mu       sync.Mutex // guards counts, w, lastTick, carry
+	mu       sync.Mutex // guards counts, w, lastTick, carry, seen, passed, cfg.Rate
 	counts   map[int64]uint32
 	w        Place
 	lastTick int64
 	carry    float64 // places of budget left over inside a millisecond
+	// seen maps the identity hash of each counted place that still waits
+	// to the place, so one identity is counted once (Join).
+	seen   map[[16]byte]Place
+	passed float64 // places the watermark has passed since NewGate
 
 	// history is append-only: a reader's snapshot stays valid as Tick
 	// publishes longer ones.
@@ -150,7 +169,10 @@ func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 	if cfg.ClaimWindowMs == 0 {
 		cfg.ClaimWindowMs = DefaultClaimWindowMs
 	}
-	g := &Gate{cfg: cfg, clock: clock, store: store, counts: map[int64]uint32{}}
+	if cfg.MaxVisitors == 0 {
+		cfg.MaxVisitors = DefaultMaxVisitors
+	}
+	g := &Gate{cfg: cfg, clock: clock, store: store, counts: map[int64]uint32{}, seen: map[[16]byte]Place{}}
 	g.key = fmt.Sprintf("%s/%d", cfg.Room, cfg.Epoch)
 	h, err := store.Load(g.key)
 	if err != nil {
@@ -196,6 +218,10 @@ func (g *Gate) Tick() error {
 		return nil
 	}
 	g.lastTick = now
+	if now < g.cfg.HoldUntilMs {
+		g.carry = 0
+		return nil
+	}
 	budget := g.carry + g.cfg.Rate*float64(dt)/1000
 	limit := now - g.cfg.SettleMs
 	w := g.w
@@ -218,11 +244,13 @@ func (g *Gate) Tick() error {
 			adv := budget / float64(n) * (1 << 64)
 			if adv < float64(left) && uint64(adv) <= left {
 				w.TB += uint64(adv)
+				g.passed += budget
 				budget = 0
 				break
 			}
 		}
 		budget -= rem
+		g.passed += rem
 		delete(g.counts, w.Ms)
 		w = Place{Ms: w.Ms + 1}
 	}
@@ -234,6 +262,11 @@ func (g *Gate) Tick() error {
 		return nil
 	}
 	g.w = w
+	for idh, p := range g.seen {
+		if p.Before(w) {
+			delete(g.seen, idh)
+		}
+	}
 	c := Checkpoint{Ms: now, W: w}
 	h := append(*g.history.Load(), c)
 	g.history.Store(&h)
@@ -254,4 +287,91 @@ func (g *Gate) Check(p Place) (s Status, passedMs int64) {
 		return Admitted, h[i].Ms
 	}
 	return Spent, h[i].Ms
+}
+
+// Join counts the arrival of the identity whose hash is idh at place p,
+// once per identity: while an earlier place of idh still waits, that
+// place is returned and nothing is counted, so 100 tabs, or a visitor who
+// drops the token to fetch a new one, hold one place. Otherwise p is
+// counted (unless the watermark has passed it already) and returned.
+func (g *Gate) Join(idh [16]byte, p Place) Place {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if q, ok := g.seen[idh]; ok {
+		if !q.Before(g.w) {
+			return q
+		}
+		delete(g.seen, idh)
+	}
+	if p.Before(g.w) {
+		return p
+	}
+	g.counts[p.Ms]++
+	if len(g.seen) < g.cfg.MaxVisitors {
+		g.seen[idh] = p
+	}
+	return p
+}
+
+// Ahead estimates how many counted places before p the watermark has not
+// passed yet: the whole count of each millisecond between them, and of
+// the milliseconds the watermark and p are in, the share of the
+// tie-break space between them (tie-breaks are hash values, spread
+// evenly). It takes the lock and walks the waiting milliseconds.
+func (g *Gate) Ahead(p Place) float64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if p.Before(g.w) {
+		return 0
+	}
+	w := g.w
+	var n float64
+	for ms, c := range g.counts {
+		if ms < w.Ms || ms > p.Ms {
+			continue
+		}
+		lo, hi := uint64(0), ^uint64(0)
+		if ms == w.Ms {
+			lo = w.TB
+		}
+		if ms == p.Ms {
+			hi = p.TB
+		}
+		if hi > lo {
+			n += float64(c) * float64(hi-lo) / (1 << 64)
+		}
+	}
+	return n
+}
+
+// Queued estimates the counted places the watermark has not passed.
+func (g *Gate) Queued() float64 {
+	return g.Ahead(Place{Ms: math.MaxInt64, TB: math.MaxUint64})
+}
+
+// Passed is how many counted places the watermark has passed since the
+// gate was made: its rate over time is the measured admission rate.
+func (g *Gate) Passed() float64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.passed
+}
+
+// Rate is the places admitted per second.
+func (g *Gate) Rate() float64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.cfg.Rate
+}
+
+// SetRate changes the places admitted per second from the next Tick on;
+// a rate that is not positive and finite is refused.
+func (g *Gate) SetRate(r float64) error {
+	if !(r > 0) || math.IsInf(r, 0) {
+		return fmt.Errorf("waitroom: room %s: rate %v: want a positive number of visitors a second", g.cfg.Room, r)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.cfg.Rate = r
+	return nil
 }
