@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/waitroom"
 	"github.com/valyala/fasthttp"
 )
 
@@ -48,6 +49,12 @@ type exchange struct {
 	upstreamTime time.Duration
 	retries      int
 
+	// admitRoom, when set, is the waiting room that admitted this request
+	// with the token admitTok: finish sets its cookie and header on the
+	// answer, whatever the origin (or the edge's own error) answered.
+	admitRoom *roomState
+	admitTok  [waitroom.TokenLen]byte
+
 	// quiet is set for a request that is counted but never logged: the
 	// edge's own /ping, which load balancers ask every few seconds.
 	quiet bool
@@ -72,6 +79,9 @@ func (x *exchange) finish(end time.Time) {
 		return
 	}
 	x.finished = true
+	if rs := x.admitRoom; rs != nil {
+		setRoomToken(&x.ctx.Response, rs, x.admitTok[:], int64(rs.session/time.Second))
+	}
 	status := x.ctx.Response.StatusCode()
 	x.route.counts.done(x.method, status, x.ctx.Time(), end)
 	if !x.quiet {

@@ -123,6 +123,13 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 // included) going to log; nil logs nowhere, or to the test log with -v.
 func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slog.Logger, opts ...edgeOption) *testEdge {
 	t.Helper()
+	return startEdgeWith(t, ups, weights, log, New, opts...)
+}
+
+// startEdgeWith is startEdgeLogging with the Proxy built by build (the
+// waiting room tests' fake clock).
+func startEdgeWith(t testing.TB, ups []*testUpstream, weights []int, log *slog.Logger, build func(*config.Edge, *slog.Logger) (*Proxy, error), opts ...edgeOption) *testEdge {
+	t.Helper()
 	cfg := config.DefaultEdge()
 	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Discovery.Static = nil
@@ -152,7 +159,7 @@ func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slo
 			log = slog.New(slog.NewTextHandler(&testWriter{t}, nil))
 		}
 	}
-	p, err := New(cfg, log)
+	p, err := build(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

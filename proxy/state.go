@@ -22,10 +22,12 @@ type state struct {
 	allow   *ratelimit.AllowList
 	// responds are the routes the edge answers itself (see directResponse).
 	responds []directResponse
+	// rooms are the waiting rooms (waitroom.go), in config order.
+	rooms []*roomState
 }
 
-func (p *Proxy) newState(cfg *config.Edge, prev *state) *state {
-	st := &state{cfg: cfg, trusted: cfg.TrustedPrefixes(), allow: ratelimit.NewAllowList(cfg.AllowPrefixes())}
+func (p *Proxy) newState(cfg *config.Edge, prev *state, rooms []*roomState) *state {
+	st := &state{cfg: cfg, trusted: cfg.TrustedPrefixes(), allow: ratelimit.NewAllowList(cfg.AllowPrefixes()), rooms: rooms}
 	for _, r := range cfg.Routes {
 		rt := newRoute(r)
 		// Counters are per route name and outlive reloads, so a reload
@@ -135,8 +137,17 @@ func (p *Proxy) Reload(cfg *config.Edge) (needRestart []string, err error) {
 	if err := p.limits.Reconfigure(policies(cfg)); err != nil {
 		return nil, fmt.Errorf("rate limits: %w", err)
 	}
+	if cfg.WaitingRoomStatePath() != boot.WaitingRoomStatePath() {
+		needRestart = append(needRestart, fmt.Sprintf("waiting_room_state_dir (running %s, file says %s)", boot.WaitingRoomStatePath(), cfg.WaitingRoomStatePath()))
+	}
+	// Rooms keep their queues; keys, rates and pages switch now. A room
+	// whose epoch or opening changed starts a new queue.
+	rooms, err := p.buildRooms(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("waiting rooms: %w", err)
+	}
 	p.pool.Configure(poolSettings(cfg))
-	p.state.Store(p.newState(cfg, p.state.Load()))
+	p.state.Store(p.newState(cfg, p.state.Load(), rooms))
 	p.metrics.ObserveReload(true, len(needRestart) > 0)
 	return needRestart, nil
 }

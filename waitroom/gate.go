@@ -228,11 +228,17 @@ func (g *Gate) Tick() error {
 	for w.Ms < limit {
 		n := g.counts[w.Ms]
 		if n == 0 {
-			// Empty milliseconds cost no budget.
-			w = Place{Ms: w.Ms + 1}
-			if len(g.counts) == 0 {
-				w.Ms = limit
+			// Empty milliseconds cost no budget: go straight to the next
+			// one that holds arrivals (a scan of the waiting ones), or to
+			// the limit. Stepping a millisecond at a time took for ever
+			// from an opening long past, or from a room with no opening.
+			next := limit
+			for ms := range g.counts {
+				if ms > w.Ms && ms < next {
+					next = ms
+				}
 			}
+			w = Place{Ms: next}
 			continue
 		}
 		if budget <= 0 {

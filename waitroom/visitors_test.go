@@ -174,3 +174,17 @@ func TestFileStore(t *testing.T) {
 func newTestLog(w *strings.Builder) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, nil))
 }
+
+// TestGateNoOpening: a room with no opening (OpensAtMs far in the past)
+// reaches its first arrival in one Tick, not a millisecond at a time.
+func TestGateNoOpening(t *testing.T) {
+	r := testRoom(t)
+	c := newFakeClock(opensMs)
+	g := mustGate(t, GateConfig{Room: "final", Epoch: 1, OpensAtMs: math.MinInt64 / 2, Rate: 10, SettleMs: 100}, c, &MemStore{})
+	p := r.PlaceFor([]byte("x"), opensMs)
+	g.Join(r.IdentityHash([]byte("x")), p)
+	tickTo(t, g, c, opensMs+300, 100)
+	if s, _ := g.Check(p); s != Admitted {
+		t.Errorf("the only arrival is %v 300 ms on, want admitted", s)
+	}
+}

@@ -1,0 +1,549 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"math"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/podium-edge/podium/config"
+	"github.com/podium-edge/podium/ratelimit"
+	"github.com/podium-edge/podium/waitroom"
+	"github.com/valyala/fasthttp"
+)
+
+// The waiting room (issue 18) in the edge: the proxy asks a room, as it
+// asks the rate limiter, whether a request on a guarded path may go on.
+// waitroom holds the tokens and the gate; this file holds what is the
+// edge's: the cookie and header, the pages, the ticker, the admin
+// controls, and the state that outlives a config reload.
+
+const (
+	// placeLifetime is how long a place token is good for: a queue longer
+	// than this loses its visitors' places, so it is generous.
+	placeLifetime = 6 * time.Hour
+	// holdMargin is added to a room's refresh interval to hold its
+	// watermark after start: a page that was due as the edge restarted
+	// comes back within the interval, plus the time to reload it.
+	holdMargin = time.Second
+	// ewmaWindow is the time constant of the measured admission rate.
+	ewmaWindow = 5 * time.Second
+	// waitRoomHeader carries the token for API clients, both ways.
+	waitRoomHeader = "Podium-Waiting-Room"
+	// cookiePrefix is followed by the room's name.
+	cookiePrefix = "podium_wr_"
+)
+
+// Room statuses, as the admin API and the JSON answer name them.
+const (
+	roomOpen int32 = iota
+	roomPaused
+	roomClosed
+)
+
+var roomStatusNames = [...]string{"open", "paused", "closed"}
+
+// wallClock is the waitroom.Clock of a running edge.
+type wallClock struct{}
+
+func (wallClock) NowMs() int64 { return time.Now().UnixMilli() }
+
+// roomRuntime is what a room keeps across reloads that leave its name,
+// epoch and opening alone: its gate (the queue), its status, the
+// visitors inside it and the measured rate. It is safe for concurrent
+// use and must not be copied.
+type roomRuntime struct {
+	name   string
+	epoch  uint32
+	opens  int64 // opens_at in Unix ms
+	gate   *waitroom.Gate
+	status atomic.Int32
+	// configRate is the admit_per_second the runtime last applied from a
+	// config, so that a reload that leaves it alone keeps a rate the
+	// admin API set.
+	configRate float64
+
+	ewma       atomic.Uint64 // float64 bits: places the watermark passed a second
+	lastPassed float64       // the ticker's own; read and written only by tick
+	lastTickMs int64
+
+	lastErr atomic.Bool // the last Tick failed to record: logged once, on the transition
+
+	mu     sync.Mutex // guards active
+	active []int64    // expiry (Unix ms) of each admission still inside
+	stop   context.CancelFunc
+}
+
+// roomState is a room as one config state sees it: the runtime, with
+// that config's keys and settings.
+type roomState struct {
+	cfg      config.WaitingRoom
+	room     *waitroom.Room
+	rt       *roomRuntime
+	cookie   string // podium_wr_NAME
+	refresh  int64  // seconds
+	maxAge   string // the place cookie's Max-Age
+	session  time.Duration
+	patterns []waitroom.Pattern
+}
+
+// buildRooms builds the waiting rooms of cfg, reusing the runtime of each
+// room whose name, epoch and opening are unchanged, and stopping the
+// others. Reloads are serialised by the caller; roomsMu guards p.rooms
+// against Close.
+func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
+	p.roomsMu.Lock()
+	defer p.roomsMu.Unlock()
+	now := p.clock.NowMs()
+	next := map[string]*roomRuntime{}
+	var out []*roomState
+	var created []*roomRuntime
+	ok := false
+	defer func() {
+		if ok {
+			return
+		}
+		for _, rt := range created { // a failed reload leaves no ticker behind
+			if rt.stop != nil {
+				rt.stop()
+			}
+		}
+	}()
+	for _, wc := range cfg.WaitingRooms {
+		opens := int64(math.MinInt64 / 2)
+		if t := wc.OpensAtTime(); !t.IsZero() {
+			opens = t.UnixMilli()
+		}
+		keys := wc.Keys()
+		if keys == nil {
+			return nil, fmt.Errorf("waiting room %s: keys not loaded (the config was not validated)", wc.Name)
+		}
+		room, err := waitroom.NewRoom(wc.Name, wc.Epoch, opens, keys)
+		if err != nil {
+			return nil, err
+		}
+		rt := p.rooms[wc.Name]
+		if rt == nil || rt.epoch != wc.Epoch || rt.opens != opens {
+			gate, err := waitroom.NewGate(waitroom.GateConfig{
+				Room: wc.Name, Epoch: wc.Epoch, OpensAtMs: opens, Rate: wc.AdmitPerSecond,
+				ClaimWindowMs: min(waitroom.DefaultClaimWindowMs, wc.Session.D().Milliseconds()),
+				// Held after start, whether or not a history was found:
+				// visitors may hold places an earlier process issued.
+				HoldUntilMs: now + (wc.Refresh.D() + holdMargin).Milliseconds(),
+			}, p.clock, p.roomStore)
+			if err != nil {
+				return nil, err
+			}
+			rt = &roomRuntime{name: wc.Name, epoch: wc.Epoch, opens: opens, gate: gate, configRate: wc.AdmitPerSecond, lastTickMs: now}
+			rt.lastPassed = gate.Passed()
+			p.startTicker(rt)
+			created = append(created, rt)
+		} else if rt.configRate != wc.AdmitPerSecond {
+			if err := rt.gate.SetRate(wc.AdmitPerSecond); err != nil {
+				return nil, err
+			}
+			rt.configRate = wc.AdmitPerSecond
+		}
+		next[wc.Name] = rt
+		out = append(out, &roomState{cfg: wc, room: room, rt: rt, cookie: cookiePrefix + wc.Name,
+			refresh: int64(wc.Refresh.D() / time.Second), maxAge: strconv.FormatInt(int64(placeLifetime/time.Second), 10),
+			session: wc.Session.D(), patterns: wc.Patterns()})
+	}
+	for name, rt := range p.rooms {
+		if next[name] != rt && rt.stop != nil {
+			rt.stop()
+		}
+	}
+	p.rooms = next
+	ok = true
+	return out, nil
+}
+
+// startTicker advances rt's gate every p.tickEvery until the room is
+// dropped or the proxy closes. With tickEvery zero (tests) nothing ticks
+// but tickRooms.
+func (p *Proxy) startTicker(rt *roomRuntime) {
+	if p.tickEvery <= 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(p.bg)
+	rt.stop = cancel
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				p.log.Error("waiting room ticker panicked; the room's queue no longer advances", "room", rt.name, "panic", fmt.Sprint(r))
+			}
+		}()
+		t := time.NewTicker(p.tickEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				p.tickRoom(rt)
+			}
+		}
+	}()
+}
+
+// tickRooms ticks every room once: the tests' ticker.
+func (p *Proxy) tickRooms() {
+	for _, rs := range p.state.Load().rooms {
+		p.tickRoom(rs.rt)
+	}
+}
+
+// tickRoom advances rt's watermark unless the room is paused or closed,
+// and updates the measured admission rate.
+func (p *Proxy) tickRoom(rt *roomRuntime) {
+	now := p.clock.NowMs()
+	if rt.status.Load() == roomOpen {
+		if err := rt.gate.Tick(); err != nil && rt.lastErr.CompareAndSwap(false, true) {
+			p.log.Warn("waiting room: could not record an admission checkpoint; a restart may re-admit from earlier", "room", rt.name, "error", err.Error())
+		} else if err == nil {
+			rt.lastErr.Store(false)
+		}
+	}
+	dt := now - rt.lastTickMs
+	if dt <= 0 {
+		return
+	}
+	rt.lastTickMs = now
+	passed := rt.gate.Passed()
+	d := passed - rt.lastPassed
+	rt.lastPassed = passed
+	if d == 0 && rt.gate.Queued() < 1 {
+		return // an empty queue measures demand, not the rate
+	}
+	inst := d * 1000 / float64(dt)
+	alpha := 1 - math.Exp(-float64(dt)/float64(ewmaWindow.Milliseconds()))
+	old := math.Float64frombits(rt.ewma.Load())
+	rt.ewma.Store(math.Float64bits(old + alpha*(inst-old)))
+}
+
+// measuredRate is the EWMA of places admitted a second, or the configured
+// rate while there is no measure (at start, or paused).
+func (rt *roomRuntime) measuredRate() float64 {
+	if r := math.Float64frombits(rt.ewma.Load()); r >= 0.01 && rt.status.Load() == roomOpen {
+		return r
+	}
+	return rt.gate.Rate()
+}
+
+// activate takes a place inside the room for an admission ending at
+// expMs, unless max (> 0) are inside already.
+func (rt *roomRuntime) activate(max int, nowMs, expMs int64) bool {
+	if max <= 0 {
+		return true
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.active) >= max {
+		live := rt.active[:0]
+		for _, e := range rt.active {
+			if e > nowMs {
+				live = append(live, e)
+			}
+		}
+		rt.active = live
+		if len(live) >= max {
+			return false
+		}
+	}
+	rt.active = append(rt.active, expMs)
+	return true
+}
+
+// inside is how many admissions are still inside the room.
+func (rt *roomRuntime) inside(nowMs int64) int {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	n := 0
+	for _, e := range rt.active {
+		if e > nowMs {
+			n++
+		}
+	}
+	return n
+}
+
+// matchRoom is the room guarding path, or nil.
+func (st *state) matchRoom(path []byte) *roomState {
+	for _, rs := range st.rooms {
+		for _, pat := range rs.patterns {
+			if pat.Match(path) {
+				return rs
+			}
+		}
+	}
+	return nil
+}
+
+// client is the request's client address: the socket peer, or for a
+// trusted peer the right-most untrusted X-Forwarded-For address.
+func (x *exchange) client() netip.Addr {
+	if x.trusted {
+		return ratelimit.ClientIPFields(x.peer, x.ctx.Request.Header.PeekAll(strXFFKey), x.st.trusted)
+	}
+	return x.peer
+}
+
+// appendIdentity appends the request's identity in a room: the rate
+// limiter's client key in a form that is the same in every process (the
+// limiter's own header keys are seeded per process), so a restarted edge
+// keeps everybody's place: 0xff and the header's value when the route's
+// policy keys on a header the request carries, else the address, IPv6
+// masked to the policy's prefix, as 16 bytes (never beginning 0xff: that
+// is IPv6 multicast, never a client).
+func (x *exchange) appendIdentity(dst []byte) []byte {
+	v6 := ratelimit.DefaultIPv6Prefix
+	if lim := x.p.limits.Limiter(x.route.policy); lim != nil {
+		pol := lim.Policy()
+		if pol.Header != "" {
+			if hv := x.ctx.Request.Header.Peek(pol.Header); len(hv) > 0 {
+				return append(append(dst, 0xff), hv...)
+			}
+		}
+		if pol.IPv6Prefix > 0 {
+			v6 = pol.IPv6Prefix
+		}
+	}
+	a := x.client().Unmap()
+	if a.Is6() {
+		a = netip.PrefixFrom(a, v6).Masked().Addr()
+	}
+	b := a.As16()
+	return append(dst, b[:]...)
+}
+
+// presentedToken is the room's token the request carries: the header
+// (API clients) or else the cookie.
+func presentedToken(ctx *fasthttp.RequestCtx, rs *roomState) []byte {
+	if t := ctx.Request.Header.Peek(waitRoomHeader); len(t) > 0 {
+		return t
+	}
+	return ctx.Request.Header.Cookie(rs.cookie)
+}
+
+// waitingRoom runs the room guarding the request's path, if any: it
+// returns true when the request may go on (no room, or the visitor is
+// admitted), and otherwise answers it (the waiting page, sold out) and
+// finishes the exchange.
+func (x *exchange) waitingRoom(path []byte) bool {
+	rs := x.st.matchRoom(path)
+	if rs == nil {
+		return true
+	}
+	p, ctx, rt := x.p, x.ctx, rs.rt
+	now := p.clock.NowMs()
+	var idBuf [80]byte
+	identity := x.appendIdentity(idBuf[:0])
+	status := rt.status.Load()
+
+	tok, reason := rs.room.Verify(presentedToken(ctx, rs), identity, now)
+	if reason == waitroom.Valid && tok.Kind == waitroom.KindAdmission {
+		return true // inside: the session it was given has not run out
+	}
+	if status == roomClosed {
+		x.soldOut(rs)
+		return false
+	}
+	var place waitroom.Place
+	switch {
+	case reason == waitroom.Valid:
+		place = tok.Place
+		s, _ := rt.gate.Check(place)
+		if s == waitroom.Spent {
+			p.metrics.roomRefused(rs.cfg.Name, "spent")
+			place = rt.gate.Join(tok.IDH, rs.room.PlaceFor(identity, now))
+			break
+		}
+		if s == waitroom.Admitted && status == roomOpen {
+			exp := now + rs.session.Milliseconds()
+			if rt.activate(rs.cfg.MaxActive, now, exp) {
+				x.admit(rs, tok, now, exp)
+				return true
+			}
+		}
+		// Waiting (or admitted while the room is paused or full): after a
+		// restart the gate has lost its count of this place; Join counts
+		// it once again.
+		place = rt.gate.Join(tok.IDH, place)
+	default:
+		// No token, or one refused: a new arrival, placed by its identity
+		// and now, never by anything in the refused token. Having no
+		// token at all is no refusal.
+		if len(presentedToken(ctx, rs)) > 0 {
+			p.metrics.roomRefused(rs.cfg.Name, reason.String())
+		}
+		place = rt.gate.Join(rs.room.IdentityHash(identity), rs.room.PlaceFor(identity, now))
+	}
+	x.waitPage(rs, identity, place, now, status)
+	return false
+}
+
+// admit exchanges the place token tok for an admission token, which the
+// response carries, and counts the admission.
+func (x *exchange) admit(rs *roomState, tok waitroom.Token, now, exp int64) {
+	p := x.p
+	adm := waitroom.Token{Kind: waitroom.KindAdmission, IDH: tok.IDH, Place: tok.Place, AdmittedMs: now, ExpMs: exp}
+	// The request goes on to the origin with the admission: finish sets
+	// the cookie on whatever it answers (forwarding replaces the response).
+	rs.room.AppendToken(x.admitTok[:0], adm)
+	x.admitRoom = rs
+	p.metrics.roomAdmitted(rs.cfg.Name, float64(max(now-tok.Place.Ms, 0))/1000)
+}
+
+// setRoomToken sets the room's cookie and header to tok.
+func setRoomToken(resp *fasthttp.Response, rs *roomState, tok []byte, maxAge int64) {
+	c := fasthttp.AcquireCookie()
+	defer fasthttp.ReleaseCookie(c)
+	c.SetKey(rs.cookie)
+	c.SetValueBytes(tok)
+	c.SetPath("/")
+	c.SetHTTPOnly(true)
+	c.SetSameSite(fasthttp.CookieSameSiteLaxMode)
+	c.SetMaxAge(int(maxAge))
+	resp.Header.SetCookie(c)
+	resp.Header.SetBytesV(waitRoomHeader, tok)
+}
+
+// waitInfo is what a waiting visitor is told, on the page and as JSON.
+type waitInfo struct {
+	Room                 string `json:"room"`
+	Status               string `json:"status"` // waiting, paused, sold_out
+	Position             int64  `json:"position"`
+	Ahead                int64  `json:"ahead"`
+	EstimatedWaitSeconds int64  `json:"estimated_wait_seconds"`
+	RefreshSeconds       int64  `json:"refresh_seconds"`
+}
+
+// waitPage answers a waiting visitor: a page in the site's frame that
+// reloads itself every refresh interval (no JavaScript), or for an API
+// client 429 with JSON and Retry-After, so that a POST never looks like
+// success. Either way the response carries the visitor's place token.
+func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place, now int64, status int32) {
+	ctx, rt := x.ctx, rs.rt
+	ahead := int64(math.Floor(rt.gate.Ahead(place)))
+	info := waitInfo{Room: rs.cfg.Name, Status: "waiting", Position: ahead + 1, Ahead: ahead, RefreshSeconds: rs.refresh}
+	if status == roomPaused {
+		info.Status = "paused"
+	}
+	info.EstimatedWaitSeconds = int64(math.Ceil(float64(ahead+1) / rt.measuredRate()))
+	if wait := place.Ms + waitroom.DefaultSettleMs - now; wait > 0 {
+		// A place is not passed before the settle time, however short
+		// the queue.
+		info.EstimatedWaitSeconds = max(info.EstimatedWaitSeconds, (wait+999)/1000)
+	}
+	t := waitroom.Token{Kind: waitroom.KindPlace, IDH: rs.room.IdentityHash(identity), Place: place, ExpMs: now + placeLifetime.Milliseconds()}
+	var buf [waitroom.TokenLen]byte
+	enc := rs.room.AppendToken(buf[:0], t)
+	ctx.Response.Reset()
+	setRoomToken(&ctx.Response, rs, enc, int64(placeLifetime/time.Second))
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.Response.Header.SetBytesV("X-Request-ID", x.id())
+	if wantsJSON(ctx) {
+		ctx.SetStatusCode(fasthttp.StatusTooManyRequests)
+		ctx.Response.Header.Set("Retry-After", strconv.FormatInt(rs.refresh, 10))
+		writeJSON(ctx, info)
+	} else {
+		ctx.SetStatusCode(fasthttp.StatusOK)
+		ctx.SetContentType("text/html; charset=utf-8")
+		var b bytes.Buffer
+		if err := waitingTemplate.Execute(&b, info); err != nil {
+			panic(err) // the template and its data are the edge's own: a bug
+		}
+		ctx.Response.SetBodyRaw(b.Bytes())
+	}
+	x.finish(time.Now())
+}
+
+// soldOut answers 409: the room is closed and admits nobody.
+func (x *exchange) soldOut(rs *roomState) {
+	ctx := x.ctx
+	ctx.Response.Reset()
+	ctx.SetStatusCode(fasthttp.StatusConflict)
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.Response.Header.SetBytesV("X-Request-ID", x.id())
+	info := waitInfo{Room: rs.cfg.Name, Status: "sold_out"}
+	if wantsJSON(ctx) {
+		writeJSON(ctx, info)
+	} else {
+		ctx.SetContentType("text/html; charset=utf-8")
+		var b bytes.Buffer
+		if err := waitingTemplate.Execute(&b, info); err != nil {
+			panic(err)
+		}
+		ctx.Response.SetBodyRaw(b.Bytes())
+	}
+	x.finish(time.Now())
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, v any) {
+	ctx.SetContentType("application/json")
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // the edge's own types: a bug
+	}
+	ctx.Response.SetBodyRaw(append(b, '\n'))
+}
+
+// waitingTemplate is the waiting and sold-out page, in the frame of the
+// edge's other pages (errors.go) and with the origin's card class. The
+// refresh is a meta tag: it works without JavaScript.
+var waitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+{{- if ne .Status "sold_out"}}<meta http-equiv="refresh" content="{{.RefreshSeconds}}">{{end}}
+<title>{{if eq .Status "sold_out"}}Sold out{{else}}You are in the queue{{end}} · Podium</title>
+<style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}.card{border:1px solid #d8dce6;border-radius:.5rem;padding:1rem 1.5rem}.big{font-size:2.2rem;font-weight:700;margin:.2rem 0}p.note{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head>
+<body><header>Podium · Paris 2024 tickets</header><main>
+{{- if eq .Status "sold_out"}}
+<h1>Sold out</h1><p class="error">Every ticket for this sale has been sold; the queue is closed.</p><p><a href="/games">Back to the games</a></p>
+{{- else}}
+<h1>You are in the queue</h1>
+<div class="card" role="status">
+<p>Your position</p><p class="big" id="position">{{.Position}}</p>
+<p><span id="ahead">{{.Ahead}}</span> {{if eq .Ahead 1}}person is{{else}}people are{{end}} ahead of you.
+{{- if eq .Status "paused"}} The sale is paused for a moment; your place is kept.{{else}} Estimated wait: <span id="wait">{{.EstimatedWaitSeconds}}</span> s.{{end}}</p>
+</div>
+<p>This page refreshes itself every {{.RefreshSeconds}} seconds. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>
+<p class="note">Queue {{.Room}}</p>
+{{- end}}
+</main></body></html>
+`))
+
+// roomView is one room in GET /rooms.
+type roomView struct {
+	Name            string  `json:"name"`
+	Status          string  `json:"status"`
+	AdmitPerSecond  float64 `json:"admit_per_second"`
+	AdmittedPerSec  float64 `json:"admitted_per_second"` // measured (EWMA)
+	QueueLength     int64   `json:"queue_length"`
+	WatermarkMs     int64   `json:"watermark_ms"`
+	Inside          int     `json:"inside"`
+	MaxActive       int     `json:"max_active,omitempty"`
+	Epoch           uint32  `json:"epoch"`
+	EstimatedWaitS  int64   `json:"estimated_wait_seconds"`
+	RefreshSeconds  int64   `json:"refresh_seconds"`
+	SessionSeconds  int64   `json:"session_seconds"`
+	OpensAt         string  `json:"opens_at,omitempty"`
+	WatermarkPlaceT uint64  `json:"watermark_tiebreak"`
+}
+
+func (rs *roomState) view(now int64) roomView {
+	rt := rs.rt
+	w := rt.gate.Watermark()
+	q := rt.gate.Queued()
+	return roomView{Name: rs.cfg.Name, Status: roomStatusNames[rt.status.Load()], AdmitPerSecond: rt.gate.Rate(),
+		AdmittedPerSec: math.Float64frombits(rt.ewma.Load()), QueueLength: int64(math.Round(q)),
+		WatermarkMs: w.Ms, WatermarkPlaceT: w.TB, Inside: rt.inside(now), MaxActive: rs.cfg.MaxActive, Epoch: rs.cfg.Epoch,
+		EstimatedWaitS: int64(math.Ceil(q / rt.measuredRate())), RefreshSeconds: rs.refresh,
+		SessionSeconds: int64(rs.session / time.Second), OpensAt: rs.cfg.OpensAt}
+}
