@@ -148,6 +148,9 @@ type Gate struct {
 	// to the place, so one identity is counted once (Join).
 	seen   map[[16]byte]Place
 	passed float64 // places the watermark has passed since NewGate
+	// remote are the other edges' waiting counts when a coordinator feeds
+	// them (coord.go), so Ahead and Queued count the whole queue.
+	remote map[int64]uint32
 
 	// history is append-only: a reader's snapshot stays valid as Tick
 	// publishes longer ones.
@@ -209,7 +212,11 @@ func (g *Gate) Watermark() Place {
 // last tick, never past (now-SettleMs, 0), and records where it got to.
 // Budget left when the watermark reaches that bound is dropped, so an
 // empty queue does not save up a burst. It returns the store's error.
-func (g *Gate) Tick() error {
+func (g *Gate) Tick() error { return g.tick(1) }
+
+// tick is Tick at share (0 < share <= 1) of the rate: a coordinated gate
+// ticking alone while its coordinator is away (coord.go).
+func (g *Gate) tick(share float64) error {
 	now := g.clock.NowMs()
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -222,47 +229,9 @@ func (g *Gate) Tick() error {
 		g.carry = 0
 		return nil
 	}
-	budget := g.carry + g.cfg.Rate*float64(dt)/1000
-	limit := now - g.cfg.SettleMs
-	w := g.w
-	for w.Ms < limit {
-		n := g.counts[w.Ms]
-		if n == 0 {
-			// Empty milliseconds cost no budget: go straight to the next
-			// one that holds arrivals (a scan of the waiting ones), or to
-			// the limit. Stepping a millisecond at a time took for ever
-			// from an opening long past, or from a room with no opening.
-			next := limit
-			for ms := range g.counts {
-				if ms > w.Ms && ms < next {
-					next = ms
-				}
-			}
-			w = Place{Ms: next}
-			continue
-		}
-		if budget <= 0 {
-			break
-		}
-		left := ^w.TB // tie-break space not yet passed in this millisecond
-		rem := float64(n) * float64(left) / (1 << 64)
-		if budget < rem {
-			adv := budget / float64(n) * (1 << 64)
-			if adv < float64(left) && uint64(adv) <= left {
-				w.TB += uint64(adv)
-				g.passed += budget
-				budget = 0
-				break
-			}
-		}
-		budget -= rem
-		g.passed += rem
-		delete(g.counts, w.Ms)
-		w = Place{Ms: w.Ms + 1}
-	}
-	if w.Ms >= limit {
-		budget = 0
-	}
+	budget := g.carry + g.cfg.Rate*share*float64(dt)/1000
+	w, budget, passed := advance(g.counts, g.w, budget, now-g.cfg.SettleMs)
+	g.passed += passed
 	g.carry = max(budget, 0)
 	if w == g.w {
 		return nil
@@ -319,7 +288,8 @@ func (g *Gate) Join(idh [16]byte, p Place) Place {
 	return p
 }
 
-// Ahead estimates how many counted places before p the watermark has not
+// Ahead estimates how many counted places (this edge's, and the other
+// edges' a coordinator reported) before p the watermark has not
 // passed yet: the whole count of each millisecond between them, and of
 // the milliseconds the watermark and p are in, the share of the
 // tie-break space between them (tie-breaks are hash values, spread
@@ -330,9 +300,13 @@ func (g *Gate) Ahead(p Place) float64 {
 	if p.Before(g.w) {
 		return 0
 	}
-	w := g.w
+	return aheadIn(g.counts, g.w, p) + aheadIn(g.remote, g.w, p)
+}
+
+// aheadIn is Ahead over one count map.
+func aheadIn(counts map[int64]uint32, w, p Place) float64 {
 	var n float64
-	for ms, c := range g.counts {
+	for ms, c := range counts {
 		if ms < w.Ms || ms > p.Ms {
 			continue
 		}
