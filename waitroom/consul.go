@@ -1,0 +1,620 @@
+package waitroom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// A room on many edges (issue 18, "Many edges"), coordinated through
+// Consul's KV store; Consul does the consensus, this file only follows
+// its rules. Under Prefix/<room>/<epoch>/:
+//
+//   - arrivals/<edge>: each edge's waiting counts (ms -> count, from the
+//     watermark on) and its clock, written every PublishEvery without a
+//     session, so a restarted edge's key, and the count of the visitors
+//     it had placed, survives it;
+//   - leader: a lock (api.Lock) held by one edge's session;
+//   - history: the shared admission history, written by the leader only,
+//     in one transaction that checks it still holds the lock and that
+//     nobody wrote the history since it read it (check-and-set).
+//
+// The leader, every TickEvery, lists the arrivals, merges them and moves
+// the watermark with the same advance as Gate.Tick, at the room's rate.
+// Every edge follows the history with a blocking query and adopts it, so
+// Check, Ahead and admission answer alike on every edge. Places are
+// stamped by each edge's clock: the watermark stays SettleMs behind the
+// leader's, which must cover a place's way to the leader (a publish
+// interval, a leader tick, the round trips) and the clocks' skew, or a
+// late-counted place is admitted out of order. NewCoordinator refuses a
+// settle time shorter than PublishEvery + TickEvery + MinSkewMargin.
+
+// Defaults of CoordinatorConfig's zero values.
+const (
+	DefaultConsulPrefix = "podium/waitroom"
+	// DefaultPublishEvery: an arrival reaches the leader within a quarter
+	// second, well inside DefaultSettleMs.
+	DefaultPublishEvery = 250 * time.Millisecond
+	// DefaultCoordTick: the leader writes the history five times a second
+	// (a Raft write each), keeping a 500/s room to bursts of 100.
+	DefaultCoordTick = 200 * time.Millisecond
+	// DefaultSessionTTL is Consul's minimum. A leader that dies without
+	// closing holds the lock until Consul invalidates its session (up to
+	// twice the TTL); the edges tick alone after StaleAfter meanwhile.
+	DefaultSessionTTL = 10 * time.Second
+	// DefaultStaleAfter: an edge that has heard no new checkpoint for this
+	// long ticks alone at its share of the rate. Several leader ticks, so
+	// a slow write does not set every edge ticking beside a live leader.
+	DefaultStaleAfter = 3 * time.Second
+	// MinSkewMargin is what the settle time must leave for the clocks'
+	// skew and the round trips beyond PublishEvery + TickEvery.
+	MinSkewMargin = 500 * time.Millisecond
+	// maxCatchUpMs bounds the budget a new leader carries over from the
+	// last checkpoint: a handover keeps the rate without a burst of more
+	// than a second's admissions.
+	maxCatchUpMs = 1000
+	// liveMs: an edge whose arrivals stamp is this recent counts among
+	// the edges sharing the rate when ticking alone.
+	liveMs = 10_000
+	// retryEvery paces the loops' retries after a failed Consul call.
+	retryEvery = 500 * time.Millisecond
+)
+
+// CoordinatorConfig configures a Coordinator.
+type CoordinatorConfig struct {
+	// Client talks to the Consul agent. Required.
+	Client *api.Client
+	// EdgeID names this edge's arrivals key; it must be unique among the
+	// edges and the same across the edge's restarts (its host and listen
+	// address). Required.
+	EdgeID string
+	// Prefix is the KV folder of every room; zero means
+	// DefaultConsulPrefix.
+	Prefix string
+	// PublishEvery, TickEvery: zero means DefaultPublishEvery,
+	// DefaultCoordTick; negative runs no loop, and the caller calls
+	// Publish and Tick (tests, on a fake clock).
+	PublishEvery, TickEvery time.Duration
+	// SessionTTL of the leader's session; zero means DefaultSessionTTL.
+	SessionTTL time.Duration
+	// StaleAfter; zero means DefaultStaleAfter.
+	StaleAfter time.Duration
+	// Log hears of state changes, once each. Nil: slog.Default().
+	Log *slog.Logger
+}
+
+// Coordinator runs one room's gate as one of many edges through Consul
+// (see above). Make it with NewCoordinator, run it with Run. It is safe
+// for concurrent use; do not copy it.
+type Coordinator struct {
+	cfg        CoordinatorConfig
+	gate       *Gate
+	log        *slog.Logger
+	arrivals   string // KV folder of every edge's counts, ending in "/"
+	own        string // this edge's key in it
+	leaderKey  string
+	historyKey string
+
+	up      atomic.Bool  // following a live leader's history
+	edges   atomic.Int32 // edges seen publishing lately, this one included
+	session atomic.Pointer[string]
+
+	mu         sync.Mutex // guards what follows
+	lastTotal  float64    // the shared history's passed count last adopted
+	haveTotal  bool
+	lastW      Place         // the shared watermark last adopted
+	freshMs    int64         // when (this edge's clock) the shared watermark last moved
+	alone      bool          // ticking alone (not up)
+	changed    chan struct{} // closed and replaced at each change (changes)
+	leadLoaded bool          // lead* hold the history as this leader last read or wrote it
+	leadHist   []Checkpoint
+	leadIndex  uint64
+	leadPassed float64
+	leadTick   int64
+	leadCarry  float64
+}
+
+// NewCoordinator makes the coordinator of gate's room. The gate's settle
+// time must cover the way of a count to the leader (see above).
+func NewCoordinator(cfg CoordinatorConfig, gate *Gate) (*Coordinator, error) {
+	if cfg.Client == nil || cfg.EdgeID == "" || gate == nil {
+		return nil, errors.New("waitroom: a coordinator needs a Consul client, an edge ID and a gate")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultConsulPrefix
+	}
+	if cfg.PublishEvery == 0 {
+		cfg.PublishEvery = DefaultPublishEvery
+	}
+	if cfg.TickEvery == 0 {
+		cfg.TickEvery = DefaultCoordTick
+	}
+	if cfg.SessionTTL == 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
+	if cfg.StaleAfter == 0 {
+		cfg.StaleAfter = DefaultStaleAfter
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	need := max(cfg.PublishEvery, 0) + max(cfg.TickEvery, 0) + MinSkewMargin
+	if settle := time.Duration(gate.cfg.SettleMs) * time.Millisecond; settle < need {
+		return nil, fmt.Errorf("waitroom: room %s: settle time %v is shorter than publish %v + leader tick %v + %v for skew and round trips: places would be admitted out of order", gate.cfg.Room, settle, cfg.PublishEvery, cfg.TickEvery, MinSkewMargin)
+	}
+	base := roomFolder(cfg.Prefix, gate.cfg.Room, gate.cfg.Epoch)
+	c := &Coordinator{cfg: cfg, gate: gate, log: cfg.Log.With("room", gate.cfg.Room),
+		arrivals: base + "arrivals/", leaderKey: base + "leader", historyKey: base + "history",
+		changed: make(chan struct{}), freshMs: gate.clock.NowMs()}
+	c.own = c.arrivals + url.PathEscape(cfg.EdgeID)
+	c.edges.Store(1)
+	c.up.Store(true)
+	return c, nil
+}
+
+func roomFolder(prefix, room string, epoch uint32) string {
+	return fmt.Sprintf("%s/%s/%d/", strings.TrimSuffix(prefix, "/"), room, epoch)
+}
+
+// Up reports whether the edge follows a live leader's history; false
+// while it ticks alone (Consul unreachable, or no leader heard for
+// StaleAfter).
+func (c *Coordinator) Up() bool { return c.up.Load() }
+
+// Leader reports whether this edge leads the room.
+func (c *Coordinator) Leader() bool { return c.session.Load() != nil }
+
+// Edges is how many edges were seen publishing lately, this one included.
+func (c *Coordinator) Edges() int { return int(c.edges.Load()) }
+
+// Run runs the coordinator until ctx ends: the election, the history's
+// watch, and unless configured negative the publish and tick loops. It
+// returns when they have stopped, the lock released.
+func (c *Coordinator) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	loop := func(name string, f func(context.Context)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					c.log.Error("waiting room coordinator panicked; the room no longer follows the other edges", "loop", name, "panic", fmt.Sprint(r))
+				}
+			}()
+			f(ctx)
+		}()
+	}
+	loop("election", c.elect)
+	loop("watch", c.watch)
+	every := func(d time.Duration, f func(context.Context) error) func(context.Context) {
+		return func(ctx context.Context) {
+			t := time.NewTicker(d)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					_ = f(ctx) // failures are logged once, on the transition
+				}
+			}
+		}
+	}
+	if c.cfg.PublishEvery > 0 {
+		loop("publish", every(c.cfg.PublishEvery, c.Publish))
+	}
+	if c.cfg.TickEvery > 0 {
+		loop("tick", every(c.cfg.TickEvery, c.Tick))
+	}
+	wg.Wait()
+}
+
+// sleep waits d or until ctx ends, reporting whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Publish writes this edge's counts and reads every edge's: the others'
+// feed Ahead and Queued, and their number the share of the rate when
+// ticking alone. A restarted edge that is still held (GateConfig.
+// HoldUntilMs) leaves its key as its predecessor wrote it, so its
+// visitors stay counted until their pages come back and Join counts
+// them again.
+func (c *Coordinator) Publish(ctx context.Context) error {
+	now := c.gate.clock.NowMs()
+	kv := c.cfg.Client.KV()
+	wo := (&api.WriteOptions{}).WithContext(ctx)
+	held := c.gate.holding()
+	if !held {
+		v := appendArrivals(nil, now, c.gate.pending())
+		if _, err := kv.Put(&api.KVPair{Key: c.own, Value: v}, wo); err != nil {
+			return c.failed("publishing this edge's arrivals", err)
+		}
+	}
+	pairs, _, err := kv.List(c.arrivals, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return c.failed("reading the edges' arrivals", err)
+	}
+	from := c.gate.Watermark().Ms
+	remote := map[int64]uint32{}
+	live := 0
+	for _, p := range pairs {
+		into := remote
+		if p.Key == c.own && !held {
+			into = nil // this edge's own counts are the gate's
+		}
+		stamp, err := parseArrivals(p.Value, from, into)
+		if err != nil {
+			c.log.Warn("waiting room: ignored an edge's arrivals that do not parse", "key", p.Key, "error", err.Error())
+			continue
+		}
+		if stamp >= now-liveMs || p.Key == c.own {
+			live++
+		}
+	}
+	c.edges.Store(int32(max(live, 1)))
+	c.gate.setRemote(remote)
+	return nil
+}
+
+// failed logs a failed Consul call and returns it wrapped. Whether the
+// edge then ticks alone is Tick's to decide (the history's freshness).
+func (c *Coordinator) failed(what string, err error) error {
+	c.log.Debug("waiting room: consul call failed", "what", what, "error", err.Error())
+	return fmt.Errorf("waitroom: room %s: %s: %w", c.gate.cfg.Room, what, err)
+}
+
+// Tick is the coordinator's beat: the leader moves the shared watermark;
+// an edge that has heard no new checkpoint for StaleAfter ticks its own
+// gate at 1/Edges of the rate, which keeps the total within the rate
+// while every edge does so (and admits nothing twice: its history is
+// merged with the leader's when the leader is heard again).
+func (c *Coordinator) Tick(ctx context.Context) error {
+	if c.Leader() {
+		err := c.leaderTick(ctx)
+		if err == nil {
+			return nil
+		}
+		c.log.Debug("waiting room: leader tick failed", "error", err.Error())
+	}
+	now := c.gate.clock.NowMs()
+	c.mu.Lock()
+	stale := now-c.freshMs >= c.cfg.StaleAfter.Milliseconds()
+	startAlone := stale && !c.alone
+	c.alone = stale
+	c.mu.Unlock()
+	c.setUp(!stale)
+	if !stale {
+		return nil
+	}
+	if startAlone {
+		c.gate.restartTicking()
+	}
+	return c.gate.tick(1 / float64(c.Edges()))
+}
+
+// setUp records whether the edge follows a live leader, logging the
+// change once.
+func (c *Coordinator) setUp(up bool) {
+	if c.up.CompareAndSwap(!up, up) {
+		if up {
+			c.log.Info("waiting room: following the room's leader again", "edges", c.Edges())
+		} else {
+			c.log.Warn("waiting room: no new checkpoint from the room's leader; admitting alone at this edge's share of the rate", "edges", c.Edges(), "stale_after", c.cfg.StaleAfter.String())
+		}
+	}
+}
+
+// leaderTick moves the shared watermark: merge every edge's counts,
+// advance, and write the history if this edge still holds the lock and
+// nobody wrote it since.
+func (c *Coordinator) leaderTick(ctx context.Context) error {
+	sid := c.session.Load()
+	if sid == nil {
+		return errors.New("not the leader")
+	}
+	kv := c.cfg.Client.KV()
+	qo := (&api.QueryOptions{}).WithContext(ctx)
+	c.mu.Lock()
+	loaded := c.leadLoaded
+	c.mu.Unlock()
+	if !loaded {
+		pair, _, err := kv.Get(c.historyKey, qo)
+		if err != nil {
+			return c.failed("reading the history", err)
+		}
+		var h []Checkpoint
+		var passed float64
+		var index uint64
+		if pair != nil {
+			if passed, h, err = parseHistory(pair.Value); err != nil {
+				return c.failed("reading the history", err)
+			}
+			index = pair.ModifyIndex
+		}
+		now := c.gate.clock.NowMs()
+		c.mu.Lock()
+		c.leadLoaded, c.leadHist, c.leadIndex, c.leadPassed, c.leadCarry = true, h, index, passed, 0
+		// A new leader goes on from the last checkpoint, carrying over
+		// at most a second: the rate holds across a handover, without a
+		// burst after a long one.
+		c.leadTick = now
+		if len(h) > 0 {
+			c.leadTick = min(now, max(h[len(h)-1].Ms, now-maxCatchUpMs))
+		}
+		c.mu.Unlock()
+	}
+	pairs, _, err := kv.List(c.arrivals, qo)
+	if err != nil {
+		return c.failed("reading the edges' arrivals", err)
+	}
+	now := c.gate.clock.NowMs()
+	c.mu.Lock()
+	h, index, passed, last, carry := c.leadHist, c.leadIndex, c.leadPassed, c.leadTick, c.leadCarry
+	c.mu.Unlock()
+	w := Place{Ms: c.gate.cfg.OpensAtMs}
+	if len(h) > 0 {
+		w = h[len(h)-1].W
+	}
+	merged := map[int64]uint32{}
+	for _, p := range pairs {
+		if _, err := parseArrivals(p.Value, w.Ms, merged); err != nil {
+			c.log.Warn("waiting room: ignored an edge's arrivals that do not parse", "key", p.Key, "error", err.Error())
+		}
+	}
+	dt := now - last
+	if dt <= 0 {
+		return nil
+	}
+	budget := carry + c.gate.Rate()*float64(dt)/1000
+	nw, left, moved := advance(merged, w, budget, now-c.gate.cfg.SettleMs)
+	if nw == w {
+		c.mu.Lock()
+		c.leadTick, c.leadCarry = now, left
+		c.mu.Unlock()
+		return nil
+	}
+	nh := trimHistory(append(h[:len(h):len(h)], Checkpoint{Ms: now, W: nw}), now-c.gate.historyKeepMs())
+	total := passed + moved
+	ok, resp, _, err := kv.Txn(api.KVTxnOps{
+		{Verb: api.KVCheckSession, Key: c.leaderKey, Session: *sid},
+		{Verb: api.KVCAS, Key: c.historyKey, Value: appendHistory(nil, total, nh), Index: index},
+	}, qo)
+	if err != nil {
+		return c.failed("writing the history", err)
+	}
+	if !ok {
+		// The lock was lost, or the history written by another leader:
+		// read it again next tick.
+		c.mu.Lock()
+		c.leadLoaded = false
+		c.mu.Unlock()
+		var why []string
+		for _, e := range resp.Errors {
+			why = append(why, e.What)
+		}
+		return fmt.Errorf("waitroom: room %s: history write refused: %s", c.gate.cfg.Room, strings.Join(why, "; "))
+	}
+	c.mu.Lock()
+	c.leadHist, c.leadPassed, c.leadTick, c.leadCarry = nh, total, now, left
+	if len(resp.Results) == 2 && resp.Results[1] != nil {
+		c.leadIndex = resp.Results[1].ModifyIndex
+	} else {
+		c.leadLoaded = false
+	}
+	c.mu.Unlock()
+	c.adoptShared(total, nh)
+	return nil
+}
+
+// adoptShared hands the gate a shared history, once per new watermark.
+func (c *Coordinator) adoptShared(total float64, h []Checkpoint) {
+	if len(h) == 0 {
+		return
+	}
+	c.mu.Lock()
+	w := h[len(h)-1].W
+	if !c.lastW.Before(w) && c.haveTotal {
+		c.mu.Unlock()
+		return // nothing new: an older or the same history
+	}
+	delta := 0.0
+	if c.haveTotal {
+		delta = total - c.lastTotal
+	}
+	c.lastTotal, c.haveTotal, c.lastW = total, true, w
+	c.freshMs = c.gate.clock.NowMs()
+	c.alone = false
+	c.mu.Unlock()
+	c.gate.adopt(h, delta)
+	c.setUp(true)
+	c.signal()
+}
+
+// changes returns a channel closed at the next change: a new shared
+// history adopted, or leadership taken or lost.
+func (c *Coordinator) changes() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+func (c *Coordinator) signal() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// watch follows the shared history with blocking queries.
+func (c *Coordinator) watch(ctx context.Context) {
+	kv := c.cfg.Client.KV()
+	var index uint64
+	for ctx.Err() == nil {
+		pair, meta, err := kv.Get(c.historyKey, (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Debug("waiting room: watching the history failed", "error", err.Error())
+				sleep(ctx, retryEvery)
+			}
+			continue
+		}
+		// Consul's blocking-query rules: an index that went backwards
+		// (a restored snapshot) starts over; never wait on 0.
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = max(meta.LastIndex, 1)
+		}
+		if pair == nil {
+			continue
+		}
+		total, h, err := parseHistory(pair.Value)
+		if err != nil {
+			c.log.Warn("waiting room: ignored a shared history that does not parse", "key", c.historyKey, "error", err.Error())
+			continue
+		}
+		c.adoptShared(total, h)
+	}
+}
+
+// elect holds the room's leader lock whenever it can: a session (TTL,
+// released on invalidation, with the shortest lock delay, since the
+// history's writes check the session themselves), api.Lock, lead until
+// the lock is lost, then a new session.
+func (c *Coordinator) elect(ctx context.Context) {
+	ss := c.cfg.Client.Session()
+	wo := (&api.WriteOptions{}).WithContext(ctx)
+	for ctx.Err() == nil {
+		sid, _, err := ss.Create(&api.SessionEntry{
+			Name:      "podium waiting room " + c.gate.cfg.Room + " " + c.cfg.EdgeID,
+			TTL:       c.cfg.SessionTTL.String(),
+			LockDelay: time.Millisecond,
+			Behavior:  api.SessionBehaviorRelease,
+		}, wo)
+		if err != nil {
+			c.log.Debug("waiting room: creating a session failed", "error", err.Error())
+			sleep(ctx, retryEvery)
+			continue
+		}
+		c.lead(ctx, sid)
+		// Destroy with a context of its own: ctx may be over.
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = ss.Destroy(sid, (&api.WriteOptions{}).WithContext(dctx))
+		cancel()
+	}
+}
+
+// lead takes the lock with session sid and leads until it is lost or ctx
+// ends.
+func (c *Coordinator) lead(ctx context.Context, sid string) {
+	renewDone, renewExited := make(chan struct{}), make(chan struct{})
+	defer func() { close(renewDone); <-renewExited }()
+	go func() {
+		defer close(renewExited)
+		_ = c.cfg.Client.Session().RenewPeriodic(c.cfg.SessionTTL.String(), sid, (&api.WriteOptions{}).WithContext(ctx), renewDone)
+	}()
+	lock, err := c.cfg.Client.LockOpts(&api.LockOptions{
+		Key: c.leaderKey, Session: sid, Value: []byte(c.cfg.EdgeID),
+		// Followers' blocking queries end this often, so Run returns
+		// soon after ctx ends.
+		LockWaitTime: 2 * time.Second,
+	})
+	if err != nil {
+		c.log.Error("waiting room: bad lock options", "error", err.Error())
+		sleep(ctx, retryEvery)
+		return
+	}
+	stop := make(chan struct{})
+	unhook := context.AfterFunc(ctx, func() { close(stop) })
+	defer unhook()
+	lost, err := lock.Lock(stop)
+	if err != nil || lost == nil {
+		if err != nil {
+			c.log.Debug("waiting room: taking the leader lock failed", "error", err.Error())
+			sleep(ctx, retryEvery)
+		}
+		return
+	}
+	c.mu.Lock()
+	c.leadLoaded = false
+	c.mu.Unlock()
+	c.session.Store(&sid)
+	c.signal()
+	c.log.Info("waiting room: this edge leads the room", "edge", c.cfg.EdgeID)
+	select {
+	case <-lost:
+		c.log.Warn("waiting room: lost the room's leader lock", "edge", c.cfg.EdgeID)
+	case <-ctx.Done():
+	}
+	c.session.Store(nil)
+	c.signal()
+	// Release at once, so a follower takes over without waiting for the
+	// session's end; elect destroys the session next.
+	_ = lock.Unlock()
+}
+
+// ConsulHistory is the Store of a coordinated gate: Load reads the shared
+// history, so a restarted edge knows at once which places were admitted
+// and which are spent. Append does nothing: only the room's leader writes
+// the shared history (Coordinator); what a gate admits while ticking
+// alone is kept in memory and merged into the shared history when the
+// leader is heard again. It is safe for concurrent use.
+type ConsulHistory struct {
+	Client *api.Client
+	// Prefix as in CoordinatorConfig; zero means DefaultConsulPrefix.
+	Prefix string
+	// Timeout bounds Load; zero means 5 s.
+	Timeout time.Duration
+}
+
+var _ Store = (*ConsulHistory)(nil)
+
+// Append implements Store; see ConsulHistory.
+func (s *ConsulHistory) Append(string, Checkpoint) error { return nil }
+
+// Load implements Store. key is the Gate's "room/epoch".
+func (s *ConsulHistory) Load(key string) ([]Checkpoint, error) {
+	room, epoch, ok := strings.Cut(key, "/")
+	if !ok {
+		return nil, fmt.Errorf("waitroom: history key %q: want room/epoch", key)
+	}
+	prefix := s.Prefix
+	if prefix == "" {
+		prefix = DefaultConsulPrefix
+	}
+	timeout := s.Timeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	k := strings.TrimSuffix(prefix, "/") + "/" + room + "/" + epoch + "/history"
+	pair, _, err := s.Client.KV().Get(k, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("waitroom: reading the shared history %s from Consul: %w", k, err)
+	}
+	if pair == nil {
+		return nil, nil
+	}
+	_, h, err := parseHistory(pair.Value)
+	if err != nil {
+		return nil, fmt.Errorf("waitroom: shared history %s: %w", k, err)
+	}
+	return h, nil
+}

@@ -1,0 +1,257 @@
+package waitroom
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/podium-edge/podium/discovery/consul/consultest"
+)
+
+// The tests of many edges run three coordinators ("edges") in one process
+// against a real Consul agent, on one fake clock that the test moves in
+// steps: at each step every edge publishes, the leader ticks, and the
+// test waits (an event: the coordinators' changes channel) until every
+// edge has adopted the leader's new watermark. Nothing waits on time but
+// the hang guards.
+
+const (
+	multiRate   = 100.0 // places a second, over all edges
+	multiStepMs = 200
+	hangGuard   = 60 * time.Second
+)
+
+type multiEdge struct {
+	id    string
+	gate  *Gate
+	coord *Coordinator
+	stop  context.CancelFunc
+	done  chan struct{}
+	own   []Place    // the places issued on this edge
+	idhs  [][16]byte // their identity hashes
+}
+
+type multi struct {
+	t      *testing.T
+	agent  *consultest.Agent
+	clock  *fakeClock
+	room   *Room
+	edges  []*multiEdge
+	places []Place // every place issued, in queue order
+	next   int     // visitors so far
+}
+
+func newMulti(t *testing.T, n int) *multi {
+	m := &multi{t: t, agent: consultest.Start(t), clock: newFakeClock(opensMs), room: testRoom(t)}
+	for i := range n {
+		m.edges = append(m.edges, m.start(fmt.Sprintf("edge-%d", i), 0))
+	}
+	return m
+}
+
+// start runs an edge's gate and coordinator; holdMs holds a restarted
+// edge's gate as the proxy does.
+func (m *multi) start(id string, holdMs int64) *multiEdge {
+	m.t.Helper()
+	gate := mustGate(m.t, GateConfig{Room: "final", Epoch: 1, OpensAtMs: opensMs, Rate: multiRate, HoldUntilMs: holdMs}, m.clock, &ConsulHistory{Client: m.agent.Client()})
+	coord, err := NewCoordinator(CoordinatorConfig{Client: m.agent.Client(), EdgeID: id, PublishEvery: -1, TickEvery: -1}, gate)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &multiEdge{id: id, gate: gate, coord: coord, stop: cancel, done: make(chan struct{})}
+	go func() { defer close(e.done); coord.Run(ctx) }()
+	m.t.Cleanup(func() { e.close(m.t) })
+	return e
+}
+
+// close stops an edge's coordinator and waits for it to release the lock.
+func (e *multiEdge) close(t *testing.T) {
+	e.stop()
+	select {
+	case <-e.done:
+	case <-time.After(hangGuard):
+		t.Fatalf("%s: coordinator still running %v after Close", e.id, hangGuard)
+	}
+}
+
+// arrive places k new visitors at the clock's time, round-robin over the
+// live edges.
+func (m *multi) arrive(k int, live []*multiEdge) {
+	now := m.clock.NowMs()
+	for range k {
+		id := fmt.Appendf(nil, "198.51.%d.%d", m.next/256, m.next%256)
+		e := live[m.next%len(live)]
+		m.next++
+		idh := m.room.IdentityHash(id)
+		p := e.gate.Join(idh, m.room.PlaceFor(id, now))
+		e.own, e.idhs = append(e.own, p), append(e.idhs, idh)
+		i, _ := slices.BinarySearchFunc(m.places, p, comparePlaces)
+		m.places = slices.Insert(m.places, i, p)
+	}
+}
+
+func comparePlaces(a, b Place) int {
+	switch {
+	case a.Before(b):
+		return -1
+	case b.Before(a):
+		return 1
+	}
+	return 0
+}
+
+// leader waits until exactly one live edge leads and returns it.
+func (m *multi) leader(live []*multiEdge) *multiEdge {
+	m.t.Helper()
+	deadline := time.After(hangGuard)
+	for {
+		var chs []<-chan struct{}
+		var leaders []*multiEdge
+		for _, e := range live {
+			chs = append(chs, e.coord.changes())
+			if e.coord.Leader() {
+				leaders = append(leaders, e)
+			}
+		}
+		if len(leaders) == 1 {
+			return leaders[0]
+		}
+		cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(deadline)}}
+		for _, ch := range chs {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+		}
+		if i, _, _ := reflect.Select(cases); i == 0 {
+			m.t.Fatalf("no single leader among %d edges after %v (%d lead)", len(live), hangGuard, len(leaders))
+		}
+	}
+}
+
+// step moves the clock by dtMs with arrivals visitors, runs one beat of
+// every live edge, and waits until each has adopted the leader's
+// watermark.
+func (m *multi) step(arrivals int, live []*multiEdge) {
+	m.t.Helper()
+	ctx := context.Background()
+	m.clock.ms.Add(multiStepMs)
+	m.arrive(arrivals, live)
+	for _, e := range live {
+		if err := e.coord.Publish(ctx); err != nil {
+			m.t.Fatalf("%s: %v", e.id, err)
+		}
+	}
+	l := m.leader(live)
+	if err := l.coord.Tick(ctx); err != nil {
+		m.t.Fatalf("leader %s: %v", l.id, err)
+	}
+	want := l.gate.Watermark()
+	for _, e := range live {
+		if e != l {
+			if err := e.coord.Tick(ctx); err != nil {
+				m.t.Fatalf("%s: %v", e.id, err)
+			}
+		}
+		m.waitWatermark(e, want)
+	}
+}
+
+// waitWatermark waits until e has adopted watermark w.
+func (m *multi) waitWatermark(e *multiEdge, w Place) {
+	m.t.Helper()
+	deadline := time.After(hangGuard)
+	for {
+		ch := e.coord.changes()
+		if got := e.gate.Watermark(); !got.Before(w) {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			m.t.Fatalf("%s: watermark %v, leader's %v, still after %v", e.id, e.gate.Watermark(), w, hangGuard)
+		}
+	}
+}
+
+// admittedAll counts the places e admits, failing the test unless they
+// are the first places in queue order over every edge.
+func (m *multi) admittedAll(e *multiEdge) int {
+	m.t.Helper()
+	return admitted(m.t, e.gate, m.places)
+}
+
+// checkRate fails unless the places admitted between two counts are the
+// rate's over ms, within ±10%.
+func (m *multi) checkRate(what string, from, to int, ms int64) {
+	m.t.Helper()
+	got := float64(to - from)
+	want := multiRate * float64(ms) / 1000
+	m.t.Logf("%s: %d admitted in %d ms, want %.0f ± 10%%", what, to-from, ms, want)
+	if math.Abs(got-want) > 0.1*want {
+		m.t.Errorf("%s: %v places admitted in %v ms, want %v ± 10%%", what, got, ms, want)
+	}
+}
+
+// TestCoordinatedRate: three edges, visitors spread over them, one rate
+// over all of them, in arrival order across edges; the leader closed, and
+// another takes over with the rate unchanged; an edge restarted finds the
+// history and its visitors still counted.
+func TestCoordinatedRate(t *testing.T) {
+	m := newMulti(t, 3)
+	live := m.edges
+	// 300 visitors a second for 10 s (3000), three times the rate.
+	for range 50 {
+		m.step(60, live)
+	}
+	for _, e := range live {
+		if got, want := e.gate.Queued(), float64(len(m.places)-m.admittedAll(e)); math.Abs(got-want) > 0.1*want+2*60 {
+			t.Errorf("%s: queue %v, want about %v (every edge's, not its own %d)", e.id, got, want, len(e.own))
+		}
+	}
+	// Admission has run for 8 s (the first 2 s settle).
+	t0, a0 := m.clock.NowMs(), m.admittedAll(live[0])
+	m.checkRate("first 8 s", 0, a0, 8000)
+	for _, e := range live[1:] {
+		if got := m.admittedAll(e); got != a0 {
+			t.Errorf("%s admits %d places, %s %d: the edges disagree", e.id, got, live[0].id, a0)
+		}
+	}
+
+	// The leader closes: another takes over, and the rate holds.
+	old := m.leader(live)
+	old.close(t)
+	live = slices.DeleteFunc(slices.Clone(live), func(e *multiEdge) bool { return e == old })
+	for range 25 {
+		m.step(0, live)
+	}
+	if m.leader(live) == old {
+		t.Fatal("the closed edge still leads")
+	}
+	t1, a1 := m.clock.NowMs(), m.admittedAll(live[0])
+	m.checkRate("5 s around the handover", a0, a1, t1-t0)
+
+	// The closed edge restarts: it knows the history at once (an
+	// admitted place of its own is admitted), and while it is held its
+	// key keeps its visitors counted, until their pages come back and
+	// join again (as proxy.waitingRoom does with a waiting token).
+	re := m.start(old.id, m.clock.NowMs()+3000)
+	if got, want := m.admittedAll(re), a1; got != want {
+		t.Errorf("restarted edge admits %d places, want the shared history's %d", got, want)
+	}
+	live = append(live, re)
+	for i := range 25 {
+		if i == 5 {
+			for j, p := range old.own {
+				if s, _ := re.gate.Check(p); s == Waiting {
+					re.gate.Join(old.idhs[j], p)
+				}
+			}
+		}
+		m.step(0, live)
+	}
+	t2, a2 := m.clock.NowMs(), m.admittedAll(re)
+	m.checkRate("5 s after the restart", a1, a2, t2-t1)
+}
