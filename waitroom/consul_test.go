@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/podium-edge/podium/discovery/consul/consultest"
 )
 
@@ -254,4 +255,120 @@ func TestCoordinatedRate(t *testing.T) {
 	}
 	t2, a2 := m.clock.NowMs(), m.admittedAll(re)
 	m.checkRate("5 s after the restart", a1, a2, t2-t1)
+}
+
+// ownAdmitted counts the places of e's own visitors that e admits.
+func ownAdmitted(e *multiEdge) int {
+	n := 0
+	for _, p := range e.own {
+		if s, _ := e.gate.Check(p); s != Waiting {
+			n++
+		}
+	}
+	return n
+}
+
+// TestCoordinatorOutage: with the agent stopped, each edge hears no
+// leader, and after StaleAfter admits alone at a third of the rate (three
+// edges were publishing), so the total stays within the rate; once the
+// agent is back a leader is elected and the rate is one again.
+func TestCoordinatorOutage(t *testing.T) {
+	m := newMulti(t, 3)
+	for range 50 { // 3000 visitors, 1000 on each edge
+		m.step(60, m.edges)
+	}
+	for range 5 {
+		m.step(0, m.edges)
+	}
+	if n := m.edges[0].coord.Edges(); n != 3 {
+		t.Fatalf("edges seen publishing: %d, want 3", n)
+	}
+	m.agent.Stop()
+	ctx := context.Background()
+	outageStep := func() {
+		m.clock.ms.Add(multiStepMs)
+		for _, e := range m.edges {
+			if err := e.coord.Publish(ctx); err == nil {
+				t.Fatalf("%s: publish with the agent stopped: no error", e.id)
+			}
+			if err := e.coord.Tick(ctx); err != nil {
+				t.Fatalf("%s: %v", e.id, err)
+			}
+		}
+	}
+	// No new checkpoint for StaleAfter: every edge goes alone.
+	for i := 0; m.edges[0].coord.Up() || m.edges[1].coord.Up() || m.edges[2].coord.Up(); i++ {
+		if i > int(DefaultStaleAfter.Milliseconds()/multiStepMs)+1 {
+			t.Fatalf("edges still up %d steps into the outage", i)
+		}
+		outageStep()
+	}
+	t0 := m.clock.NowMs()
+	var before []int
+	for _, e := range m.edges {
+		before = append(before, ownAdmitted(e))
+	}
+	for range 50 {
+		outageStep()
+	}
+	total := 0
+	for i, e := range m.edges {
+		total += ownAdmitted(e) - before[i]
+		// Alone, each edge still admits its own visitors in order.
+		own := slices.SortedFunc(slices.Values(e.own), comparePlaces)
+		admitted(t, e.gate, own)
+	}
+	m.checkRate("10 s alone, all edges", 0, total, m.clock.NowMs()-t0)
+
+	// The agent is back: a leader again, every edge follows it, and the
+	// rate is one over all of them.
+	m.agent.Start()
+	for range 5 {
+		m.step(0, m.edges)
+	}
+	for _, e := range m.edges {
+		if !e.coord.Up() {
+			t.Errorf("%s: not following the leader after the agent came back", e.id)
+		}
+	}
+	t1 := m.clock.NowMs()
+	var a1 []int
+	for _, e := range m.edges {
+		a1 = append(a1, ownAdmitted(e))
+	}
+	for range 25 {
+		m.step(0, m.edges)
+	}
+	total = 0
+	for i, e := range m.edges {
+		total += ownAdmitted(e) - a1[i]
+	}
+	m.checkRate("5 s after the agent came back", 0, total, m.clock.NowMs()-t1)
+}
+
+// TestCoordinatorSettle: the settle time must cover a count's way to the
+// leader (a publish interval, a leader tick) and a margin for skew and
+// round trips; the default does, with the default intervals.
+func TestCoordinatorSettle(t *testing.T) {
+	client, err := api.NewClient(&api.Config{Address: "127.0.0.1:1"}) // never dialled
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		settleMs int64
+		cfg      CoordinatorConfig
+		ok       bool
+	}{
+		{0, CoordinatorConfig{}, true}, // DefaultSettleMs, DefaultPublishEvery, DefaultCoordTick
+		{950, CoordinatorConfig{}, true},
+		{949, CoordinatorConfig{}, false},
+		{1500, CoordinatorConfig{PublishEvery: time.Second}, false},
+	} {
+		g := mustGate(t, GateConfig{Room: "r", Rate: 1, SettleMs: tc.settleMs}, newFakeClock(0), &MemStore{})
+		tc.cfg.Client, tc.cfg.EdgeID = client, "e"
+		_, err := NewCoordinator(tc.cfg, g)
+		if (err == nil) != tc.ok {
+			t.Errorf("settle %d ms, %+v: error %v, want ok %v", tc.settleMs, tc.cfg, err, tc.ok)
+		}
+	}
 }
