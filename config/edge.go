@@ -106,6 +106,9 @@ type Edge struct {
 	// WaitingRooms queue visitors in front of the paths they guard
 	// (issue 18); none by default.
 	WaitingRooms []WaitingRoom `yaml:"waiting_rooms"`
+	// WaitingRoomStore says where the rooms' admission state lives: the
+	// state dir (one edge), or Consul (many edges, waitroom_store.go).
+	WaitingRoomStore WaitingRoomStore `yaml:"waiting_room_store"`
 	// WaitingRoomStateDir holds each room's admission history (a file per
 	// room and epoch), so a restarted edge keeps the queue's order and
 	// refuses spent places. Empty means DefaultWaitingRoomStateDir.

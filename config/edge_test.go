@@ -59,6 +59,8 @@ func TestLoadFileBad(t *testing.T) {
 		{"wr-max-active.bad.yaml", []string{":5: waiting_rooms[0].max_active: needs session"}},
 		{"wr-opens-at.bad.yaml", []string{":5: waiting_rooms[0].opens_at: must be an RFC 3339 time", `"26 July 2024 10:00"`}},
 		{"wr-refresh.bad.yaml", []string{":5: waiting_rooms[0].refresh: must be 1s..1m0s, got 2m0s"}},
+		{"wr-store-no-consul.bad.yaml", []string{"wr-store-no-consul.bad.yaml:4: waiting_room_store.consul: needs discovery.consul"}},
+		{"wr-store-prefix.bad.yaml", []string{"wr-store-prefix.bad.yaml:5: waiting_room_store.prefix: must be a Consul KV folder"}},
 		{"wr-unknown-key.bad.yaml", []string{"line 4", "unknown key admit_per_sec"}},
 		{"wr-name.bad.yaml", []string{":2: waiting_rooms[0].name: must be 1 to 64 letters, digits, _ or -", `"the final"`}},
 		{"wr-epoch.bad.yaml", []string{"line 2", "cannot unmarshal", "-1"}},

@@ -52,6 +52,7 @@ func (c *Edge) validate(v *validator) {
 	c.Outlier.validate(v)
 	c.AccessLog.validate(v)
 	c.validateWaitingRooms(v)
+	c.validateWaitingRoomStore(v)
 }
 
 func (d Discovery) validate(v *validator) {
