@@ -480,6 +480,10 @@ var (
 		"Visitors waiting in a waiting room on this edge (estimated from its per-millisecond counts), by room.", []string{"room"}, nil)
 	roomWaitDesc = prometheus.NewDesc("podium_edge_waitroom_estimated_wait_seconds",
 		"Estimated wait of the last visitor in a waiting room: its queue over the measured admission rate, by room.", []string{"room"}, nil)
+	// roomCoordUpDesc is reported only for rooms coordinated through
+	// Consul (waiting_room_store.consul).
+	roomCoordUpDesc = prometheus.NewDesc("podium_edge_waitroom_coordination_up",
+		"1 while this edge follows its waiting room's leader through Consul; 0 while it admits alone at its share of the rate (Consul unreachable or no leader heard), by room.", []string{"room"}, nil)
 )
 
 // roomCollector reports the rooms of the config in force.
@@ -491,6 +495,7 @@ type roomCollector struct {
 func (c *roomCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.queue
 	ch <- c.wait
+	ch <- roomCoordUpDesc
 }
 
 func (c *roomCollector) Collect(ch chan<- prometheus.Metric) {
@@ -498,5 +503,12 @@ func (c *roomCollector) Collect(ch chan<- prometheus.Metric) {
 		q := rs.rt.gate.Queued()
 		ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, q, rs.cfg.Name)
 		ch <- prometheus.MustNewConstMetric(c.wait, prometheus.GaugeValue, q/rs.rt.measuredRate(), rs.cfg.Name)
+		if co := rs.rt.coord; co != nil {
+			up := 0.0
+			if co.Up() {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(roomCoordUpDesc, prometheus.GaugeValue, up, rs.cfg.Name)
+		}
 	}
 }

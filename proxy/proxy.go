@@ -72,6 +72,8 @@ type Proxy struct {
 	rooms     map[string]*roomRuntime
 	bg        context.Context // ends on Close: the rooms' tickers
 	stopBg    context.CancelFunc
+	// roomConsul, when set, coordinates the rooms over many edges.
+	roomConsul *roomConsul
 }
 
 // roomTick is how often a waiting room's watermark advances: 20 times a
@@ -94,6 +96,11 @@ func newProxy(cfg *config.Edge, log *slog.Logger, clock waitroom.Clock, tickEver
 	p := &Proxy{boot: cfg, log: log, clock: clock, tickEvery: tickEvery, rooms: map[string]*roomRuntime{}}
 	p.bg, p.stopBg = context.WithCancel(context.Background())
 	p.roomStore = &waitroom.FileStore{Dir: cfg.WaitingRoomStatePath(), Log: log}
+	rc, err := newRoomConsul(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.roomConsul = rc
 	var seed [8]byte
 	_, _ = crand.Read(seed[:])
 	hex.Encode(p.idPrefix[:], seed[:])

@@ -140,6 +140,9 @@ func (p *Proxy) Reload(cfg *config.Edge) (needRestart []string, err error) {
 	if cfg.WaitingRoomStatePath() != boot.WaitingRoomStatePath() {
 		needRestart = append(needRestart, fmt.Sprintf("waiting_room_state_dir (running %s, file says %s)", boot.WaitingRoomStatePath(), cfg.WaitingRoomStatePath()))
 	}
+	if !reflect.DeepEqual(cfg.WaitingRoomStore, boot.WaitingRoomStore) {
+		needRestart = append(needRestart, fmt.Sprintf("waiting_room_store (running %+v, file says %+v)", boot.WaitingRoomStore, cfg.WaitingRoomStore))
+	}
 	// Rooms keep their queues; keys, rates and pages switch now. A room
 	// whose epoch or opening changed starts a new queue.
 	rooms, err := p.buildRooms(cfg)

@@ -64,6 +64,7 @@ type roomRuntime struct {
 	epoch  uint32
 	opens  int64 // opens_at in Unix ms
 	gate   *waitroom.Gate
+	coord  *waitroom.Coordinator // nil unless coordinated through Consul (waitroom_consul.go)
 	status atomic.Int32
 	// configRate is the admit_per_second the runtime last applied from a
 	// config, so that a reload that leaves it alone keeps a rate the
@@ -137,7 +138,7 @@ func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
 				// Held after start, whether or not a history was found:
 				// visitors may hold places an earlier process issued.
 				HoldUntilMs: now + (wc.Refresh.D() + holdMargin).Milliseconds(),
-			}, p.clock, p.roomStore)
+			}, p.clock, p.gateStore())
 			if err != nil {
 				return nil, err
 			}
@@ -145,6 +146,9 @@ func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
 			rt.lastPassed = gate.Passed()
 			p.startTicker(rt)
 			created = append(created, rt)
+			if err := p.coordinate(rt); err != nil {
+				return nil, err
+			}
 		} else if rt.configRate != wc.AdmitPerSecond {
 			if err := rt.gate.SetRate(wc.AdmitPerSecond); err != nil {
 				return nil, err
@@ -205,7 +209,7 @@ func (p *Proxy) tickRooms() {
 // and updates the measured admission rate.
 func (p *Proxy) tickRoom(rt *roomRuntime) {
 	now := p.clock.NowMs()
-	if rt.status.Load() == roomOpen {
+	if rt.status.Load() == roomOpen && rt.coord == nil {
 		if err := rt.gate.Tick(); err != nil && rt.lastErr.CompareAndSwap(false, true) {
 			p.log.Warn("waiting room: could not record an admission checkpoint; a restart may re-admit from earlier", "room", rt.name, "error", err.Error())
 		} else if err == nil {

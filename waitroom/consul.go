@@ -113,7 +113,7 @@ type Coordinator struct {
 	lastW      Place         // the shared watermark last adopted
 	freshMs    int64         // when (this edge's clock) the shared watermark last moved
 	alone      bool          // ticking alone (not up)
-	changed    chan struct{} // closed and replaced at each change (changes)
+	changed    chan struct{} // closed and replaced at each change (Changes)
 	leadLoaded bool          // lead* hold the history as this leader last read or wrote it
 	leadHist   []Checkpoint
 	leadIndex  uint64
@@ -352,8 +352,10 @@ func (c *Coordinator) leaderTick(ctx context.Context) error {
 		c.leadLoaded, c.leadHist, c.leadIndex, c.leadPassed, c.leadCarry = true, h, index, passed, 0
 		// A new leader goes on from the last checkpoint, carrying over
 		// at most a second: the rate holds across a handover, without a
-		// burst after a long one.
-		c.leadTick = now
+		// burst after a long one. The first leader of a room starts a
+		// second back, as if it had led before, so that its first tick
+		// already moves the watermark.
+		c.leadTick = now - maxCatchUpMs
 		if len(h) > 0 {
 			c.leadTick = min(now, max(h[len(h)-1].Ms, now-maxCatchUpMs))
 		}
@@ -446,9 +448,9 @@ func (c *Coordinator) adoptShared(total float64, h []Checkpoint) {
 	c.signal()
 }
 
-// changes returns a channel closed at the next change: a new shared
+// Changes returns a channel closed at the next change: a new shared
 // history adopted, or leadership taken or lost.
-func (c *Coordinator) changes() <-chan struct{} {
+func (c *Coordinator) Changes() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.changed

@@ -114,7 +114,7 @@ func (m *multi) leader(live []*multiEdge) *multiEdge {
 		var chs []<-chan struct{}
 		var leaders []*multiEdge
 		for _, e := range live {
-			chs = append(chs, e.coord.changes())
+			chs = append(chs, e.coord.Changes())
 			if e.coord.Leader() {
 				leaders = append(leaders, e)
 			}
@@ -165,7 +165,7 @@ func (m *multi) waitWatermark(e *multiEdge, w Place) {
 	m.t.Helper()
 	deadline := time.After(hangGuard)
 	for {
-		ch := e.coord.changes()
+		ch := e.coord.Changes()
 		if got := e.gate.Watermark(); !got.Before(w) {
 			return
 		}

@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/podium-edge/podium/config"
+	"github.com/podium-edge/podium/discovery/consul"
+	"github.com/podium-edge/podium/waitroom"
+)
+
+// Waiting rooms over many edges (issue 18, "Many edges"): with
+// waiting_room_store.consul, each room's gate loads the shared history
+// from Consul and a waitroom.Coordinator runs beside it, so every edge
+// admits from one queue at one rate. Set at start; a change needs a
+// restart (state.go).
+
+// roomConsul is the waiting rooms' Consul side of a Proxy: nil for the
+// state dir.
+type roomConsul struct {
+	client *api.Client
+	edgeID string
+	prefix string
+}
+
+// newRoomConsul builds it from cfg, or returns nil when the rooms keep
+// their state in the state dir.
+func newRoomConsul(cfg *config.Edge) (*roomConsul, error) {
+	s := cfg.WaitingRoomStore
+	cs := cfg.Discovery.Consul
+	if !s.Consul || cs == nil {
+		return nil, nil
+	}
+	client, err := consul.Config{Address: cs.Address, Token: cs.Token, Datacenter: cs.Datacenter}.NewClient()
+	if err != nil {
+		return nil, fmt.Errorf("waiting_room_store: %w", err)
+	}
+	id := s.EdgeID
+	if id == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("waiting_room_store: no edge_id set and no host name to make one: %w", err)
+		}
+		_, port, _ := net.SplitHostPort(cfg.Listen)
+		id = host + ":" + port
+	}
+	return &roomConsul{client: client, edgeID: id, prefix: s.Prefix}, nil
+}
+
+// gateStore is the Store the rooms' gates load their history from.
+func (p *Proxy) gateStore() waitroom.Store {
+	if p.roomConsul != nil {
+		return &waitroom.ConsulHistory{Client: p.roomConsul.client, Prefix: p.roomConsul.prefix}
+	}
+	return p.roomStore
+}
+
+// coordinate runs a Coordinator for rt's gate when the rooms are
+// coordinated through Consul, until rt is stopped. Its leader advances
+// the shared watermark, so the room's own ticker leaves the gate alone
+// (tickRoom).
+func (p *Proxy) coordinate(rt *roomRuntime) error {
+	if p.roomConsul == nil {
+		return nil
+	}
+	c, err := waitroom.NewCoordinator(waitroom.CoordinatorConfig{
+		Client: p.roomConsul.client, EdgeID: p.roomConsul.edgeID, Prefix: p.roomConsul.prefix, Log: p.log,
+	}, rt.gate)
+	if err != nil {
+		return err
+	}
+	rt.coord = c
+	ctx, cancel := context.WithCancel(p.bg)
+	prev := rt.stop
+	rt.stop = func() {
+		cancel()
+		if prev != nil {
+			prev()
+		}
+	}
+	go c.Run(ctx) // recovers its own loops' panics
+	return nil
+}
