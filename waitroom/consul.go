@@ -285,8 +285,8 @@ func (c *Coordinator) failed(what string, err error) error {
 // while every edge does so (and admits nothing twice: its history is
 // merged with the leader's when the leader is heard again).
 func (c *Coordinator) Tick(ctx context.Context) error {
-	if c.Leader() {
-		err := c.leaderTick(ctx)
+	if sid := c.session.Load(); sid != nil {
+		err := c.leaderTick(ctx, *sid)
 		if err == nil {
 			return nil
 		}
@@ -322,12 +322,8 @@ func (c *Coordinator) setUp(up bool) {
 
 // leaderTick moves the shared watermark: merge every edge's counts,
 // advance, and write the history if this edge still holds the lock and
-// nobody wrote it since.
-func (c *Coordinator) leaderTick(ctx context.Context) error {
-	sid := c.session.Load()
-	if sid == nil {
-		return errors.New("not the leader")
-	}
+// nobody wrote it since. sid is the session that holds the lock.
+func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	kv := c.cfg.Client.KV()
 	qo := (&api.QueryOptions{}).WithContext(ctx)
 	c.mu.Lock()
@@ -394,7 +390,7 @@ func (c *Coordinator) leaderTick(ctx context.Context) error {
 	nh := trimHistory(append(h[:len(h):len(h)], Checkpoint{Ms: now, W: nw}), now-c.gate.historyKeepMs())
 	total := passed + moved
 	ok, resp, _, err := kv.Txn(api.KVTxnOps{
-		{Verb: api.KVCheckSession, Key: c.leaderKey, Session: *sid},
+		{Verb: api.KVCheckSession, Key: c.leaderKey, Session: sid},
 		{Verb: api.KVCAS, Key: c.historyKey, Value: appendHistory(nil, total, nh), Index: index},
 	}, qo)
 	if err != nil {

@@ -372,3 +372,50 @@ func TestCoordinatorSettle(t *testing.T) {
 		}
 	}
 }
+
+// TestCoordinatorSessionLost: the leader's session destroyed (as Consul
+// does when its TTL runs out) ends its leadership; a leader is elected
+// again and the rate holds. A write under the lost session is refused by
+// the transaction's session check, so an edge that still believes it
+// leads cannot move the shared history.
+func TestCoordinatorSessionLost(t *testing.T) {
+	m := newMulti(t, 2)
+	for range 25 {
+		m.step(60, m.edges)
+	}
+	t0, a0 := m.clock.NowMs(), m.admittedAll(m.edges[0])
+	old := m.leader(m.edges)
+	sid := *old.coord.session.Load()
+	ch := old.coord.Changes()
+	if _, err := m.agent.Client().Session().Destroy(sid, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The old leader's lock monitor sees the session gone (an event).
+	for old.coord.session.Load() != nil && *old.coord.session.Load() == sid {
+		select {
+		case <-ch:
+			ch = old.coord.Changes()
+		case <-time.After(hangGuard):
+			t.Fatalf("%s still leads with destroyed session %s after %v", old.id, sid, hangGuard)
+		}
+	}
+	// A stale leader's write is refused.
+	other := m.edges[0]
+	if other == old {
+		other = m.edges[1]
+	}
+	m.clock.ms.Add(multiStepMs)
+	hist, _, err := m.agent.Client().KV().Get(other.coord.historyKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = other.coord.leaderTick(context.Background(), sid)
+	after, _, _ := m.agent.Client().KV().Get(other.coord.historyKey, nil)
+	if err == nil || after.ModifyIndex != hist.ModifyIndex {
+		t.Fatalf("a write under a destroyed session: error %v, history index %d -> %d; want refused, unchanged", err, hist.ModifyIndex, after.ModifyIndex)
+	}
+	for range 25 {
+		m.step(0, m.edges)
+	}
+	m.checkRate("5 s around the lost session", a0, m.admittedAll(m.edges[0]), m.clock.NowMs()-t0)
+}
