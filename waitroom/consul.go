@@ -21,7 +21,7 @@ import (
 //   - arrivals/<edge>: each edge's waiting counts (ms -> count, from the
 //     watermark on) and its clock, written every PublishEvery without a
 //     session, so a restarted edge's key, and the count of the visitors
-//     it had placed, survives it;
+//     it had placed, survives it (see Publish);
 //   - leader: a lock (api.Lock) held by one edge's session;
 //   - history: the shared admission history, written by the leader only,
 //     in one transaction that checks it still holds the lock and that
@@ -110,11 +110,13 @@ type Coordinator struct {
 	mu         sync.Mutex // guards what follows
 	lastTotal  float64    // the shared history's passed count last adopted
 	haveTotal  bool
-	lastW      Place         // the shared watermark last adopted
-	freshMs    int64         // when (this edge's clock) the shared watermark last moved
-	alone      bool          // ticking alone (not up)
-	changed    chan struct{} // closed and replaced at each change (Changes)
-	leadLoaded bool          // lead* hold the history as this leader last read or wrote it
+	lastW      Place            // the shared watermark last adopted
+	freshMs    int64            // when (this edge's clock) the shared watermark last moved
+	alone      bool             // ticking alone (not up)
+	listed     bool             // Publish has read the arrivals once
+	inherited  map[int64]uint32 // while held: the counts this edge's key held at start (Publish)
+	changed    chan struct{}    // closed and replaced at each change (Changes)
+	leadLoaded bool             // lead* hold the history as this leader last read or wrote it
 	leadHist   []Checkpoint
 	leadIndex  uint64
 	leadPassed float64
@@ -229,46 +231,69 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// Publish writes this edge's counts and reads every edge's: the others'
+// Publish reads every edge's counts and writes this edge's: the others'
 // feed Ahead and Queued, and their number the share of the rate when
-// ticking alone. A restarted edge that is still held (GateConfig.
-// HoldUntilMs) leaves its key as its predecessor wrote it, so its
-// visitors stay counted until their pages come back and Join counts
-// them again.
+// ticking alone.
+//
+// A restarted edge's gate has lost the counts of the visitors it had
+// placed: its key, which outlives it, still holds them. While the gate
+// is held (GateConfig.HoldUntilMs: until their pages come back and Join
+// counts them again) the edge publishes, for each millisecond, the
+// larger of that inherited count and its own, so its visitors are
+// neither lost (which would let the watermark pass them for nothing,
+// over the rate) nor, once they re-join, counted twice.
 func (c *Coordinator) Publish(ctx context.Context) error {
 	now := c.gate.clock.NowMs()
 	kv := c.cfg.Client.KV()
-	wo := (&api.WriteOptions{}).WithContext(ctx)
-	held := c.gate.holding()
-	if !held {
-		v := appendArrivals(nil, now, c.gate.pending())
-		if _, err := kv.Put(&api.KVPair{Key: c.own, Value: v}, wo); err != nil {
-			return c.failed("publishing this edge's arrivals", err)
-		}
-	}
 	pairs, _, err := kv.List(c.arrivals, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return c.failed("reading the edges' arrivals", err)
 	}
+	held := c.gate.holding()
 	from := c.gate.Watermark().Ms
+	c.mu.Lock()
+	inherited, first := c.inherited, !c.listed
+	c.mu.Unlock()
 	remote := map[int64]uint32{}
 	live := 0
 	for _, p := range pairs {
-		into := remote
-		if p.Key == c.own && !held {
-			into = nil // this edge's own counts are the gate's
+		if p.Key == c.own {
+			live++
+			if held && first {
+				inherited = map[int64]uint32{}
+				if _, err := parseArrivals(p.Value, from, inherited); err != nil {
+					c.log.Warn("waiting room: ignored this edge's earlier arrivals, which do not parse", "key", p.Key, "error", err.Error())
+				}
+			}
+			continue
 		}
-		stamp, err := parseArrivals(p.Value, from, into)
+		stamp, err := parseArrivals(p.Value, from, remote)
 		if err != nil {
 			c.log.Warn("waiting room: ignored an edge's arrivals that do not parse", "key", p.Key, "error", err.Error())
 			continue
 		}
-		if stamp >= now-liveMs || p.Key == c.own {
+		if stamp >= now-liveMs {
 			live++
 		}
 	}
+	if !held {
+		inherited = nil
+	}
+	c.mu.Lock()
+	c.inherited, c.listed = inherited, true
+	c.mu.Unlock()
 	c.edges.Store(int32(max(live, 1)))
+	counts := c.gate.pending()
+	for ms, n := range inherited {
+		if ms >= from && n > counts[ms] {
+			remote[ms] += n - counts[ms] // Ahead: the visitors not back yet
+			counts[ms] = n
+		}
+	}
 	c.gate.setRemote(remote)
+	if _, err := kv.Put(&api.KVPair{Key: c.own, Value: appendArrivals(nil, now, counts)}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return c.failed("publishing this edge's arrivals", err)
+	}
 	return nil
 }
 

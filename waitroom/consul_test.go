@@ -251,6 +251,10 @@ func TestCoordinatedRate(t *testing.T) {
 				}
 			}
 		}
+		if i < 10 {
+			// New visitors on the held edge are counted too.
+			m.arrive(10, []*multiEdge{re})
+		}
 		m.step(0, live)
 	}
 	t2, a2 := m.clock.NowMs(), m.admittedAll(re)
@@ -418,4 +422,31 @@ func TestCoordinatorSessionLost(t *testing.T) {
 		m.step(0, m.edges)
 	}
 	m.checkRate("5 s around the lost session", a0, m.admittedAll(m.edges[0]), m.clock.NowMs()-t0)
+}
+
+// TestCoordinatorHeldEdgeCounts: an edge that joins a running room is
+// held after its start (GateConfig.HoldUntilMs), and the visitors it
+// places meanwhile are published and counted at once: the watermark does
+// not pass them for nothing, over the rate, while the queue is short.
+func TestCoordinatorHeldEdgeCounts(t *testing.T) {
+	m := newMulti(t, 1)
+	for range 5 {
+		m.step(0, m.edges)
+	}
+	held := m.start("edge-new", m.clock.NowMs()+3000)
+	live := append(m.edges, held)
+	t0 := m.clock.NowMs()
+	for i := range 25 {
+		if i < 15 {
+			m.arrive(40, []*multiEdge{held}) // 200 a second, twice the rate
+		}
+		m.step(0, live)
+	}
+	// Nobody waited at t0, and a place waits the settle time: the rate
+	// bounds what is admitted after it.
+	got, limit := m.admittedAll(m.edges[0]), multiRate*float64(m.clock.NowMs()-t0-DefaultSettleMs)/1000
+	t.Logf("%d of %d admitted in %d ms at %v/s", got, len(m.places), m.clock.NowMs()-t0, multiRate)
+	if float64(got) > 1.1*limit {
+		t.Errorf("%d places admitted in %d ms, more than the rate's %v after the settle time (+10%%): the held edge's visitors were not counted", got, m.clock.NowMs()-t0, limit)
+	}
 }
