@@ -61,9 +61,12 @@ const (
 	// last checkpoint: a handover keeps the rate without a burst of more
 	// than a second's admissions.
 	maxCatchUpMs = 1000
-	// liveMs: an edge whose arrivals stamp is this recent counts among
-	// the edges sharing the rate when ticking alone.
-	liveMs = 10_000
+	// DefaultAloneFor: how long an edge that hears no leader admits alone
+	// before it stops admitting; and how long the leader keeps the share
+	// of an edge that stopped publishing (it may be admitting alone).
+	// Long enough to ride out an agent's restart; a crashed edge costs the
+	// others its share of the rate for this long.
+	DefaultAloneFor = 5 * time.Minute
 	// retryEvery paces the loops' retries after a failed Consul call.
 	retryEvery = 500 * time.Millisecond
 )
@@ -87,6 +90,8 @@ type CoordinatorConfig struct {
 	SessionTTL time.Duration
 	// StaleAfter; zero means DefaultStaleAfter.
 	StaleAfter time.Duration
+	// AloneFor; zero means DefaultAloneFor.
+	AloneFor time.Duration
 	// Log hears of state changes, once each. Nil: slog.Default().
 	Log *slog.Logger
 }
@@ -104,6 +109,7 @@ type Coordinator struct {
 	historyKey string
 
 	up      atomic.Bool  // following a live leader's history
+	stopped atomic.Bool  // alone for longer than AloneFor: admitting nobody
 	edges   atomic.Int32 // edges seen publishing lately, this one included
 	session atomic.Pointer[string]
 
@@ -144,6 +150,9 @@ func NewCoordinator(cfg CoordinatorConfig, gate *Gate) (*Coordinator, error) {
 	}
 	if cfg.StaleAfter == 0 {
 		cfg.StaleAfter = DefaultStaleAfter
+	}
+	if cfg.AloneFor == 0 {
+		cfg.AloneFor = DefaultAloneFor
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -217,6 +226,15 @@ func (c *Coordinator) Run(ctx context.Context) {
 		loop("tick", every(c.cfg.TickEvery, c.Tick))
 	}
 	wg.Wait()
+	// Closed: say so (stamp 0), keeping the counts, so the leader gives
+	// this edge's share of the rate back at once rather than after
+	// AloneFor. A restarted edge stamps its key again.
+	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	v := appendArrivals(nil, 0, c.ownCounts(c.gate.Watermark().Ms, nil))
+	if _, err := c.cfg.Client.KV().Put(&api.KVPair{Key: c.own, Value: v}, (&api.WriteOptions{}).WithContext(cctx)); err != nil {
+		c.log.Debug("waiting room: could not mark this edge's arrivals closed", "error", err.Error())
+	}
 }
 
 // sleep waits d or until ctx ends, reporting whether ctx is still live.
@@ -272,7 +290,7 @@ func (c *Coordinator) Publish(ctx context.Context) error {
 			c.log.Warn("waiting room: ignored an edge's arrivals that do not parse", "key", p.Key, "error", err.Error())
 			continue
 		}
-		if stamp >= now-liveMs {
+		if c.edgeState(now, stamp) != edgeGone {
 			live++
 		}
 	}
@@ -283,18 +301,53 @@ func (c *Coordinator) Publish(ctx context.Context) error {
 	c.inherited, c.listed = inherited, true
 	c.mu.Unlock()
 	c.edges.Store(int32(max(live, 1)))
-	counts := c.gate.pending()
-	for ms, n := range inherited {
-		if ms >= from && n > counts[ms] {
-			remote[ms] += n - counts[ms] // Ahead: the visitors not back yet
-			counts[ms] = n
-		}
-	}
+	counts := c.ownCounts(from, remote)
 	c.gate.setRemote(remote)
 	if _, err := kv.Put(&api.KVPair{Key: c.own, Value: appendArrivals(nil, now, counts)}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return c.failed("publishing this edge's arrivals", err)
 	}
 	return nil
+}
+
+// An edge's state as its arrivals stamp shows it.
+const (
+	edgeLive  = iota // published within StaleAfter
+	edgeAlone        // silent for longer: presumed to admit alone, for AloneFor
+	edgeGone         // closed (stamp 0), or silent for StaleAfter + AloneFor
+)
+
+// edgeState reads an edge's stamp (its clock, Unix ms; 0 once it closed)
+// at now (this edge's clock: the skew is far below StaleAfter).
+func (c *Coordinator) edgeState(now, stamp int64) int {
+	switch age := now - stamp; {
+	case stamp == 0:
+		return edgeGone
+	case age < c.cfg.StaleAfter.Milliseconds():
+		return edgeLive
+	case age < (c.cfg.StaleAfter + c.cfg.AloneFor).Milliseconds():
+		return edgeAlone
+	}
+	return edgeGone
+}
+
+// ownCounts are the counts this edge publishes: its gate's from the
+// watermark on and, while held, what its key held at start, the larger
+// of the two each millisecond (see Publish). With remote set, the
+// inherited visitors not back yet are added to it, for Ahead.
+func (c *Coordinator) ownCounts(from int64, remote map[int64]uint32) map[int64]uint32 {
+	c.mu.Lock()
+	inherited := c.inherited
+	c.mu.Unlock()
+	counts := c.gate.pending()
+	for ms, n := range inherited {
+		if ms >= from && n > counts[ms] {
+			if remote != nil {
+				remote[ms] += n - counts[ms]
+			}
+			counts[ms] = n
+		}
+	}
+	return counts
 }
 
 // failed logs a failed Consul call and returns it wrapped. Whether the
@@ -319,7 +372,8 @@ func (c *Coordinator) Tick(ctx context.Context) error {
 	}
 	now := c.gate.clock.NowMs()
 	c.mu.Lock()
-	stale := now-c.freshMs >= c.cfg.StaleAfter.Milliseconds()
+	silent := now - c.freshMs
+	stale := silent >= c.cfg.StaleAfter.Milliseconds()
 	startAlone := stale && !c.alone
 	c.alone = stale
 	c.mu.Unlock()
@@ -330,6 +384,15 @@ func (c *Coordinator) Tick(ctx context.Context) error {
 	if startAlone {
 		c.gate.restartTicking()
 	}
+	if silent >= (c.cfg.StaleAfter + c.cfg.AloneFor).Milliseconds() {
+		// By now the leader counts this edge gone and gives its share to
+		// the others: admitting more would exceed the rate.
+		if c.stopped.CompareAndSwap(false, true) {
+			c.log.Error("waiting room: no leader heard for too long; this edge admits nobody until it hears one", "alone_for", c.cfg.AloneFor.String())
+		}
+		return nil
+	}
+	c.stopped.Store(false)
 	return c.gate.tick(1 / float64(c.Edges()))
 }
 
@@ -395,16 +458,32 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 		w = h[len(h)-1].W
 	}
 	merged := map[int64]uint32{}
+	live, alone := 1, 0 // this edge leads: it is live, whatever its key says
 	for _, p := range pairs {
-		if _, err := parseArrivals(p.Value, w.Ms, merged); err != nil {
+		stamp, err := parseArrivals(p.Value, w.Ms, merged)
+		if err != nil {
 			c.log.Warn("waiting room: ignored an edge's arrivals that do not parse", "key", p.Key, "error", err.Error())
+			continue
+		}
+		if p.Key == c.own {
+			continue
+		}
+		switch c.edgeState(now, stamp) {
+		case edgeLive:
+			live++
+		case edgeAlone:
+			alone++
 		}
 	}
 	dt := now - last
 	if dt <= 0 {
 		return nil
 	}
-	budget := carry + c.gate.Rate()*float64(dt)/1000
+	// An edge gone silent may be cut off from Consul and admitting its
+	// share alone (Tick): the leader keeps that share back, so the total
+	// stays within the rate.
+	rate := c.gate.Rate() * float64(live) / float64(live+alone)
+	budget := carry + rate*float64(dt)/1000
 	nw, left, moved := advance(merged, w, budget, now-c.gate.cfg.SettleMs)
 	if nw == w {
 		c.mu.Lock()

@@ -44,10 +44,14 @@ type multi struct {
 	edges  []*multiEdge
 	places []Place // every place issued, in queue order
 	next   int     // visitors so far
+	// aloneFor is the coordinators' AloneFor; zero for the default.
+	aloneFor time.Duration
 }
 
-func newMulti(t *testing.T, n int) *multi {
-	m := &multi{t: t, agent: consultest.Start(t), clock: newFakeClock(opensMs), room: testRoom(t)}
+func newMulti(t *testing.T, n int) *multi { return newMultiAlone(t, n, 0) }
+
+func newMultiAlone(t *testing.T, n int, aloneFor time.Duration) *multi {
+	m := &multi{t: t, agent: consultest.Start(t), clock: newFakeClock(opensMs), room: testRoom(t), aloneFor: aloneFor}
 	for i := range n {
 		m.edges = append(m.edges, m.start(fmt.Sprintf("edge-%d", i), 0))
 	}
@@ -59,7 +63,7 @@ func newMulti(t *testing.T, n int) *multi {
 func (m *multi) start(id string, holdMs int64) *multiEdge {
 	m.t.Helper()
 	gate := mustGate(m.t, GateConfig{Room: "final", Epoch: 1, OpensAtMs: opensMs, Rate: multiRate, HoldUntilMs: holdMs}, m.clock, &ConsulHistory{Client: m.agent.Client()})
-	coord, err := NewCoordinator(CoordinatorConfig{Client: m.agent.Client(), EdgeID: id, PublishEvery: -1, TickEvery: -1}, gate)
+	coord, err := NewCoordinator(CoordinatorConfig{Client: m.agent.Client(), EdgeID: id, PublishEvery: -1, TickEvery: -1, AloneFor: m.aloneFor}, gate)
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -277,7 +281,8 @@ func ownAdmitted(e *multiEdge) int {
 // edges were publishing), so the total stays within the rate; once the
 // agent is back a leader is elected and the rate is one again.
 func TestCoordinatorOutage(t *testing.T) {
-	m := newMulti(t, 3)
+	const aloneFor = 12 * time.Second
+	m := newMultiAlone(t, 3, aloneFor)
 	for range 50 { // 3000 visitors, 1000 on each edge
 		m.step(60, m.edges)
 	}
@@ -323,6 +328,24 @@ func TestCoordinatorOutage(t *testing.T) {
 		admitted(t, e.gate, own)
 	}
 	m.checkRate("10 s alone, all edges", 0, total, m.clock.NowMs()-t0)
+
+	// Past AloneFor the leader (were there one beside them) would count
+	// them gone and give their share away: they stop admitting.
+	for m.clock.NowMs()-t0 < aloneFor.Milliseconds() {
+		outageStep()
+	}
+	before = before[:0]
+	for _, e := range m.edges {
+		before = append(before, ownAdmitted(e))
+	}
+	for range 10 {
+		outageStep()
+	}
+	for i, e := range m.edges {
+		if n := ownAdmitted(e) - before[i]; n != 0 {
+			t.Errorf("%s admitted %d places alone, after AloneFor", e.id, n)
+		}
+	}
 
 	// The agent is back: a leader again, every edge follows it, and the
 	// rate is one over all of them.
@@ -448,5 +471,44 @@ func TestCoordinatorHeldEdgeCounts(t *testing.T) {
 	t.Logf("%d of %d admitted in %d ms at %v/s", got, len(m.places), m.clock.NowMs()-t0, multiRate)
 	if float64(got) > 1.1*limit {
 		t.Errorf("%d places admitted in %d ms, more than the rate's %v after the settle time (+10%%): the held edge's visitors were not counted", got, m.clock.NowMs()-t0, limit)
+	}
+}
+
+// TestCoordinatorPartition: an edge that stopped publishing may be cut
+// off from Consul and admitting its share alone, so the leader keeps that
+// share back; once it has been silent for StaleAfter + AloneFor (when it
+// stops admitting alone), or has closed, the share comes back.
+func TestCoordinatorPartition(t *testing.T) {
+	m := newMulti(t, 2)
+	kv := m.agent.Client().KV()
+	cut := m.edges[0].coord.arrivals + "edge-cut"
+	stamp := func(ms int64) {
+		t.Helper()
+		if _, err := kv.Put(&api.KVPair{Key: cut, Value: appendArrivals(nil, ms, nil)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 50 { // 3000 visitors: a queue for all three cases
+		m.step(60, m.edges)
+	}
+	for _, tc := range []struct {
+		name  string
+		stamp func() int64
+		share float64
+	}{
+		{"silent 5 s: alone", func() int64 { return m.clock.NowMs() - 5_000 }, 2.0 / 3},
+		{"silent past AloneFor: gone", func() int64 { return m.clock.NowMs() - (DefaultStaleAfter + DefaultAloneFor).Milliseconds() - 1 }, 1},
+		{"closed", func() int64 { return 0 }, 1},
+	} {
+		stamp(tc.stamp())
+		t0, a0 := m.clock.NowMs(), m.admittedAll(m.edges[0])
+		for range 25 {
+			m.step(0, m.edges)
+		}
+		got, want := float64(m.admittedAll(m.edges[0])-a0), multiRate*tc.share*float64(m.clock.NowMs()-t0)/1000
+		t.Logf("%s: %v admitted, want %.0f ± 10%%", tc.name, got, want)
+		if math.Abs(got-want) > 0.1*want {
+			t.Errorf("%s: %v places admitted in %d ms, want %.0f ± 10%%", tc.name, got, m.clock.NowMs()-t0, want)
+		}
 	}
 }
