@@ -71,7 +71,7 @@ const (
 	retryEvery = 500 * time.Millisecond
 )
 
-// CoordinatorConfig configures a Coordinator.
+// CoordinatorConfig configures a Coordinator. It is a plain value.
 type CoordinatorConfig struct {
 	// Client talks to the Consul agent. Required.
 	Client *api.Client
@@ -676,7 +676,7 @@ func (c *Coordinator) lead(ctx context.Context, sid string) {
 // and which are spent. Append does nothing: only the room's leader writes
 // the shared history (Coordinator); what a gate admits while ticking
 // alone is kept in memory and merged into the shared history when the
-// leader is heard again. It is safe for concurrent use.
+// leader is heard again. It is safe for concurrent use and may be copied.
 type ConsulHistory struct {
 	Client *api.Client
 	// Prefix as in CoordinatorConfig; zero means DefaultConsulPrefix.
