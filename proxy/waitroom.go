@@ -76,9 +76,16 @@ type roomRuntime struct {
 
 	lastErr atomic.Bool // the last Tick failed to record: logged once, on the transition
 
-	mu     sync.Mutex // guards active
-	active []int64    // expiry (Unix ms) of each admission still inside
-	stop   context.CancelFunc
+	mu sync.Mutex // guards active and pruneAt
+	// active maps the identity hash of each admission still inside to
+	// its expiry (Unix ms): one admission per identity at a time, so a
+	// place token replayed (100 tabs, a script) during the claim window
+	// gets its admission back instead of another one (review 18, 1).
+	active map[[16]byte]int64
+	// pruneAt is the size at which active is next pruned of expired
+	// admissions when no max_active bounds it.
+	pruneAt int
+	stop    context.CancelFunc
 }
 
 // roomState is a room as one config state sees it: the runtime, with
@@ -238,28 +245,36 @@ func (rt *roomRuntime) measuredRate() float64 {
 	return rt.gate.Rate()
 }
 
-// activate takes a place inside the room for an admission ending at
-// expMs, unless max (> 0) are inside already.
-func (rt *roomRuntime) activate(max int, nowMs, expMs int64) bool {
-	if max <= 0 {
-		return true
-	}
+// minPrune is the size of a room's active map below which it is not
+// pruned unless max_active is reached.
+const minPrune = 1024
+
+// activate takes a place inside the room for idh's admission ending at
+// expMs, unless limit (> 0) are inside already. An identity already inside
+// keeps its admission: activate returns its expiry and fresh false, and
+// takes no second place.
+func (rt *roomRuntime) activate(idh [16]byte, limit int, nowMs, expMs int64) (exp int64, fresh, ok bool) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if len(rt.active) >= max {
-		live := rt.active[:0]
-		for _, e := range rt.active {
-			if e > nowMs {
-				live = append(live, e)
+	if e, in := rt.active[idh]; in && e > nowMs {
+		return e, false, true
+	}
+	if limit > 0 && len(rt.active) >= limit || len(rt.active) >= max(rt.pruneAt, minPrune) {
+		for k, e := range rt.active {
+			if e <= nowMs {
+				delete(rt.active, k)
 			}
 		}
-		rt.active = live
-		if len(live) >= max {
-			return false
+		rt.pruneAt = 2 * len(rt.active)
+		if limit > 0 && len(rt.active) >= limit {
+			return 0, false, false
 		}
 	}
-	rt.active = append(rt.active, expMs)
-	return true
+	if rt.active == nil {
+		rt.active = map[[16]byte]int64{}
+	}
+	rt.active[idh] = expMs
+	return expMs, true, true
 }
 
 // inside is how many admissions are still inside the room.
@@ -367,9 +382,8 @@ func (x *exchange) waitingRoom(path []byte) bool {
 			break
 		}
 		if s == waitroom.Admitted && status == roomOpen {
-			exp := now + rs.session.Milliseconds()
-			if rt.activate(rs.cfg.MaxActive, now, exp) {
-				x.admit(rs, tok, now, exp)
+			if exp, fresh, ok := rt.activate(tok.IDH, rs.cfg.MaxActive, now, now+rs.session.Milliseconds()); ok {
+				x.admit(rs, tok, now, exp, fresh)
 				return true
 			}
 		}
@@ -391,14 +405,18 @@ func (x *exchange) waitingRoom(path []byte) bool {
 }
 
 // admit exchanges the place token tok for an admission token, which the
-// response carries, and counts the admission.
-func (x *exchange) admit(rs *roomState, tok waitroom.Token, now, exp int64) {
+// response carries, and counts the admission when it is fresh (not the
+// same identity's admission given again).
+func (x *exchange) admit(rs *roomState, tok waitroom.Token, now, exp int64, fresh bool) {
 	p := x.p
 	adm := waitroom.Token{Kind: waitroom.KindAdmission, IDH: tok.IDH, Place: tok.Place, AdmittedMs: now, ExpMs: exp}
 	// The request goes on to the origin with the admission: finish sets
 	// the cookie on whatever it answers (forwarding replaces the response).
 	rs.room.AppendToken(x.admitTok[:0], adm)
 	x.admitRoom = rs
+	if !fresh {
+		return
+	}
 	p.metrics.roomAdmitted(rs.cfg.Name, float64(max(now-tok.Place.Ms, 0))/1000)
 }
 

@@ -1,0 +1,42 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestWaitingRoomReplayAdmitsOnce: a place token shown again and again
+// during its claim window (tabs, a script replaying the cookie) gets the
+// identity's one admission back; it takes one max_active slot and counts
+// once, so the next visitor still gets in and the one after waits.
+func TestWaitingRoomReplayAdmitsOnce(t *testing.T) {
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	e := startRoomEdge(t, newUpstream(t), dir, writeRoomKeys(t, dir), clock, 1000, 2)
+	who := []string{"198.51.100.1", "198.51.100.2", "198.51.100.3"}
+	var toks []string
+	for _, w := range who {
+		toks = append(toks, e.visit(t, "GET", "/games/1/buy", w, "", false).token)
+		clock.ms.Add(1)
+	}
+	e.advance(5_000) // all three places passed
+	for i := range 3 { // the first visitor and two replays of its place token
+		v := e.visit(t, "GET", "/games/1/buy", who[0], toks[0], false)
+		if v.status != 200 || !strings.Contains(v.body, "hello from") {
+			t.Fatalf("visitor A, request %d with its place token: status %d, want admitted\n%s", i, v.status, v.body)
+		}
+	}
+	if v := e.visit(t, "GET", "/games/1/buy", who[1], toks[1], false); !strings.Contains(v.body, "hello from") {
+		t.Fatalf("visitor B: not admitted with max_active 2 and A inside once\n%s", v.body)
+	}
+	if v := e.visit(t, "GET", "/games/1/buy", who[2], toks[2], false); strings.Contains(v.body, "hello from") {
+		t.Fatal("visitor C admitted past max_active 2")
+	}
+	if got := testCounter(e.p.metrics.roomAdmittedTotal.WithLabelValues("final")); got != 2 {
+		t.Errorf("admitted_total = %v after A (3 requests) and B, want 2", got)
+	}
+	if got := e.p.state.Load().rooms[0].rt.inside(clock.NowMs()); got != 2 {
+		t.Errorf("inside = %d, want 2", got)
+	}
+}
