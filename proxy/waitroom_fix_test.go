@@ -20,7 +20,7 @@ func TestWaitingRoomReplayAdmitsOnce(t *testing.T) {
 		toks = append(toks, e.visit(t, "GET", "/games/1/buy", w, "", false).token)
 		clock.ms.Add(1)
 	}
-	e.advance(5_000) // all three places passed
+	e.advance(5_000)   // all three places passed
 	for i := range 3 { // the first visitor and two replays of its place token
 		v := e.visit(t, "GET", "/games/1/buy", who[0], toks[0], false)
 		if v.status != 200 || !strings.Contains(v.body, "hello from") {
