@@ -218,6 +218,8 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 		} else if err == nil {
 			rt.lastErr.Store(false)
 		}
+	} else {
+		rt.gate.Hold(now)
 	}
 	dt := now - rt.lastTickMs
 	if dt <= 0 {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -38,5 +39,27 @@ func TestWaitingRoomReplayAdmitsOnce(t *testing.T) {
 	}
 	if got := e.p.state.Load().rooms[0].rt.inside(clock.NowMs()); got != 2 {
 		t.Errorf("inside = %d, want 2", got)
+	}
+}
+
+// TestWaitingRoomResumeNoBurst: after a ten-minute pause, resuming admits
+// at the room's rate, not the pause's budget at once.
+func TestWaitingRoomResumeNoBurst(t *testing.T) {
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	e := startRoomEdge(t, newUpstream(t), dir, writeRoomKeys(t, dir), clock, 1, 0)
+	for i := range 20 {
+		e.visit(t, "GET", "/games/1/buy", fmt.Sprintf("198.51.100.%d", i+1), "", false)
+		clock.ms.Add(1)
+	}
+	rt := e.p.state.Load().rooms[0].rt
+	rt.status.Store(roomPaused)
+	e.advance(10 * 60_000)
+	rt.status.Store(roomOpen)
+	before := rt.gate.Passed()
+	e.advance(1_000)
+	if got := rt.gate.Passed() - before; got > 2 {
+		t.Errorf("1 s after a 10 min pause at 1/s, %.1f places passed, want at most 2", got)
 	}
 }

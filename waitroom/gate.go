@@ -381,3 +381,16 @@ func (g *Gate) SetRate(r float64) error {
 	g.cfg.Rate = r
 	return nil
 }
+
+// Hold keeps the watermark where it is at nowMs, for a room that is
+// paused or closed: the time held earns no budget, so the first Tick
+// after a resume admits Rate places a second from then on, not the
+// whole backlog of the pause at once (review 18, 2).
+func (g *Gate) Hold(nowMs int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if nowMs > g.lastTick {
+		g.lastTick = nowMs
+	}
+	g.carry = 0
+}

@@ -1,0 +1,33 @@
+package waitroom
+
+import "testing"
+
+// TestGateHoldNoBurstOnResume: a gate held (its room paused) for ten
+// minutes admits no more than Rate × dt in the first Tick after, not the
+// pause's budget at once (rate 10/s, 1000 waiting: 980 in one Tick
+// without Hold).
+func TestGateHoldNoBurstOnResume(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	c := newFakeClock(t0)
+	g := mustGate(t, GateConfig{Room: "r", Rate: 10}, c, &MemStore{})
+	for i := range 1000 {
+		g.Arrive(Place{Ms: t0 + int64(i%1000), TB: uint64(i) << 40})
+	}
+	tickTo(t, g, c, t0+5_000, 50)
+	before := g.Passed()
+	// Paused for ten minutes: the ticker holds the gate instead of ticking.
+	for c.NowMs() < t0+5_000+10*60_000 {
+		c.ms.Add(50)
+		g.Hold(c.NowMs())
+	}
+	c.ms.Add(100)
+	if err := g.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	if got, limit := g.Passed()-before, 10*0.1+1; got > limit {
+		t.Errorf("first Tick 100 ms after a 10 min hold passed %.1f places, want at most %.1f (rate × dt)", got, limit)
+	}
+	if g.Queued() < 900 {
+		t.Errorf("queue %.0f after the resume, want most of 1000 still waiting", g.Queued())
+	}
+}
