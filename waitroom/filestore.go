@@ -53,8 +53,12 @@ func (s *FileStore) Append(key string, c Checkpoint) error {
 			return fmt.Errorf("waitroom: state dir: %w", err)
 		}
 		var err error
-		if f, err = os.OpenFile(s.path(key), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+		if f, err = os.OpenFile(s.path(key), os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
 			return fmt.Errorf("waitroom: admission history: %w", err)
+		}
+		if err := s.cutTornTail(f); err != nil {
+			f.Close()
+			return err
 		}
 		if s.files == nil {
 			s.files = map[string]*os.File{}
@@ -74,9 +78,53 @@ func (s *FileStore) Append(key string, c Checkpoint) error {
 	return nil
 }
 
+// cutTornTail truncates f after its last newline when its last line has
+// none (the edge stopped while writing it): appended after it, the next
+// line would merge with the torn one into a line that is not a checkpoint
+// ("20 6" + "30 8 0\n" is "20 630 8 0"; review 18, 3).
+func (s *FileStore) cutTornTail(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("waitroom: admission history: %w", err)
+	}
+	end := st.Size()
+	var buf [512]byte
+	for off := end; off > 0; {
+		n := min(off, int64(len(buf)))
+		off -= n
+		if _, err := f.ReadAt(buf[:n], off); err != nil {
+			return fmt.Errorf("waitroom: reading %s: %w", f.Name(), err)
+		}
+		i := bytes.LastIndexByte(buf[:n], '\n')
+		if i < 0 {
+			if off == 0 {
+				return s.truncate(f, 0, end)
+			}
+			continue
+		}
+		if cut := off + int64(i) + 1; cut != end {
+			return s.truncate(f, cut, end)
+		}
+		return nil
+	}
+	return nil
+}
+
+// truncate cuts f to cut bytes (of end), logging what it cut.
+func (s *FileStore) truncate(f *os.File, cut, end int64) error {
+	if s.Log != nil {
+		s.Log.Warn("waiting room history: cut a torn last line (the edge stopped while writing it)", "file", f.Name(), "bytes", end-cut)
+	}
+	if err := f.Truncate(cut); err != nil {
+		return fmt.Errorf("waitroom: cutting the torn last line of %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
 // Load implements Store. A last line without its newline (torn by a
-// crash) is ignored and logged; any other bad line is an error naming the
-// file and line.
+// crash) is ignored and logged, and so is any other line that is not a
+// checkpoint: a history that cannot be read whole must not stop the edge
+// from starting, and what is lost is at most a moment of admissions.
 func (s *FileStore) Load(key string) ([]Checkpoint, error) {
 	path := s.path(key)
 	data, err := os.ReadFile(path)
@@ -99,7 +147,10 @@ func (s *FileStore) Load(key string) ([]Checkpoint, error) {
 		data = data[i+1:]
 		c, ok := parseCheckpoint(line)
 		if !ok {
-			return nil, fmt.Errorf("waitroom: %s:%d: not a checkpoint (want \"ms w_ms w_tb\"): %q", path, n, line)
+			if s.Log != nil {
+				s.Log.Warn("waiting room history: skipped a line that is not a checkpoint (want \"ms w_ms w_tb\")", "file", path, "line", n, "text", string(line))
+			}
+			continue
 		}
 		if len(h) > 0 && !h[len(h)-1].W.Before(c.W) {
 			continue // another writer's older view; see FileStore
