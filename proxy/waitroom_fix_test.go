@@ -63,3 +63,25 @@ func TestWaitingRoomResumeNoBurst(t *testing.T) {
 		t.Errorf("1 s after a 10 min pause at 1/s, %.1f places passed, want at most 2", got)
 	}
 }
+
+// TestWaitingRoomClosedMetrics: a closed room reports no queue and no
+// estimated wait, so the long-wait alert clears after a sell-out.
+func TestWaitingRoomClosedMetrics(t *testing.T) {
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	e := startRoomEdge(t, newUpstream(t), dir, writeRoomKeys(t, dir), clock, 0.01, 0)
+	for i := range 5 {
+		e.visit(t, "GET", "/games/1/buy", fmt.Sprintf("198.51.100.%d", i+1), "", false)
+		clock.ms.Add(1)
+	}
+	queue := `podium_edge_waitroom_queue_length{room="final"}`
+	wait := `podium_edge_waitroom_estimated_wait_seconds{room="final"}`
+	if q, w := testCounterVec(t, e.testEdge, queue), testCounterVec(t, e.testEdge, wait); q != "5" || w != "500" {
+		t.Fatalf("open room: queue %q, wait %q; want 5 and 500 (5 at 0.01/s)", q, w)
+	}
+	e.p.state.Load().rooms[0].rt.status.Store(roomClosed)
+	if q, w := testCounterVec(t, e.testEdge, queue), testCounterVec(t, e.testEdge, wait); q != "0" || w != "0" {
+		t.Errorf("closed room: queue %q, wait %q; want 0 and 0", q, w)
+	}
+}
