@@ -115,12 +115,12 @@ func newProxy(cfg *config.Edge, log *slog.Logger, clock waitroom.Clock, tickEver
 	p.metrics = NewMetrics(p.pool, p.store, &p.active, p.limits)
 	p.logs = newLogLimiter(p.metrics.logDropped)
 	p.none = &route{name: "none", counts: p.metrics.routeCounts("none")}
-	rooms, err := p.buildRooms(cfg)
+	plan, err := p.prepareRooms(cfg)
 	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("waiting rooms: %w", err)
 	}
-	p.state.Store(p.newState(cfg, nil, rooms))
+	p.state.Store(p.newState(cfg, nil, plan.commit(p)))
 	p.metrics.Registry.MustRegister(&roomCollector{p: p, queue: roomQueueDesc, wait: roomWaitDesc})
 	p.pool.OnAdd = p.attach
 	p.pool.OnRemove = func(h *balancer.Host) {

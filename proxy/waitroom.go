@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"maps"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -101,28 +102,30 @@ type roomState struct {
 	patterns []waitroom.Pattern
 }
 
-// buildRooms builds the waiting rooms of cfg, reusing the runtime of each
-// room whose name, epoch and opening are unchanged, and stopping the
-// others. Reloads are serialised by the caller; roomsMu guards p.rooms
-// against Close.
-func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
+// roomPlan is the waiting rooms of a config, built but not yet in force,
+// so that a reload that fails anywhere is rejected whole (review 18, 15):
+// prepareRooms does everything that can fail and changes nothing running;
+// commit cannot fail.
+type roomPlan struct {
+	rooms []*roomState
+	next  map[string]*roomRuntime // the runtimes by name once committed
+	// created are the runtimes of rooms that are new, or whose epoch or
+	// opening changed: their tickers start at commit.
+	created []*roomRuntime
+	// rates are the kept runtimes whose admit_per_second the config
+	// changes, with the new rate.
+	rates map[*roomRuntime]float64
+}
+
+// prepareRooms builds the waiting rooms of cfg, reusing the runtime of
+// each room whose name, epoch and opening are unchanged. It starts no
+// ticker and changes no running room; commit the plan to put it in force.
+func (p *Proxy) prepareRooms(cfg *config.Edge) (*roomPlan, error) {
 	p.roomsMu.Lock()
-	defer p.roomsMu.Unlock()
+	running := maps.Clone(p.rooms)
+	p.roomsMu.Unlock()
 	now := p.clock.NowMs()
-	next := map[string]*roomRuntime{}
-	var out []*roomState
-	var created []*roomRuntime
-	ok := false
-	defer func() {
-		if ok {
-			return
-		}
-		for _, rt := range created { // a failed reload leaves no ticker behind
-			if rt.stop != nil {
-				rt.stop()
-			}
-		}
-	}()
+	plan := &roomPlan{next: map[string]*roomRuntime{}, rates: map[*roomRuntime]float64{}}
 	for _, wc := range cfg.WaitingRooms {
 		opens := int64(math.MinInt64 / 2)
 		if t := wc.OpensAtTime(); !t.IsZero() {
@@ -136,7 +139,7 @@ func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
 		if err != nil {
 			return nil, err
 		}
-		rt := p.rooms[wc.Name]
+		rt := running[wc.Name]
 		if rt == nil || rt.epoch != wc.Epoch || rt.opens != opens {
 			gate, err := waitroom.NewGate(waitroom.GateConfig{
 				Room: wc.Name, Epoch: wc.Epoch, OpensAtMs: opens, Rate: wc.AdmitPerSecond,
@@ -150,27 +153,44 @@ func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
 			}
 			rt = &roomRuntime{name: wc.Name, epoch: wc.Epoch, opens: opens, gate: gate, configRate: wc.AdmitPerSecond, lastTickMs: now}
 			rt.lastPassed = gate.Passed()
-			p.startTicker(rt)
-			created = append(created, rt)
+			plan.created = append(plan.created, rt)
 		} else if rt.configRate != wc.AdmitPerSecond {
-			if err := rt.gate.SetRate(wc.AdmitPerSecond); err != nil {
-				return nil, err
+			if r := wc.AdmitPerSecond; !(r > 0) || math.IsInf(r, 0) {
+				return nil, fmt.Errorf("waiting room %s: admit_per_second %v: want a positive number of visitors a second", wc.Name, r)
 			}
-			rt.configRate = wc.AdmitPerSecond
+			plan.rates[rt] = wc.AdmitPerSecond
 		}
-		next[wc.Name] = rt
-		out = append(out, &roomState{cfg: wc, room: room, rt: rt, cookie: cookiePrefix + wc.Name,
+		plan.next[wc.Name] = rt
+		plan.rooms = append(plan.rooms, &roomState{cfg: wc, room: room, rt: rt, cookie: cookiePrefix + wc.Name,
 			refresh: int64(wc.Refresh.D() / time.Second), maxAge: strconv.FormatInt(int64(placeLifetime/time.Second), 10),
 			session: wc.Session.D(), patterns: wc.Patterns()})
 	}
+	return plan, nil
+}
+
+// commit puts the plan in force: the kept rooms take their new rates, the
+// new rooms start ticking and the rooms the config dropped stop. Reloads
+// are serialised by the caller; roomsMu guards p.rooms against Close.
+func (plan *roomPlan) commit(p *Proxy) []*roomState {
+	p.roomsMu.Lock()
+	defer p.roomsMu.Unlock()
+	for rt, r := range plan.rates {
+		if err := rt.gate.SetRate(r); err != nil { // checked by prepareRooms
+			p.log.Error("waiting room: a rate checked before commit was refused", "room", rt.name, "error", err.Error())
+			continue
+		}
+		rt.configRate = r
+	}
+	for _, rt := range plan.created {
+		p.startTicker(rt)
+	}
 	for name, rt := range p.rooms {
-		if next[name] != rt && rt.stop != nil {
+		if plan.next[name] != rt && rt.stop != nil {
 			rt.stop()
 		}
 	}
-	p.rooms = next
-	ok = true
-	return out, nil
+	p.rooms = plan.next
+	return plan.rooms
 }
 
 // startTicker advances rt's gate every p.tickEvery until the room is

@@ -2,6 +2,10 @@ package proxy
 
 import (
 	"fmt"
+	"github.com/podium-edge/podium/config"
+	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -83,5 +87,47 @@ func TestWaitingRoomClosedMetrics(t *testing.T) {
 	e.p.state.Load().rooms[0].rt.status.Store(roomClosed)
 	if q, w := testCounterVec(t, e.testEdge, queue), testCounterVec(t, e.testEdge, wait); q != "0" || w != "0" {
 		t.Errorf("closed room: queue %q, wait %q; want 0 and 0", q, w)
+	}
+}
+
+// TestWaitingRoomFailedReloadChangesNothing: a reload whose second room
+// cannot be built (its history cannot be read) is rejected whole: the
+// first room keeps its rate, the rate limits keep theirs, and no new
+// room runs.
+func TestWaitingRoomFailedReloadChangesNothing(t *testing.T) {
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	keys := writeRoomKeys(t, dir)
+	e := startRoomEdge(t, newUpstream(t), dir, keys, clock, 2, 0)
+	// A directory where room semi's history file should be: Load fails.
+	if err := os.Mkdir(filepath.Join(dir, "semi.1.log"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := *e.p.Config()
+	cfg.RateLimits = maps.Clone(cfg.RateLimits)
+	if cfg.RateLimits == nil {
+		cfg.RateLimits = map[string]config.RateLimit{}
+	}
+	cfg.RateLimits["wr_fix"] = config.RateLimit{Rate: 3, Burst: 3}
+	cfg.WaitingRooms = []config.WaitingRoom{cfg.WaitingRooms[0],
+		{Name: "semi", Paths: []string{"/games/*/semi"}, AdmitPerSecond: 5, KeyFile: keys}}
+	cfg.WaitingRooms[0].AdmitPerSecond = 50
+	if err := cfg.Validate("reload"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.p.Reload(&cfg); err == nil || !strings.Contains(err.Error(), "semi") {
+		t.Fatalf("Reload = %v, want an error naming room semi", err)
+	}
+	if got := e.p.state.Load().rooms[0].rt.gate.Rate(); got != 2 {
+		t.Errorf("room final's rate after the failed reload = %v, want 2", got)
+	}
+	if e.p.limits.Limiter("wr_fix") != nil {
+		t.Error("the failed reload's new rate limit policy is in force")
+	}
+	e.p.roomsMu.Lock()
+	defer e.p.roomsMu.Unlock()
+	if len(e.p.rooms) != 1 || e.p.rooms["semi"] != nil {
+		t.Errorf("rooms after the failed reload: %v, want final only", e.p.rooms)
 	}
 }
