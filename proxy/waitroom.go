@@ -3,10 +3,10 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"maps"
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"maps"
 	"math"
 	"net/netip"
 	"strconv"
