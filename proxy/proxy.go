@@ -72,6 +72,11 @@ type Proxy struct {
 	rooms     map[string]*roomRuntime
 	bg        context.Context // ends on Close: the rooms' tickers
 	stopBg    context.CancelFunc
+	// tickers counts the rooms' running tickers, so Close waits for a
+	// Tick under way before it closes the history files (a Tick after
+	// that reopened them and leaked the descriptors; review 18, 16).
+	// Added to only under roomsMu while bg is live.
+	tickers sync.WaitGroup
 }
 
 // roomTick is how often a waiting room's watermark advances: 20 times a
@@ -155,6 +160,7 @@ func (p *Proxy) Close() {
 	p.roomsMu.Lock()
 	p.rooms = map[string]*roomRuntime{}
 	p.roomsMu.Unlock()
+	p.tickers.Wait()
 	if err := p.roomStore.Close(); err != nil {
 		p.log.Warn("waiting room history: closing", "error", err.Error())
 	}

@@ -195,14 +195,16 @@ func (plan *roomPlan) commit(p *Proxy) []*roomState {
 
 // startTicker advances rt's gate every p.tickEvery until the room is
 // dropped or the proxy closes. With tickEvery zero (tests) nothing ticks
-// but tickRooms.
+// but tickRooms. The caller holds roomsMu.
 func (p *Proxy) startTicker(rt *roomRuntime) {
-	if p.tickEvery <= 0 {
+	if p.tickEvery <= 0 || p.bg.Err() != nil {
 		return
 	}
 	ctx, cancel := context.WithCancel(p.bg)
 	rt.stop = cancel
+	p.tickers.Add(1)
 	go func() {
+		defer p.tickers.Done()
 		defer func() {
 			if r := recover(); r != nil {
 				p.log.Error("waiting room ticker panicked; the room's queue no longer advances", "room", rt.name, "panic", fmt.Sprint(r))

@@ -3,11 +3,14 @@ package proxy
 import (
 	"fmt"
 	"github.com/podium-edge/podium/config"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestWaitingRoomReplayAdmitsOnce: a place token shown again and again
@@ -130,4 +133,74 @@ func TestWaitingRoomFailedReloadChangesNothing(t *testing.T) {
 	if len(e.p.rooms) != 1 || e.p.rooms["semi"] != nil {
 		t.Errorf("rooms after the failed reload: %v, want final only", e.p.rooms)
 	}
+}
+
+// stallClock is a room clock that, once armed, stalls the next reader
+// (the ticker, inside a tick) until released.
+type stallClock struct {
+	roomClock
+	armed            atomic.Bool
+	entered, release chan struct{}
+}
+
+func (c *stallClock) NowMs() int64 {
+	if c.armed.CompareAndSwap(true, false) {
+		close(c.entered)
+		<-c.release
+	}
+	return c.roomClock.NowMs()
+}
+
+// TestWaitingRoomCloseWaitsForTick: Close does not return while a tick
+// is under way, and once it has, no history file is open (a tick that
+// ended after Close appended, reopening the file and leaking it).
+func TestWaitingRoomCloseWaitsForTick(t *testing.T) {
+	clock := &stallClock{entered: make(chan struct{}), release: make(chan struct{})}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	keys := writeRoomKeys(t, dir)
+	build := func(cfg *config.Edge, log *slog.Logger) (*Proxy, error) {
+		return newProxy(cfg, log, clock, time.Millisecond)
+	}
+	e := startEdgeWith(t, []*testUpstream{newUpstream(t)}, nil, nil, build, func(cfg *config.Edge) {
+		cfg.WaitingRoomStateDir = dir
+		cfg.WaitingRooms = []config.WaitingRoom{{Name: "final", Paths: []string{"/games/*/buy"}, AdmitPerSecond: 5, KeyFile: keys, Refresh: config.Duration(time.Second)}}
+	})
+	// Past the hold: the stalled tick moves the watermark and appends.
+	clock.ms.Add(10_000)
+	clock.armed.Store(true)
+	<-clock.entered
+	closed := make(chan struct{})
+	go func() { e.p.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Error("Close returned while a tick was under way")
+	case <-time.After(300 * time.Millisecond): // Close, fixed, waits for ever here
+	}
+	close(clock.release)
+	<-closed
+	if open := openFiles(t, filepath.Join(dir, "final.1.log")); open != 0 {
+		t.Errorf("%d descriptors of the history file open after Close", open)
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, "final.1.log")); err != nil || len(data) == 0 {
+		t.Errorf("the tick under way at Close recorded nothing: %q, %v", data, err)
+	}
+}
+
+// openFiles counts this process's descriptors open on path (Linux's
+// /proc/self/fd; elsewhere the check is not made).
+func openFiles(t *testing.T, path string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Logf("no /proc/self/fd (%v): open descriptors not counted", err)
+		return 0
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && l == path {
+			n++
+		}
+	}
+	return n
 }
