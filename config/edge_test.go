@@ -66,6 +66,7 @@ func TestLoadFileBad(t *testing.T) {
 		{"wr-max-active-negative.bad.yaml", []string{":5: waiting_rooms[0].max_active: must be >= 0", "got -3"}},
 		{"wr-session-short.bad.yaml", []string{":6: waiting_rooms[0].session: must be at least 1s, got 500ms"}},
 		{"wr-no-paths.bad.yaml", []string{":3: waiting_rooms[0].paths: must list at least one path"}},
+		{"wr-no-state-dir.bad.yaml", []string{"wr-no-state-dir.bad.yaml:2: waiting_rooms: need waiting_room_state_dir"}},
 	}
 	seen := map[string]bool{}
 	for _, tt := range tests {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -24,6 +25,12 @@ import (
 // checkpoints that move the watermark forward, which is the later
 // writer's view at each point.
 //
+// Dir is the edge's own: the store creates it 0700 and refuses, with an
+// error, a Dir that is not a directory (a symlink included), is owned by
+// another user or is writable by group or others, since whoever can write
+// the history decides who is admitted. Its files are opened with
+// O_NOFOLLOW, so a symlink planted in Dir is refused too.
+//
 // It is safe for concurrent use; do not copy it after first use. Close
 // releases its files.
 type FileStore struct {
@@ -31,8 +38,9 @@ type FileStore struct {
 	// Log, when set, hears of a torn last line that Load ignored.
 	Log *slog.Logger
 
-	mu    sync.Mutex // guards files
+	mu    sync.Mutex // guards files and dirOK
 	files map[string]*os.File
+	dirOK bool // Dir was made or checked
 }
 
 var _ Store = (*FileStore)(nil)
@@ -49,11 +57,11 @@ func (s *FileStore) Append(key string, c Checkpoint) error {
 	defer s.mu.Unlock()
 	f := s.files[key]
 	if f == nil {
-		if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-			return fmt.Errorf("waitroom: state dir: %w", err)
+		if err := s.checkDir(); err != nil {
+			return err
 		}
 		var err error
-		if f, err = os.OpenFile(s.path(key), os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+		if f, err = os.OpenFile(s.path(key), os.O_RDWR|os.O_APPEND|os.O_CREATE|oNoFollow, 0o600); err != nil {
 			return fmt.Errorf("waitroom: admission history: %w", err)
 		}
 		if err := s.cutTornTail(f); err != nil {
@@ -126,8 +134,14 @@ func (s *FileStore) truncate(f *os.File, cut, end int64) error {
 // checkpoint: a history that cannot be read whole must not stop the edge
 // from starting, and what is lost is at most a moment of admissions.
 func (s *FileStore) Load(key string) ([]Checkpoint, error) {
+	s.mu.Lock()
+	err := s.checkDir()
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	path := s.path(key)
-	data, err := os.ReadFile(path)
+	data, err := s.readFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -158,6 +172,46 @@ func (s *FileStore) Load(key string) ([]Checkpoint, error) {
 		h = append(h, c)
 	}
 	return h, nil
+}
+
+// readFile reads path, refusing a symlink.
+func (s *FileStore) readFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|oNoFollow, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
+
+// checkDir makes Dir (0700) if it is missing and refuses it unless it is
+// a directory of this process's user that group and others cannot write.
+// The caller holds s.mu.
+func (s *FileStore) checkDir() error {
+	if s.dirOK {
+		return nil
+	}
+	if s.Dir == "" {
+		return errors.New("waitroom: no state dir: set waiting_room_state_dir")
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("waitroom: state dir: %w", err)
+	}
+	fi, err := os.Lstat(s.Dir)
+	if err != nil {
+		return fmt.Errorf("waitroom: state dir: %w", err)
+	}
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("waitroom: state dir %s: is not a directory (a symlink?); name a directory of the edge's own", s.Dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("waitroom: state dir %s: mode %v lets group or others write it (they could plant an admission history); chmod 700 it", s.Dir, fi.Mode().Perm())
+	}
+	if err := checkOwner(s.Dir, fi); err != nil {
+		return err
+	}
+	s.dirOK = true
+	return nil
 }
 
 func parseCheckpoint(line []byte) (Checkpoint, bool) {

@@ -52,3 +52,58 @@ func TestFileStoreTornThenAppend(t *testing.T) {
 		t.Errorf("a file of one torn line after the append = %q, want %q", data, "30 8 0\n")
 	}
 }
+
+// TestFileStoreStateDir: the store makes its directory 0700 and refuses
+// one that group or others can write, one owned by another user, a
+// symlink for the directory and a symlink planted for a history file
+// (review 18, 13: whoever writes the history decides who is admitted).
+func TestFileStoreStateDir(t *testing.T) {
+	c := Checkpoint{Ms: 30, W: Place{Ms: 8}}
+	base := t.TempDir()
+
+	made := filepath.Join(base, "made", "here")
+	if err := (&FileStore{Dir: made}).Append("final/1", c); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(made); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("made state dir: %v, %v; want mode 0700", fi.Mode().Perm(), err)
+	}
+
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o700)
+	os.Chmod(open, 0o770)
+	link := filepath.Join(base, "link")
+	os.Symlink(made, link)
+	planted := filepath.Join(base, "planted")
+	os.Mkdir(planted, 0o700)
+	os.Symlink(filepath.Join(made, "final.1.log"), filepath.Join(planted, "final.1.log"))
+	cases := []struct{ name, dir, want string }{
+		{"group-writable", open, "lets group or others write it"},
+		{"dir a symlink", link, "is not a directory"},
+		{"history a symlink", planted, "symbolic links"},
+	}
+	if os.Geteuid() == 0 {
+		other := filepath.Join(base, "other")
+		os.Mkdir(other, 0o700)
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases, struct{ name, dir, want string }{"another user's", other, "owned by uid 65534"})
+	} else {
+		t.Log("not root: the other owner's directory is not made")
+	}
+	for _, tc := range cases {
+		s := &FileStore{Dir: tc.dir}
+		_, lerr := s.Load("final/1")
+		aerr := s.Append("final/1", c)
+		for _, err := range []error{lerr, aerr} {
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s: Load, Append errors %v, %v; want both to say %q", tc.name, lerr, aerr, tc.want)
+				break
+			}
+		}
+	}
+	if data, _ := os.ReadFile(filepath.Join(made, "final.1.log")); string(data) != "30 8 0\n" {
+		t.Errorf("the symlink's target was written: %q", data)
+	}
+}
