@@ -80,7 +80,7 @@ func (x *exchange) finish(end time.Time) {
 	}
 	x.finished = true
 	if rs := x.admitRoom; rs != nil {
-		setRoomToken(&x.ctx.Response, rs, x.admitTok[:], int64(rs.session/time.Second))
+		x.setRoomToken(rs, x.admitTok[:], int64(rs.session/time.Second))
 	}
 	status := x.ctx.Response.StatusCode()
 	x.route.counts.done(x.method, status, x.ctx.Time(), end)

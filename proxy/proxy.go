@@ -246,6 +246,7 @@ var (
 	strXForwardedProto = []byte("X-Forwarded-Proto")
 	strXForwardedHost  = []byte("X-Forwarded-Host")
 	strHTTP            = []byte("http")
+	strHTTPS           = []byte("https")
 )
 
 // Handle serves one client request.
@@ -306,8 +307,11 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if route.policy != "" && !x.allowed() {
 		return
 	}
-	if len(x.st.rooms) > 0 && !x.waitingRoom(path) {
-		return
+	if len(x.st.rooms) > 0 {
+		if !x.waitingRoom(path) {
+			return
+		}
+		x.stripRoomTokens()
 	}
 	if d := x.st.directResponse(route); d != nil {
 		x.reject(d.status, kindDirect, d.msg)

@@ -378,7 +378,10 @@ func presentedToken(ctx *fasthttp.RequestCtx, rs *roomState) []byte {
 // finishes the exchange.
 func (x *exchange) waitingRoom(path []byte) bool {
 	rs := x.st.matchRoom(path)
-	if rs == nil {
+	if rs == nil || x.method == methodOPTIONS {
+		// A CORS preflight carries no cookie and no token (Fetch
+		// standard, CORS-preflight request): answering it 429 would fail
+		// the real request before it is sent, queue or not.
 		return true
 	}
 	p, ctx, rt := x.p, x.ctx, rs.rt
@@ -428,6 +431,20 @@ func (x *exchange) waitingRoom(path []byte) bool {
 	return false
 }
 
+// stripRoomTokens removes the rooms' cookies and token header from a
+// request that goes on to the origin: they are the edge's, and an origin
+// that logged or echoed them would hand out a visitor's admission.
+func (x *exchange) stripRoomTokens() {
+	h := &x.ctx.Request.Header
+	h.Del(waitRoomHeader)
+	if len(h.Peek(fasthttp.HeaderCookie)) == 0 {
+		return
+	}
+	for _, rs := range x.st.rooms {
+		h.DelCookie(rs.cookie)
+	}
+}
+
 // admit exchanges the place token tok for an admission token, which the
 // response carries, and counts the admission when it is fresh (not the
 // same identity's admission given again).
@@ -444,14 +461,18 @@ func (x *exchange) admit(rs *roomState, tok waitroom.Token, now, exp int64, fres
 	p.metrics.roomAdmitted(rs.cfg.Name, float64(max(now-tok.Place.Ms, 0))/1000)
 }
 
-// setRoomToken sets the room's cookie and header to tok.
-func setRoomToken(resp *fasthttp.Response, rs *roomState, tok []byte, maxAge int64) {
+// setRoomToken sets the room's cookie and header to tok. The cookie is
+// Secure when the client came over TLS: to the edge itself, or to a
+// trusted proxy in front that says so in X-Forwarded-Proto.
+func (x *exchange) setRoomToken(rs *roomState, tok []byte, maxAge int64) {
+	resp := &x.ctx.Response
 	c := fasthttp.AcquireCookie()
 	defer fasthttp.ReleaseCookie(c)
 	c.SetKey(rs.cookie)
 	c.SetValueBytes(tok)
 	c.SetPath("/")
 	c.SetHTTPOnly(true)
+	c.SetSecure(x.ctx.IsTLS() || x.trusted && bytes.EqualFold(x.ctx.Request.Header.PeekBytes(strXForwardedProto), strHTTPS))
 	c.SetSameSite(fasthttp.CookieSameSiteLaxMode)
 	c.SetMaxAge(int(maxAge))
 	resp.Header.SetCookie(c)
@@ -480,7 +501,7 @@ func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place
 		info.Status = "paused"
 	}
 	info.EstimatedWaitSeconds = int64(math.Ceil(float64(ahead+1) / rt.measuredRate()))
-	if wait := place.Ms + waitroom.DefaultSettleMs - now; wait > 0 {
+	if wait := place.Ms + rt.gate.SettleMs() - now; wait > 0 {
 		// A place is not passed before the settle time, however short
 		// the queue.
 		info.EstimatedWaitSeconds = max(info.EstimatedWaitSeconds, (wait+999)/1000)
@@ -489,7 +510,7 @@ func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place
 	var buf [waitroom.TokenLen]byte
 	enc := rs.room.AppendToken(buf[:0], t)
 	ctx.Response.Reset()
-	setRoomToken(&ctx.Response, rs, enc, int64(placeLifetime/time.Second))
+	x.setRoomToken(rs, enc, int64(placeLifetime/time.Second))
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.Response.Header.SetBytesV("X-Request-ID", x.id())
 	if wantsJSON(ctx) {

@@ -3,8 +3,10 @@ package proxy
 import (
 	"fmt"
 	"github.com/podium-edge/podium/config"
+	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -203,4 +205,65 @@ func openFiles(t *testing.T, path string) int {
 		}
 	}
 	return n
+}
+
+// TestWaitingRoomHygiene: the room's cookie is Secure when a trusted
+// proxy says the client came over HTTPS (and not otherwise); the room's
+// cookie and header never reach the origin, while other cookies do; a
+// CORS preflight on a guarded path is not queued.
+func TestWaitingRoomHygiene(t *testing.T) {
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	e := startRoomEdge(t, newUpstream(t), dir, writeRoomKeys(t, dir), clock, 1000, 0)
+	send := func(method, who string, h map[string]string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, e.url("/games/1/buy"), nil)
+		req.Header.Set("X-Forwarded-For", who)
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	secure := func(resp *http.Response) bool {
+		for _, c := range resp.Cookies() {
+			if c.Name == "podium_wr_final" {
+				return c.Secure
+			}
+		}
+		t.Fatal("no podium_wr_final cookie")
+		return false
+	}
+	if secure(send("GET", "192.0.2.1", nil)) {
+		t.Error("plain HTTP: the room cookie is Secure")
+	}
+	resp := send("GET", "192.0.2.2", map[string]string{"X-Forwarded-Proto": "https"})
+	if !secure(resp) {
+		t.Error("X-Forwarded-Proto: https from a trusted peer: the room cookie is not Secure")
+	}
+	tok := resp.Header.Get(waitRoomHeader)
+	e.advance(5_000)
+	// Admitted, with the token as cookie and header beside another cookie.
+	resp = send("GET", "192.0.2.2", map[string]string{"Cookie": "theme=dark; podium_wr_final=" + tok + "; lang=fr", waitRoomHeader: tok})
+	if resp.StatusCode != 200 || e.up.count.Load() != 1 {
+		t.Fatalf("admitted visitor: status %d, origin requests %d", resp.StatusCode, e.up.count.Load())
+	}
+	h := e.up.lastHeader()
+	if c := h.Get("Cookie"); strings.Contains(c, "podium_wr_") || !strings.Contains(c, "theme=dark") || !strings.Contains(c, "lang=fr") {
+		t.Errorf("the origin got Cookie %q; want theme and lang without podium_wr_final", c)
+	}
+	if v := h.Get(waitRoomHeader); v != "" {
+		t.Errorf("the origin got %s: %q", waitRoomHeader, v)
+	}
+	// A preflight has no cookie: it goes on, not to the queue.
+	resp = send("OPTIONS", "192.0.2.3", map[string]string{"Origin": "https://tickets.example", "Access-Control-Request-Method": "POST"})
+	if resp.StatusCode == 429 || resp.Header.Get(waitRoomHeader) != "" || e.up.count.Load() != 2 {
+		t.Errorf("preflight: status %d, token %q, origin requests %d; want it passed to the origin", resp.StatusCode, resp.Header.Get(waitRoomHeader), e.up.count.Load())
+	}
 }

@@ -394,3 +394,6 @@ func (g *Gate) Hold(nowMs int64) {
 	}
 	g.carry = 0
 }
+
+// SettleMs is how far the watermark stays behind the clock.
+func (g *Gate) SettleMs() int64 { return g.cfg.SettleMs }
