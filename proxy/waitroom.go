@@ -335,29 +335,24 @@ func (x *exchange) client() netip.Addr {
 	return x.peer
 }
 
-// appendIdentity appends the request's identity in a room: the rate
-// limiter's client key in a form that is the same in every process (the
-// limiter's own header keys are seeded per process), so a restarted edge
-// keeps everybody's place: 0xff and the header's value when the route's
-// policy keys on a header the request carries, else the address, IPv6
-// masked to the policy's prefix, as 16 bytes (never beginning 0xff: that
-// is IPv6 multicast, never a client).
+// identityIPv6Prefix is the prefix an IPv6 client is known by in a
+// waiting room: a /64 is one subscriber's (RFC 6177), and privacy
+// addresses (RFC 8981) change inside it, so one phone or household holds
+// one place however many addresses it takes.
+const identityIPv6Prefix = 64
+
+// appendIdentity appends the request's identity in a waiting room: the
+// client address (the socket peer, or for a trusted peer the right-most
+// untrusted X-Forwarded-For address), IPv6 masked to /64, as 16 bytes.
+// It is the same in every process, so a restarted edge keeps everybody's
+// place, and the same on every route of a room, so the HTML and API
+// paths agree. It never depends on a header the client chooses: keyed
+// on one (a rate limit policy's header), one address could take a place
+// per value (review 18, 9).
 func (x *exchange) appendIdentity(dst []byte) []byte {
-	v6 := ratelimit.DefaultIPv6Prefix
-	if lim := x.p.limits.Limiter(x.route.policy); lim != nil {
-		pol := lim.Policy()
-		if pol.Header != "" {
-			if hv := x.ctx.Request.Header.Peek(pol.Header); len(hv) > 0 {
-				return append(append(dst, 0xff), hv...)
-			}
-		}
-		if pol.IPv6Prefix > 0 {
-			v6 = pol.IPv6Prefix
-		}
-	}
 	a := x.client().Unmap()
 	if a.Is6() {
-		a = netip.PrefixFrom(a, v6).Masked().Addr()
+		a = netip.PrefixFrom(a, identityIPv6Prefix).Masked().Addr()
 	}
 	b := a.As16()
 	return append(dst, b[:]...)

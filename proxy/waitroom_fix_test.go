@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"github.com/podium-edge/podium/config"
 	"io"
@@ -265,5 +266,80 @@ func TestWaitingRoomHygiene(t *testing.T) {
 	resp = send("OPTIONS", "192.0.2.3", map[string]string{"Origin": "https://tickets.example", "Access-Control-Request-Method": "POST"})
 	if resp.StatusCode == 429 || resp.Header.Get(waitRoomHeader) != "" || e.up.count.Load() != 2 {
 		t.Errorf("preflight: status %d, token %q, origin requests %d; want it passed to the origin", resp.StatusCode, resp.Header.Get(waitRoomHeader), e.up.count.Load())
+	}
+}
+
+// TestWaitingRoomIdentity: a room knows a visitor by address whatever
+// the route's rate limit keys on: a header chosen per request gets no
+// second place, the page and API paths of one room agree (a visitor's
+// own token from one is not refused as copied on the other), and the
+// addresses of one IPv6 /64 share a place while another /64 has its own.
+func TestWaitingRoomIdentity(t *testing.T) {
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	keys := writeRoomKeys(t, dir)
+	build := func(cfg *config.Edge, log *slog.Logger) (*Proxy, error) { return newProxy(cfg, log, clock, 0) }
+	te := startEdgeWith(t, []*testUpstream{newUpstream(t)}, nil, nil, build, func(cfg *config.Edge) {
+		cfg.TrustedProxies = []string{"127.0.0.0/8"}
+		cfg.Routes = config.DefaultRoutes() // buy and buy_page limited by policy buy
+		cfg.RateLimits = map[string]config.RateLimit{
+			"default": {Rate: 1000, Burst: 1000},
+			"buy":     {Rate: 1000, Burst: 1000, Key: "header:X-Api-Key"},
+		}
+		cfg.WaitingRoomStateDir = dir
+		cfg.WaitingRooms = []config.WaitingRoom{{Name: "final", Paths: []string{"/games/*/buy", "/api/games/*/buy"},
+			AdmitPerSecond: 1, KeyFile: keys, Refresh: config.Duration(time.Second)}}
+	})
+	e := &roomEdge{testEdge: te, clock: clock, dir: dir, keys: keys}
+	post := func(path, who, key, token string) visit {
+		t.Helper()
+		req, _ := http.NewRequest("POST", e.url(path), nil)
+		req.Header.Set("X-Forwarded-For", who)
+		req.Header.Set("X-Api-Key", key)
+		req.Header.Set("Accept", "application/json")
+		if token != "" {
+			req.Header.Set(waitRoomHeader, token)
+		}
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return visit{status: resp.StatusCode, body: string(b), token: resp.Header.Get(waitRoomHeader)}
+	}
+	position := func(v visit) int {
+		t.Helper()
+		var info waitInfo
+		if err := json.Unmarshal([]byte(v.body), &info); err != nil {
+			t.Fatalf("status %d: %s (%v)", v.status, v.body, err)
+		}
+		return int(info.Position)
+	}
+	first := post("/api/games/1/buy", "203.0.113.7", "key-1", "")
+	for i := range 5 {
+		clock.ms.Add(1)
+		if p := position(post("/api/games/1/buy", "203.0.113.7", fmt.Sprintf("key-%d", i+2), "")); p != 1 {
+			t.Fatalf("API key %d from the same address: position %d, want the first place again", i+2, p)
+		}
+	}
+	// The page path of the same room, with the API's token: the same
+	// visitor, not a copy.
+	before := e.refused("copied")
+	if v := e.visit(t, "POST", "/games/1/buy", "203.0.113.7", first.token, false); v.position(t) != 1 || e.refused("copied") != before {
+		t.Errorf("the API's token on the page path: position %d, copied %v -> %v", v.position(t), before, e.refused("copied"))
+	}
+	clock.ms.Add(1)
+	if p := position(post("/api/games/1/buy", "2001:db8:1:2::1", "k", "")); p != 2 {
+		t.Fatalf("an IPv6 visitor: position %d, want 2", p)
+	}
+	clock.ms.Add(1)
+	if p := position(post("/api/games/1/buy", "2001:db8:1:2:ffff::9", "k", "")); p != 2 {
+		t.Errorf("another address of the same /64: position %d, want its place, 2", p)
+	}
+	clock.ms.Add(1)
+	if p := position(post("/api/games/1/buy", "2001:db8:1:3::1", "k", "")); p != 3 {
+		t.Errorf("another /64: position %d, want 3", p)
 	}
 }
