@@ -153,6 +153,9 @@ func (p *Proxy) prepareRooms(cfg *config.Edge) (*roomPlan, error) {
 			}
 			rt = &roomRuntime{name: wc.Name, epoch: wc.Epoch, opens: opens, gate: gate, configRate: wc.AdmitPerSecond, lastTickMs: now}
 			rt.lastPassed = gate.Passed()
+			if err := p.loadControl(rt); err != nil {
+				return nil, err
+			}
 			plan.created = append(plan.created, rt)
 		} else if rt.configRate != wc.AdmitPerSecond {
 			if r := wc.AdmitPerSecond; !(r > 0) || math.IsInf(r, 0) {
@@ -258,6 +261,42 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 	alpha := 1 - math.Exp(-float64(dt)/float64(ewmaWindow.Milliseconds()))
 	old := math.Float64frombits(rt.ewma.Load())
 	rt.ewma.Store(math.Float64bits(old + alpha*(inst-old)))
+}
+
+// controlKey names rt's control in the store: its room and epoch, as
+// its history.
+func (rt *roomRuntime) controlKey() string { return fmt.Sprintf("%s/%d", rt.name, rt.epoch) }
+
+// loadControl applies to a new runtime what the admin API last set on its
+// room and epoch: its status, and its rate unless the config's
+// admit_per_second changed since.
+func (p *Proxy) loadControl(rt *roomRuntime) error {
+	c, ok, err := p.roomStore.LoadControl(rt.controlKey())
+	if err != nil || !ok {
+		return err
+	}
+	for i, name := range roomStatusNames {
+		if name == c.Status {
+			rt.status.Store(int32(i))
+		}
+	}
+	if c.Rate > 0 && c.ConfigRate == rt.configRate {
+		if err := rt.gate.SetRate(c.Rate); err != nil {
+			return err
+		}
+	}
+	p.log.Info("waiting room: the admin API's last change kept", "room", rt.name, "status", c.Status, "admit_per_second", rt.gate.Rate())
+	return nil
+}
+
+// saveControl records rt's status and admin rate, so a restart keeps
+// them.
+func (p *Proxy) saveControl(rt *roomRuntime) error {
+	c := waitroom.Control{Status: roomStatusNames[rt.status.Load()], ConfigRate: rt.configRate}
+	if r := rt.gate.Rate(); r != rt.configRate {
+		c.Rate = r
+	}
+	return p.roomStore.SaveControl(rt.controlKey(), c)
 }
 
 // measuredRate is the EWMA of places admitted a second, or the configured

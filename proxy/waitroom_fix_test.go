@@ -343,3 +343,53 @@ func TestWaitingRoomIdentity(t *testing.T) {
 		t.Errorf("another /64: position %d, want 3", p)
 	}
 }
+
+// TestWaitingRoomControlSurvivesRestart: a room closed (sold out) and
+// given a rate through the admin API stays closed, at that rate, on an
+// edge restarted on the same state dir; resumed, it stays open; with the
+// config's admit_per_second edited, the config's rate wins.
+func TestWaitingRoomControlSurvivesRestart(t *testing.T) {
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	keys := writeRoomKeys(t, dir)
+	up := newUpstream(t)
+	post := func(e *roomEdge, path string) {
+		t.Helper()
+		resp, err := http.Post(startAdmin(t, e.testEdge)+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("POST %s: %d %s", path, resp.StatusCode, b)
+		}
+	}
+	restart := func(e *roomEdge, rate float64) *roomEdge {
+		e.p.Server().Shutdown()
+		e.p.Close()
+		return startRoomEdge(t, up, dir, keys, clock, rate, 0)
+	}
+	e := startRoomEdge(t, up, dir, keys, clock, 2, 0)
+	post(e, "/rooms/final/rate?admit_per_second=7.5")
+	post(e, "/rooms/final/close")
+
+	e = restart(e, 2)
+	if v := e.visit(t, "GET", "/games/1/buy", "192.0.2.1", "", false); v.status != 409 {
+		t.Errorf("after a restart, a closed room answers %d, want 409 sold out", v.status)
+	}
+	if r := e.p.state.Load().rooms[0].rt.gate.Rate(); r != 7.5 {
+		t.Errorf("after a restart, rate %v, want the admin's 7.5", r)
+	}
+	post(e, "/rooms/final/resume")
+
+	e = restart(e, 2)
+	if v := e.visit(t, "GET", "/games/1/buy", "192.0.2.1", "", false); v.status != 200 || !strings.Contains(v.body, "in the queue") {
+		t.Errorf("after resume and a restart: status %d, want the waiting page", v.status)
+	}
+	e = restart(e, 3)
+	if r := e.p.state.Load().rooms[0].rt.gate.Rate(); r != 3 {
+		t.Errorf("after the config's rate changed to 3, rate %v, want 3", r)
+	}
+}

@@ -239,3 +239,83 @@ func (s *FileStore) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Control is what an operator set on a room through the admin API, kept
+// beside its history so that a restarted edge keeps a sold-out room
+// closed (review 18, 11).
+type Control struct {
+	// Status is "open", "paused" or "closed".
+	Status string
+	// Rate is the admit_per_second the admin API set; zero when it set
+	// none. It holds while the config's admit_per_second is still
+	// ConfigRate: an edited config wins.
+	Rate       float64
+	ConfigRate float64
+}
+
+// controlPath is key's control file.
+func (s *FileStore) controlPath(key string) string {
+	return strings.TrimSuffix(s.path(key), ".log") + ".control"
+}
+
+// SaveControl records c for key (a room and epoch), replacing what was
+// there whole: written to a new file and renamed over the old, so a crash
+// leaves the old control or the new one.
+func (s *FileStore) SaveControl(key string, c Control) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkDir(); err != nil {
+		return err
+	}
+	path := s.controlPath(key)
+	line := fmt.Appendf(nil, "%s %s %s\n", c.Status, strconv.FormatFloat(c.Rate, 'g', -1, 64), strconv.FormatFloat(c.ConfigRate, 'g', -1, 64))
+	f, err := os.CreateTemp(s.Dir, ".control-*")
+	if err != nil {
+		return fmt.Errorf("waitroom: saving room control: %w", err)
+	}
+	_, err = f.Write(line)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("waitroom: saving room control %s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadControl returns key's control, and false when none was saved.
+func (s *FileStore) LoadControl(key string) (Control, bool, error) {
+	s.mu.Lock()
+	err := s.checkDir()
+	s.mu.Unlock()
+	if err != nil {
+		return Control{}, false, err
+	}
+	path := s.controlPath(key)
+	data, err := s.readFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Control{}, false, nil
+	}
+	if err != nil {
+		return Control{}, false, fmt.Errorf("waitroom: reading room control: %w", err)
+	}
+	f := strings.Fields(string(data))
+	var c Control
+	var err1, err2 error
+	if len(f) == 3 {
+		c.Status = f[0]
+		c.Rate, err1 = strconv.ParseFloat(f[1], 64)
+		c.ConfigRate, err2 = strconv.ParseFloat(f[2], 64)
+	}
+	if len(f) != 3 || err1 != nil || err2 != nil || c.Status != "open" && c.Status != "paused" && c.Status != "closed" {
+		return Control{}, false, fmt.Errorf("waitroom: %s: not a room control (want \"open|paused|closed rate config_rate\"): %q; fix or remove it", path, data)
+	}
+	return c, true, nil
+}

@@ -107,3 +107,27 @@ func TestFileStoreStateDir(t *testing.T) {
 		t.Errorf("the symlink's target was written: %q", data)
 	}
 }
+
+// TestFileStoreControl: a control saved comes back; none saved is none;
+// a file that is not a control is an error naming it.
+func TestFileStoreControl(t *testing.T) {
+	dir := t.TempDir()
+	s := &FileStore{Dir: dir}
+	if _, ok, err := s.LoadControl("final/1"); ok || err != nil {
+		t.Fatalf("nothing saved: %v, %v", ok, err)
+	}
+	want := Control{Status: "closed", Rate: 7.5, ConfigRate: 2}
+	if err := s.SaveControl("final/1", want); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, err := s.LoadControl("final/1"); !ok || err != nil || got != want {
+		t.Errorf("LoadControl = %+v, %v, %v; want %+v", got, ok, err, want)
+	}
+	if _, ok, _ := s.LoadControl("final/2"); ok {
+		t.Error("another epoch's control loaded")
+	}
+	os.WriteFile(filepath.Join(dir, "final.1.control"), []byte("sold 1 2\n"), 0o600)
+	if _, _, err := s.LoadControl("final/1"); err == nil || !strings.Contains(err.Error(), "final.1.control: not a room control") {
+		t.Errorf("a bad control: %v", err)
+	}
+}
