@@ -31,3 +31,33 @@ func TestGateHoldNoBurstOnResume(t *testing.T) {
 		t.Errorf("queue %.0f after the resume, want most of 1000 still waiting", g.Queued())
 	}
 }
+
+// TestGateJoinKeepsEarlierPlace: after a restart, a token-less request of
+// an identity is counted at "now"; the identity's token, showing an
+// earlier place, then gets that earlier place back, and the count moves
+// with it (one place queued, none ahead of it).
+func TestGateJoinKeepsEarlierPlace(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	c := newFakeClock(t0 + 60_000)
+	g := mustGate(t, GateConfig{Room: "r", Rate: 10, OpensAtMs: t0 - 1}, c, &MemStore{})
+	idh := [16]byte{1}
+	own := Place{Ms: t0, TB: 5}            // the token's place, from before the restart
+	now := Place{Ms: t0 + 60_000, TB: 9}   // a token-less request's
+	other := Place{Ms: t0 + 30_000, TB: 1} // another visitor, between the two
+	g.Join([16]byte{2}, other)
+	if got := g.Join(idh, now); got != now {
+		t.Fatalf("first Join = %v, want %v", got, now)
+	}
+	if got := g.Join(idh, own); got != own {
+		t.Errorf("Join with the earlier place = %v, want %v back", got, own)
+	}
+	if got := g.Join(idh, now); got != own {
+		t.Errorf("a later token-less Join = %v, want the earlier place %v", got, own)
+	}
+	if q := g.Queued(); q != 2 {
+		t.Errorf("queue %v, want 2 (the count moved, not added)", q)
+	}
+	if a := g.Ahead(other); a != 1 {
+		t.Errorf("ahead of the other visitor %v, want 1 (the identity's earlier place)", a)
+	}
+}
