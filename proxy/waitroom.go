@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"html/template"
 	"maps"
 	"math"
 	"net/netip"
@@ -368,10 +367,13 @@ func (st *state) matchRoom(path []byte) *roomState {
 // client is the request's client address: the socket peer, or for a
 // trusted peer the right-most untrusted X-Forwarded-For address.
 func (x *exchange) client() netip.Addr {
-	if x.trusted {
-		return ratelimit.ClientIPFields(x.peer, x.ctx.Request.Header.PeekAll(strXFFKey), x.st.trusted)
+	if !x.clientSet {
+		x.clientAddr, x.clientSet = x.peer, true
+		if x.trusted {
+			x.clientAddr = ratelimit.ClientIPFields(x.peer, x.ctx.Request.Header.PeekAll(strXFFKey), x.st.trusted)
+		}
 	}
-	return x.peer
+	return x.clientAddr
 }
 
 // identityIPv6Prefix is the prefix an IPv6 client is known by in a
@@ -420,11 +422,13 @@ func (x *exchange) waitingRoom(path []byte) bool {
 	}
 	p, ctx, rt := x.p, x.ctx, rs.rt
 	now := p.clock.NowMs()
-	var idBuf [80]byte
+	var idBuf [16]byte
 	identity := x.appendIdentity(idBuf[:0])
+	idh := rs.room.IdentityHash(identity) // once a request: each is an HMAC
 	status := rt.status.Load()
+	presented := presentedToken(ctx, rs)
 
-	tok, reason := rs.room.Verify(presentedToken(ctx, rs), identity, now)
+	tok, reason := rs.room.VerifyHash(presented, idh, now)
 	if reason == waitroom.Valid && tok.Kind == waitroom.KindAdmission {
 		return true // inside: the session it was given has not run out
 	}
@@ -439,7 +443,7 @@ func (x *exchange) waitingRoom(path []byte) bool {
 		s, _ := rt.gate.Check(place)
 		if s == waitroom.Spent {
 			p.metrics.roomRefused(rs.cfg.Name, "spent")
-			place = rt.gate.Join(tok.IDH, rs.room.PlaceFor(identity, now))
+			place = rt.gate.Join(idh, rs.room.PlaceForHash(identity, idh, now))
 			break
 		}
 		if s == waitroom.Admitted && status == roomOpen {
@@ -451,17 +455,17 @@ func (x *exchange) waitingRoom(path []byte) bool {
 		// Waiting (or admitted while the room is paused or full): after a
 		// restart the gate has lost its count of this place; Join counts
 		// it once again.
-		place = rt.gate.Join(tok.IDH, place)
+		place = rt.gate.Join(idh, place)
 	default:
 		// No token, or one refused: a new arrival, placed by its identity
 		// and now, never by anything in the refused token. Having no
 		// token at all is no refusal.
-		if len(presentedToken(ctx, rs)) > 0 {
+		if len(presented) > 0 {
 			p.metrics.roomRefused(rs.cfg.Name, reason.String())
 		}
-		place = rt.gate.Join(rs.room.IdentityHash(identity), rs.room.PlaceFor(identity, now))
+		place = rt.gate.Join(idh, rs.room.PlaceForHash(identity, idh, now))
 	}
-	x.waitPage(rs, identity, place, now, status)
+	x.waitPage(rs, idh, place, now, status)
 	return false
 }
 
@@ -513,7 +517,8 @@ func (x *exchange) setRoomToken(rs *roomState, tok []byte, maxAge int64) {
 	resp.Header.SetBytesV(waitRoomHeader, tok)
 }
 
-// waitInfo is what a waiting visitor is told, on the page and as JSON.
+// waitInfo is what a waiting visitor is told, on the page and as JSON
+// (appendWaitJSON writes it by hand, in this order).
 type waitInfo struct {
 	Room                 string `json:"room"`
 	Status               string `json:"status"` // waiting, paused, sold_out
@@ -523,11 +528,16 @@ type waitInfo struct {
 	RefreshSeconds       int64  `json:"refresh_seconds"`
 }
 
+// pageBufs are the buffers waiting pages and their JSON are written in:
+// a page a refresh interval for every waiting visitor is the room's
+// hot path (review 18, 5).
+var pageBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
 // waitPage answers a waiting visitor: a page in the site's frame that
 // reloads itself every refresh interval (no JavaScript), or for an API
 // client 429 with JSON and Retry-After, so that a POST never looks like
 // success. Either way the response carries the visitor's place token.
-func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place, now int64, status int32) {
+func (x *exchange) waitPage(rs *roomState, idh [16]byte, place waitroom.Place, now int64, status int32) {
 	ctx, rt := x.ctx, rs.rt
 	ahead := int64(math.Floor(rt.gate.Ahead(place)))
 	info := waitInfo{Room: rs.cfg.Name, Status: "waiting", Position: ahead + 1, Ahead: ahead, RefreshSeconds: rs.refresh}
@@ -540,7 +550,7 @@ func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place
 		// the queue.
 		info.EstimatedWaitSeconds = max(info.EstimatedWaitSeconds, (wait+999)/1000)
 	}
-	t := waitroom.Token{Kind: waitroom.KindPlace, IDH: rs.room.IdentityHash(identity), Place: place, ExpMs: now + placeLifetime.Milliseconds()}
+	t := waitroom.Token{Kind: waitroom.KindPlace, IDH: idh, Place: place, ExpMs: now + placeLifetime.Milliseconds()}
 	var buf [waitroom.TokenLen]byte
 	enc := rs.room.AppendToken(buf[:0], t)
 	ctx.Response.Reset()
@@ -549,17 +559,12 @@ func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place
 	ctx.Response.Header.SetBytesV("X-Request-ID", x.id())
 	if wantsJSON(ctx) {
 		ctx.SetStatusCode(fasthttp.StatusTooManyRequests)
-		ctx.Response.Header.Set("Retry-After", strconv.FormatInt(rs.refresh, 10))
-		writeJSON(ctx, info)
+		var ra [20]byte
+		ctx.Response.Header.SetBytesV("Retry-After", strconv.AppendInt(ra[:0], rs.refresh, 10))
 	} else {
 		ctx.SetStatusCode(fasthttp.StatusOK)
-		ctx.SetContentType("text/html; charset=utf-8")
-		var b bytes.Buffer
-		if err := waitingTemplate.Execute(&b, info); err != nil {
-			panic(err) // the template and its data are the edge's own: a bug
-		}
-		ctx.Response.SetBodyRaw(b.Bytes())
 	}
+	writeWaitInfo(ctx, &info)
 	x.finish(time.Now())
 }
 
@@ -570,20 +575,104 @@ func (x *exchange) soldOut(rs *roomState) {
 	ctx.SetStatusCode(fasthttp.StatusConflict)
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.Response.Header.SetBytesV("X-Request-ID", x.id())
-	info := waitInfo{Room: rs.cfg.Name, Status: "sold_out"}
-	if wantsJSON(ctx) {
-		writeJSON(ctx, info)
-	} else {
-		ctx.SetContentType("text/html; charset=utf-8")
-		var b bytes.Buffer
-		if err := waitingTemplate.Execute(&b, info); err != nil {
-			panic(err)
-		}
-		ctx.Response.SetBodyRaw(b.Bytes())
-	}
+	writeWaitInfo(ctx, &waitInfo{Room: rs.cfg.Name, Status: "sold_out"})
 	x.finish(time.Now())
 }
 
+// writeWaitInfo writes info as the response's body: JSON for an API
+// client, else the page.
+func writeWaitInfo(ctx *fasthttp.RequestCtx, info *waitInfo) {
+	bp := pageBufs.Get().(*[]byte)
+	if wantsJSON(ctx) {
+		ctx.SetContentType("application/json")
+		*bp = appendWaitJSON((*bp)[:0], info)
+	} else {
+		ctx.SetContentType("text/html; charset=utf-8")
+		*bp = appendWaitingPage((*bp)[:0], info)
+	}
+	ctx.Response.SetBody(*bp) // a copy: the buffer goes back to the pool
+	pageBufs.Put(bp)
+}
+
+// appendWaitJSON appends info as JSON, as encoding/json writes it. Its
+// strings need no escaping: the room's name is 1 to 64 of [A-Za-z0-9_-]
+// (config refuses any other) and the status is one of the edge's own.
+func appendWaitJSON(b []byte, info *waitInfo) []byte {
+	b = append(b, `{"room":"`...)
+	b = append(b, info.Room...)
+	b = append(b, `","status":"`...)
+	b = append(b, info.Status...)
+	b = append(b, `","position":`...)
+	b = strconv.AppendInt(b, info.Position, 10)
+	b = append(b, `,"ahead":`...)
+	b = strconv.AppendInt(b, info.Ahead, 10)
+	b = append(b, `,"estimated_wait_seconds":`...)
+	b = strconv.AppendInt(b, info.EstimatedWaitSeconds, 10)
+	b = append(b, `,"refresh_seconds":`...)
+	b = strconv.AppendInt(b, info.RefreshSeconds, 10)
+	return append(b, "}\n"...)
+}
+
+// The waiting and sold-out page, in the frame of the edge's other pages
+// (errors.go) and with the origin's card class. The refresh is a meta
+// tag: it works without JavaScript. It is written from these pieces by
+// appendWaitingPage; what goes between them are numbers and the room's
+// name, which needs no HTML escaping ([A-Za-z0-9_-] only).
+const (
+	pageHead  = `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">`
+	pageStyle = ` · Podium</title>
+<style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}.card{border:1px solid #d8dce6;border-radius:.5rem;padding:1rem 1.5rem}.big{font-size:2.2rem;font-weight:700;margin:.2rem 0}p.note{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head>
+<body><header>Podium · Paris 2024 tickets</header><main>`
+	pageSoldOut = `
+<h1>Sold out</h1><p class="error">Every ticket for this sale has been sold; the queue is closed.</p><p><a href="/games">Back to the games</a></p>`
+	pageQueued = `
+<h1>You are in the queue</h1>
+<div class="card" role="status">
+<p>Your position</p><p class="big" id="position">`
+	pageTail = `
+</main></body></html>
+`
+)
+
+// appendWaitingPage appends the page telling info.
+func appendWaitingPage(b []byte, info *waitInfo) []byte {
+	b = append(b, pageHead...)
+	if info.Status == "sold_out" {
+		b = append(b, "\n<title>Sold out"...)
+		b = append(b, pageStyle...)
+		b = append(b, pageSoldOut...)
+		return append(b, pageTail...)
+	}
+	b = append(b, `<meta http-equiv="refresh" content="`...)
+	b = strconv.AppendInt(b, info.RefreshSeconds, 10)
+	b = append(b, "\">\n<title>You are in the queue"...)
+	b = append(b, pageStyle...)
+	b = append(b, pageQueued...)
+	b = strconv.AppendInt(b, info.Position, 10)
+	b = append(b, `</p>
+<p><span id="ahead">`...)
+	b = strconv.AppendInt(b, info.Ahead, 10)
+	if info.Ahead == 1 {
+		b = append(b, "</span> person is ahead of you."...)
+	} else {
+		b = append(b, "</span> people are ahead of you."...)
+	}
+	if info.Status == "paused" {
+		b = append(b, " The sale is paused for a moment; your place is kept."...)
+	} else {
+		b = append(b, ` Estimated wait: <span id="wait">`...)
+		b = strconv.AppendInt(b, info.EstimatedWaitSeconds, 10)
+		b = append(b, "</span> s."...)
+	}
+	b = append(b, "</p>\n</div>\n<p>This page refreshes itself every "...)
+	b = strconv.AppendInt(b, info.RefreshSeconds, 10)
+	b = append(b, " seconds. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>\n<p class=\"note\">Queue "...)
+	b = append(b, info.Room...)
+	b = append(b, "</p>"...)
+	return append(b, pageTail...)
+}
+
+// writeJSON writes v as the JSON body: the admin API's answers.
 func writeJSON(ctx *fasthttp.RequestCtx, v any) {
 	ctx.SetContentType("application/json")
 	b, err := json.Marshal(v)
@@ -592,29 +681,6 @@ func writeJSON(ctx *fasthttp.RequestCtx, v any) {
 	}
 	ctx.Response.SetBodyRaw(append(b, '\n'))
 }
-
-// waitingTemplate is the waiting and sold-out page, in the frame of the
-// edge's other pages (errors.go) and with the origin's card class. The
-// refresh is a meta tag: it works without JavaScript.
-var waitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-{{- if ne .Status "sold_out"}}<meta http-equiv="refresh" content="{{.RefreshSeconds}}">{{end}}
-<title>{{if eq .Status "sold_out"}}Sold out{{else}}You are in the queue{{end}} · Podium</title>
-<style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}.card{border:1px solid #d8dce6;border-radius:.5rem;padding:1rem 1.5rem}.big{font-size:2.2rem;font-weight:700;margin:.2rem 0}p.note{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head>
-<body><header>Podium · Paris 2024 tickets</header><main>
-{{- if eq .Status "sold_out"}}
-<h1>Sold out</h1><p class="error">Every ticket for this sale has been sold; the queue is closed.</p><p><a href="/games">Back to the games</a></p>
-{{- else}}
-<h1>You are in the queue</h1>
-<div class="card" role="status">
-<p>Your position</p><p class="big" id="position">{{.Position}}</p>
-<p><span id="ahead">{{.Ahead}}</span> {{if eq .Ahead 1}}person is{{else}}people are{{end}} ahead of you.
-{{- if eq .Status "paused"}} The sale is paused for a moment; your place is kept.{{else}} Estimated wait: <span id="wait">{{.EstimatedWaitSeconds}}</span> s.{{end}}</p>
-</div>
-<p>This page refreshes itself every {{.RefreshSeconds}} seconds. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>
-<p class="note">Queue {{.Room}}</p>
-{{- end}}
-</main></body></html>
-`))
 
 // roomView is one room in GET /rooms.
 type roomView struct {

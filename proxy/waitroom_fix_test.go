@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"github.com/podium-edge/podium/config"
+	"html/template"
 	"io"
 	"log/slog"
 	"maps"
@@ -391,5 +393,52 @@ func TestWaitingRoomControlSurvivesRestart(t *testing.T) {
 	e = restart(e, 3)
 	if r := e.p.state.Load().rooms[0].rt.gate.Rate(); r != 3 {
 		t.Errorf("after the config's rate changed to 3, rate %v, want 3", r)
+	}
+}
+
+// oldWaitingTemplate is the page as html/template wrote it before the
+// page was written by hand (review 18, 5): appendWaitingPage must write
+// the same bytes.
+var oldWaitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+{{- if ne .Status "sold_out"}}<meta http-equiv="refresh" content="{{.RefreshSeconds}}">{{end}}
+<title>{{if eq .Status "sold_out"}}Sold out{{else}}You are in the queue{{end}} · Podium</title>
+<style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}.card{border:1px solid #d8dce6;border-radius:.5rem;padding:1rem 1.5rem}.big{font-size:2.2rem;font-weight:700;margin:.2rem 0}p.note{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head>
+<body><header>Podium · Paris 2024 tickets</header><main>
+{{- if eq .Status "sold_out"}}
+<h1>Sold out</h1><p class="error">Every ticket for this sale has been sold; the queue is closed.</p><p><a href="/games">Back to the games</a></p>
+{{- else}}
+<h1>You are in the queue</h1>
+<div class="card" role="status">
+<p>Your position</p><p class="big" id="position">{{.Position}}</p>
+<p><span id="ahead">{{.Ahead}}</span> {{if eq .Ahead 1}}person is{{else}}people are{{end}} ahead of you.
+{{- if eq .Status "paused"}} The sale is paused for a moment; your place is kept.{{else}} Estimated wait: <span id="wait">{{.EstimatedWaitSeconds}}</span> s.{{end}}</p>
+</div>
+<p>This page refreshes itself every {{.RefreshSeconds}} seconds. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>
+<p class="note">Queue {{.Room}}</p>
+{{- end}}
+</main></body></html>
+`))
+
+// TestWaitingPageAsTemplate: the hand-written page and JSON are byte for
+// byte what html/template and encoding/json wrote, for each status and
+// the singular "person is".
+func TestWaitingPageAsTemplate(t *testing.T) {
+	for _, info := range []waitInfo{
+		{Room: "final", Status: "waiting", Position: 13, Ahead: 12, EstimatedWaitSeconds: 7, RefreshSeconds: 5},
+		{Room: "semi-2_b", Status: "waiting", Position: 2, Ahead: 1, EstimatedWaitSeconds: 1, RefreshSeconds: 60},
+		{Room: "final", Status: "paused", Position: 1, Ahead: 0, EstimatedWaitSeconds: 3, RefreshSeconds: 1},
+		{Room: "final", Status: "sold_out"},
+	} {
+		var want bytes.Buffer
+		if err := oldWaitingTemplate.Execute(&want, info); err != nil {
+			t.Fatal(err)
+		}
+		if got := appendWaitingPage(nil, &info); string(got) != want.String() {
+			t.Errorf("%+v: page\n%s\nwant\n%s", info, got, want.String())
+		}
+		wantJSON, _ := json.Marshal(info)
+		if got := appendWaitJSON(nil, &info); string(got) != string(wantJSON)+"\n" {
+			t.Errorf("%+v: JSON %s, want %s", info, got, wantJSON)
+		}
 	}
 }
