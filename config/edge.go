@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -109,9 +108,13 @@ type Edge struct {
 	// WaitingRoomStore says where the rooms' admission state lives: the
 	// state dir (one edge), or Consul (many edges, waitroom_store.go).
 	WaitingRoomStore WaitingRoomStore `yaml:"waiting_room_store"`
-	// WaitingRoomStateDir holds each room's admission history (a file per
-	// room and epoch), so a restarted edge keeps the queue's order and
-	// refuses spent places. Empty means DefaultWaitingRoomStateDir.
+	// WaitingRoomStateDir holds each room's admission history and admin
+	// controls (files per room and epoch), so a restarted edge keeps the
+	// queue's order, refuses spent places and keeps a closed room closed.
+	// Required when waiting_rooms are set: a shared default (under /tmp)
+	// let another local user plant a history or a symlink, and two edges
+	// on one host share files. The edge creates it 0700 and refuses one
+	// owned by another user or writable by group or others.
 	WaitingRoomStateDir string         `yaml:"waiting_room_state_dir"`
 	trusted             []netip.Prefix // parsed TrustedProxies
 	allow               []netip.Prefix // parsed RateLimitAllow
@@ -535,20 +538,9 @@ func policyNames(m map[string]RateLimit) string {
 	return strings.Join(names, ", ")
 }
 
-// DefaultWaitingRoomStateDir is where waiting rooms keep their admission
-// history when waiting_room_state_dir is unset: a directory under the OS
-// temp dir (os.TempDir()/podium-waitroom), which survives a restart of the
-// edge, the case that matters during a sale, if not a reboot.
-const DefaultWaitingRoomStateDir = "podium-waitroom"
-
-// WaitingRoomStatePath is the directory waiting rooms keep their history
-// in: waiting_room_state_dir, or os.TempDir()/DefaultWaitingRoomStateDir.
-func (c *Edge) WaitingRoomStatePath() string {
-	if c.WaitingRoomStateDir != "" {
-		return c.WaitingRoomStateDir
-	}
-	return filepath.Join(os.TempDir(), DefaultWaitingRoomStateDir)
-}
+// WaitingRoomStatePath is the directory waiting rooms keep their state
+// in: waiting_room_state_dir, made absolute relative to the config file.
+func (c *Edge) WaitingRoomStatePath() string { return c.WaitingRoomStateDir }
 
 // TrustedPrefixes returns the parsed trusted_proxies.
 func (c *Edge) TrustedPrefixes() []netip.Prefix { return c.trusted }

@@ -64,6 +64,11 @@ func TestLoadFileBad(t *testing.T) {
 		{"wr-unknown-key.bad.yaml", []string{"line 4", "unknown key admit_per_sec"}},
 		{"wr-name.bad.yaml", []string{":2: waiting_rooms[0].name: must be 1 to 64 letters, digits, _ or -", `"the final"`}},
 		{"wr-epoch.bad.yaml", []string{"line 2", "cannot unmarshal", "-1"}},
+		{"wr-rate-high.bad.yaml", []string{":4: waiting_rooms[0].admit_per_second: must be a number of visitors a second, > 0 and at most 1000000", "got 2e+06"}},
+		{"wr-max-active-negative.bad.yaml", []string{":5: waiting_rooms[0].max_active: must be >= 0", "got -3"}},
+		{"wr-session-short.bad.yaml", []string{":6: waiting_rooms[0].session: must be at least 1s, got 500ms"}},
+		{"wr-no-paths.bad.yaml", []string{":3: waiting_rooms[0].paths: must list at least one path"}},
+		{"wr-no-state-dir.bad.yaml", []string{"wr-no-state-dir.bad.yaml:2: waiting_rooms: need waiting_room_state_dir"}},
 	}
 	seen := map[string]bool{}
 	for _, tt := range tests {

@@ -88,6 +88,9 @@ func (c *Edge) validateWaitingRooms(v *validator) {
 	if d := c.WaitingRoomStateDir; d != "" && !filepath.IsAbs(d) && v.dir != "" {
 		c.WaitingRoomStateDir = filepath.Join(v.dir, d)
 	}
+	if len(c.WaitingRooms) > 0 && c.WaitingRoomStateDir == "" {
+		v.addf("waiting_rooms", "need waiting_room_state_dir: a directory of this edge's own (such as /var/lib/podium/waitroom) for each room's admission history; the edge creates it 0700")
+	}
 	names := map[string]bool{}
 	paths := map[string]string{} // pattern -> room, to refuse one path in two rooms
 	for i := range c.WaitingRooms {

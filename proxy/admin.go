@@ -309,9 +309,10 @@ func (p *Proxy) adminRooms(ctx *fasthttp.RequestCtx) {
 }
 
 // adminRoom changes one room: POST /rooms/NAME/pause, /resume, /close
-// (sold out) and /rate?admit_per_second=N. The change holds until a
-// restart; a reload keeps it, unless it changes the room's
-// admit_per_second, epoch or opening.
+// (sold out) and /rate?admit_per_second=N. The change is saved in the
+// state dir per room and epoch, so a restart keeps it; a reload keeps
+// it too, except that a changed admit_per_second replaces an admin rate
+// and a changed epoch or opening starts the room anew.
 func (p *Proxy) adminRoom(ctx *fasthttp.RequestCtx, rest string) {
 	fail := func(status int, msg string) {
 		ctx.SetStatusCode(status)
@@ -357,5 +358,10 @@ func (p *Proxy) adminRoom(ctx *fasthttp.RequestCtx, rest string) {
 		return
 	}
 	p.log.Info("waiting room changed by the admin API", "room", name, "action", action, "status", roomStatusNames[rt.status.Load()], "admit_per_second", rt.gate.Rate())
+	if err := p.saveControl(rt); err != nil {
+		p.log.Error("waiting room: the admin API's change holds on this edge until it restarts: saving it failed", "room", name, "error", err.Error())
+		fail(fasthttp.StatusInternalServerError, "applied on this edge, but not saved, so a restart loses it: "+err.Error())
+		return
+	}
 	writeJSON(ctx, rs.view(p.clock.NowMs()))
 }

@@ -41,6 +41,10 @@ type exchange struct {
 
 	peer    netip.Addr // the socket peer
 	trusted bool       // the peer is a trusted proxy: its X-Forwarded-For counts
+	// clientAddr is client()'s answer once clientSet: X-Forwarded-For is
+	// parsed once a request, for the rate limit and the waiting room.
+	clientAddr netip.Addr
+	clientSet  bool
 
 	// host is the upstream that answered, or the last one tried; nil when
 	// no upstream was asked. upstreamTime is how long it took and retries
@@ -80,7 +84,7 @@ func (x *exchange) finish(end time.Time) {
 	}
 	x.finished = true
 	if rs := x.admitRoom; rs != nil {
-		setRoomToken(&x.ctx.Response, rs, x.admitTok[:], int64(rs.session/time.Second))
+		x.setRoomToken(rs, x.admitTok[:], int64(rs.session/time.Second))
 	}
 	status := x.ctx.Response.StatusCode()
 	x.route.counts.done(x.method, status, x.ctx.Time(), end)

@@ -498,11 +498,19 @@ func (c *roomCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- roomCoordUpDesc
 }
 
+// Collect implements prometheus.Collector. A closed (sold out) room
+// reports no queue and no wait: its queue is frozen, nobody in it will be
+// admitted, and reporting it kept PodiumWaitingRoomWaitLong firing for
+// ever after a sell-out (review 18, 12).
 func (c *roomCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, rs := range c.p.state.Load().rooms {
-		q := rs.rt.gate.Queued()
+		var q, wait float64
+		if rs.rt.status.Load() != roomClosed {
+			q = rs.rt.gate.Queued()
+			wait = q / rs.rt.measuredRate()
+		}
 		ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, q, rs.cfg.Name)
-		ch <- prometheus.MustNewConstMetric(c.wait, prometheus.GaugeValue, q/rs.rt.measuredRate(), rs.cfg.Name)
+		ch <- prometheus.MustNewConstMetric(c.wait, prometheus.GaugeValue, wait, rs.cfg.Name)
 		if co := rs.rt.coord; co != nil {
 			up := 0.0
 			if co.Up() {

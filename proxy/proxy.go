@@ -72,6 +72,11 @@ type Proxy struct {
 	rooms     map[string]*roomRuntime
 	bg        context.Context // ends on Close: the rooms' tickers
 	stopBg    context.CancelFunc
+	// tickers counts the rooms' running tickers, so Close waits for a
+	// Tick under way before it closes the history files (a Tick after
+	// that reopened them and leaked the descriptors; review 18, 16).
+	// Added to only under roomsMu while bg is live.
+	tickers sync.WaitGroup
 	// roomConsul, when set, coordinates the rooms over many edges.
 	roomConsul *roomConsul
 }
@@ -122,12 +127,12 @@ func newProxy(cfg *config.Edge, log *slog.Logger, clock waitroom.Clock, tickEver
 	p.metrics = NewMetrics(p.pool, p.store, &p.active, p.limits)
 	p.logs = newLogLimiter(p.metrics.logDropped)
 	p.none = &route{name: "none", counts: p.metrics.routeCounts("none")}
-	rooms, err := p.buildRooms(cfg)
+	plan, err := p.prepareRooms(cfg)
 	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("waiting rooms: %w", err)
 	}
-	p.state.Store(p.newState(cfg, nil, rooms))
+	p.state.Store(p.newState(cfg, nil, plan.commit(p)))
 	p.metrics.Registry.MustRegister(&roomCollector{p: p, queue: roomQueueDesc, wait: roomWaitDesc})
 	p.pool.OnAdd = p.attach
 	p.pool.OnRemove = func(h *balancer.Host) {
@@ -162,6 +167,7 @@ func (p *Proxy) Close() {
 	p.roomsMu.Lock()
 	p.rooms = map[string]*roomRuntime{}
 	p.roomsMu.Unlock()
+	p.tickers.Wait()
 	if err := p.roomStore.Close(); err != nil {
 		p.log.Warn("waiting room history: closing", "error", err.Error())
 	}
@@ -247,6 +253,7 @@ var (
 	strXForwardedProto = []byte("X-Forwarded-Proto")
 	strXForwardedHost  = []byte("X-Forwarded-Host")
 	strHTTP            = []byte("http")
+	strHTTPS           = []byte("https")
 )
 
 // Handle serves one client request.
@@ -307,8 +314,11 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	if route.policy != "" && !x.allowed() {
 		return
 	}
-	if len(x.st.rooms) > 0 && !x.waitingRoom(path) {
-		return
+	if len(x.st.rooms) > 0 {
+		if !x.waitingRoom(path) {
+			return
+		}
+		x.stripRoomTokens()
 	}
 	if d := x.st.directResponse(route); d != nil {
 		x.reject(d.status, kindDirect, d.msg)

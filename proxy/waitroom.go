@@ -5,7 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"html/template"
+	"maps"
 	"math"
 	"net/netip"
 	"strconv"
@@ -77,9 +77,16 @@ type roomRuntime struct {
 
 	lastErr atomic.Bool // the last Tick failed to record: logged once, on the transition
 
-	mu     sync.Mutex // guards active
-	active []int64    // expiry (Unix ms) of each admission still inside
-	stop   context.CancelFunc
+	mu sync.Mutex // guards active and pruneAt
+	// active maps the identity hash of each admission still inside to
+	// its expiry (Unix ms): one admission per identity at a time, so a
+	// place token replayed (100 tabs, a script) during the claim window
+	// gets its admission back instead of another one (review 18, 1).
+	active map[[16]byte]int64
+	// pruneAt is the size at which active is next pruned of expired
+	// admissions when no max_active bounds it.
+	pruneAt int
+	stop    context.CancelFunc
 }
 
 // roomState is a room as one config state sees it: the runtime, with
@@ -95,28 +102,30 @@ type roomState struct {
 	patterns []waitroom.Pattern
 }
 
-// buildRooms builds the waiting rooms of cfg, reusing the runtime of each
-// room whose name, epoch and opening are unchanged, and stopping the
-// others. Reloads are serialised by the caller; roomsMu guards p.rooms
-// against Close.
-func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
+// roomPlan is the waiting rooms of a config, built but not yet in force,
+// so that a reload that fails anywhere is rejected whole (review 18, 15):
+// prepareRooms does everything that can fail and changes nothing running;
+// commit cannot fail.
+type roomPlan struct {
+	rooms []*roomState
+	next  map[string]*roomRuntime // the runtimes by name once committed
+	// created are the runtimes of rooms that are new, or whose epoch or
+	// opening changed: their tickers start at commit.
+	created []*roomRuntime
+	// rates are the kept runtimes whose admit_per_second the config
+	// changes, with the new rate.
+	rates map[*roomRuntime]float64
+}
+
+// prepareRooms builds the waiting rooms of cfg, reusing the runtime of
+// each room whose name, epoch and opening are unchanged. It starts no
+// ticker and changes no running room; commit the plan to put it in force.
+func (p *Proxy) prepareRooms(cfg *config.Edge) (*roomPlan, error) {
 	p.roomsMu.Lock()
-	defer p.roomsMu.Unlock()
+	running := maps.Clone(p.rooms)
+	p.roomsMu.Unlock()
 	now := p.clock.NowMs()
-	next := map[string]*roomRuntime{}
-	var out []*roomState
-	var created []*roomRuntime
-	ok := false
-	defer func() {
-		if ok {
-			return
-		}
-		for _, rt := range created { // a failed reload leaves no ticker behind
-			if rt.stop != nil {
-				rt.stop()
-			}
-		}
-	}()
+	plan := &roomPlan{next: map[string]*roomRuntime{}, rates: map[*roomRuntime]float64{}}
 	for _, wc := range cfg.WaitingRooms {
 		opens := int64(math.MinInt64 / 2)
 		if t := wc.OpensAtTime(); !t.IsZero() {
@@ -130,7 +139,7 @@ func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
 		if err != nil {
 			return nil, err
 		}
-		rt := p.rooms[wc.Name]
+		rt := running[wc.Name]
 		if rt == nil || rt.epoch != wc.Epoch || rt.opens != opens {
 			gate, err := waitroom.NewGate(waitroom.GateConfig{
 				Room: wc.Name, Epoch: wc.Epoch, OpensAtMs: opens, Rate: wc.AdmitPerSecond,
@@ -144,42 +153,65 @@ func (p *Proxy) buildRooms(cfg *config.Edge) ([]*roomState, error) {
 			}
 			rt = &roomRuntime{name: wc.Name, epoch: wc.Epoch, opens: opens, gate: gate, configRate: wc.AdmitPerSecond, lastTickMs: now}
 			rt.lastPassed = gate.Passed()
-			p.startTicker(rt)
-			created = append(created, rt)
-			if err := p.coordinate(rt); err != nil {
+			if err := p.loadControl(rt); err != nil {
 				return nil, err
 			}
+			if err := p.coordinator(rt); err != nil {
+				return nil, err
+			}
+			plan.created = append(plan.created, rt)
 		} else if rt.configRate != wc.AdmitPerSecond {
-			if err := rt.gate.SetRate(wc.AdmitPerSecond); err != nil {
-				return nil, err
+			if r := wc.AdmitPerSecond; !(r > 0) || math.IsInf(r, 0) {
+				return nil, fmt.Errorf("waiting room %s: admit_per_second %v: want a positive number of visitors a second", wc.Name, r)
 			}
-			rt.configRate = wc.AdmitPerSecond
+			plan.rates[rt] = wc.AdmitPerSecond
 		}
-		next[wc.Name] = rt
-		out = append(out, &roomState{cfg: wc, room: room, rt: rt, cookie: cookiePrefix + wc.Name,
+		plan.next[wc.Name] = rt
+		plan.rooms = append(plan.rooms, &roomState{cfg: wc, room: room, rt: rt, cookie: cookiePrefix + wc.Name,
 			refresh: int64(wc.Refresh.D() / time.Second), maxAge: strconv.FormatInt(int64(placeLifetime/time.Second), 10),
 			session: wc.Session.D(), patterns: wc.Patterns()})
 	}
+	return plan, nil
+}
+
+// commit puts the plan in force: the kept rooms take their new rates, the
+// new rooms start ticking and the rooms the config dropped stop. Reloads
+// are serialised by the caller; roomsMu guards p.rooms against Close.
+func (plan *roomPlan) commit(p *Proxy) []*roomState {
+	p.roomsMu.Lock()
+	defer p.roomsMu.Unlock()
+	for rt, r := range plan.rates {
+		if err := rt.gate.SetRate(r); err != nil { // checked by prepareRooms
+			p.log.Error("waiting room: a rate checked before commit was refused", "room", rt.name, "error", err.Error())
+			continue
+		}
+		rt.configRate = r
+	}
+	for _, rt := range plan.created {
+		p.startTicker(rt)
+		p.startCoordinator(rt)
+	}
 	for name, rt := range p.rooms {
-		if next[name] != rt && rt.stop != nil {
+		if plan.next[name] != rt && rt.stop != nil {
 			rt.stop()
 		}
 	}
-	p.rooms = next
-	ok = true
-	return out, nil
+	p.rooms = plan.next
+	return plan.rooms
 }
 
 // startTicker advances rt's gate every p.tickEvery until the room is
 // dropped or the proxy closes. With tickEvery zero (tests) nothing ticks
-// but tickRooms.
+// but tickRooms. The caller holds roomsMu.
 func (p *Proxy) startTicker(rt *roomRuntime) {
-	if p.tickEvery <= 0 {
+	if p.tickEvery <= 0 || p.bg.Err() != nil {
 		return
 	}
 	ctx, cancel := context.WithCancel(p.bg)
 	rt.stop = cancel
+	p.tickers.Add(1)
 	go func() {
+		defer p.tickers.Done()
 		defer func() {
 			if r := recover(); r != nil {
 				p.log.Error("waiting room ticker panicked; the room's queue no longer advances", "room", rt.name, "panic", fmt.Sprint(r))
@@ -205,8 +237,9 @@ func (p *Proxy) tickRooms() {
 	}
 }
 
-// tickRoom advances rt's watermark unless the room is paused or closed,
-// and updates the measured admission rate.
+// tickRoom advances rt's watermark unless the room is paused or closed
+// or coordinated (its leader, or its Coordinator alone, moves it:
+// waitroom_consul.go), and updates the measured admission rate.
 func (p *Proxy) tickRoom(rt *roomRuntime) {
 	now := p.clock.NowMs()
 	if rt.status.Load() == roomOpen && rt.coord == nil {
@@ -215,6 +248,8 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 		} else if err == nil {
 			rt.lastErr.Store(false)
 		}
+	} else if rt.coord == nil {
+		rt.gate.Hold(now)
 	}
 	dt := now - rt.lastTickMs
 	if dt <= 0 {
@@ -233,6 +268,42 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 	rt.ewma.Store(math.Float64bits(old + alpha*(inst-old)))
 }
 
+// controlKey names rt's control in the store: its room and epoch, as
+// its history.
+func (rt *roomRuntime) controlKey() string { return fmt.Sprintf("%s/%d", rt.name, rt.epoch) }
+
+// loadControl applies to a new runtime what the admin API last set on its
+// room and epoch: its status, and its rate unless the config's
+// admit_per_second changed since.
+func (p *Proxy) loadControl(rt *roomRuntime) error {
+	c, ok, err := p.roomStore.LoadControl(rt.controlKey())
+	if err != nil || !ok {
+		return err
+	}
+	for i, name := range roomStatusNames {
+		if name == c.Status {
+			rt.status.Store(int32(i))
+		}
+	}
+	if c.Rate > 0 && c.ConfigRate == rt.configRate {
+		if err := rt.gate.SetRate(c.Rate); err != nil {
+			return err
+		}
+	}
+	p.log.Info("waiting room: the admin API's last change kept", "room", rt.name, "status", c.Status, "admit_per_second", rt.gate.Rate())
+	return nil
+}
+
+// saveControl records rt's status and admin rate, so a restart keeps
+// them.
+func (p *Proxy) saveControl(rt *roomRuntime) error {
+	c := waitroom.Control{Status: roomStatusNames[rt.status.Load()], ConfigRate: rt.configRate}
+	if r := rt.gate.Rate(); r != rt.configRate {
+		c.Rate = r
+	}
+	return p.roomStore.SaveControl(rt.controlKey(), c)
+}
+
 // measuredRate is the EWMA of places admitted a second, or the configured
 // rate while there is no measure (at start, or paused).
 func (rt *roomRuntime) measuredRate() float64 {
@@ -242,28 +313,36 @@ func (rt *roomRuntime) measuredRate() float64 {
 	return rt.gate.Rate()
 }
 
-// activate takes a place inside the room for an admission ending at
-// expMs, unless max (> 0) are inside already.
-func (rt *roomRuntime) activate(max int, nowMs, expMs int64) bool {
-	if max <= 0 {
-		return true
-	}
+// minPrune is the size of a room's active map below which it is not
+// pruned unless max_active is reached.
+const minPrune = 1024
+
+// activate takes a place inside the room for idh's admission ending at
+// expMs, unless limit (> 0) are inside already. An identity already inside
+// keeps its admission: activate returns its expiry and fresh false, and
+// takes no second place.
+func (rt *roomRuntime) activate(idh [16]byte, limit int, nowMs, expMs int64) (exp int64, fresh, ok bool) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if len(rt.active) >= max {
-		live := rt.active[:0]
-		for _, e := range rt.active {
-			if e > nowMs {
-				live = append(live, e)
+	if e, in := rt.active[idh]; in && e > nowMs {
+		return e, false, true
+	}
+	if limit > 0 && len(rt.active) >= limit || len(rt.active) >= max(rt.pruneAt, minPrune) {
+		for k, e := range rt.active {
+			if e <= nowMs {
+				delete(rt.active, k)
 			}
 		}
-		rt.active = live
-		if len(live) >= max {
-			return false
+		rt.pruneAt = 2 * len(rt.active)
+		if limit > 0 && len(rt.active) >= limit {
+			return 0, false, false
 		}
 	}
-	rt.active = append(rt.active, expMs)
-	return true
+	if rt.active == nil {
+		rt.active = map[[16]byte]int64{}
+	}
+	rt.active[idh] = expMs
+	return expMs, true, true
 }
 
 // inside is how many admissions are still inside the room.
@@ -294,35 +373,33 @@ func (st *state) matchRoom(path []byte) *roomState {
 // client is the request's client address: the socket peer, or for a
 // trusted peer the right-most untrusted X-Forwarded-For address.
 func (x *exchange) client() netip.Addr {
-	if x.trusted {
-		return ratelimit.ClientIPFields(x.peer, x.ctx.Request.Header.PeekAll(strXFFKey), x.st.trusted)
+	if !x.clientSet {
+		x.clientAddr, x.clientSet = x.peer, true
+		if x.trusted {
+			x.clientAddr = ratelimit.ClientIPFields(x.peer, x.ctx.Request.Header.PeekAll(strXFFKey), x.st.trusted)
+		}
 	}
-	return x.peer
+	return x.clientAddr
 }
 
-// appendIdentity appends the request's identity in a room: the rate
-// limiter's client key in a form that is the same in every process (the
-// limiter's own header keys are seeded per process), so a restarted edge
-// keeps everybody's place: 0xff and the header's value when the route's
-// policy keys on a header the request carries, else the address, IPv6
-// masked to the policy's prefix, as 16 bytes (never beginning 0xff: that
-// is IPv6 multicast, never a client).
+// identityIPv6Prefix is the prefix an IPv6 client is known by in a
+// waiting room: a /64 is one subscriber's (RFC 6177), and privacy
+// addresses (RFC 8981) change inside it, so one phone or household holds
+// one place however many addresses it takes.
+const identityIPv6Prefix = 64
+
+// appendIdentity appends the request's identity in a waiting room: the
+// client address (the socket peer, or for a trusted peer the right-most
+// untrusted X-Forwarded-For address), IPv6 masked to /64, as 16 bytes.
+// It is the same in every process, so a restarted edge keeps everybody's
+// place, and the same on every route of a room, so the HTML and API
+// paths agree. It never depends on a header the client chooses: keyed
+// on one (a rate limit policy's header), one address could take a place
+// per value (review 18, 9).
 func (x *exchange) appendIdentity(dst []byte) []byte {
-	v6 := ratelimit.DefaultIPv6Prefix
-	if lim := x.p.limits.Limiter(x.route.policy); lim != nil {
-		pol := lim.Policy()
-		if pol.Header != "" {
-			if hv := x.ctx.Request.Header.Peek(pol.Header); len(hv) > 0 {
-				return append(append(dst, 0xff), hv...)
-			}
-		}
-		if pol.IPv6Prefix > 0 {
-			v6 = pol.IPv6Prefix
-		}
-	}
 	a := x.client().Unmap()
 	if a.Is6() {
-		a = netip.PrefixFrom(a, v6).Masked().Addr()
+		a = netip.PrefixFrom(a, identityIPv6Prefix).Masked().Addr()
 	}
 	b := a.As16()
 	return append(dst, b[:]...)
@@ -343,16 +420,21 @@ func presentedToken(ctx *fasthttp.RequestCtx, rs *roomState) []byte {
 // finishes the exchange.
 func (x *exchange) waitingRoom(path []byte) bool {
 	rs := x.st.matchRoom(path)
-	if rs == nil {
+	if rs == nil || x.method == methodOPTIONS {
+		// A CORS preflight carries no cookie and no token (Fetch
+		// standard, CORS-preflight request): answering it 429 would fail
+		// the real request before it is sent, queue or not.
 		return true
 	}
 	p, ctx, rt := x.p, x.ctx, rs.rt
 	now := p.clock.NowMs()
-	var idBuf [80]byte
+	var idBuf [16]byte
 	identity := x.appendIdentity(idBuf[:0])
+	idh := rs.room.IdentityHash(identity) // once a request: each is an HMAC
 	status := rt.status.Load()
+	presented := presentedToken(ctx, rs)
 
-	tok, reason := rs.room.Verify(presentedToken(ctx, rs), identity, now)
+	tok, reason := rs.room.VerifyHash(presented, idh, now)
 	if reason == waitroom.Valid && tok.Kind == waitroom.KindAdmission {
 		return true // inside: the session it was given has not run out
 	}
@@ -367,60 +449,82 @@ func (x *exchange) waitingRoom(path []byte) bool {
 		s, _ := rt.gate.Check(place)
 		if s == waitroom.Spent {
 			p.metrics.roomRefused(rs.cfg.Name, "spent")
-			place = rt.gate.Join(tok.IDH, rs.room.PlaceFor(identity, now))
+			place = rt.gate.Join(idh, rs.room.PlaceForHash(identity, idh, now))
 			break
 		}
 		if s == waitroom.Admitted && status == roomOpen {
-			exp := now + rs.session.Milliseconds()
-			if rt.activate(rs.cfg.MaxActive, now, exp) {
-				x.admit(rs, tok, now, exp)
+			if exp, fresh, ok := rt.activate(tok.IDH, rs.cfg.MaxActive, now, now+rs.session.Milliseconds()); ok {
+				x.admit(rs, tok, now, exp, fresh)
 				return true
 			}
 		}
 		// Waiting (or admitted while the room is paused or full): after a
 		// restart the gate has lost its count of this place; Join counts
 		// it once again.
-		place = rt.gate.Join(tok.IDH, place)
+		place = rt.gate.Join(idh, place)
 	default:
 		// No token, or one refused: a new arrival, placed by its identity
 		// and now, never by anything in the refused token. Having no
 		// token at all is no refusal.
-		if len(presentedToken(ctx, rs)) > 0 {
+		if len(presented) > 0 {
 			p.metrics.roomRefused(rs.cfg.Name, reason.String())
 		}
-		place = rt.gate.Join(rs.room.IdentityHash(identity), rs.room.PlaceFor(identity, now))
+		place = rt.gate.Join(idh, rs.room.PlaceForHash(identity, idh, now))
 	}
-	x.waitPage(rs, identity, place, now, status)
+	x.waitPage(rs, idh, place, now, status)
 	return false
 }
 
+// stripRoomTokens removes the rooms' cookies and token header from a
+// request that goes on to the origin: they are the edge's, and an origin
+// that logged or echoed them would hand out a visitor's admission.
+func (x *exchange) stripRoomTokens() {
+	h := &x.ctx.Request.Header
+	h.Del(waitRoomHeader)
+	if len(h.Peek(fasthttp.HeaderCookie)) == 0 {
+		return
+	}
+	for _, rs := range x.st.rooms {
+		h.DelCookie(rs.cookie)
+	}
+}
+
 // admit exchanges the place token tok for an admission token, which the
-// response carries, and counts the admission.
-func (x *exchange) admit(rs *roomState, tok waitroom.Token, now, exp int64) {
+// response carries, and counts the admission when it is fresh (not the
+// same identity's admission given again).
+func (x *exchange) admit(rs *roomState, tok waitroom.Token, now, exp int64, fresh bool) {
 	p := x.p
 	adm := waitroom.Token{Kind: waitroom.KindAdmission, IDH: tok.IDH, Place: tok.Place, AdmittedMs: now, ExpMs: exp}
 	// The request goes on to the origin with the admission: finish sets
 	// the cookie on whatever it answers (forwarding replaces the response).
 	rs.room.AppendToken(x.admitTok[:0], adm)
 	x.admitRoom = rs
+	if !fresh {
+		return
+	}
 	p.metrics.roomAdmitted(rs.cfg.Name, float64(max(now-tok.Place.Ms, 0))/1000)
 }
 
-// setRoomToken sets the room's cookie and header to tok.
-func setRoomToken(resp *fasthttp.Response, rs *roomState, tok []byte, maxAge int64) {
+// setRoomToken sets the room's cookie and header to tok. The cookie is
+// Secure when the client came over TLS: to the edge itself, or to a
+// trusted proxy in front that says so in X-Forwarded-Proto.
+func (x *exchange) setRoomToken(rs *roomState, tok []byte, maxAge int64) {
+	resp := &x.ctx.Response
 	c := fasthttp.AcquireCookie()
 	defer fasthttp.ReleaseCookie(c)
 	c.SetKey(rs.cookie)
 	c.SetValueBytes(tok)
 	c.SetPath("/")
 	c.SetHTTPOnly(true)
+	c.SetSecure(x.ctx.IsTLS() || x.trusted && bytes.EqualFold(x.ctx.Request.Header.PeekBytes(strXForwardedProto), strHTTPS))
 	c.SetSameSite(fasthttp.CookieSameSiteLaxMode)
 	c.SetMaxAge(int(maxAge))
 	resp.Header.SetCookie(c)
 	resp.Header.SetBytesV(waitRoomHeader, tok)
 }
 
-// waitInfo is what a waiting visitor is told, on the page and as JSON.
+// waitInfo is what a waiting visitor is told, on the page and as JSON
+// (appendWaitJSON writes it by hand, in this order).
 type waitInfo struct {
 	Room                 string `json:"room"`
 	Status               string `json:"status"` // waiting, paused, sold_out
@@ -430,11 +534,16 @@ type waitInfo struct {
 	RefreshSeconds       int64  `json:"refresh_seconds"`
 }
 
+// pageBufs are the buffers waiting pages and their JSON are written in:
+// a page a refresh interval for every waiting visitor is the room's
+// hot path (review 18, 5).
+var pageBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
 // waitPage answers a waiting visitor: a page in the site's frame that
 // reloads itself every refresh interval (no JavaScript), or for an API
 // client 429 with JSON and Retry-After, so that a POST never looks like
 // success. Either way the response carries the visitor's place token.
-func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place, now int64, status int32) {
+func (x *exchange) waitPage(rs *roomState, idh [16]byte, place waitroom.Place, now int64, status int32) {
 	ctx, rt := x.ctx, rs.rt
 	ahead := int64(math.Floor(rt.gate.Ahead(place)))
 	info := waitInfo{Room: rs.cfg.Name, Status: "waiting", Position: ahead + 1, Ahead: ahead, RefreshSeconds: rs.refresh}
@@ -442,31 +551,26 @@ func (x *exchange) waitPage(rs *roomState, identity []byte, place waitroom.Place
 		info.Status = "paused"
 	}
 	info.EstimatedWaitSeconds = int64(math.Ceil(float64(ahead+1) / rt.measuredRate()))
-	if wait := place.Ms + waitroom.DefaultSettleMs - now; wait > 0 {
+	if wait := place.Ms + rt.gate.SettleMs() - now; wait > 0 {
 		// A place is not passed before the settle time, however short
 		// the queue.
 		info.EstimatedWaitSeconds = max(info.EstimatedWaitSeconds, (wait+999)/1000)
 	}
-	t := waitroom.Token{Kind: waitroom.KindPlace, IDH: rs.room.IdentityHash(identity), Place: place, ExpMs: now + placeLifetime.Milliseconds()}
+	t := waitroom.Token{Kind: waitroom.KindPlace, IDH: idh, Place: place, ExpMs: now + placeLifetime.Milliseconds()}
 	var buf [waitroom.TokenLen]byte
 	enc := rs.room.AppendToken(buf[:0], t)
 	ctx.Response.Reset()
-	setRoomToken(&ctx.Response, rs, enc, int64(placeLifetime/time.Second))
+	x.setRoomToken(rs, enc, int64(placeLifetime/time.Second))
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.Response.Header.SetBytesV("X-Request-ID", x.id())
 	if wantsJSON(ctx) {
 		ctx.SetStatusCode(fasthttp.StatusTooManyRequests)
-		ctx.Response.Header.Set("Retry-After", strconv.FormatInt(rs.refresh, 10))
-		writeJSON(ctx, info)
+		var ra [20]byte
+		ctx.Response.Header.SetBytesV("Retry-After", strconv.AppendInt(ra[:0], rs.refresh, 10))
 	} else {
 		ctx.SetStatusCode(fasthttp.StatusOK)
-		ctx.SetContentType("text/html; charset=utf-8")
-		var b bytes.Buffer
-		if err := waitingTemplate.Execute(&b, info); err != nil {
-			panic(err) // the template and its data are the edge's own: a bug
-		}
-		ctx.Response.SetBodyRaw(b.Bytes())
 	}
+	writeWaitInfo(ctx, &info)
 	x.finish(time.Now())
 }
 
@@ -477,20 +581,104 @@ func (x *exchange) soldOut(rs *roomState) {
 	ctx.SetStatusCode(fasthttp.StatusConflict)
 	ctx.Response.Header.Set("Cache-Control", "no-store")
 	ctx.Response.Header.SetBytesV("X-Request-ID", x.id())
-	info := waitInfo{Room: rs.cfg.Name, Status: "sold_out"}
-	if wantsJSON(ctx) {
-		writeJSON(ctx, info)
-	} else {
-		ctx.SetContentType("text/html; charset=utf-8")
-		var b bytes.Buffer
-		if err := waitingTemplate.Execute(&b, info); err != nil {
-			panic(err)
-		}
-		ctx.Response.SetBodyRaw(b.Bytes())
-	}
+	writeWaitInfo(ctx, &waitInfo{Room: rs.cfg.Name, Status: "sold_out"})
 	x.finish(time.Now())
 }
 
+// writeWaitInfo writes info as the response's body: JSON for an API
+// client, else the page.
+func writeWaitInfo(ctx *fasthttp.RequestCtx, info *waitInfo) {
+	bp := pageBufs.Get().(*[]byte)
+	if wantsJSON(ctx) {
+		ctx.SetContentType("application/json")
+		*bp = appendWaitJSON((*bp)[:0], info)
+	} else {
+		ctx.SetContentType("text/html; charset=utf-8")
+		*bp = appendWaitingPage((*bp)[:0], info)
+	}
+	ctx.Response.SetBody(*bp) // a copy: the buffer goes back to the pool
+	pageBufs.Put(bp)
+}
+
+// appendWaitJSON appends info as JSON, as encoding/json writes it. Its
+// strings need no escaping: the room's name is 1 to 64 of [A-Za-z0-9_-]
+// (config refuses any other) and the status is one of the edge's own.
+func appendWaitJSON(b []byte, info *waitInfo) []byte {
+	b = append(b, `{"room":"`...)
+	b = append(b, info.Room...)
+	b = append(b, `","status":"`...)
+	b = append(b, info.Status...)
+	b = append(b, `","position":`...)
+	b = strconv.AppendInt(b, info.Position, 10)
+	b = append(b, `,"ahead":`...)
+	b = strconv.AppendInt(b, info.Ahead, 10)
+	b = append(b, `,"estimated_wait_seconds":`...)
+	b = strconv.AppendInt(b, info.EstimatedWaitSeconds, 10)
+	b = append(b, `,"refresh_seconds":`...)
+	b = strconv.AppendInt(b, info.RefreshSeconds, 10)
+	return append(b, "}\n"...)
+}
+
+// The waiting and sold-out page, in the frame of the edge's other pages
+// (errors.go) and with the origin's card class. The refresh is a meta
+// tag: it works without JavaScript. It is written from these pieces by
+// appendWaitingPage; what goes between them are numbers and the room's
+// name, which needs no HTML escaping ([A-Za-z0-9_-] only).
+const (
+	pageHead  = `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">`
+	pageStyle = ` · Podium</title>
+<style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}.card{border:1px solid #d8dce6;border-radius:.5rem;padding:1rem 1.5rem}.big{font-size:2.2rem;font-weight:700;margin:.2rem 0}p.note{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head>
+<body><header>Podium · Paris 2024 tickets</header><main>`
+	pageSoldOut = `
+<h1>Sold out</h1><p class="error">Every ticket for this sale has been sold; the queue is closed.</p><p><a href="/games">Back to the games</a></p>`
+	pageQueued = `
+<h1>You are in the queue</h1>
+<div class="card" role="status">
+<p>Your position</p><p class="big" id="position">`
+	pageTail = `
+</main></body></html>
+`
+)
+
+// appendWaitingPage appends the page telling info.
+func appendWaitingPage(b []byte, info *waitInfo) []byte {
+	b = append(b, pageHead...)
+	if info.Status == "sold_out" {
+		b = append(b, "\n<title>Sold out"...)
+		b = append(b, pageStyle...)
+		b = append(b, pageSoldOut...)
+		return append(b, pageTail...)
+	}
+	b = append(b, `<meta http-equiv="refresh" content="`...)
+	b = strconv.AppendInt(b, info.RefreshSeconds, 10)
+	b = append(b, "\">\n<title>You are in the queue"...)
+	b = append(b, pageStyle...)
+	b = append(b, pageQueued...)
+	b = strconv.AppendInt(b, info.Position, 10)
+	b = append(b, `</p>
+<p><span id="ahead">`...)
+	b = strconv.AppendInt(b, info.Ahead, 10)
+	if info.Ahead == 1 {
+		b = append(b, "</span> person is ahead of you."...)
+	} else {
+		b = append(b, "</span> people are ahead of you."...)
+	}
+	if info.Status == "paused" {
+		b = append(b, " The sale is paused for a moment; your place is kept."...)
+	} else {
+		b = append(b, ` Estimated wait: <span id="wait">`...)
+		b = strconv.AppendInt(b, info.EstimatedWaitSeconds, 10)
+		b = append(b, "</span> s."...)
+	}
+	b = append(b, "</p>\n</div>\n<p>This page refreshes itself every "...)
+	b = strconv.AppendInt(b, info.RefreshSeconds, 10)
+	b = append(b, " seconds. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>\n<p class=\"note\">Queue "...)
+	b = append(b, info.Room...)
+	b = append(b, "</p>"...)
+	return append(b, pageTail...)
+}
+
+// writeJSON writes v as the JSON body: the admin API's answers.
 func writeJSON(ctx *fasthttp.RequestCtx, v any) {
 	ctx.SetContentType("application/json")
 	b, err := json.Marshal(v)
@@ -499,29 +687,6 @@ func writeJSON(ctx *fasthttp.RequestCtx, v any) {
 	}
 	ctx.Response.SetBodyRaw(append(b, '\n'))
 }
-
-// waitingTemplate is the waiting and sold-out page, in the frame of the
-// edge's other pages (errors.go) and with the origin's card class. The
-// refresh is a meta tag: it works without JavaScript.
-var waitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-{{- if ne .Status "sold_out"}}<meta http-equiv="refresh" content="{{.RefreshSeconds}}">{{end}}
-<title>{{if eq .Status "sold_out"}}Sold out{{else}}You are in the queue{{end}} · Podium</title>
-<style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}.card{border:1px solid #d8dce6;border-radius:.5rem;padding:1rem 1.5rem}.big{font-size:2.2rem;font-weight:700;margin:.2rem 0}p.note{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head>
-<body><header>Podium · Paris 2024 tickets</header><main>
-{{- if eq .Status "sold_out"}}
-<h1>Sold out</h1><p class="error">Every ticket for this sale has been sold; the queue is closed.</p><p><a href="/games">Back to the games</a></p>
-{{- else}}
-<h1>You are in the queue</h1>
-<div class="card" role="status">
-<p>Your position</p><p class="big" id="position">{{.Position}}</p>
-<p><span id="ahead">{{.Ahead}}</span> {{if eq .Ahead 1}}person is{{else}}people are{{end}} ahead of you.
-{{- if eq .Status "paused"}} The sale is paused for a moment; your place is kept.{{else}} Estimated wait: <span id="wait">{{.EstimatedWaitSeconds}}</span> s.{{end}}</p>
-</div>
-<p>This page refreshes itself every {{.RefreshSeconds}} seconds. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>
-<p class="note">Queue {{.Room}}</p>
-{{- end}}
-</main></body></html>
-`))
 
 // roomView is one room in GET /rooms.
 type roomView struct {

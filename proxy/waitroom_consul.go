@@ -58,11 +58,11 @@ func (p *Proxy) gateStore() waitroom.Store {
 	return p.roomStore
 }
 
-// coordinate runs a Coordinator for rt's gate when the rooms are
-// coordinated through Consul, until rt is stopped. Its leader advances
-// the shared watermark, so the room's own ticker leaves the gate alone
-// (tickRoom).
-func (p *Proxy) coordinate(rt *roomRuntime) error {
+// coordinator gives rt's gate a Coordinator when the rooms are
+// coordinated through Consul; startCoordinator runs it. Its leader
+// advances the shared watermark, so the room's own ticker leaves the
+// gate alone (tickRoom).
+func (p *Proxy) coordinator(rt *roomRuntime) error {
 	if p.roomConsul == nil {
 		return nil
 	}
@@ -73,6 +73,17 @@ func (p *Proxy) coordinate(rt *roomRuntime) error {
 		return err
 	}
 	rt.coord = c
+	return nil
+}
+
+// startCoordinator runs rt's Coordinator, if any, until rt is stopped or
+// the proxy closes. Close does not wait for it: it touches no file (its
+// gate's store is Consul's), and it marks this edge's key closed on the
+// way out. The caller holds roomsMu.
+func (p *Proxy) startCoordinator(rt *roomRuntime) {
+	if rt.coord == nil || p.bg.Err() != nil {
+		return
+	}
 	ctx, cancel := context.WithCancel(p.bg)
 	prev := rt.stop
 	rt.stop = func() {
@@ -81,6 +92,5 @@ func (p *Proxy) coordinate(rt *roomRuntime) error {
 			prev()
 		}
 	}
-	go c.Run(ctx) // recovers its own loops' panics
-	return nil
+	go rt.coord.Run(ctx) // recovers its own loops' panics
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -224,17 +226,25 @@ func TestWaitingRoomTokens(t *testing.T) {
 	clock.ms.Add(10)
 	b := e.visit(t, "GET", "/games/1/buy", "198.51.100.2", "", false).token
 	e.advance(5_000) // both admitted now
-	// The attacker arrives late and tries A's token, a forged one, and a
-	// tampered one.
-	forged := []byte(a)
-	forged[40] ^= 1
-	if forged[40] == '-' || forged[40] == '_' {
-		forged[40] = 'A'
+	// The attacker arrives late and tries A's token, a forged one (a MAC
+	// byte changed), a tampered one (a place byte changed, moving it
+	// ahead) and a malformed one. Each is changed in its decoded bytes
+	// and encoded again: flipping a bit of a base64 character can make it
+	// invalid base64, which is refused as malformed, not as forged.
+	raw, err := base64.RawURLEncoding.DecodeString(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := func(i int) string {
+		b := slices.Clone(raw)
+		b[i] ^= 0x40
+		return base64.RawURLEncoding.EncodeToString(b)
 	}
 	for _, tc := range []struct{ name, token, reason string }{
 		{"copied", a, "copied"},
-		{"forged", string(forged), "bad_mac"},
-		{"tampered", a[:len(a)-2] + "!!", "malformed"},
+		{"forged", edit(len(raw) - 1), "bad_mac"},
+		{"tampered", edit(len(raw) / 2), "bad_mac"},
+		{"malformed", a[:len(a)-2] + "!!", "malformed"},
 	} {
 		before := e.refused(tc.reason)
 		v := e.visit(t, "POST", "/api/games/1/buy", "198.51.100.66", tc.token, true)

@@ -269,12 +269,25 @@ func (g *Gate) Check(p Place) (s Status, passedMs int64) {
 // place is returned and nothing is counted, so 100 tabs, or a visitor who
 // drops the token to fetch a new one, hold one place. Otherwise p is
 // counted (unless the watermark has passed it already) and returned.
+//
+// When p is earlier than the place remembered for idh, p wins and the
+// count moves to it: after a restart (nothing remembered) a request of
+// the same identity without its token (a NAT neighbour, an API call
+// without the header) can come first and be counted at "now"; the token
+// holder's next refresh must keep its own, earlier place (review 18, 7).
 func (g *Gate) Join(idh [16]byte, p Place) Place {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if q, ok := g.seen[idh]; ok {
 		if !q.Before(g.w) {
-			return q
+			if !p.Before(q) {
+				return q
+			}
+			if n := g.counts[q.Ms]; n > 1 {
+				g.counts[q.Ms] = n - 1
+			} else {
+				delete(g.counts, q.Ms)
+			}
 		}
 		delete(g.seen, idh)
 	}
@@ -355,3 +368,19 @@ func (g *Gate) SetRate(r float64) error {
 	g.cfg.Rate = r
 	return nil
 }
+
+// Hold keeps the watermark where it is at nowMs, for a room that is
+// paused or closed: the time held earns no budget, so the first Tick
+// after a resume admits Rate places a second from then on, not the
+// whole backlog of the pause at once (review 18, 2).
+func (g *Gate) Hold(nowMs int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if nowMs > g.lastTick {
+		g.lastTick = nowMs
+	}
+	g.carry = 0
+}
+
+// SettleMs is how far the watermark stays behind the clock.
+func (g *Gate) SettleMs() int64 { return g.cfg.SettleMs }

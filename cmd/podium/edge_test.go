@@ -197,9 +197,10 @@ func TestEdgeCheck(t *testing.T) {
 	// from anywhere; a broken key file names itself and its line.
 	keys := "id " + strings.Repeat("01", 32) + "\nsign 1 " + strings.Repeat("02", 32) + "\n"
 	os.WriteFile(filepath.Join(dir, "final.keys"), []byte(keys), 0o600)
-	os.WriteFile(path, []byte("waiting_rooms:\n  - {name: final, paths: [/api/games/*/buy], admit_per_second: 50, key_file: final.keys}\n"), 0o644)
+	os.WriteFile(path, []byte("waiting_rooms:\n  - {name: final, paths: [/api/games/*/buy], admit_per_second: 50, key_file: final.keys}\nwaiting_room_state_dir: state\n"), 0o644)
 	out, err = exec.Command(bin, "edge", "-check", "-config", path).Output()
-	if err != nil || !strings.Contains(string(out), "key_file: "+filepath.Join(dir, "final.keys")) || !strings.Contains(string(out), "refresh: 5s") {
+	if err != nil || !strings.Contains(string(out), "key_file: "+filepath.Join(dir, "final.keys")) || !strings.Contains(string(out), "refresh: 5s") ||
+		!strings.Contains(string(out), "waiting_room_state_dir: "+filepath.Join(dir, "state")) {
 		t.Fatalf("-check on a waiting room: err %v, want the key file's path and the defaults in:\n%s", err, out)
 	}
 	elsewhere := filepath.Join(t.TempDir(), "effective.yaml")

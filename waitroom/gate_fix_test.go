@@ -1,0 +1,63 @@
+package waitroom
+
+import "testing"
+
+// TestGateHoldNoBurstOnResume: a gate held (its room paused) for ten
+// minutes admits no more than Rate × dt in the first Tick after, not the
+// pause's budget at once (rate 10/s, 1000 waiting: 980 in one Tick
+// without Hold).
+func TestGateHoldNoBurstOnResume(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	c := newFakeClock(t0)
+	g := mustGate(t, GateConfig{Room: "r", Rate: 10}, c, &MemStore{})
+	for i := range 1000 {
+		g.Arrive(Place{Ms: t0 + int64(i%1000), TB: uint64(i) << 40})
+	}
+	tickTo(t, g, c, t0+5_000, 50)
+	before := g.Passed()
+	// Paused for ten minutes: the ticker holds the gate instead of ticking.
+	for c.NowMs() < t0+5_000+10*60_000 {
+		c.ms.Add(50)
+		g.Hold(c.NowMs())
+	}
+	c.ms.Add(100)
+	if err := g.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	if got, limit := g.Passed()-before, 10*0.1+1; got > limit {
+		t.Errorf("first Tick 100 ms after a 10 min hold passed %.1f places, want at most %.1f (rate × dt)", got, limit)
+	}
+	if g.Queued() < 900 {
+		t.Errorf("queue %.0f after the resume, want most of 1000 still waiting", g.Queued())
+	}
+}
+
+// TestGateJoinKeepsEarlierPlace: after a restart, a token-less request of
+// an identity is counted at "now"; the identity's token, showing an
+// earlier place, then gets that earlier place back, and the count moves
+// with it (one place queued, none ahead of it).
+func TestGateJoinKeepsEarlierPlace(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	c := newFakeClock(t0 + 60_000)
+	g := mustGate(t, GateConfig{Room: "r", Rate: 10, OpensAtMs: t0 - 1}, c, &MemStore{})
+	idh := [16]byte{1}
+	own := Place{Ms: t0, TB: 5}            // the token's place, from before the restart
+	now := Place{Ms: t0 + 60_000, TB: 9}   // a token-less request's
+	other := Place{Ms: t0 + 30_000, TB: 1} // another visitor, between the two
+	g.Join([16]byte{2}, other)
+	if got := g.Join(idh, now); got != now {
+		t.Fatalf("first Join = %v, want %v", got, now)
+	}
+	if got := g.Join(idh, own); got != own {
+		t.Errorf("Join with the earlier place = %v, want %v back", got, own)
+	}
+	if got := g.Join(idh, now); got != own {
+		t.Errorf("a later token-less Join = %v, want the earlier place %v", got, own)
+	}
+	if q := g.Queued(); q != 2 {
+		t.Errorf("queue %v, want 2 (the count moved, not added)", q)
+	}
+	if a := g.Ahead(other); a != 1 {
+		t.Errorf("ahead of the other visitor %v, want 1 (the identity's earlier place)", a)
+	}
+}
