@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -25,19 +27,7 @@ func TestWaitingRoomConsul(t *testing.T) {
 	dir := t.TempDir()
 	keys := writeRoomKeys(t, dir)
 	up := newUpstream(t)
-	start := func(id string) *roomEdge {
-		build := func(cfg *config.Edge, log *slog.Logger) (*Proxy, error) { return newProxy(cfg, log, clock, 0) }
-		e := startEdgeWith(t, nil, nil, nil, build, func(cfg *config.Edge) {
-			cfg.TrustedProxies = []string{"127.0.0.0/8"}
-			cfg.WaitingRoomStateDir = t.TempDir() // unused: the state is in Consul
-			cfg.Discovery.Consul = &config.Consul{Address: agent.Addr}
-			cfg.WaitingRoomStore = config.WaitingRoomStore{Consul: true, EdgeID: id}
-			cfg.WaitingRooms = []config.WaitingRoom{{Name: "final", Paths: []string{"/games/*/buy"},
-				AdmitPerSecond: 10, KeyFile: keys, Refresh: config.Duration(time.Second)}}
-		})
-		e.p.Pool().Update([]balancer.Config{{Addr: up.addr, Weight: 1}})
-		return &roomEdge{testEdge: e, up: up, clock: clock, dir: dir, keys: keys}
-	}
+	start := func(id string) *roomEdge { return startConsulRoomEdge(t, agent, clock, dir, keys, up, id) }
 	e1, e2 := start("edge-1"), start("edge-2")
 	a := e1.visit(t, "GET", "/games/1/buy", "203.0.113.1", "", false)
 	clock.ms.Add(1)
@@ -75,6 +65,79 @@ func TestWaitingRoomConsul(t *testing.T) {
 		if got := gaugeValue(t, e, "podium_edge_waitroom_coordination_up"); got != "1" {
 			t.Errorf("edge %d: coordination_up %s, want 1", i+1, got)
 		}
+	}
+}
+
+// startConsulRoomEdge starts an edge whose room "final" (10/s) is
+// coordinated through agent, as edge id.
+func startConsulRoomEdge(t *testing.T, agent *consultest.Agent, clock *roomClock, dir, keys string, up *testUpstream, id string) *roomEdge {
+	t.Helper()
+	build := func(cfg *config.Edge, log *slog.Logger) (*Proxy, error) { return newProxy(cfg, log, clock, 0) }
+	e := startEdgeWith(t, nil, nil, nil, build, func(cfg *config.Edge) {
+		cfg.TrustedProxies = []string{"127.0.0.0/8"}
+		cfg.WaitingRoomStateDir = t.TempDir() // the admin controls; the history is in Consul
+		cfg.Discovery.Consul = &config.Consul{Address: agent.Addr}
+		cfg.WaitingRoomStore = config.WaitingRoomStore{Consul: true, EdgeID: id}
+		cfg.WaitingRooms = []config.WaitingRoom{{Name: "final", Paths: []string{"/games/*/buy"},
+			AdmitPerSecond: 10, KeyFile: keys, Refresh: config.Duration(time.Second)}}
+	})
+	e.p.Pool().Update([]balancer.Config{{Addr: up.addr, Weight: 1}})
+	return &roomEdge{testEdge: e, up: up, clock: clock, dir: dir, keys: keys}
+}
+
+// TestWaitingRoomConsulAlone: with the agent stopped, an edge's room
+// admits alone at its share of the rate (10/s over two edges: 5/s),
+// while the edge's own ticker runs beside the coordinator (it must leave
+// a coordinated gate alone: holding it every tick would leave the
+// coordinator no budget).
+func TestWaitingRoomConsulAlone(t *testing.T) {
+	agent := consultest.Start(t)
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	keys := writeRoomKeys(t, dir)
+	up := newUpstream(t)
+	e1, e2 := startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-1"), startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-2")
+	rt1, rt2 := e1.p.state.Load().rooms[0].rt, e2.p.state.Load().rooms[0].rt
+	ctx := context.Background()
+	for _, rt := range []*roomRuntime{rt2, rt1} { // both publish: two edges share the rate
+		if err := rt.coord.Publish(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 60 {
+		e1.visit(t, "GET", "/games/1/buy", fmt.Sprintf("198.51.100.%d", i+1), "", false)
+	}
+	agent.Stop()
+	// Read once the agent is down: no later publish can change it, and
+	// the ones of the edges' own loops that started before edge-2's
+	// first are long over.
+	if n := rt1.coord.Edges(); n != 2 {
+		t.Fatalf("edges seen publishing: %d, want 2", n)
+	}
+	step := func() {
+		clock.ms.Add(200)
+		e1.p.tickRooms() // the edge's own ticker, four times a coordinator tick here
+		e1.p.tickRooms()
+		_ = rt1.coord.Tick(ctx)
+	}
+	for i := 0; rt1.coord.Up(); i++ {
+		if i > 50 {
+			t.Fatal("still following a leader 10 s into the outage")
+		}
+		step()
+	}
+	p0, t0 := rt1.gate.Passed(), clock.NowMs()
+	for range 25 {
+		step()
+	}
+	got, want := rt1.gate.Passed()-p0, 10.0/2*float64(clock.NowMs()-t0)/1000
+	t.Logf("alone: %.1f places passed in %d ms, want %.0f", got, clock.NowMs()-t0, want)
+	if math.Abs(got-want) > 0.1*want+1 {
+		t.Errorf("alone: %.1f places passed in %d ms, want %.0f (half of 10/s) ± 10%%", got, clock.NowMs()-t0, want)
+	}
+	if v := gaugeValue(t, e1, "podium_edge_waitroom_coordination_up"); v != "0" {
+		t.Errorf("coordination_up %s while alone, want 0", v)
 	}
 }
 

@@ -273,10 +273,9 @@ func (c *Coordinator) Publish(ctx context.Context) error {
 	inherited, first := c.inherited, !c.listed
 	c.mu.Unlock()
 	remote := map[int64]uint32{}
-	live := 0
+	live := 1 // this edge, whether or not its key is there yet
 	for _, p := range pairs {
 		if p.Key == c.own {
-			live++
 			if held && first {
 				inherited = map[int64]uint32{}
 				if _, err := parseArrivals(p.Value, from, inherited); err != nil {
@@ -300,7 +299,7 @@ func (c *Coordinator) Publish(ctx context.Context) error {
 	c.mu.Lock()
 	c.inherited, c.listed = inherited, true
 	c.mu.Unlock()
-	c.edges.Store(int32(max(live, 1)))
+	c.edges.Store(int32(live))
 	counts := c.ownCounts(from, remote)
 	c.gate.setRemote(remote)
 	if _, err := kv.Put(&api.KVPair{Key: c.own, Value: appendArrivals(nil, now, counts)}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
