@@ -196,7 +196,12 @@ func startEdgeWith(t testing.TB, ups []*testUpstream, weights []int, log *slog.L
 	}
 	done := make(chan struct{})
 	go func() { p.Server().Serve(p.WrapListener(ln)); close(done) }()
-	t.Cleanup(func() { cancel(); p.Server().Shutdown(); <-done; p.Close() })
+	// Shutdown closes only the listeners Serve has registered: one called
+	// before the Serve goroutine got that far (a test that never sent the
+	// edge a request, under -race) returned at once and Serve then
+	// accepted forever (TestWaitingRoomControlSurvivesRestart hung 1 in
+	// ~10 -race runs). Closing ln as well ends Serve either way.
+	t.Cleanup(func() { cancel(); p.Server().Shutdown(); ln.Close(); <-done; p.Close() })
 	e := &testEdge{p: p, addr: ln.Addr().String(), prober: pr, changes: changes}
 	e.waitHealthy(t, len(ups))
 	return e
