@@ -73,6 +73,13 @@ func TestRiseFallTransitionsOnce(t *testing.T) {
 	waitFor(t, "three failures take it down", func() bool { return !h.Healthy() })
 	status.Store(200)
 	waitFor(t, "two passes bring it back", h.Healthy)
+	// The host is published up before OnChange runs: wait for the third
+	// change itself, or a fast read sees only two (1 in 50 under load).
+	waitFor(t, "the third change reported", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(changes) >= 3
+	})
 	mu.Lock()
 	got := changes
 	mu.Unlock()

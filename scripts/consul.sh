@@ -113,16 +113,25 @@ alive() {
 	st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) && [[ -n $st && $st != Z && $st != X ]]
 }
 
+# running: is the agent being started still there? With a pid (the child
+# start just forked), that process; without one, the pid file's consul.
+running() {
+	if [[ -n $1 ]]; then
+		alive "$1"
+	else
+		pid >/dev/null
+	fi
+}
+
 wait_leader() {
 	# A -dev agent elects itself in well under a second; 30 s covers a
-	# loaded CI machine. With a pid (the child start just forked), that
-	# process's liveness is checked; without one, the pid file's.
+	# loaded CI machine.
 	local i child=${1:-}
 	for ((i = 0; i < 300; i++)); do
 		if leader >/dev/null; then
 			return 0
 		fi
-		if ! { [[ -n $child ]] && alive "$child"; } && ! { [[ -z $child ]] && pid >/dev/null; }; then
+		if ! running "$child"; then
 			tail -n 20 "$logfile" >&2 || true
 			die "agent exited during start; log above ($logfile)"
 		fi
