@@ -340,6 +340,7 @@ func (p *Proxy) adminRoom(ctx *fasthttp.RequestCtx, rest string) {
 		rt.status.Store(roomPaused)
 	case "resume":
 		rt.status.Store(roomOpen)
+		rt.soldOut.clear() // the operator knows better than the marks
 	case "close":
 		rt.status.Store(roomClosed)
 	case "rate":

@@ -58,6 +58,16 @@ type exchange struct {
 	// answer, whatever the origin (or the edge's own error) answered.
 	admitRoom *roomState
 	admitTok  [waitroom.TokenLen]byte
+	// guardRoom is the waiting room guarding the request's path, and
+	// guardKey the game it is about there (waitroom_soldout.go): finish
+	// marks the game sold out when the origin's answer says so.
+	// The key is in guardKeyBuf[:guardKeyLen], or in guardKeyLong when it
+	// did not fit: a slice of x's own array kept in x would move x to the
+	// heap, and a waiting page allocates nothing.
+	guardRoom    *roomState
+	guardKeyBuf  [24]byte
+	guardKeyLen  int
+	guardKeyLong []byte
 
 	// quiet is set for a request that is counted but never logged: the
 	// edge's own /ping, which load balancers ask every few seconds.
@@ -85,6 +95,9 @@ func (x *exchange) finish(end time.Time) {
 	x.finished = true
 	if rs := x.admitRoom; rs != nil {
 		x.setRoomToken(rs, x.admitTok[:], int64(rs.session/time.Second))
+	}
+	if x.guardRoom != nil {
+		x.noteSoldOut()
 	}
 	status := x.ctx.Response.StatusCode()
 	x.route.counts.done(x.method, status, x.ctx.Time(), end)

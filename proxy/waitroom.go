@@ -87,6 +87,9 @@ type roomRuntime struct {
 	// admissions when no max_active bounds it.
 	pruneAt int
 	stop    context.CancelFunc
+	// soldOut are the games the origin said are sold out
+	// (waitroom_soldout.go).
+	soldOut soldOutMarks
 }
 
 // roomState is a room as one config state sees it: the runtime, with
@@ -358,18 +361,6 @@ func (rt *roomRuntime) inside(nowMs int64) int {
 	return n
 }
 
-// matchRoom is the room guarding path, or nil.
-func (st *state) matchRoom(path []byte) *roomState {
-	for _, rs := range st.rooms {
-		for _, pat := range rs.patterns {
-			if pat.Match(path) {
-				return rs
-			}
-		}
-	}
-	return nil
-}
-
 // client is the request's client address: the socket peer, or for a
 // trusted peer the right-most untrusted X-Forwarded-For address.
 func (x *exchange) client() netip.Addr {
@@ -419,7 +410,8 @@ func presentedToken(ctx *fasthttp.RequestCtx, rs *roomState) []byte {
 // admitted), and otherwise answers it (the waiting page, sold out) and
 // finishes the exchange.
 func (x *exchange) waitingRoom(path []byte) bool {
-	rs := x.st.matchRoom(path)
+	var keyBuf [24]byte
+	rs, key := x.st.matchRoomKey(path, keyBuf[:0])
 	if rs == nil || x.method == methodOPTIONS {
 		// A CORS preflight carries no cookie and no token (Fetch
 		// standard, CORS-preflight request): answering it 429 would fail
@@ -434,11 +426,14 @@ func (x *exchange) waitingRoom(path []byte) bool {
 	status := rt.status.Load()
 	presented := presentedToken(ctx, rs)
 
+	x.setGuard(rs, key)
 	tok, reason := rs.room.VerifyHash(presented, idh, now)
 	if reason == waitroom.Valid && tok.Kind == waitroom.KindAdmission {
 		return true // inside: the session it was given has not run out
 	}
-	if status == roomClosed {
+	if status == roomClosed || rt.soldOut.has(key, now) {
+		// The place token, if any, is left as it is: a game whose seats
+		// come back (soldOutTTL) finds its waiting visitors in place.
 		x.soldOut(rs)
 		return false
 	}
@@ -690,20 +685,23 @@ func writeJSON(ctx *fasthttp.RequestCtx, v any) {
 
 // roomView is one room in GET /rooms.
 type roomView struct {
-	Name            string  `json:"name"`
-	Status          string  `json:"status"`
-	AdmitPerSecond  float64 `json:"admit_per_second"`
-	AdmittedPerSec  float64 `json:"admitted_per_second"` // measured (EWMA)
-	QueueLength     int64   `json:"queue_length"`
-	WatermarkMs     int64   `json:"watermark_ms"`
-	Inside          int     `json:"inside"`
-	MaxActive       int     `json:"max_active,omitempty"`
-	Epoch           uint32  `json:"epoch"`
-	EstimatedWaitS  int64   `json:"estimated_wait_seconds"`
-	RefreshSeconds  int64   `json:"refresh_seconds"`
-	SessionSeconds  int64   `json:"session_seconds"`
-	OpensAt         string  `json:"opens_at,omitempty"`
-	WatermarkPlaceT uint64  `json:"watermark_tiebreak"`
+	Name           string  `json:"name"`
+	Status         string  `json:"status"`
+	AdmitPerSecond float64 `json:"admit_per_second"`
+	AdmittedPerSec float64 `json:"admitted_per_second"` // measured (EWMA)
+	QueueLength    int64   `json:"queue_length"`
+	WatermarkMs    int64   `json:"watermark_ms"`
+	Inside         int     `json:"inside"`
+	MaxActive      int     `json:"max_active,omitempty"`
+	Epoch          uint32  `json:"epoch"`
+	EstimatedWaitS int64   `json:"estimated_wait_seconds"`
+	RefreshSeconds int64   `json:"refresh_seconds"`
+	SessionSeconds int64   `json:"session_seconds"`
+	OpensAt        string  `json:"opens_at,omitempty"`
+	// SoldOut are the games (what the paths' "*" stood for, "45/") the
+	// origin said are sold out: their visitors are told so.
+	SoldOut         []string `json:"sold_out,omitempty"`
+	WatermarkPlaceT uint64   `json:"watermark_tiebreak"`
 }
 
 func (rs *roomState) view(now int64) roomView {
@@ -714,5 +712,5 @@ func (rs *roomState) view(now int64) roomView {
 		AdmittedPerSec: math.Float64frombits(rt.ewma.Load()), QueueLength: int64(math.Round(q)),
 		WatermarkMs: w.Ms, WatermarkPlaceT: w.TB, Inside: rt.inside(now), MaxActive: rs.cfg.MaxActive, Epoch: rs.cfg.Epoch,
 		EstimatedWaitS: int64(math.Ceil(q / rt.measuredRate())), RefreshSeconds: rs.refresh,
-		SessionSeconds: int64(rs.session / time.Second), OpensAt: rs.cfg.OpensAt}
+		SessionSeconds: int64(rs.session / time.Second), OpensAt: rs.cfg.OpensAt, SoldOut: rt.soldOut.list(now)}
 }

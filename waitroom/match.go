@@ -83,6 +83,37 @@ func (p Pattern) Match(path []byte) bool {
 	return seg == nil
 }
 
+// AppendWild appends to dst the segments of path that p's "*" stand for,
+// in room form, each followed by "/", when p matches path: for
+// /games/*/buy and /API/Games/45;x/buy, "45/". A pattern without "*"
+// appends nothing. ok is false when p does not match. It is what tells
+// the paths of one room apart by what they are about (one game), so
+// /games/45/buy and /api/games/45/buy give the same key.
+func (p Pattern) AppendWild(dst, path []byte) (out []byte, ok bool) {
+	n := len(dst)
+	i := 0
+	for _, want := range p.segs {
+		var seg []byte
+		seg, i = nextSegment(path, i)
+		if seg == nil || want != "*" && !equalLower(seg, want) {
+			return dst[:n], false
+		}
+		if want == "*" {
+			for _, c := range seg {
+				if 'A' <= c && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				dst = append(dst, c)
+			}
+			dst = append(dst, '/')
+		}
+	}
+	if seg, _ := nextSegment(path, i); seg != nil {
+		return dst[:n], false
+	}
+	return dst, true
+}
+
 // nextSegment returns the next non-empty segment of path at or after i,
 // cut at ";", and the index after it; nil when there is none.
 func nextSegment(path []byte, i int) (seg []byte, next int) {

@@ -158,3 +158,46 @@ func FuzzRoomForm(f *testing.F) {
 		}
 	})
 }
+
+// AppendWild agrees with Match on every path, and gives the paths of one
+// game the same key whichever pattern and spelling they come by.
+func TestPatternAppendWild(t *testing.T) {
+	buy, api, lit := mustPattern(t, "/games/*/buy"), mustPattern(t, "/api/games/*/buy"), mustPattern(t, "/final")
+	for _, tt := range []struct {
+		p    Pattern
+		path string
+		want string // "-": no match
+	}{
+		{buy, "/games/45/buy", "45/"},
+		{buy, "/GAMES/45;x/buy/", "45/"},
+		{api, "/api/games/45/buy", "45/"},
+		{api, "/API/Games/AbC/buy", "abc/"},
+		{mustPattern(t, "/a/*/b/*"), "/a/1/b/2", "1/2/"},
+		{lit, "/final", ""},
+		{buy, "/games/45/buyer", "-"},
+		{buy, "/games/45/buy/x", "-"},
+		{api, "/games/45/buy", "-"},
+		{lit, "/final/x", "-"},
+	} {
+		got, ok := tt.p.AppendWild([]byte("pre:"), []byte(tt.path))
+		if ok != tt.p.Match([]byte(tt.path)) {
+			t.Errorf("%s on %q: AppendWild ok %v, Match disagrees", tt.p, tt.path, ok)
+		}
+		want := "pre:" + tt.want
+		if tt.want == "-" {
+			want = "pre:"
+			if ok {
+				t.Errorf("%s on %q: ok, want no match", tt.p, tt.path)
+			}
+		}
+		if string(got) != want {
+			t.Errorf("%s on %q: %q, want %q", tt.p, tt.path, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		var b [32]byte
+		buy.AppendWild(b[:0], []byte("/games/45/buy"))
+	}); n != 0 {
+		t.Errorf("AppendWild allocates %v times, want 0", n)
+	}
+}
