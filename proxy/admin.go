@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -362,6 +363,13 @@ func (p *Proxy) adminRoom(ctx *fasthttp.RequestCtx, rest string) {
 	if err := p.saveControl(rt); err != nil {
 		p.log.Error("waiting room: the admin API's change holds on this edge until it restarts: saving it failed", "room", name, "error", err.Error())
 		fail(fasthttp.StatusInternalServerError, "applied on this edge, but not saved, so a restart loses it: "+err.Error())
+		return
+	}
+	sctx, cancel := context.WithTimeout(p.bg, shareControlTimeout)
+	defer cancel()
+	if err := p.shareControl(sctx, rt); err != nil {
+		p.log.Error("waiting room: the admin API's change holds on this edge only: sharing it with the room's other edges failed", "room", name, "error", err.Error())
+		fail(fasthttp.StatusServiceUnavailable, "applied and saved on this edge, but not on the room's other edges (Consul): "+err.Error()+"; try again")
 		return
 	}
 	writeJSON(ctx, rs.view(p.clock.NowMs()))

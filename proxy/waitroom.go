@@ -253,6 +253,8 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 		}
 	} else if rt.coord == nil {
 		rt.gate.Hold(now)
+	} else {
+		rt.coord.SetHeld(rt.status.Load() != roomOpen)
 	}
 	dt := now - rt.lastTickMs
 	if dt <= 0 {
@@ -283,28 +285,40 @@ func (p *Proxy) loadControl(rt *roomRuntime) error {
 	if err != nil || !ok {
 		return err
 	}
+	if err := rt.applyControl(c); err != nil {
+		return err
+	}
+	p.log.Info("waiting room: the admin API's last change kept", "room", rt.name, "status", c.Status, "admit_per_second", rt.gate.Rate())
+	return nil
+}
+
+// applyControl sets rt's status, and its rate unless the config's
+// admit_per_second changed since the control was saved.
+func (rt *roomRuntime) applyControl(c waitroom.Control) error {
 	for i, name := range roomStatusNames {
 		if name == c.Status {
 			rt.status.Store(int32(i))
 		}
 	}
 	if c.Rate > 0 && c.ConfigRate == rt.configRate {
-		if err := rt.gate.SetRate(c.Rate); err != nil {
-			return err
-		}
+		return rt.gate.SetRate(c.Rate)
 	}
-	p.log.Info("waiting room: the admin API's last change kept", "room", rt.name, "status", c.Status, "admit_per_second", rt.gate.Rate())
 	return nil
 }
 
 // saveControl records rt's status and admin rate, so a restart keeps
 // them.
 func (p *Proxy) saveControl(rt *roomRuntime) error {
+	return p.roomStore.SaveControl(rt.controlKey(), rt.control())
+}
+
+// control is rt's status and admin rate, as saved and shared.
+func (rt *roomRuntime) control() waitroom.Control {
 	c := waitroom.Control{Status: roomStatusNames[rt.status.Load()], ConfigRate: rt.configRate}
 	if r := rt.gate.Rate(); r != rt.configRate {
 		c.Rate = r
 	}
-	return p.roomStore.SaveControl(rt.controlKey(), c)
+	return c
 }
 
 // measuredRate is the EWMA of places admitted a second, or the configured

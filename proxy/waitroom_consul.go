@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/podium-edge/podium/config"
@@ -93,4 +94,33 @@ func (p *Proxy) startCoordinator(rt *roomRuntime) {
 		}
 	}
 	go rt.coord.Run(ctx) // recovers its own loops' panics
+	go rt.coord.WatchControl(ctx, func(c waitroom.Control) { p.sharedControl(rt, c) })
 }
+
+// sharedControl applies a control an admin API wrote for the room's every
+// edge (this one's included), and saves it in the state dir like one made
+// here, so a restart while Consul is away keeps it.
+func (p *Proxy) sharedControl(rt *roomRuntime, c waitroom.Control) {
+	if err := rt.applyControl(c); err != nil {
+		p.log.Warn("waiting room: ignored the shared control", "room", rt.name, "error", err.Error())
+		return
+	}
+	p.log.Info("waiting room: the room's shared control applied", "room", rt.name, "status", c.Status, "admit_per_second", rt.gate.Rate())
+	if err := p.saveControl(rt); err != nil {
+		p.log.Error("waiting room: the shared control holds on this edge until it restarts: saving it failed", "room", rt.name, "error", err.Error())
+	}
+}
+
+// shareControl writes rt's control for every edge of a coordinated room;
+// nil for a room of one edge.
+func (p *Proxy) shareControl(ctx context.Context, rt *roomRuntime) error {
+	if rt.coord == nil {
+		return nil
+	}
+	return rt.coord.SaveControl(ctx, rt.control())
+}
+
+// shareControlTimeout bounds the admin API's write of a room's control to
+// Consul: an operator pausing a room is told at once when the other edges
+// cannot hear it.
+const shareControlTimeout = 3 * time.Second

@@ -110,6 +110,7 @@ type Coordinator struct {
 
 	up      atomic.Bool  // following a live leader's history
 	stopped atomic.Bool  // alone for longer than AloneFor: admitting nobody
+	held    atomic.Bool  // the room is paused or closed (SetHeld)
 	edges   atomic.Int32 // edges seen publishing lately, this one included
 	session atomic.Pointer[string]
 
@@ -392,6 +393,10 @@ func (c *Coordinator) Tick(ctx context.Context) error {
 		return nil
 	}
 	c.stopped.Store(false)
+	if c.held.Load() {
+		c.gate.Hold(now)
+		return nil
+	}
 	return c.gate.tick(1 / float64(c.Edges()))
 }
 
@@ -476,6 +481,13 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	}
 	dt := now - last
 	if dt <= 0 {
+		return nil
+	}
+	if c.held.Load() {
+		// Paused or closed: the time held earns no budget.
+		c.mu.Lock()
+		c.leadTick, c.leadCarry = now, 0
+		c.mu.Unlock()
 		return nil
 	}
 	// An edge gone silent may be cut off from Consul and admitting its

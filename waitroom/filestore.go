@@ -245,12 +245,12 @@ func (s *FileStore) Close() error {
 // closed (review 18, 11).
 type Control struct {
 	// Status is "open", "paused" or "closed".
-	Status string
+	Status string `json:"status"`
 	// Rate is the admit_per_second the admin API set; zero when it set
 	// none. It holds while the config's admit_per_second is still
 	// ConfigRate: an edited config wins.
-	Rate       float64
-	ConfigRate float64
+	Rate       float64 `json:"rate"`
+	ConfigRate float64 `json:"config_rate"`
 }
 
 // controlPath is key's control file.

@@ -1,0 +1,90 @@
+package waitroom
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// A coordinated room's admin control (pause, resume, close, rate) is the
+// room's, not one edge's: an operator who closes a sold-out room on one
+// edge closes it on all. It lives beside the history, under
+// Prefix/<room>/<epoch>/control, as JSON; any edge's admin API writes it,
+// every edge follows it with a blocking query, and while the room is not
+// open its leader holds the watermark (SetHeld), so a pause earns no
+// burst on resume on any edge.
+
+// controlKey is the room's control in KV.
+func (c *Coordinator) controlKey() string {
+	return strings.TrimSuffix(c.historyKey, "history") + "control"
+}
+
+// SaveControl writes the room's control for every edge.
+func (c *Coordinator) SaveControl(ctx context.Context, ctl Control) error {
+	b, err := json.Marshal(ctl)
+	if err != nil {
+		return fmt.Errorf("waitroom: room %s: encoding the control: %w", c.gate.cfg.Room, err)
+	}
+	if _, err := c.cfg.Client.KV().Put(&api.KVPair{Key: c.controlKey(), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("waitroom: room %s: sharing the control through Consul: %w", c.gate.cfg.Room, err)
+	}
+	return nil
+}
+
+func parseControl(b []byte) (Control, error) {
+	var ctl Control
+	if err := json.Unmarshal(b, &ctl); err != nil {
+		return ctl, fmt.Errorf("not a room control: %w", err)
+	}
+	switch ctl.Status {
+	case "open", "paused", "closed":
+	default:
+		return ctl, fmt.Errorf("not a room control: status %q, want open, paused or closed", ctl.Status)
+	}
+	if ctl.Rate < 0 || ctl.Rate > 1e6 {
+		return ctl, fmt.Errorf("not a room control: rate %v", ctl.Rate)
+	}
+	return ctl, nil
+}
+
+// WatchControl calls apply with the room's shared control each time it is
+// written, until ctx ends. Consul unreachable: it retries, and the edge
+// keeps the control it has.
+func (c *Coordinator) WatchControl(ctx context.Context, apply func(Control)) {
+	kv := c.cfg.Client.KV()
+	var index, applied uint64
+	for ctx.Err() == nil {
+		pair, meta, err := kv.Get(c.controlKey(), (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Debug("waiting room: watching the shared control failed", "error", err.Error())
+				sleep(ctx, retryEvery)
+			}
+			continue
+		}
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = max(meta.LastIndex, 1)
+		}
+		if pair == nil || pair.ModifyIndex == applied {
+			continue
+		}
+		applied = pair.ModifyIndex
+		ctl, err := parseControl(pair.Value)
+		if err != nil {
+			c.log.Warn("waiting room: ignored a shared control that does not parse", "key", c.controlKey(), "error", err.Error())
+			continue
+		}
+		apply(ctl)
+	}
+}
+
+// SetHeld holds the room's watermark while held (the room paused or
+// closed): as leader this edge moves it no further and saves no budget;
+// ticking alone, likewise.
+func (c *Coordinator) SetHeld(held bool) { c.held.Store(held) }
