@@ -576,33 +576,43 @@ func (c *Coordinator) signal() {
 
 // watch follows the shared history with blocking queries.
 func (c *Coordinator) watch(ctx context.Context) {
+	c.watchKey(ctx, c.historyKey, "history", func(pair *api.KVPair) {
+		total, h, err := parseHistory(pair.Value)
+		if err != nil {
+			c.log.Warn("waiting room: ignored a shared history that does not parse", "key", c.historyKey, "error", err.Error())
+			return
+		}
+		c.adoptShared(total, h)
+	})
+}
+
+// watchKey calls onPair with key's pair each time it is written, until
+// ctx ends, following Consul's blocking-query rules; errors are retried
+// every retryEvery. what names the key in the debug log.
+func (c *Coordinator) watchKey(ctx context.Context, key, what string, onPair func(*api.KVPair)) {
 	kv := c.cfg.Client.KV()
-	var index uint64
+	var index, seen uint64
 	for ctx.Err() == nil {
-		pair, meta, err := kv.Get(c.historyKey, (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
+		pair, meta, err := kv.Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
 		if err != nil {
 			if ctx.Err() == nil {
-				c.log.Debug("waiting room: watching the history failed", "error", err.Error())
+				c.log.Debug("waiting room: watching the shared "+what+" failed", "error", err.Error())
 				sleep(ctx, retryEvery)
 			}
 			continue
 		}
-		// Consul's blocking-query rules: an index that went backwards
-		// (a restored snapshot) starts over; never wait on 0.
+		// An index that went backwards (a restored snapshot) starts over;
+		// never wait on 0.
 		if meta.LastIndex < index {
 			index = 0
 		} else {
 			index = max(meta.LastIndex, 1)
 		}
-		if pair == nil {
+		if pair == nil || pair.ModifyIndex == seen {
 			continue
 		}
-		total, h, err := parseHistory(pair.Value)
-		if err != nil {
-			c.log.Warn("waiting room: ignored a shared history that does not parse", "key", c.historyKey, "error", err.Error())
-			continue
-		}
-		c.adoptShared(total, h)
+		seen = pair.ModifyIndex
+		onPair(pair)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -55,33 +54,14 @@ func parseControl(b []byte) (Control, error) {
 // written, until ctx ends. Consul unreachable: it retries, and the edge
 // keeps the control it has.
 func (c *Coordinator) WatchControl(ctx context.Context, apply func(Control)) {
-	kv := c.cfg.Client.KV()
-	var index, applied uint64
-	for ctx.Err() == nil {
-		pair, meta, err := kv.Get(c.controlKey(), (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
-		if err != nil {
-			if ctx.Err() == nil {
-				c.log.Debug("waiting room: watching the shared control failed", "error", err.Error())
-				sleep(ctx, retryEvery)
-			}
-			continue
-		}
-		if meta.LastIndex < index {
-			index = 0
-		} else {
-			index = max(meta.LastIndex, 1)
-		}
-		if pair == nil || pair.ModifyIndex == applied {
-			continue
-		}
-		applied = pair.ModifyIndex
+	c.watchKey(ctx, c.controlKey(), "control", func(pair *api.KVPair) {
 		ctl, err := parseControl(pair.Value)
 		if err != nil {
 			c.log.Warn("waiting room: ignored a shared control that does not parse", "key", c.controlKey(), "error", err.Error())
-			continue
+			return
 		}
 		apply(ctl)
-	}
+	})
 }
 
 // SetHeld holds the room's watermark while held (the room paused or
