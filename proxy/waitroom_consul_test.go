@@ -21,14 +21,8 @@ import (
 // the test's; the coordinators' loops run on their own tickers, and the
 // test waits for the watermark to be adopted (an event), not for time.
 func TestWaitingRoomConsul(t *testing.T) {
-	agent := consultest.Start(t)
-	clock := &roomClock{}
-	clock.ms.Store(roomT0)
-	dir := t.TempDir()
-	keys := writeRoomKeys(t, dir)
-	up := newUpstream(t)
-	start := func(id string) *roomEdge { return startConsulRoomEdge(t, agent, clock, dir, keys, up, id) }
-	e1, e2 := start("edge-1"), start("edge-2")
+	_, e1, e2 := startConsulRoomEdges(t)
+	clock := e1.clock
 	a := e1.visit(t, "GET", "/games/1/buy", "203.0.113.1", "", false)
 	clock.ms.Add(1)
 	b := e2.visit(t, "GET", "/games/1/buy", "203.0.113.2", "", false)
@@ -68,6 +62,20 @@ func TestWaitingRoomConsul(t *testing.T) {
 	}
 }
 
+// startConsulRoomEdges starts a Consul agent and two edges ("edge-1",
+// "edge-2") whose room "final" it coordinates, on one fake clock and one
+// upstream.
+func startConsulRoomEdges(t *testing.T) (agent *consultest.Agent, e1, e2 *roomEdge) {
+	t.Helper()
+	agent = consultest.Start(t)
+	clock := &roomClock{}
+	clock.ms.Store(roomT0)
+	dir := t.TempDir()
+	keys := writeRoomKeys(t, dir)
+	up := newUpstream(t)
+	return agent, startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-1"), startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-2")
+}
+
 // startConsulRoomEdge starts an edge whose room "final" (10/s) is
 // coordinated through agent, as edge id.
 func startConsulRoomEdge(t *testing.T, agent *consultest.Agent, clock *roomClock, dir, keys string, up *testUpstream, id string) *roomEdge {
@@ -91,13 +99,8 @@ func startConsulRoomEdge(t *testing.T, agent *consultest.Agent, clock *roomClock
 // a coordinated gate alone: holding it every tick would leave the
 // coordinator no budget).
 func TestWaitingRoomConsulAlone(t *testing.T) {
-	agent := consultest.Start(t)
-	clock := &roomClock{}
-	clock.ms.Store(roomT0)
-	dir := t.TempDir()
-	keys := writeRoomKeys(t, dir)
-	up := newUpstream(t)
-	e1, e2 := startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-1"), startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-2")
+	agent, e1, e2 := startConsulRoomEdges(t)
+	clock := e1.clock
 	rt1, rt2 := e1.p.state.Load().rooms[0].rt, e2.p.state.Load().rooms[0].rt
 	ctx := context.Background()
 	for _, rt := range []*roomRuntime{rt2, rt1} { // both publish: two edges share the rate

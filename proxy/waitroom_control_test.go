@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/podium-edge/podium/discovery/consul/consultest"
 )
 
 // TestWaitingRoomControlShared: on a room coordinated through Consul, the
@@ -15,14 +13,7 @@ import (
 // edge; with Consul gone, the admin API says the change did not reach
 // the others (503) instead of pretending.
 func TestWaitingRoomControlShared(t *testing.T) {
-	agent := consultest.Start(t)
-	clock := &roomClock{}
-	clock.ms.Store(roomT0)
-	dir := t.TempDir()
-	keys := writeRoomKeys(t, dir)
-	up := newUpstream(t)
-	e1 := startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-1")
-	e2 := startConsulRoomEdge(t, agent, clock, dir, keys, up, "edge-2")
+	agent, e1, e2 := startConsulRoomEdges(t)
 	admin1, admin2 := startAdmin(t, e1.testEdge), startAdmin(t, e2.testEdge)
 	rt2 := e2.p.state.Load().rooms[0].rt
 	post := func(admin, path string) (int, string) {
