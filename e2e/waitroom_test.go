@@ -262,7 +262,7 @@ func testWaitingRoom(t *testing.T, s *stack, game int64) {
 	for ; loads < 60; loads++ {
 		var st struct {
 			Position, Ahead, Wait, Refresh string
-			Form                     bool
+			Form                           bool
 		}
 		b.run("reading the waiting page", chromedp.Evaluate(`({
 			Position: (document.querySelector('#position') || {}).textContent || '',
