@@ -154,7 +154,9 @@ func TestDemo(t *testing.T) {
 		// and the first /metrics poll that showed the edge holding the
 		// origin down (polled every 50 ms, so the window ends at most one
 		// poll and one scrape after the real transition).
-		if r.start.Before(caughtAt) && r.end.After(killAt) {
+		// A purchase's times are those of its last try; the waiting
+		// room's own failures are never discounted.
+		if r.start.Before(caughtAt) && r.end.After(killAt) && !r.roomFailure {
 			discounted = append(discounted, r)
 			if !r.ok() {
 				discountedFailed = append(discountedFailed, r)
@@ -191,10 +193,10 @@ func TestDemo(t *testing.T) {
 	}
 	// Every client's first purchase waits in the room (a new arrival
 	// always does, for the settle time), and is let in on its return.
-	t.Logf("waiting room: %d of %d purchases queued (%d answers 429 from the room), each then let in",
-		ld.queued.Load(), ld.purchases(), ld.roomAnswers.Load())
-	if ld.queued.Load() == 0 {
-		t.Errorf("no purchase waited in the demo's waiting room: does deploy/edge/demo.yaml still guard /api/games/*/buy?")
+	t.Logf("waiting room: %d of %d purchases queued (%d answers 429 from the room), %d of them then let in and sold",
+		ld.queued.Load(), ld.purchases(), ld.roomAnswers.Load(), ld.letIn.Load())
+	if ld.queued.Load() == 0 || ld.letIn.Load() == 0 {
+		t.Errorf("no purchase waited in the demo's waiting room and then bought: does deploy/edge/demo.yaml still guard /api/games/*/buy?")
 	}
 
 	// (c) Ctrl-C: SIGINT to the demo's process group, as a terminal sends.
@@ -817,10 +819,11 @@ type demoLoad struct {
 	skipped atomic.Int64
 	buys    atomic.Int64
 	// queued counts the purchases the waiting room answered 429 at least
-	// once; roomAnswers, all its 429s.
-	queued, roomAnswers atomic.Int64
-	quit                chan struct{}
-	wg                  sync.WaitGroup
+	// once, letIn those of them that then went through, roomAnswers all
+	// its 429s.
+	queued, letIn, roomAnswers atomic.Int64
+	quit                       chan struct{}
+	wg                         sync.WaitGroup
 }
 
 type demoResult struct {
@@ -829,6 +832,11 @@ type demoResult struct {
 	status     int
 	body       string // the start of a failed answer's body
 	err        error
+	// roomFailure: the waiting room did not let a purchase in, or broke
+	// its protocol (a 429 without Retry-After), which no origin's death
+	// explains.
+	roomFailure bool
+	tries       int // purchases: requests sent, the room's 429s included
 }
 
 func (r demoResult) ok() bool {
@@ -846,7 +854,11 @@ func (r demoResult) String() string {
 	if r.err != nil {
 		outcome = r.err.Error()
 	}
-	return fmt.Sprintf("%s at %s took %v: %s", r.what, r.start.Format("15:04:05.000"), r.end.Sub(r.start).Round(time.Millisecond), outcome)
+	tries := ""
+	if r.tries > 1 {
+		tries = fmt.Sprintf(" (try %d; the room answered the ones before 429)", r.tries)
+	}
+	return fmt.Sprintf("%s at %s took %v%s: %s", r.what, r.start.Format("15:04:05.000"), r.end.Sub(r.start).Round(time.Millisecond), tries, outcome)
 }
 
 func startDemoLoad(t *testing.T, edgeURL string, game int64) *demoLoad {
@@ -945,9 +957,10 @@ func (ld *demoLoad) purchase(client *http.Client, edgeURL string, game, run, seq
 	// One fan per purchase: the origin caps the seats one email may hold.
 	body := fmt.Sprintf(`{"quantity":1,"email":"fan%d-%x@demo-e2e.example"}`, seq, run)
 	url := fmt.Sprintf("%s/api/games/%d/buy", edgeURL, game)
-	r = demoResult{start: time.Now(), what: "POST " + strings.TrimPrefix(url, edgeURL)}
+	r = demoResult{what: "POST " + strings.TrimPrefix(url, edgeURL)}
 	defer func() { r.end = time.Now() }()
 	for try := 1; ; try++ {
+		r.start, r.tries = time.Now(), try
 		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Idempotency-Key", fmt.Sprintf("demo-e2e-%x-%d", run, seq))
@@ -977,7 +990,11 @@ func (ld *demoLoad) purchase(client *http.Client, edgeURL string, game, run, seq
 			ld.mu.Unlock()
 		}
 		if err != nil || resp.StatusCode != http.StatusTooManyRequests || room == "" {
-			return r, true // the rate limiter's 429 has no room token: a failure here
+			// The rate limiter's 429 has no room token: a failure here.
+			if try > 1 && r.ok() {
+				ld.letIn.Add(1)
+			}
+			return r, true
 		}
 		ld.roomAnswers.Add(1)
 		if try == 1 {
@@ -986,10 +1003,12 @@ func (ld *demoLoad) purchase(client *http.Client, edgeURL string, game, run, seq
 		ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
 		if err != nil || ra < 1 || ra > 60 {
 			r.err = fmt.Errorf("the waiting room's 429 has Retry-After %q, want 1..60 seconds", resp.Header.Get("Retry-After"))
+			r.roomFailure = true
 			return r, true
 		}
 		if try == demoRoomTries {
 			r.err = fmt.Errorf("still waiting in the room after %d tries: %s", try, r.body)
+			r.roomFailure = true
 			return r, true
 		}
 		select {
