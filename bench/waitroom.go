@@ -234,10 +234,7 @@ func Waitroom(ctx context.Context, opts WaitroomOptions) (*WaitroomReport, error
 		rep.Requirements = append(rep.Requirements, Requirement{Name: "edge still running", Want: "yes", Got: "exited: " + b.edge.tail()})
 	}
 	rep.LoadAfter = loadAverage()
-	rep.OK = true
-	for _, r := range rep.Requirements {
-		rep.OK = rep.OK && r.OK
-	}
+	rep.OK = len(rep.Failed()) == 0
 	if err := writeWaitroomReport(dir, rep); err != nil {
 		return rep, err
 	}

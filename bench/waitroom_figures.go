@@ -279,12 +279,14 @@ func counterRate(samples []scrape, start, end, origin int64) RateWindow {
 	return w
 }
 
-// Requirement is one line of the verdict.
+// Requirement is one line of the verdict. An Info line is measured
+// against the same bound and shown, but does not fail the run.
 type Requirement struct {
 	Name string `json:"name"`
 	Want string `json:"want"`
 	Got  string `json:"got"`
 	OK   bool   `json:"ok"`
+	Info bool   `json:"info,omitempty"`
 }
 
 // withinPercent reports whether got is within pct percent of want.
@@ -297,6 +299,17 @@ func loadRequirements(l *WaitroomLoad) []Requirement {
 	rate := func(name string, w RateWindow) Requirement {
 		return Requirement{Name: name, Want: fmt.Sprintf("%.0f/s ± 10%%", l.AdmitPerSecond),
 			Got: fmt.Sprintf("%.1f/s (%.0f in %.1f–%.1f s)", w.Rate, w.Count, w.StartS, w.EndS), OK: withinPercent(w.Rate, l.AdmitPerSecond, 10)}
+	}
+	// The visitors collect their admissions on their next refresh, and
+	// visitors with neighbouring places arrived together and refresh
+	// together: the 2xx come in waves (the run's admitted_per_second shows
+	// them), so a rate of 2xx over a window is the room's rate plus
+	// whatever part of a wave the window's ends cut. Shown, not required:
+	// the room's own rate is the watermark's.
+	claims := func(name string, w RateWindow) Requirement {
+		r := rate(name, w)
+		r.Info = true
+		return r
 	}
 	n := func(name string, got int64) Requirement {
 		return Requirement{Name: name, Want: "0", Got: fmt.Sprint(got), OK: got == 0}
@@ -320,8 +333,9 @@ func loadRequirements(l *WaitroomLoad) []Requirement {
 	return []Requirement{
 		{Name: "visitors admitted", Want: fmt.Sprint(l.Visitors), Got: fmt.Sprint(l.Admitted), OK: l.Admitted == l.Visitors},
 		rate("admitted rate (edge's watermark over the visitors' places)", l.PassRate),
-		rate("admitted rate (clients' 2xx)", l.ClientRate),
-		rate("admitted rate (edge's podium_edge_waitroom_admitted_total)", l.EdgeRate),
+		rate("admitted rate (edge's queue_length falling once all arrived)", l.QueueDrainRate),
+		claims("2xx collected (clients)", l.ClientRate),
+		claims("2xx collected (edge's podium_edge_waitroom_admitted_total)", l.EdgeRate),
 		n("order violations by arrival (≥ "+l.Order.Granularity.String()+" apart)", int64(l.Order.ByArrival)),
 		n("order violations by admission step (≥ "+l.Order.Granularity.String()+" apart)", int64(l.Order.ByStep)),
 		n("order violations by place", int64(l.Order.ByPlace)),

@@ -43,7 +43,7 @@ type WaitroomMethod struct {
 func (r *WaitroomReport) Failed() []Requirement {
 	var out []Requirement
 	for _, q := range r.Requirements {
-		if !q.OK {
+		if !q.OK && !q.Info {
 			out = append(out, q)
 		}
 	}
@@ -80,7 +80,12 @@ func WriteWaitroomMarkdown(w io.Writer, r *WaitroomReport) {
 	fmt.Fprintf(w, "| requirement | want | got | |\n|---|---|---|---|\n")
 	for _, q := range r.Requirements {
 		mark := "ok"
-		if !q.OK {
+		switch {
+		case q.Info && q.OK:
+			mark = "info: within"
+		case q.Info:
+			mark = "info: outside"
+		case !q.OK:
 			mark = "**FAIL**"
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", q.Name, q.Want, q.Got, mark)

@@ -164,7 +164,7 @@ func TestRates(t *testing.T) {
 // goodLoad is a load figure that meets every requirement.
 func goodLoad() *WaitroomLoad {
 	w := RateWindow{Rate: 500, Count: 15000, StartS: 10, EndS: 40}
-	return &WaitroomLoad{Visitors: 20000, Admitted: 20000, AdmitPerSecond: 500, PassRate: w, ClientRate: w, EdgeRate: w,
+	return &WaitroomLoad{Visitors: 20000, Admitted: 20000, AdmitPerSecond: 500, PassRate: w, QueueDrainRate: w, ClientRate: w, EdgeRate: w,
 		Order: OrderCheck{Granularity: time.Millisecond},
 		Attacks: map[string]AttackFigure{
 			attackForged: {Sent: 10, Answered: 10, Waited: 10}, attackCopied: {Sent: 10, Answered: 10, Waited: 10}, attackReplayed: {Sent: 10, Answered: 10, Waited: 10}},
@@ -184,8 +184,8 @@ func TestLoadRequirements(t *testing.T) {
 	}{
 		{"a visitor never admitted", "visitors admitted", func(l *WaitroomLoad) { l.Admitted-- }},
 		{"rate 11% low", "watermark", func(l *WaitroomLoad) { l.PassRate.Rate = 444 }},
-		{"claims 11% high", "clients' 2xx", func(l *WaitroomLoad) { l.ClientRate.Rate = 556 }},
-		{"edge counter NaN", "admitted_total", func(l *WaitroomLoad) { l.EdgeRate.Rate = math.NaN() }},
+		{"queue falls 11% fast", "queue_length", func(l *WaitroomLoad) { l.QueueDrainRate.Rate = 556 }},
+		{"queue never measured", "queue_length", func(l *WaitroomLoad) { l.QueueDrainRate = RateWindow{Rate: math.NaN()} }},
 		{"order by arrival", "by arrival", func(l *WaitroomLoad) { l.Order.ByArrival = 1 }},
 		{"order by step", "by admission step", func(l *WaitroomLoad) { l.Order.ByStep = 1 }},
 		{"order by place", "by place", func(l *WaitroomLoad) { l.Order.ByPlace = 1 }},
@@ -209,16 +209,32 @@ func TestLoadRequirements(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			l := goodLoad()
 			tc.mutate(l)
+			rep := WaitroomReport{Requirements: loadRequirements(l)}
 			var failed []string
-			for _, r := range loadRequirements(l) {
-				if !r.OK {
-					failed = append(failed, r.Name)
-				}
+			for _, r := range rep.Failed() {
+				failed = append(failed, r.Name)
 			}
 			if len(failed) != 1 || !strings.Contains(failed[0], tc.fails) {
 				t.Errorf("failed %q, want exactly the one naming %q", failed, tc.fails)
 			}
 		})
+	}
+	// The 2xx collected come in waves: shown against the bound, never
+	// failing the run.
+	l := goodLoad()
+	l.ClientRate.Rate, l.EdgeRate.Rate = 556, math.NaN()
+	rep := WaitroomReport{Requirements: loadRequirements(l)}
+	if f := rep.Failed(); len(f) != 0 {
+		t.Errorf("claims outside the bound failed the run: %+v", f)
+	}
+	outside := 0
+	for _, r := range rep.Requirements {
+		if r.Info && !r.OK {
+			outside++
+		}
+	}
+	if outside != 2 {
+		t.Errorf("%d info lines outside the bound, want 2 (clients' and the edge counter's)", outside)
 	}
 }
 
@@ -334,13 +350,12 @@ func TestWaitroomBenchSmall(t *testing.T) {
 	if md, err := os.ReadFile(filepath.Join(dir, "waitroom.md")); err != nil || !bytes.Contains(md, []byte("## Cost")) {
 		t.Errorf("waitroom.md: %v", err)
 	}
-	// The claims' rate (2xx) comes in waves a refresh apart, and a 1 s
-	// refresh over a few seconds is too short a window to hold it to
-	// ±10%; the cost ratio depends on the machine's quiet. The rest must
-	// hold anywhere.
+	// The queue gauge is scraped once a second, too coarse for the few
+	// seconds this queue lasts; the cost ratio depends on the machine's
+	// quiet. The rest must hold anywhere (the 2xx collected are info).
 	for _, r := range rep.Requirements {
-		noisy := strings.Contains(r.Name, "clients' 2xx") || strings.Contains(r.Name, "admitted_total") || strings.Contains(r.Name, "÷")
-		if !r.OK && !noisy {
+		noisy := strings.Contains(r.Name, "queue_length") || strings.Contains(r.Name, "÷")
+		if !r.OK && !r.Info && !noisy {
 			t.Errorf("%s: want %s, got %s", r.Name, r.Want, r.Got)
 		}
 	}
