@@ -98,9 +98,10 @@ func WriteWaitroomMarkdown(w io.Writer, r *WaitroomReport) {
 			l.Admitted, l.Visitors, l.FirstAdmissionS, l.LastAdmissionS, l.Requests, l.DurationS, counts(l.Statuses))
 		fmt.Fprintf(w, "- admitted rate, as the edge admits (its watermark, polled every 100 ms from GET /rooms, passing the visitors' places; from the first pass + 1 s to the last − 1 s): %.1f/s (%.0f places in %.1f–%.1f s)\n",
 			l.PassRate.Rate, l.PassRate.Count, l.PassRate.StartS, l.PassRate.EndS)
-		fmt.Fprintf(w, "- admitted rate, as the visitors collect it (2xx, on their next refresh), over the steady window (first admission + refresh × (1 + jitter) + 0.1 s to last − the same): clients %.1f/s (%.0f 2xx in %.1f–%.1f s); edge counter %.1f/s (scraped each second, %.1f–%.1f s); the queue gauge fell at %.1f/s from %.1f to %.1f s (the watermark's own rate, for information)\n",
-			l.ClientRate.Rate, l.ClientRate.Count, l.ClientRate.StartS, l.ClientRate.EndS, l.EdgeRate.Rate, l.EdgeRate.StartS, l.EdgeRate.EndS,
+		fmt.Fprintf(w, "- admitted rate, as the edge's queue_length gauge (scraped each second) fell once every visitor had arrived: %.1f/s from %.1f to %.1f s (until a tenth was left)\n",
 			l.QueueDrainRate.Rate, l.QueueDrainRate.StartS, l.QueueDrainRate.EndS)
+		fmt.Fprintf(w, "- admitted rate, as the visitors collect it (2xx, on their next refresh), over the steady window (first admission + refresh × (1 + jitter) + 0.1 s to last − the same): clients %.1f/s (%.0f 2xx in %.1f–%.1f s); edge counter %.1f/s (scraped each second, %.1f–%.1f s); at most %d collected in one second. Visitors with neighbouring places arrived together and refresh together, so the 2xx come in waves (below): shown, not required\n",
+			l.ClientRate.Rate, l.ClientRate.Count, l.ClientRate.StartS, l.ClientRate.EndS, l.EdgeRate.Rate, l.EdgeRate.StartS, l.EdgeRate.EndS, maxInt(l.AdmittedPerSecond))
 		fmt.Fprintf(w, "- order: %d admitted visitors compared; %d admitted (2xx) while a visitor whose first answer came ≥ %s before their first request was still told to wait; %d passed by the watermark in an earlier step than such a visitor; %d admitted while an earlier place was told to wait; %d let in before the watermark passed them; %d places stamped outside their first request's round trip\n",
 			l.Order.Compared, l.Order.ByArrival, l.Order.Granularity, l.Order.ByStep, l.Order.ByPlace, l.Order.AdmittedBeforePassed, l.Order.PlaceOutsideRoundTrip)
 		if l.Order.Example != "" {
@@ -144,4 +145,12 @@ func joinInts(xs []int) string {
 		s[i] = fmt.Sprint(x)
 	}
 	return strings.Join(s, " ")
+}
+
+func maxInt(xs []int) int {
+	m := 0
+	for _, x := range xs {
+		m = max(m, x)
+	}
+	return m
 }
