@@ -261,42 +261,21 @@ func (b *roomBench) load(ctx context.Context) (*WaitroomLoad, error) {
 	r.origin = time.Now().Add(100 * time.Millisecond)
 	origin := r.origin.UnixNano()
 
+	// The edge's metrics each second, its watermark every 100 ms: a
+	// watermark sample brackets each place's admission step.
 	scrapes := []scrape{first}
-	scrapeDone := make(chan struct{})
-	stopScrape := make(chan struct{})
-	go func() {
-		defer close(scrapeDone)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopScrape:
-				return
-			case <-t.C:
-				if s, err := b.scrapeMetrics(); err == nil {
-					scrapes = append(scrapes, s)
-				}
-			}
-		}
-	}()
-
 	var watermarks []watermarkSample
-	wmDone := make(chan struct{})
-	go func() {
-		defer close(wmDone)
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopScrape:
-				return
-			case <-t.C:
-				if w, err := b.watermark(); err == nil {
-					watermarks = append(watermarks, w)
-				}
-			}
+	stopPolls := make(chan struct{})
+	scrapeDone := every(time.Second, stopPolls, func() {
+		if s, err := b.scrapeMetrics(); err == nil {
+			scrapes = append(scrapes, s)
 		}
-	}()
+	})
+	wmDone := every(100*time.Millisecond, stopPolls, func() {
+		if w, err := b.watermark(); err == nil {
+			watermarks = append(watermarks, w)
+		}
+	})
 
 	var wg sync.WaitGroup
 	lags := make([]float64, o.Visitors)
@@ -325,7 +304,7 @@ func (b *roomBench) load(ctx context.Context) (*WaitroomLoad, error) {
 	end := time.Now()
 	cpu1, cerr := cpuSeconds(pids)
 	ru1 := rusage()
-	close(stopScrape)
+	close(stopPolls)
 	<-scrapeDone
 	<-wmDone
 	last, err := b.scrapeMetrics()
@@ -565,6 +544,26 @@ func forgeToken(tok []byte, n int, aheadMs int64) []byte {
 		binary.BigEndian.PutUint64(raw[32:40], uint64(aheadMs))
 	}
 	return []byte(base64.RawURLEncoding.EncodeToString(raw))
+}
+
+// every calls f every d until stop is closed, from a goroutine of its
+// own; the channel it returns is closed once f has run for the last time.
+func every(d time.Duration, stop <-chan struct{}, f func()) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				f()
+			}
+		}
+	}()
+	return done
 }
 
 // sleepCtx sleeps d unless ctx ends first; false when it did.
