@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
@@ -380,7 +382,26 @@ func (b *roomBench) load(ctx context.Context) (*WaitroomLoad, error) {
 		}
 	}
 	l.QueueDrainRate = queueDrain(scrapes, origin+int64(o.Arrival)+int64(time.Second), origin)
+	if err := writeVisitors(filepath.Join(b.c.dir, "visitors.csv"), r.recs); err != nil {
+		return nil, err
+	}
 	return l, nil
+}
+
+// writeVisitors writes every visitor's record, a line each, for a reader
+// who wants to check a figure by hand.
+func writeVisitors(path string, vs []visitorRecord) error {
+	var buf bytes.Buffer
+	buf.WriteString("visitor,first_sent_ns,first_recv_ns,place_ms,place_tb,last_wait_sent_ns,passed_after_ns,passed_at_ns,admitted_sent_ns,admitted_recv_ns,edge_admitted_ms,requests\n")
+	for i := range vs {
+		v := &vs[i]
+		fmt.Fprintf(&buf, "%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d\n", i, v.FirstSent, v.FirstRecv, v.Place.Ms, v.Place.TB, v.LastWaitSent,
+			v.PassedAfter, v.PassedAt, v.AdmittedSent, v.AdmittedRecv, v.EdgeAdmittedMs, v.Requests)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("writing the visitors' records: %w", err)
+	}
+	return nil
 }
 
 // queueDrain is how fast the queue gauge fell from the first scrape after

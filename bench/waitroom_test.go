@@ -350,6 +350,9 @@ func TestWaitroomBenchSmall(t *testing.T) {
 	if md, err := os.ReadFile(filepath.Join(dir, "waitroom.md")); err != nil || !bytes.Contains(md, []byte("## Cost")) {
 		t.Errorf("waitroom.md: %v", err)
 	}
+	if csv, err := os.ReadFile(filepath.Join(dir, "waitroom", "visitors.csv")); err != nil || bytes.Count(csv, []byte("\n")) != 501 {
+		t.Errorf("visitors.csv: %v, want a header and 500 lines", err)
+	}
 	// The queue gauge is scraped once a second, too coarse for the few
 	// seconds this queue lasts; the cost ratio depends on the machine's
 	// quiet. The rest must hold anywhere (the 2xx collected are info).
