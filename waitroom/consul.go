@@ -483,7 +483,7 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	// stays within the rate.
 	rate := c.gate.Rate() * float64(live) / float64(live+alone)
 	budget := carry + rate*float64(dt)/1000
-	nw, left, moved := advance(merged, w, budget, now-c.gate.cfg.SettleMs)
+	nw, left, moved, _ := advance(countsOf(merged), w, budget, now-c.gate.cfg.SettleMs)
 	if nw == w {
 		c.mu.Lock()
 		c.leadTick, c.leadCarry = now, left

@@ -132,26 +132,32 @@ func (s Status) String() string {
 // tie-breaks are hash values, spread evenly over the uint64 space, so
 // admitting k of them moves W.TB on by k/n of that space.
 //
-// Gate is safe for concurrent use; Check takes no lock. Do not copy it.
+// Gate is safe for concurrent use; Check and Ahead take no lock. Do not
+// copy it.
 type Gate struct {
 	cfg   GateConfig
 	clock Clock
 	store Store
 	key   string
 
-	mu       sync.Mutex // guards counts, w, lastTick, carry, seen, passed, cfg.Rate
-	counts   map[int64]uint32
+	mu       sync.Mutex // guards counts, remote, w, lastTick, carry, seen, seenQ, passed, cfg.Rate
+	counts   countList  // this edge's waiting counts, none before w.Ms
 	w        Place
 	lastTick int64
 	carry    float64 // places of budget left over inside a millisecond
 	// seen maps the identity hash of each counted place that still waits
-	// to the place, so one identity is counted once (Join).
+	// to the place, so one identity is counted once (Join); seenQ orders
+	// them by place, so the watermark forgets the ones it passes.
 	seen   map[[16]byte]Place
+	seenQ  seenQueue
 	passed float64 // places the watermark has passed since NewGate
 	// remote are the other edges' waiting counts when a coordinator feeds
 	// them (coord.go), so Ahead and Queued count the whole queue.
-	remote map[int64]uint32
+	remote countList
 
+	// view is what Ahead reads (queue.go), published under mu after
+	// each change of the watermark or of the other edges' counts.
+	view atomic.Pointer[aheadView]
 	// history is append-only: a reader's snapshot stays valid as Tick
 	// publishes longer ones.
 	history atomic.Pointer[[]Checkpoint]
@@ -175,7 +181,7 @@ func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 	if cfg.MaxVisitors == 0 {
 		cfg.MaxVisitors = DefaultMaxVisitors
 	}
-	g := &Gate{cfg: cfg, clock: clock, store: store, counts: map[int64]uint32{}, seen: map[[16]byte]Place{}}
+	g := &Gate{cfg: cfg, clock: clock, store: store, seen: map[[16]byte]Place{}}
 	g.key = fmt.Sprintf("%s/%d", cfg.Room, cfg.Epoch)
 	h, err := store.Load(g.key)
 	if err != nil {
@@ -187,7 +193,28 @@ func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 	}
 	g.history.Store(&h)
 	g.lastTick = clock.NowMs()
+	g.publish()
 	return g, nil
+}
+
+// publish makes the current counts and watermark what Ahead reads. The
+// caller holds g.mu.
+func (g *Gate) publish() { g.view.Store(buildView(g.w, g.counts, g.remote)) }
+
+// count adds d to the count of ms and tells Ahead. The caller holds g.mu.
+func (g *Gate) count(ms int64, d int64) {
+	d = g.counts.add(ms, d)
+	if d == 0 {
+		return
+	}
+	v := g.view.Load()
+	k := v.nd.Load()
+	if int(k) == len(v.d) {
+		g.publish() // it holds the change
+		return
+	}
+	v.d[k] = msDelta{ms: ms, d: int32(d)}
+	v.nd.Store(k + 1)
 }
 
 // Arrive counts a place just issued. Count each new place once; counting
@@ -198,7 +225,7 @@ func (g *Gate) Arrive(p Place) {
 	if p.Before(g.w) {
 		return // already passed: it is admitted at once
 	}
-	g.counts[p.Ms]++
+	g.count(p.Ms, 1)
 }
 
 // Watermark is how far admission has reached.
@@ -230,22 +257,31 @@ func (g *Gate) tick(share float64) error {
 		return nil
 	}
 	budget := g.carry + g.cfg.Rate*share*float64(dt)/1000
-	w, budget, passed := advance(g.counts, g.w, budget, now-g.cfg.SettleMs)
+	w, budget, passed, done := advance(g.counts, g.w, budget, now-g.cfg.SettleMs)
+	g.counts = g.counts[done:]
 	g.passed += passed
 	g.carry = max(budget, 0)
 	if w == g.w {
 		return nil
 	}
 	g.w = w
-	for idh, p := range g.seen {
-		if p.Before(w) {
-			delete(g.seen, idh)
-		}
-	}
+	g.forgetPassed()
+	g.publish()
 	c := Checkpoint{Ms: now, W: w}
 	h := append(*g.history.Load(), c)
 	g.history.Store(&h)
 	return g.store.Append(g.key, c)
+}
+
+// forgetPassed forgets the remembered identities whose places the
+// watermark has passed. The caller holds g.mu.
+func (g *Gate) forgetPassed() {
+	for len(g.seenQ) > 0 && g.seenQ[0].p.Before(g.w) {
+		e := g.seenQ.pop()
+		if q, ok := g.seen[e.idh]; ok && q == e.p {
+			delete(g.seen, e.idh)
+		}
+	}
 }
 
 // Check says whether place p is waiting, admitted (the watermark passed
@@ -283,20 +319,17 @@ func (g *Gate) Join(idh [16]byte, p Place) Place {
 			if !p.Before(q) {
 				return q
 			}
-			if n := g.counts[q.Ms]; n > 1 {
-				g.counts[q.Ms] = n - 1
-			} else {
-				delete(g.counts, q.Ms)
-			}
+			g.count(q.Ms, -1)
 		}
 		delete(g.seen, idh)
 	}
 	if p.Before(g.w) {
 		return p
 	}
-	g.counts[p.Ms]++
+	g.count(p.Ms, 1)
 	if len(g.seen) < g.cfg.MaxVisitors {
 		g.seen[idh] = p
+		g.seenQ.push(seenEntry{p: p, idh: idh})
 	}
 	return p
 }
@@ -306,36 +339,9 @@ func (g *Gate) Join(idh [16]byte, p Place) Place {
 // passed yet: the whole count of each millisecond between them, and of
 // the milliseconds the watermark and p are in, the share of the
 // tie-break space between them (tie-breaks are hash values, spread
-// evenly). It takes the lock and walks the waiting milliseconds.
-func (g *Gate) Ahead(p Place) float64 {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if p.Before(g.w) {
-		return 0
-	}
-	return aheadIn(g.counts, g.w, p) + aheadIn(g.remote, g.w, p)
-}
-
-// aheadIn is Ahead over one count map.
-func aheadIn(counts map[int64]uint32, w, p Place) float64 {
-	var n float64
-	for ms, c := range counts {
-		if ms < w.Ms || ms > p.Ms {
-			continue
-		}
-		lo, hi := uint64(0), ^uint64(0)
-		if ms == w.Ms {
-			lo = w.TB
-		}
-		if ms == p.Ms {
-			hi = p.TB
-		}
-		if hi > lo {
-			n += float64(c) * float64(hi-lo) / (1 << 64)
-		}
-	}
-	return n
-}
+// evenly). It takes no lock and is O(log n) in the waiting milliseconds
+// (queue.go): every waiting visitor asks it each refresh.
+func (g *Gate) Ahead(p Place) float64 { return g.view.Load().ahead(p) }
 
 // Queued estimates the counted places the watermark has not passed.
 func (g *Gate) Queued() float64 {
