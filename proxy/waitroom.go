@@ -268,8 +268,9 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 	rt.ewma.Store(math.Float64bits(old + alpha*(inst-old)))
 }
 
-// controlKey names rt's control in the store: its room and epoch, as
-// its history.
+// controlKey names rt's control in the store: its room and epoch. Not
+// its opening, unlike its history (waitroom's historyKey): a room closed
+// (sold out) stays closed when its opens_at is edited.
 func (rt *roomRuntime) controlKey() string { return fmt.Sprintf("%s/%d", rt.name, rt.epoch) }
 
 // loadControl applies to a new runtime what the admin API last set on its

@@ -16,7 +16,8 @@ import (
 
 // A room on many edges (issue 18, "Many edges"), coordinated through
 // Consul's KV store; Consul does the consensus, this file only follows
-// its rules. Under Prefix/<room>/<epoch>/:
+// its rules. Under Prefix/<room>/<epoch>/ (and <opens_at ms>/ for a room
+// with an opening: a new opening is a new queue, see historyKey):
 //
 //   - arrivals/<edge>: each edge's waiting counts (ms -> count, from the
 //     watermark on) and its clock, written every PublishEvery without a
@@ -161,7 +162,7 @@ func NewCoordinator(cfg CoordinatorConfig, gate *Gate) (*Coordinator, error) {
 	if settle := time.Duration(gate.cfg.SettleMs) * time.Millisecond; settle < need {
 		return nil, fmt.Errorf("waitroom: room %s: settle time %v is shorter than publish %v + leader tick %v + %v for skew and round trips: places would be admitted out of order", gate.cfg.Room, settle, cfg.PublishEvery, cfg.TickEvery, MinSkewMargin)
 	}
-	base := roomFolder(cfg.Prefix, gate.cfg.Room, gate.cfg.Epoch)
+	base := strings.TrimSuffix(cfg.Prefix, "/") + "/" + gate.key + "/"
 	c := &Coordinator{cfg: cfg, gate: gate, log: cfg.Log.With("room", gate.cfg.Room),
 		arrivals: base + "arrivals/", leaderKey: base + "leader", historyKey: base + "history",
 		changed: make(chan struct{}), freshMs: gate.clock.NowMs()}
@@ -169,10 +170,6 @@ func NewCoordinator(cfg CoordinatorConfig, gate *Gate) (*Coordinator, error) {
 	c.edges.Store(1)
 	c.up.Store(true)
 	return c, nil
-}
-
-func roomFolder(prefix, room string, epoch uint32) string {
-	return fmt.Sprintf("%s/%s/%d/", strings.TrimSuffix(prefix, "/"), room, epoch)
 }
 
 // Up reports whether the edge follows a live leader's history; false
@@ -689,11 +686,11 @@ var _ Store = (*ConsulHistory)(nil)
 // Append implements Store; see ConsulHistory.
 func (s *ConsulHistory) Append(string, Checkpoint) error { return nil }
 
-// Load implements Store. key is the Gate's "room/epoch".
+// Load implements Store. key is the Gate's (historyKey), which names the
+// room's folder under Prefix.
 func (s *ConsulHistory) Load(key string) ([]Checkpoint, error) {
-	room, epoch, ok := strings.Cut(key, "/")
-	if !ok {
-		return nil, fmt.Errorf("waitroom: history key %q: want room/epoch", key)
+	if key == "" || strings.Contains(key, "//") || strings.HasPrefix(key, "/") {
+		return nil, fmt.Errorf("waitroom: history key %q: want room/epoch[/opens_at]", key)
 	}
 	prefix := s.Prefix
 	if prefix == "" {
@@ -705,7 +702,7 @@ func (s *ConsulHistory) Load(key string) ([]Checkpoint, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	k := strings.TrimSuffix(prefix, "/") + "/" + room + "/" + epoch + "/history"
+	k := strings.TrimSuffix(prefix, "/") + "/" + key + "/history"
 	pair, _, err := s.Client.KV().Get(k, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("waitroom: reading the shared history %s from Consul: %w", k, err)

@@ -14,8 +14,8 @@ import (
 	"sync"
 )
 
-// FileStore is a Store in files: one append-only file per key (room and
-// epoch) under Dir, a line "ms w_ms w_tb" per checkpoint. Each Append is
+// FileStore is a Store in files: one append-only file per key (room,
+// epoch and opening) under Dir, a line "ms w_ms w_tb" per checkpoint. Each Append is
 // one write(2) on an O_APPEND descriptor, so a crash loses at most the
 // line being written; no fsync, since a lost last checkpoint only means
 // the restarted gate re-admits from a moment earlier.

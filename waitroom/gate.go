@@ -23,7 +23,8 @@ type Checkpoint struct {
 
 // Store keeps each room's checkpoint history, so that a restarted Gate
 // knows when every place was admitted and refuses spent ones. key names
-// the room and its epoch.
+// the room, its epoch and its opening: "room/epoch" or
+// "room/epoch/opens_at_ms", names of [A-Za-z0-9_-] and numbers.
 type Store interface {
 	// Append adds c to key's history. Checkpoints come in order.
 	Append(key string, c Checkpoint) error
@@ -164,7 +165,7 @@ type Gate struct {
 }
 
 // NewGate makes the gate of cfg's room, resuming the history store holds
-// for the room and epoch.
+// for the room, its epoch and its opening.
 func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 	if !(cfg.Rate > 0) || math.IsInf(cfg.Rate, 0) {
 		return nil, fmt.Errorf("waitroom: room %s: rate %v: want a positive number of visitors a second", cfg.Room, cfg.Rate)
@@ -182,7 +183,7 @@ func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 		cfg.MaxVisitors = DefaultMaxVisitors
 	}
 	g := &Gate{cfg: cfg, clock: clock, store: store, seen: map[[16]byte]Place{}}
-	g.key = fmt.Sprintf("%s/%d", cfg.Room, cfg.Epoch)
+	g.key = historyKey(cfg)
 	h, err := store.Load(g.key)
 	if err != nil {
 		return nil, fmt.Errorf("waitroom: room %s: loading admission history: %w", cfg.Room, err)
@@ -195,6 +196,19 @@ func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 	g.lastTick = clock.NowMs()
 	g.publish()
 	return g, nil
+}
+
+// historyKey names cfg's history in its Store: room/epoch, and for a
+// room that opens at a time, room/epoch/opens_at (Unix ms). A new
+// opens_at starts a new queue: the history of the old one has a
+// watermark that may be past the new opening, which would admit the new
+// pre-queue at once, unshuffled (review 18, 14). A room without an
+// opening (OpensAtMs <= 0) has no pre-queue to lose.
+func historyKey(cfg GateConfig) string {
+	if cfg.OpensAtMs > 0 {
+		return fmt.Sprintf("%s/%d/%d", cfg.Room, cfg.Epoch, cfg.OpensAtMs)
+	}
+	return fmt.Sprintf("%s/%d", cfg.Room, cfg.Epoch)
 }
 
 // publish makes the current counts and watermark what Ahead reads. The

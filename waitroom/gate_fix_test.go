@@ -61,3 +61,38 @@ func TestGateJoinKeepsEarlierPlace(t *testing.T) {
 		t.Errorf("ahead of the other visitor %v, want 1 (the identity's earlier place)", a)
 	}
 }
+
+// TestGateNewOpeningNewQueue: a gate made for a new opens_at (a reload or
+// restart with the config's opening changed) starts a fresh queue on the
+// same store: its watermark at the new opening and the new queue's
+// places waiting, not the old queue's history, whose watermark is past
+// the new opening (review 18, 14). The old opening's history stays its
+// own.
+func TestGateNewOpeningNewQueue(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	store := &FileStore{Dir: t.TempDir()}
+	defer store.Close()
+	c := newFakeClock(t0)
+	cfg := GateConfig{Room: "final", Epoch: 1, OpensAtMs: t0, Rate: 100}
+	g := mustGate(t, cfg, c, store)
+	for i := range 100 {
+		g.Join([16]byte{byte(i)}, Place{Ms: t0 + 1 + int64(i)*100, TB: uint64(i)})
+	}
+	tickTo(t, g, c, t0+60_000, 50)
+	old := g.Watermark()
+	if old.Ms < t0+50_000 {
+		t.Fatalf("watermark %v after a minute, want near %d", old, t0+58_000)
+	}
+	cfg.OpensAtMs = t0 + 30_000
+	g2 := mustGate(t, cfg, c, store)
+	if w := g2.Watermark(); w != (Place{Ms: cfg.OpensAtMs}) {
+		t.Errorf("the new opening's watermark is %v, want the opening %d", w, cfg.OpensAtMs)
+	}
+	if s, _ := g2.Check(Place{Ms: cfg.OpensAtMs, TB: 1 << 63}); s != Waiting {
+		t.Errorf("a place of the new opening is %v, want waiting", s)
+	}
+	cfg.OpensAtMs = t0
+	if w := mustGate(t, cfg, c, store).Watermark(); w != old {
+		t.Errorf("the old opening's watermark is %v, want %v", w, old)
+	}
+}
