@@ -459,10 +459,12 @@ func (x *exchange) waitingRoom(path []byte) bool {
 				return true
 			}
 		}
-		// Waiting (or admitted while the room is paused or full): after a
-		// restart the gate has lost its count of this place; Join counts
-		// it once again.
-		place = rt.gate.Join(idh, place)
+		// Waiting (or admitted while the room is paused or full): a
+		// token signed before the gate was made (a restart: its count is
+		// lost) is counted once again; one signed since, not (Rejoin).
+		// waitPage signs every place token placeLifetime before it
+		// expires.
+		place = rt.gate.Rejoin(idh, place, tok.ExpMs-placeLifetime.Milliseconds())
 	default:
 		// No token, or one refused: a new arrival, placed by its identity
 		// and now, never by anything in the refused token. Having no

@@ -90,14 +90,16 @@ type GateConfig struct {
 	// for a refresh interval, the visitors' pages come back and Join
 	// counts them again first.
 	HoldUntilMs int64
-	// MaxVisitors bounds the identities Join remembers (each about 60
-	// bytes); past it an arrival is counted without being remembered,
-	// which only slows admission. Zero means DefaultMaxVisitors.
+	// MaxVisitors bounds the identities Join remembers (each about 100
+	// bytes with its entry in the queue by place); past it an arrival is
+	// counted without being remembered: its refreshes, through Rejoin,
+	// are not counted again, but requests of the identity without its
+	// token are. Zero means DefaultMaxVisitors.
 	MaxVisitors int
 }
 
 // DefaultMaxVisitors is GateConfig.MaxVisitors's zero value: a million
-// waiting identities, about 60 MiB.
+// waiting identities, about 100 MiB.
 const DefaultMaxVisitors = 1 << 20
 
 // Status is what Gate.Check says of a place.
@@ -140,6 +142,9 @@ type Gate struct {
 	clock Clock
 	store Store
 	key   string
+	// startMs is when the gate was made: tokens signed after it hold
+	// places it counted (Rejoin).
+	startMs int64
 
 	mu       sync.Mutex // guards counts, remote, w, lastTick, carry, seen, seenQ, passed, cfg.Rate
 	counts   countList  // this edge's waiting counts, none before w.Ms
@@ -194,6 +199,7 @@ func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 	}
 	g.history.Store(&h)
 	g.lastTick = clock.NowMs()
+	g.startMs = g.lastTick
 	g.publish()
 	return g, nil
 }
@@ -325,7 +331,25 @@ func (g *Gate) Check(p Place) (s Status, passedMs int64) {
 // the same identity without its token (a NAT neighbour, an API call
 // without the header) can come first and be counted at "now"; the token
 // holder's next refresh must keep its own, earlier place (review 18, 7).
-func (g *Gate) Join(idh [16]byte, p Place) Place {
+func (g *Gate) Join(idh [16]byte, p Place) Place { return g.join(idh, p, false) }
+
+// Rejoin is Join for the place p of a valid place token signed at
+// signedMs: a waiting visitor's refresh. A token signed after the gate
+// was made shows a place the gate counted when it signed it (every place
+// token an edge signs holds a place Join returned), so the place is not
+// counted again, whether or not the identity is remembered: past
+// MaxVisitors, a refresh no longer counts its visitor once more each
+// time, which inflated Ahead and Queued and slowed admission (review 18,
+// 8). A token signed before the gate was made (by the process before a
+// restart, whose counts are lost) is counted, once: the page that
+// answers it carries a token signed now. In a coordinated room a token
+// another edge signed is counted by that edge, which publishes it.
+func (g *Gate) Rejoin(idh [16]byte, p Place, signedMs int64) Place {
+	return g.join(idh, p, signedMs > g.startMs)
+}
+
+// join is Join, with counted when p is known to be counted already.
+func (g *Gate) join(idh [16]byte, p Place, counted bool) Place {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if q, ok := g.seen[idh]; ok {
@@ -340,7 +364,9 @@ func (g *Gate) Join(idh [16]byte, p Place) Place {
 	if p.Before(g.w) {
 		return p
 	}
-	g.count(p.Ms, 1)
+	if !counted {
+		g.count(p.Ms, 1)
+	}
 	if len(g.seen) < g.cfg.MaxVisitors {
 		g.seen[idh] = p
 		g.seenQ.push(seenEntry{p: p, idh: idh})

@@ -1,6 +1,9 @@
 package waitroom
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // TestGateHoldNoBurstOnResume: a gate held (its room paused) for ten
 // minutes admits no more than Rate × dt in the first Tick after, not the
@@ -94,5 +97,51 @@ func TestGateNewOpeningNewQueue(t *testing.T) {
 	cfg.OpensAtMs = t0
 	if w := mustGate(t, cfg, c, store).Watermark(); w != old {
 		t.Errorf("the old opening's watermark is %v, want %v", w, old)
+	}
+}
+
+// TestGateRejoinPastMaxVisitors: with MaxVisitors 3 and 10 visitors
+// waiting, 7 are counted but not remembered; their refreshes (their
+// tokens, signed since the gate was made) count nobody again, so the
+// queue stays 10 and the last visitor's position with it (review 18, 8:
+// it grew by 7 a round). After a restart (counts lost) the first refresh
+// of each, with a token signed before, counts it once; the next, with the
+// token that answer carried, does not.
+func TestGateRejoinPastMaxVisitors(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	store := &MemStore{}
+	c := newFakeClock(t0)
+	cfg := GateConfig{Room: "r", Rate: 1, OpensAtMs: t0 - 1, MaxVisitors: 3}
+	g := mustGate(t, cfg, c, store)
+	ps := make([]Place, 10)
+	signed := make([]int64, 10)
+	for i := range ps {
+		c.ms.Add(1)
+		ps[i] = g.Join([16]byte{byte(i)}, Place{Ms: c.NowMs(), TB: uint64(i)})
+		signed[i] = c.NowMs()
+	}
+	refresh := func(g *Gate, round string) {
+		t.Helper()
+		for i, p := range ps {
+			c.ms.Add(1)
+			if got := g.Rejoin([16]byte{byte(i)}, p, signed[i]); got != p {
+				t.Fatalf("%s: visitor %d rejoined at %v, want its place %v", round, i, got, p)
+			}
+			signed[i] = c.NowMs() // the waiting page's new token
+		}
+		if q, a := g.Queued(), g.Ahead(ps[9]); q != 10 || a != 9 {
+			t.Errorf("%s: queue %v, %v ahead of the last, want 10 and 9", round, q, a)
+		}
+	}
+	for r := range 5 {
+		refresh(g, fmt.Sprintf("refresh %d", r))
+	}
+	c.ms.Add(1)
+	g2 := mustGate(t, cfg, c, store) // a restart: nothing counted
+	if q := g2.Queued(); q != 0 {
+		t.Fatalf("a restarted gate counts %v, want 0", q)
+	}
+	for r := range 3 {
+		refresh(g2, fmt.Sprintf("refresh %d after the restart", r))
 	}
 }
