@@ -158,6 +158,9 @@ func NewCoordinator(cfg CoordinatorConfig, gate *Gate) (*Coordinator, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.StaleAfter <= historyEveryMs*time.Millisecond {
+		return nil, fmt.Errorf("waitroom: room %s: stale after %v: want more than %v, how often a leader writes a watermark that passed nobody", gate.cfg.Room, cfg.StaleAfter, historyEveryMs*time.Millisecond)
+	}
 	need := max(cfg.PublishEvery, 0) + max(cfg.TickEvery, 0) + MinSkewMargin
 	if settle := time.Duration(gate.cfg.SettleMs) * time.Millisecond; settle < need {
 		return nil, fmt.Errorf("waitroom: room %s: settle time %v is shorter than publish %v + leader tick %v + %v for skew and round trips: places would be admitted out of order", gate.cfg.Room, settle, cfg.PublishEvery, cfg.TickEvery, MinSkewMargin)
@@ -481,7 +484,10 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	rate := c.gate.Rate() * float64(live) / float64(live+alone)
 	budget := carry + rate*float64(dt)/1000
 	nw, left, moved, _ := advance(countsOf(merged), w, budget, now-c.gate.cfg.SettleMs)
-	if nw == w {
+	// As a gate does (Gate.record): a watermark that passed nobody is
+	// written once every historyEveryMs, not every tick; the next tick
+	// walks the same empty milliseconds again, for nothing.
+	if nw == w || moved == 0 && len(h) > 0 && now-h[len(h)-1].Ms < historyEveryMs {
 		c.mu.Lock()
 		c.leadTick, c.leadCarry = now, left
 		c.mu.Unlock()

@@ -512,3 +512,61 @@ func TestCoordinatorPartition(t *testing.T) {
 		}
 	}
 }
+
+// TestCoordinatedHistoryBounded: the shared history in Consul holds the
+// claim window and a minute of checkpoints, and while nobody is passed,
+// one a second: not one each leader tick (5 a second), which the
+// followers downloaded whole at every write (review 18, 10).
+func TestCoordinatedHistoryBounded(t *testing.T) {
+	agent := consultest.Start(t)
+	clock := newFakeClock(opensMs)
+	room := testRoom(t)
+	const claimMs = 10_000
+	gate := mustGate(t, GateConfig{Room: "final", Epoch: 1, OpensAtMs: opensMs, Rate: multiRate, ClaimWindowMs: claimMs}, clock, &ConsulHistory{Client: agent.Client()})
+	coord, err := NewCoordinator(CoordinatorConfig{Client: agent.Client(), EdgeID: "edge-0", PublishEvery: -1, TickEvery: -1}, gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); coord.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.After(hangGuard)
+	for !coord.Leader() {
+		select {
+		case <-coord.Changes():
+		case <-deadline:
+			t.Fatalf("no leader after %v", hangGuard)
+		}
+	}
+	var ps []Place
+	const steps = (claimMs + 60_000 + 30_000) / multiStepMs
+	for i := range steps {
+		clock.ms.Add(multiStepMs)
+		if i < 100 { // visitors for the first 20 s, then nobody
+			id := fmt.Appendf(nil, "198.51.100.%d", i)
+			ps = append(ps, gate.Join(room.IdentityHash(id), room.PlaceFor(id, clock.NowMs())))
+		}
+		if err := coord.Publish(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := coord.Tick(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pair, _, err := agent.Client().KV().Get(coord.historyKey, nil)
+	if err != nil || pair == nil {
+		t.Fatalf("reading the shared history: %v, %v", pair, err)
+	}
+	_, h, err := parseHistory(pair.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last 70 s were idle: a checkpoint a second, and the floor.
+	if limit := (claimMs+60_000)/historyEveryMs + 5; len(h) > limit {
+		t.Errorf("the shared history holds %d checkpoints, want at most %d", len(h), limit)
+	}
+	if s, _ := gate.Check(ps[len(ps)-1]); s != Spent {
+		t.Errorf("the last visitor, passed over a minute ago, is %v, want spent", s)
+	}
+}

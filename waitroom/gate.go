@@ -39,7 +39,10 @@ type MemStore struct {
 	h  map[string][]Checkpoint
 }
 
-var _ Store = (*MemStore)(nil)
+var (
+	_ Store     = (*MemStore)(nil)
+	_ compacter = (*MemStore)(nil)
+)
 
 // Append implements Store.
 func (s *MemStore) Append(key string, c Checkpoint) error {
@@ -49,6 +52,17 @@ func (s *MemStore) Append(key string, c Checkpoint) error {
 		s.h = map[string][]Checkpoint{}
 	}
 	s.h[key] = append(s.h[key], c)
+	return nil
+}
+
+// Compact replaces key's history with keep.
+func (s *MemStore) Compact(key string, keep []Checkpoint) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.h == nil {
+		s.h = map[string][]Checkpoint{}
+	}
+	s.h[key] = append([]Checkpoint(nil), keep...)
 	return nil
 }
 
@@ -146,7 +160,7 @@ type Gate struct {
 	// places it counted (Rejoin).
 	startMs int64
 
-	mu       sync.Mutex // guards counts, remote, w, lastTick, carry, seen, seenQ, passed, cfg.Rate
+	mu       sync.Mutex // guards counts, remote, w, lastTick, carry, seen, seenQ, passed, dropped, cfg.Rate, and writes of history
 	counts   countList  // this edge's waiting counts, none before w.Ms
 	w        Place
 	lastTick int64
@@ -157,6 +171,9 @@ type Gate struct {
 	seen   map[[16]byte]Place
 	seenQ  seenQueue
 	passed float64 // places the watermark has passed since NewGate
+	// dropped counts the checkpoints trimmed from the history since the
+	// store was last compacted.
+	dropped int
 	// remote are the other edges' waiting counts when a coordinator feeds
 	// them (coord.go), so Ahead and Queued count the whole queue.
 	remote countList
@@ -164,7 +181,8 @@ type Gate struct {
 	// view is what Ahead reads (queue.go), published under mu after
 	// each change of the watermark or of the other edges' counts.
 	view atomic.Pointer[aheadView]
-	// history is append-only: a reader's snapshot stays valid as Tick
+	// history is append-only but for trimming from the front (which
+	// makes a new slice header): a reader's snapshot stays valid as Tick
 	// publishes longer ones.
 	history atomic.Pointer[[]Checkpoint]
 }
@@ -287,10 +305,58 @@ func (g *Gate) tick(share float64) error {
 	g.w = w
 	g.forgetPassed()
 	g.publish()
-	c := Checkpoint{Ms: now, W: w}
-	h := append(*g.history.Load(), c)
-	g.history.Store(&h)
-	return g.store.Append(g.key, c)
+	return g.record(now, passed > 0)
+}
+
+// historyEveryMs is how often a watermark that passed no counted place
+// (it moved over empty milliseconds, towards now-SettleMs) is recorded.
+// A checkpoint each time the watermark moved was 20 lines a second a
+// room, for ever (review 18, 10). Only places nobody counted here lie in
+// those milliseconds (a token of another edge, a place restored after a
+// restart that came back late); they are admitted at the next
+// checkpoint, at most this much later. It is well under
+// DefaultStaleAfter, which a coordinated room's leader must write
+// within.
+const historyEveryMs = 1_000
+
+// record appends the watermark's checkpoint at now to the history, when
+// places were passed or historyEveryMs after the last one, and drops the
+// checkpoints Check no longer needs: those older than historyKeepMs, but
+// the newest of them (trimHistory). Once as many were dropped as are
+// kept, the store is compacted too. The caller holds g.mu.
+func (g *Gate) record(now int64, passed bool) error {
+	h := *g.history.Load()
+	if n := len(h); n > 0 && !passed && now-h[n-1].Ms < historyEveryMs {
+		return nil
+	}
+	c := Checkpoint{Ms: now, W: g.w}
+	h = append(h, c) // beyond every reader's length: see history
+	kept := trimHistory(h, now-g.historyKeepMs())
+	g.dropped += len(h) - len(kept)
+	g.history.Store(&kept)
+	if err := g.store.Append(g.key, c); err != nil {
+		return err
+	}
+	if cs, ok := g.store.(compacter); ok && g.dropped >= max(len(kept), minCompact) {
+		if err := cs.Compact(g.key, kept); err != nil {
+			return err
+		}
+		g.dropped = 0
+	}
+	return nil
+}
+
+// minCompact is the fewest dropped checkpoints that are worth rewriting
+// the store's history for.
+const minCompact = 256
+
+// compacter is a Store that can replace a history with its newest part
+// (FileStore, MemStore). The Consul history has none: its leader trims
+// it at each write (consul.go).
+type compacter interface {
+	// Compact replaces key's history with keep, which is its newest
+	// part, whole.
+	Compact(key string, keep []Checkpoint) error
 }
 
 // forgetPassed forgets the remembered identities whose places the
