@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"strings"
 	"sync"
@@ -483,6 +484,14 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	// stays within the rate.
 	rate := c.gate.Rate() * float64(live) / float64(live+alone)
 	budget := carry + rate*float64(dt)/1000
+	if free := c.gate.freeSlots(); !math.IsInf(free, 1) {
+		// max_active (Gate.SetFree): the leader knows how full its own
+		// edge is, not the others; it takes them to be as full, the
+		// visitors being spread evenly over the edges by what is in
+		// front of them. An edge fuller than that still refuses an
+		// admission past its max_active when it is claimed.
+		budget = min(budget, free*float64(live))
+	}
 	nw, left, moved, _ := advance(countsOf(merged), w, budget, now-c.gate.cfg.SettleMs)
 	// As a gate does (Gate.record): a watermark that passed nobody is
 	// written once every historyEveryMs, not every tick; the next tick

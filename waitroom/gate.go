@@ -160,7 +160,7 @@ type Gate struct {
 	// places it counted (Rejoin).
 	startMs int64
 
-	mu       sync.Mutex // guards counts, remote, w, lastTick, carry, seen, seenQ, passed, dropped, cfg.Rate, and writes of history
+	mu       sync.Mutex // guards counts, remote, w, lastTick, carry, seen, seenQ, passed, dropped, free, cfg.Rate, and writes of history
 	counts   countList  // this edge's waiting counts, none before w.Ms
 	w        Place
 	lastTick int64
@@ -174,6 +174,9 @@ type Gate struct {
 	// dropped counts the checkpoints trimmed from the history since the
 	// store was last compacted.
 	dropped int
+	// free caps the places the next ticks pass (SetFree); +Inf when
+	// nothing does.
+	free float64
 	// remote are the other edges' waiting counts when a coordinator feeds
 	// them (coord.go), so Ahead and Queued count the whole queue.
 	remote countList
@@ -205,7 +208,7 @@ func NewGate(cfg GateConfig, clock Clock, store Store) (*Gate, error) {
 	if cfg.MaxVisitors == 0 {
 		cfg.MaxVisitors = DefaultMaxVisitors
 	}
-	g := &Gate{cfg: cfg, clock: clock, store: store, seen: map[[16]byte]Place{}}
+	g := &Gate{cfg: cfg, clock: clock, store: store, seen: map[[16]byte]Place{}, free: math.Inf(1)}
 	g.key = historyKey(cfg)
 	h, err := store.Load(g.key)
 	if err != nil {
@@ -294,10 +297,11 @@ func (g *Gate) tick(share float64) error {
 		g.carry = 0
 		return nil
 	}
-	budget := g.carry + g.cfg.Rate*share*float64(dt)/1000
+	budget := min(g.carry+g.cfg.Rate*share*float64(dt)/1000, g.free)
 	w, budget, passed, done := advance(g.counts, g.w, budget, now-g.cfg.SettleMs)
 	g.counts = g.counts[done:]
 	g.passed += passed
+	g.free -= passed
 	g.carry = max(budget, 0)
 	if w == g.w {
 		return nil
@@ -493,6 +497,43 @@ func (g *Gate) Hold(nowMs int64) {
 	}
 	g.carry = 0
 }
+
+// SetFree caps the places the next ticks pass, in all, at n: a room
+// with max_active passes no more visitors than it has room for (review
+// 18, 6), so that admitted visitors do not pile up at a full room and
+// take its freed places in the order they happen to refresh. The caller
+// sets it before each tick: max_active less the visitors inside and
+// those admitted who may still claim. +Inf (the default) caps nothing.
+// A coordinated room's leader passes at most its own n times the live
+// edges (consul.go). A NaN or negative n is zero.
+func (g *Gate) SetFree(n float64) {
+	if !(n > 0) {
+		n = 0
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.free = n
+}
+
+// freeSlots is SetFree's cap as it stands.
+func (g *Gate) freeSlots() float64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.free
+}
+
+// LastCheckpoint is the history's newest checkpoint, and false when it
+// has none: after a tick that passed places, the time Check gives them.
+func (g *Gate) LastCheckpoint() (Checkpoint, bool) {
+	h := *g.history.Load()
+	if len(h) == 0 {
+		return Checkpoint{}, false
+	}
+	return h[len(h)-1], true
+}
+
+// ClaimWindowMs is how long an admitted place may be claimed.
+func (g *Gate) ClaimWindowMs() int64 { return g.cfg.ClaimWindowMs }
 
 // SettleMs is how far the watermark stays behind the clock.
 func (g *Gate) SettleMs() int64 { return g.cfg.SettleMs }
