@@ -172,3 +172,39 @@ func TestGateForgetsPassed(t *testing.T) {
 		t.Errorf("%d identities remembered (%d queued) after all were admitted, want 0", len(g.seen), len(g.seenQ))
 	}
 }
+
+// TestGateAheadConcurrent: Ahead and Queued read the view while joins
+// append to it, rebuild it when full, and ticks and the other edges'
+// counts replace it (run with -race).
+func TestGateAheadConcurrent(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	c := newFakeClock(t0)
+	g := mustGate(t, GateConfig{Room: "r", Rate: 1000, OpensAtMs: t0, SettleMs: 10}, c, &MemStore{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 5_000 {
+			g.Join([16]byte{byte(i), byte(i >> 8)}, Place{Ms: c.NowMs(), TB: uint64(i) << 40})
+			if i%500 == 0 {
+				g.setRemote(map[int64]uint32{c.NowMs(): 3})
+			}
+		}
+	}()
+	readers := make(chan float64)
+	for range 2 {
+		go func() {
+			var n float64
+			for i := range 5_000 {
+				n += g.Ahead(Place{Ms: c.NowMs(), TB: uint64(i)}) + g.Queued()
+			}
+			readers <- n
+		}()
+	}
+	tickTo(t, g, c, t0+1_000, 1)
+	<-done
+	for range 2 {
+		if n := <-readers; n < 0 {
+			t.Errorf("negative positions: %v", n)
+		}
+	}
+}
