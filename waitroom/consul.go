@@ -130,6 +130,7 @@ type Coordinator struct {
 	leadPassed float64
 	leadTick   int64
 	leadCarry  float64
+	leadBeat   int64 // when this leader last wrote the history
 }
 
 // NewCoordinator makes the coordinator of gate's room. The gate's settle
@@ -495,18 +496,31 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	nw, left, moved, _ := advance(countsOf(merged), w, budget, now-c.gate.cfg.SettleMs)
 	// As a gate does (Gate.record): a watermark that passed nobody is
 	// written once every historyEveryMs, not every tick; the next tick
-	// walks the same empty milliseconds again, for nothing.
-	if nw == w || moved == 0 && len(h) > 0 && now-h[len(h)-1].Ms < historyEveryMs {
+	// walks the same empty milliseconds again, for nothing. A watermark
+	// that cannot move (max_active full, or the opening not yet come)
+	// is written again unchanged as often, a heartbeat: the followers
+	// count the leader live while its history is written (heard), and
+	// would otherwise admit alone after StaleAfter.
+	write := nw != w && (moved > 0 || len(h) == 0 || now-h[len(h)-1].Ms >= historyEveryMs)
+	c.mu.Lock()
+	beat := !write && now-c.leadBeat >= historyEveryMs
+	c.mu.Unlock()
+	if !write && !beat {
 		c.mu.Lock()
 		c.leadTick, c.leadCarry = now, left
 		c.mu.Unlock()
 		return nil
 	}
-	nh := trimHistory(append(h[:len(h):len(h)], Checkpoint{Ms: now, W: nw}), now-c.gate.historyKeepMs())
-	total := passed + moved
+	nh, total := h, passed
+	if write {
+		nh = trimHistory(append(h[:len(h):len(h)], Checkpoint{Ms: now, W: nw}), now-c.gate.historyKeepMs())
+		total += moved
+	} else {
+		moved = 0
+	}
 	ok, resp, _, err := kv.Txn(api.KVTxnOps{
 		{Verb: api.KVCheckSession, Key: c.leaderKey, Session: sid},
-		{Verb: api.KVCAS, Key: c.historyKey, Value: appendHistory(nil, total, nh), Index: index},
+		{Verb: api.KVCAS, Key: c.historyKey, Value: appendHistoryAt(nil, now, total, nh), Index: index},
 	}, qo)
 	if err != nil {
 		return c.failed("writing the history", err)
@@ -523,8 +537,9 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 		}
 		return fmt.Errorf("waitroom: room %s: history write refused: %s", c.gate.cfg.Room, strings.Join(why, "; "))
 	}
+	c.gate.spendFree(moved / float64(live))
 	c.mu.Lock()
-	c.leadHist, c.leadPassed, c.leadTick, c.leadCarry = nh, total, now, left
+	c.leadHist, c.leadPassed, c.leadTick, c.leadCarry, c.leadBeat = nh, total, now, left, now
 	if len(resp.Results) == 2 && resp.Results[1] != nil {
 		c.leadIndex = resp.Results[1].ModifyIndex
 	} else {
@@ -532,7 +547,18 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	}
 	c.mu.Unlock()
 	c.adoptShared(total, nh)
+	c.heard()
 	return nil
+}
+
+// heard records that the leader wrote the history just now, whether or
+// not its watermark moved: the edge follows a live leader.
+func (c *Coordinator) heard() {
+	c.mu.Lock()
+	c.freshMs = c.gate.clock.NowMs()
+	c.alone = false
+	c.mu.Unlock()
+	c.setUp(true)
 }
 
 // adoptShared hands the gate a shared history, once per new watermark.
@@ -577,7 +603,7 @@ func (c *Coordinator) signal() {
 // watch follows the shared history with blocking queries.
 func (c *Coordinator) watch(ctx context.Context) {
 	kv := c.cfg.Client.KV()
-	var index uint64
+	var index, written uint64 // the query's index; the history's last write
 	for ctx.Err() == nil {
 		pair, meta, err := kv.Get(c.historyKey, (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
 		if err != nil {
@@ -603,6 +629,14 @@ func (c *Coordinator) watch(ctx context.Context) {
 			continue
 		}
 		c.adoptShared(total, h)
+		if pair.ModifyIndex != written {
+			// A write, if only the leader's heartbeat: not a blocking
+			// query that timed out on the same value.
+			if written != 0 {
+				c.heard()
+			}
+			written = pair.ModifyIndex
+		}
 	}
 }
 

@@ -570,3 +570,33 @@ func TestCoordinatedHistoryBounded(t *testing.T) {
 		t.Errorf("the last visitor, passed over a minute ago, is %v, want spent", s)
 	}
 }
+
+// TestCoordinatedMaxActive: with max_active's free places set on each of
+// two edges (5 each), the leader passes at most its own 5 times the two
+// live edges, however long it ticks at 100 a second with 60 waiting
+// (review 18, 6); the follower, hearing the leader's heartbeat, does not
+// take the stuck watermark for a dead leader.
+func TestCoordinatedMaxActive(t *testing.T) {
+	m := newMulti(t, 2)
+	for _, e := range m.edges {
+		e.gate.SetFree(5)
+	}
+	for range 60 { // one a millisecond: whole places pass, not shares of one
+		m.clock.ms.Add(1)
+		m.arrive(1, m.edges)
+	}
+	for range 30 { // 6 s: past the settle time, 600 places of budget
+		m.step(0, m.edges)
+	}
+	l := m.leader(m.edges)
+	if n := m.admittedAll(l); n != 10 {
+		t.Errorf("%d admitted, want 10 (5 free on each of 2 edges)", n)
+	}
+	// Blocked for over StaleAfter, the leader's watermark has not moved,
+	// but it wrote its history (a heartbeat): nobody admits alone.
+	for _, e := range m.edges {
+		if !e.coord.Up() {
+			t.Errorf("%s went alone while the leader was blocked by max_active", e.id)
+		}
+	}
+}

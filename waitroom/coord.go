@@ -194,6 +194,7 @@ func (g *Gate) holding() bool { return g.clock.NowMs() < g.cfg.HoldUntilMs }
 const (
 	arrivalsV1 = 1
 	historyV1  = 1
+	historyV2  = 2 // historyV1 with the writer's stamp
 )
 
 // errEncoding is returned for a value that is not a valid encoding.
@@ -267,7 +268,20 @@ func parseArrivals(b []byte, fromMs int64, into map[int64]uint32) (stampMs int64
 // passed, n, then n checkpoints (ms delta, watermark ms delta, tie-break
 // as 8 bytes: hash values do not shrink as varints).
 func appendHistory(dst []byte, passed float64, h []Checkpoint) []byte {
-	dst = append(dst, historyV1)
+	return appendHistoryBody(append(dst, historyV1), passed, h)
+}
+
+// appendHistoryAt is appendHistory with the leader's clock when it wrote
+// it (Unix ms) after the version (2): the heartbeat of a leader whose
+// watermark cannot move changes the value, which Consul does not count
+// as a write when it is the same, so the followers hear it.
+func appendHistoryAt(dst []byte, stampMs int64, passed float64, h []Checkpoint) []byte {
+	dst = binary.AppendVarint(append(dst, historyV2), stampMs)
+	return appendHistoryBody(dst, passed, h)
+}
+
+// appendHistoryBody is the encodings' part after the version (and stamp).
+func appendHistoryBody(dst []byte, passed float64, h []Checkpoint) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(passed))
 	dst = binary.AppendUvarint(dst, uint64(len(h)))
 	var pms, pw int64
@@ -280,17 +294,29 @@ func appendHistory(dst []byte, passed float64, h []Checkpoint) []byte {
 	return dst
 }
 
-// parseHistory decodes appendHistory's encoding, refusing a history whose
-// watermark does not move forward.
+// parseHistory decodes appendHistory's and appendHistoryAt's encodings,
+// refusing a history whose watermark does not move forward.
 func parseHistory(b []byte) (passed float64, h []Checkpoint, err error) {
-	if len(b) < 9 || b[0] != historyV1 {
+	switch {
+	case len(b) > 0 && b[0] == historyV1:
+		b = b[1:]
+	case len(b) > 0 && b[0] == historyV2:
+		_, k := binary.Varint(b[1:])
+		if k <= 0 {
+			return 0, nil, fmt.Errorf("history: %w (stamp)", errEncoding)
+		}
+		b = b[1+k:]
+	default:
 		return 0, nil, fmt.Errorf("history: %w (version)", errEncoding)
 	}
-	passed = math.Float64frombits(binary.BigEndian.Uint64(b[1:9]))
+	if len(b) < 8 {
+		return 0, nil, fmt.Errorf("history: %w (passed)", errEncoding)
+	}
+	passed = math.Float64frombits(binary.BigEndian.Uint64(b[:8]))
 	if !(passed >= 0) || math.IsInf(passed, 0) {
 		return 0, nil, fmt.Errorf("history: %w (passed)", errEncoding)
 	}
-	b = b[9:]
+	b = b[8:]
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > uint64(len(b)) {
 		return 0, nil, fmt.Errorf("history: %w (length)", errEncoding)

@@ -522,6 +522,14 @@ func (g *Gate) freeSlots() float64 {
 	return g.free
 }
 
+// spendFree takes n places from SetFree's cap: a leader's passes, of
+// which this edge's share is n.
+func (g *Gate) spendFree(n float64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.free -= n
+}
+
 // LastCheckpoint is the history's newest checkpoint, and false when it
 // has none: after a tick that passed places, the time Check gives them.
 func (g *Gate) LastCheckpoint() (Checkpoint, bool) {
