@@ -261,7 +261,10 @@ func (p *Proxy) tickRooms() {
 
 // tickRoom advances rt's watermark unless the room is paused or closed
 // or coordinated (its leader, or its Coordinator alone, moves it:
-// waitroom_consul.go), and updates the measured admission rate.
+// waitroom_consul.go), and updates the measured admission rate. With
+// max_active, the gate may first pass only as many places as the room
+// has free (freeSlots), and the places it passes are reserved until they
+// claim their admission or their claim window ends.
 func (p *Proxy) tickRoom(rt *roomRuntime) {
 	now := p.clock.NowMs()
 	limit := rt.maxActive.Load()
