@@ -112,6 +112,7 @@ func TestEncodings(t *testing.T) {
 // always the same bytes: a varint may be written long).
 func FuzzParseHistory(f *testing.F) {
 	f.Add(appendHistory(nil, 3, []Checkpoint{{Ms: 5, W: Place{Ms: 1, TB: 9}}}))
+	f.Add(appendHistoryAt(nil, 1_790_000_000_000, 3, []Checkpoint{{Ms: 5, W: Place{Ms: 1, TB: 9}}}))
 	f.Add(appendArrivals(nil, 7, map[int64]uint32{5: 1, 9: 2}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if passed, h, err := parseHistory(b); err == nil {
