@@ -419,6 +419,7 @@ func (g *Gate) Rejoin(idh [16]byte, p Place, signedMs int64) Place {
 }
 
 // join is Join, with counted when p is known to be counted already.
+// seen holds only places this gate counted: a move takes its count back.
 func (g *Gate) join(idh [16]byte, p Place, counted bool) Place {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -434,9 +435,12 @@ func (g *Gate) join(idh [16]byte, p Place, counted bool) Place {
 	if p.Before(g.w) {
 		return p
 	}
-	if !counted {
-		g.count(p.Ms, 1)
+	if counted {
+		// Not remembered either: it may be another edge's count, which a
+		// later move to an earlier place must not take from this edge's.
+		return p
 	}
+	g.count(p.Ms, 1)
 	if len(g.seen) < g.cfg.MaxVisitors {
 		g.seen[idh] = p
 		g.seenQ.push(seenEntry{p: p, idh: idh})

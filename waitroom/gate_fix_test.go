@@ -146,3 +146,26 @@ func TestGateRejoinPastMaxVisitors(t *testing.T) {
 		refresh(g2, fmt.Sprintf("refresh %d after the restart", r))
 	}
 }
+
+// TestGateRejoinOtherEdgesPlace: a place another edge counted (its token
+// signed after this gate was made) is neither counted nor remembered
+// here, so when the identity then shows an earlier place, the move does
+// not take the count of another visitor of the same millisecond.
+func TestGateRejoinOtherEdgesPlace(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	c := newFakeClock(t0)
+	g := mustGate(t, GateConfig{Room: "r", Rate: 1, OpensAtMs: t0 - 1}, c, &MemStore{})
+	c.ms.Add(10)
+	p := Place{Ms: c.NowMs(), TB: 5}
+	g.Join([16]byte{1}, Place{Ms: p.Ms, TB: 9}) // a visitor of this edge, the same millisecond
+	if got := g.Rejoin([16]byte{2}, p, c.NowMs()); got != p {
+		t.Fatalf("Rejoin = %v, want %v", got, p)
+	}
+	if q := g.Queued(); q != 1 {
+		t.Fatalf("queue %v after another edge's place, want 1 (this edge's own)", q)
+	}
+	g.Join([16]byte{2}, Place{Ms: t0, TB: 1}) // the identity's earlier place
+	if q := g.Queued(); q != 2 {
+		t.Errorf("queue %v after the earlier place, want 2: the other visitor's count kept", q)
+	}
+}
