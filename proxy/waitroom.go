@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"math"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -77,7 +79,12 @@ type roomRuntime struct {
 
 	lastErr atomic.Bool // the last Tick failed to record: logged once, on the transition
 
-	mu sync.Mutex // guards active and pruneAt
+	// maxActive is the room's max_active (0: none), from the config in
+	// force: tickRoom keeps the gate from passing more visitors than it
+	// has room for.
+	maxActive atomic.Int64
+
+	mu sync.Mutex // guards active, pruneAt and reserved
 	// active maps the identity hash of each admission still inside to
 	// its expiry (Unix ms): one admission per identity at a time, so a
 	// place token replayed (100 tabs, a script) during the claim window
@@ -86,10 +93,22 @@ type roomRuntime struct {
 	// pruneAt is the size at which active is next pruned of expired
 	// admissions when no max_active bounds it.
 	pruneAt int
-	stop    context.CancelFunc
+	// reserved are the places the watermark passed that may still claim
+	// their admission, by the checkpoint that passed them, oldest first:
+	// with max_active, each holds a place inside until it claims (fresh
+	// activate) or its claim window ends.
+	reserved []reservation
+	stop     context.CancelFunc
 	// soldOut are the games the origin said are sold out
 	// (waitroom_soldout.go).
 	soldOut soldOutMarks
+}
+
+// reservation is the places passed at one checkpoint that have not
+// claimed yet.
+type reservation struct {
+	ms, untilMs int64 // the checkpoint's time; the end of its claim window
+	n           float64
 }
 
 // roomState is a room as one config state sees it: the runtime, with
@@ -190,6 +209,9 @@ func (plan *roomPlan) commit(p *Proxy) []*roomState {
 		}
 		rt.configRate = r
 	}
+	for _, rs := range plan.rooms {
+		rs.rt.maxActive.Store(int64(rs.cfg.MaxActive))
+	}
 	for _, rt := range plan.created {
 		p.startTicker(rt)
 		p.startCoordinator(rt)
@@ -242,9 +264,19 @@ func (p *Proxy) tickRooms() {
 
 // tickRoom advances rt's watermark unless the room is paused or closed
 // or coordinated (its leader, or its Coordinator alone, moves it:
-// waitroom_consul.go), and updates the measured admission rate.
+// waitroom_consul.go), and updates the measured admission rate. With
+// max_active, the gate may first pass only as many places as the room
+// has free (freeSlots), and the places it passes are reserved until they
+// claim their admission or their claim window ends.
 func (p *Proxy) tickRoom(rt *roomRuntime) {
 	now := p.clock.NowMs()
+	limit := rt.maxActive.Load()
+	if limit > 0 {
+		rt.gate.SetFree(rt.freeSlots(limit, now))
+	} else {
+		rt.gate.SetFree(math.Inf(1))
+	}
+	before := rt.gate.Passed()
 	if rt.status.Load() == roomOpen && rt.coord == nil {
 		if err := rt.gate.Tick(); err != nil && rt.lastErr.CompareAndSwap(false, true) {
 			p.log.Warn("waiting room: could not record an admission checkpoint; a restart may re-admit from earlier", "room", rt.name, "error", err.Error())
@@ -255,6 +287,14 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 		rt.gate.Hold(now)
 	} else {
 		rt.coord.SetHeld(rt.status.Load() != roomOpen)
+	}
+	if d := rt.gate.Passed() - before; limit > 0 && d > 0 {
+		if rt.coord != nil {
+			d /= float64(max(rt.coord.Edges(), 1)) // this edge's share, as the leader assumes
+		}
+		if c, ok := rt.gate.LastCheckpoint(); ok {
+			rt.reserve(c.Ms, c.Ms+rt.gate.ClaimWindowMs(), d)
+		}
 	}
 	dt := now - rt.lastTickMs
 	if dt <= 0 {
@@ -273,8 +313,9 @@ func (p *Proxy) tickRoom(rt *roomRuntime) {
 	rt.ewma.Store(math.Float64bits(old + alpha*(inst-old)))
 }
 
-// controlKey names rt's control in the store: its room and epoch, as
-// its history.
+// controlKey names rt's control in the store: its room and epoch. Not
+// its opening, unlike its history (waitroom's historyKey): a room closed
+// (sold out) stays closed when its opens_at is edited.
 func (rt *roomRuntime) controlKey() string { return fmt.Sprintf("%s/%d", rt.name, rt.epoch) }
 
 // loadControl applies to a new runtime what the admin API last set on its
@@ -330,15 +371,61 @@ func (rt *roomRuntime) measuredRate() float64 {
 	return rt.gate.Rate()
 }
 
+// freeSlots is how many more visitors the room has room for: limit
+// (max_active) less the admissions inside and the places passed that
+// may still claim (review 18, 6). Reservations whose claim window ended
+// are dropped: their visitors' places are spent.
+func (rt *roomRuntime) freeSlots(limit, nowMs int64) float64 {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	i := 0
+	for i < len(rt.reserved) && rt.reserved[i].untilMs <= nowMs {
+		i++
+	}
+	rt.reserved = rt.reserved[i:]
+	used := 0.0
+	for _, r := range rt.reserved {
+		used += r.n
+	}
+	for _, e := range rt.active {
+		if e > nowMs {
+			used++
+		}
+	}
+	return float64(limit) - used
+}
+
+// reserve records n places passed at the checkpoint of time ms, which
+// may claim until untilMs.
+func (rt *roomRuntime) reserve(ms, untilMs int64, n float64) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if k := len(rt.reserved); k > 0 && rt.reserved[k-1].ms == ms {
+		rt.reserved[k-1].n += n
+		return
+	}
+	rt.reserved = append(rt.reserved, reservation{ms: ms, untilMs: untilMs, n: n})
+}
+
+// claimed releases the reservation of a place passed at passedMs that
+// has claimed its admission: it is inside now. The caller holds rt.mu.
+func (rt *roomRuntime) claimed(passedMs int64) {
+	i, ok := slices.BinarySearchFunc(rt.reserved, passedMs, func(r reservation, ms int64) int { return cmp.Compare(r.ms, ms) })
+	if ok {
+		rt.reserved[i].n = max(rt.reserved[i].n-1, 0)
+	}
+}
+
 // minPrune is the size of a room's active map below which it is not
 // pruned unless max_active is reached.
 const minPrune = 1024
 
 // activate takes a place inside the room for idh's admission ending at
-// expMs, unless limit (> 0) are inside already. An identity already inside
-// keeps its admission: activate returns its expiry and fresh false, and
-// takes no second place.
-func (rt *roomRuntime) activate(idh [16]byte, limit int, nowMs, expMs int64) (exp int64, fresh, ok bool) {
+// expMs, unless limit (> 0) are inside already; passedMs is when its
+// place was passed, whose reservation it takes up. An identity already
+// inside keeps its admission: activate returns its expiry and fresh
+// false, and takes no second place.
+func (rt *roomRuntime) activate(idh [16]byte, limit int, nowMs, expMs, passedMs int64) (exp int64, fresh, ok bool) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	if e, in := rt.active[idh]; in && e > nowMs {
@@ -359,6 +446,7 @@ func (rt *roomRuntime) activate(idh [16]byte, limit int, nowMs, expMs int64) (ex
 		rt.active = map[[16]byte]int64{}
 	}
 	rt.active[idh] = expMs
+	rt.claimed(passedMs)
 	return expMs, true, true
 }
 
@@ -455,22 +543,24 @@ func (x *exchange) waitingRoom(path []byte) bool {
 	switch {
 	case reason == waitroom.Valid:
 		place = tok.Place
-		s, _ := rt.gate.Check(place)
+		s, passedMs := rt.gate.Check(place)
 		if s == waitroom.Spent {
 			p.metrics.roomRefused(rs.cfg.Name, "spent")
 			place = rt.gate.Join(idh, rs.room.PlaceForHash(identity, idh, now))
 			break
 		}
 		if s == waitroom.Admitted && status == roomOpen {
-			if exp, fresh, ok := rt.activate(tok.IDH, rs.cfg.MaxActive, now, now+rs.session.Milliseconds()); ok {
+			if exp, fresh, ok := rt.activate(tok.IDH, rs.cfg.MaxActive, now, now+rs.session.Milliseconds(), passedMs); ok {
 				x.admit(rs, tok, now, exp, fresh)
 				return true
 			}
 		}
-		// Waiting (or admitted while the room is paused or full): after a
-		// restart the gate has lost its count of this place; Join counts
-		// it once again.
-		place = rt.gate.Join(idh, place)
+		// Waiting (or admitted while the room is paused or full): a
+		// token signed before the gate was made (a restart: its count is
+		// lost) is counted once again; one signed since, not (Rejoin).
+		// waitPage signs every place token placeLifetime before it
+		// expires.
+		place = rt.gate.Rejoin(idh, place, tok.ExpMs-placeLifetime.Milliseconds())
 	default:
 		// No token, or one refused: a new arrival, placed by its identity
 		// and now, never by anything in the refused token. Having no

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"strings"
 	"sync"
@@ -16,7 +17,8 @@ import (
 
 // A room on many edges (issue 18, "Many edges"), coordinated through
 // Consul's KV store; Consul does the consensus, this file only follows
-// its rules. Under Prefix/<room>/<epoch>/:
+// its rules. Under Prefix/<room>/<epoch>/ (and <opens_at ms>/ for a room
+// with an opening: a new opening is a new queue, see historyKey):
 //
 //   - arrivals/<edge>: each edge's waiting counts (ms -> count, from the
 //     watermark on) and its clock, written every PublishEvery without a
@@ -129,6 +131,7 @@ type Coordinator struct {
 	leadPassed float64
 	leadTick   int64
 	leadCarry  float64
+	leadBeat   int64 // when this leader last wrote the history
 }
 
 // NewCoordinator makes the coordinator of gate's room. The gate's settle
@@ -158,11 +161,14 @@ func NewCoordinator(cfg CoordinatorConfig, gate *Gate) (*Coordinator, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.StaleAfter <= historyEveryMs*time.Millisecond {
+		return nil, fmt.Errorf("waitroom: room %s: stale after %v: want more than %v, how often a leader writes a watermark that passed nobody", gate.cfg.Room, cfg.StaleAfter, historyEveryMs*time.Millisecond)
+	}
 	need := max(cfg.PublishEvery, 0) + max(cfg.TickEvery, 0) + MinSkewMargin
 	if settle := time.Duration(gate.cfg.SettleMs) * time.Millisecond; settle < need {
 		return nil, fmt.Errorf("waitroom: room %s: settle time %v is shorter than publish %v + leader tick %v + %v for skew and round trips: places would be admitted out of order", gate.cfg.Room, settle, cfg.PublishEvery, cfg.TickEvery, MinSkewMargin)
 	}
-	base := roomFolder(cfg.Prefix, gate.cfg.Room, gate.cfg.Epoch)
+	base := strings.TrimSuffix(cfg.Prefix, "/") + "/" + gate.key + "/"
 	c := &Coordinator{cfg: cfg, gate: gate, log: cfg.Log.With("room", gate.cfg.Room),
 		arrivals: base + "arrivals/", leaderKey: base + "leader", historyKey: base + "history",
 		changed: make(chan struct{}), freshMs: gate.clock.NowMs()}
@@ -170,10 +176,6 @@ func NewCoordinator(cfg CoordinatorConfig, gate *Gate) (*Coordinator, error) {
 	c.edges.Store(1)
 	c.up.Store(true)
 	return c, nil
-}
-
-func roomFolder(prefix, room string, epoch uint32) string {
-	return fmt.Sprintf("%s/%s/%d/", strings.TrimSuffix(prefix, "/"), room, epoch)
 }
 
 // Up reports whether the edge follows a live leader's history; false
@@ -495,18 +497,42 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	// stays within the rate.
 	rate := c.gate.Rate() * float64(live) / float64(live+alone)
 	budget := carry + rate*float64(dt)/1000
-	nw, left, moved := advance(merged, w, budget, now-c.gate.cfg.SettleMs)
-	if nw == w {
+	if free := c.gate.freeSlots(); !math.IsInf(free, 1) {
+		// max_active (Gate.SetFree): the leader knows how full its own
+		// edge is, not the others; it takes them to be as full, the
+		// visitors being spread evenly over the edges by what is in
+		// front of them. An edge fuller than that still refuses an
+		// admission past its max_active when it is claimed.
+		budget = min(budget, free*float64(live))
+	}
+	nw, left, moved, _ := advance(countsOf(merged), w, budget, now-c.gate.cfg.SettleMs)
+	// As a gate does (Gate.record): a watermark that passed nobody is
+	// written once every historyEveryMs, not every tick; the next tick
+	// walks the same empty milliseconds again, for nothing. A watermark
+	// that cannot move (max_active full, or the opening not yet come)
+	// is written again unchanged as often, a heartbeat: the followers
+	// count the leader live while its history is written (heard), and
+	// would otherwise admit alone after StaleAfter.
+	write := nw != w && (moved > 0 || len(h) == 0 || now-h[len(h)-1].Ms >= historyEveryMs)
+	c.mu.Lock()
+	beat := !write && now-c.leadBeat >= historyEveryMs
+	c.mu.Unlock()
+	if !write && !beat {
 		c.mu.Lock()
 		c.leadTick, c.leadCarry = now, left
 		c.mu.Unlock()
 		return nil
 	}
-	nh := trimHistory(append(h[:len(h):len(h)], Checkpoint{Ms: now, W: nw}), now-c.gate.historyKeepMs())
-	total := passed + moved
+	nh, total := h, passed
+	if write {
+		nh = trimHistory(append(h[:len(h):len(h)], Checkpoint{Ms: now, W: nw}), now-c.gate.historyKeepMs())
+		total += moved
+	} else {
+		moved = 0
+	}
 	ok, resp, _, err := kv.Txn(api.KVTxnOps{
 		{Verb: api.KVCheckSession, Key: c.leaderKey, Session: sid},
-		{Verb: api.KVCAS, Key: c.historyKey, Value: appendHistory(nil, total, nh), Index: index},
+		{Verb: api.KVCAS, Key: c.historyKey, Value: appendHistoryAt(nil, now, total, nh), Index: index},
 	}, qo)
 	if err != nil {
 		return c.failed("writing the history", err)
@@ -523,8 +549,9 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 		}
 		return fmt.Errorf("waitroom: room %s: history write refused: %s", c.gate.cfg.Room, strings.Join(why, "; "))
 	}
+	c.gate.spendFree(moved / float64(live))
 	c.mu.Lock()
-	c.leadHist, c.leadPassed, c.leadTick, c.leadCarry = nh, total, now, left
+	c.leadHist, c.leadPassed, c.leadTick, c.leadCarry, c.leadBeat = nh, total, now, left, now
 	if len(resp.Results) == 2 && resp.Results[1] != nil {
 		c.leadIndex = resp.Results[1].ModifyIndex
 	} else {
@@ -532,7 +559,18 @@ func (c *Coordinator) leaderTick(ctx context.Context, sid string) error {
 	}
 	c.mu.Unlock()
 	c.adoptShared(total, nh)
+	c.heard()
 	return nil
+}
+
+// heard records that the leader wrote the history just now, whether or
+// not its watermark moved: the edge follows a live leader.
+func (c *Coordinator) heard() {
+	c.mu.Lock()
+	c.freshMs = c.gate.clock.NowMs()
+	c.alone = false
+	c.mu.Unlock()
+	c.setUp(true)
 }
 
 // adoptShared hands the gate a shared history, once per new watermark.
@@ -576,13 +614,21 @@ func (c *Coordinator) signal() {
 
 // watch follows the shared history with blocking queries.
 func (c *Coordinator) watch(ctx context.Context) {
+	first := true
 	c.watchKey(ctx, c.historyKey, "history", func(pair *api.KVPair) {
+		wasFirst := first
+		first = false
 		total, h, err := parseHistory(pair.Value)
 		if err != nil {
 			c.log.Warn("waiting room: ignored a shared history that does not parse", "key", c.historyKey, "error", err.Error())
 			return
 		}
 		c.adoptShared(total, h)
+		if !wasFirst {
+			// A write, if only the leader's heartbeat: the leader was
+			// heard (watchKey calls once per write, and once at start).
+			c.heard()
+		}
 	})
 }
 
@@ -711,11 +757,11 @@ var _ Store = (*ConsulHistory)(nil)
 // Append implements Store; see ConsulHistory.
 func (s *ConsulHistory) Append(string, Checkpoint) error { return nil }
 
-// Load implements Store. key is the Gate's "room/epoch".
+// Load implements Store. key is the Gate's (historyKey), which names the
+// room's folder under Prefix.
 func (s *ConsulHistory) Load(key string) ([]Checkpoint, error) {
-	room, epoch, ok := strings.Cut(key, "/")
-	if !ok {
-		return nil, fmt.Errorf("waitroom: history key %q: want room/epoch", key)
+	if key == "" || strings.Contains(key, "//") || strings.HasPrefix(key, "/") {
+		return nil, fmt.Errorf("waitroom: history key %q: want room/epoch[/opens_at]", key)
 	}
 	prefix := s.Prefix
 	if prefix == "" {
@@ -727,7 +773,7 @@ func (s *ConsulHistory) Load(key string) ([]Checkpoint, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	k := strings.TrimSuffix(prefix, "/") + "/" + room + "/" + epoch + "/history"
+	k := strings.TrimSuffix(prefix, "/") + "/" + key + "/history"
 	pair, _, err := s.Client.KV().Get(k, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("waitroom: reading the shared history %s from Consul: %w", k, err)

@@ -512,3 +512,91 @@ func TestCoordinatorPartition(t *testing.T) {
 		}
 	}
 }
+
+// TestCoordinatedHistoryBounded: the shared history in Consul holds the
+// claim window and a minute of checkpoints, and while nobody is passed,
+// one a second: not one each leader tick (5 a second), which the
+// followers downloaded whole at every write (review 18, 10).
+func TestCoordinatedHistoryBounded(t *testing.T) {
+	agent := consultest.Start(t)
+	clock := newFakeClock(opensMs)
+	room := testRoom(t)
+	const claimMs = 10_000
+	gate := mustGate(t, GateConfig{Room: "final", Epoch: 1, OpensAtMs: opensMs, Rate: multiRate, ClaimWindowMs: claimMs}, clock, &ConsulHistory{Client: agent.Client()})
+	coord, err := NewCoordinator(CoordinatorConfig{Client: agent.Client(), EdgeID: "edge-0", PublishEvery: -1, TickEvery: -1}, gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); coord.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.After(hangGuard)
+	for !coord.Leader() {
+		select {
+		case <-coord.Changes():
+		case <-deadline:
+			t.Fatalf("no leader after %v", hangGuard)
+		}
+	}
+	var ps []Place
+	const steps = (claimMs + 60_000 + 30_000) / multiStepMs
+	for i := range steps {
+		clock.ms.Add(multiStepMs)
+		if i < 100 { // visitors for the first 20 s, then nobody
+			id := fmt.Appendf(nil, "198.51.100.%d", i)
+			ps = append(ps, gate.Join(room.IdentityHash(id), room.PlaceFor(id, clock.NowMs())))
+		}
+		if err := coord.Publish(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := coord.Tick(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pair, _, err := agent.Client().KV().Get(coord.historyKey, nil)
+	if err != nil || pair == nil {
+		t.Fatalf("reading the shared history: %v, %v", pair, err)
+	}
+	_, h, err := parseHistory(pair.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last 70 s were idle: a checkpoint a second, and the floor.
+	if limit := (claimMs+60_000)/historyEveryMs + 5; len(h) > limit {
+		t.Errorf("the shared history holds %d checkpoints, want at most %d", len(h), limit)
+	}
+	if s, _ := gate.Check(ps[len(ps)-1]); s != Spent {
+		t.Errorf("the last visitor, passed over a minute ago, is %v, want spent", s)
+	}
+}
+
+// TestCoordinatedMaxActive: with max_active's free places set on each of
+// two edges (5 each), the leader passes at most its own 5 times the two
+// live edges, however long it ticks at 100 a second with 60 waiting
+// (review 18, 6); the follower, hearing the leader's heartbeat, does not
+// take the stuck watermark for a dead leader.
+func TestCoordinatedMaxActive(t *testing.T) {
+	m := newMulti(t, 2)
+	for _, e := range m.edges {
+		e.gate.SetFree(5)
+	}
+	for range 60 { // one a millisecond: whole places pass, not shares of one
+		m.clock.ms.Add(1)
+		m.arrive(1, m.edges)
+	}
+	for range 30 { // 6 s: past the settle time, 600 places of budget
+		m.step(0, m.edges)
+	}
+	l := m.leader(m.edges)
+	if n := m.admittedAll(l); n != 10 {
+		t.Errorf("%d admitted, want 10 (5 free on each of 2 edges)", n)
+	}
+	// Blocked for over StaleAfter, the leader's watermark has not moved,
+	// but it wrote its history (a heartbeat): nobody admits alone.
+	for _, e := range m.edges {
+		if !e.coord.Up() {
+			t.Errorf("%s went alone while the leader was blocked by max_active", e.id)
+		}
+	}
+}

@@ -16,36 +16,35 @@ import (
 // encodings of counts and histories that edges exchange. The Consul
 // coordinator (consul.go) moves these between edges.
 
-// advance moves the watermark w over the per-millisecond counts by budget
-// places, never to or past (limit, 0). Empty milliseconds cost nothing.
-// Counts of the milliseconds it passes whole are deleted from counts. It
+// advance moves the watermark w over the per-millisecond counts (sorted)
+// by budget places, never to or past (limit, 0). Empty milliseconds cost
+// nothing, and it walks only the milliseconds that hold arrivals. It
 // returns where the watermark got to, the budget left (zero once it
-// reached limit: an empty queue saves up no burst) and the places passed.
+// reached limit: an empty queue saves up no burst), the places passed and
+// how many of counts' entries it passed whole (the caller drops them).
 //
 // Within one millisecond the places are unknown, only their count n:
 // their tie-breaks are hash values, spread evenly over the uint64 space,
 // so passing k of them moves w.TB on by k/n of that space.
-func advance(counts map[int64]uint32, w Place, budget float64, limit int64) (Place, float64, float64) {
+func advance(counts countList, w Place, budget float64, limit int64) (Place, float64, float64, int) {
 	var passed float64
+	i := 0
 	for w.Ms < limit {
-		n := counts[w.Ms]
-		if n == 0 {
-			// Empty milliseconds cost no budget: go straight to the next
-			// one that holds arrivals (a scan of the waiting ones), or to
-			// the limit. Stepping a millisecond at a time took for ever
-			// from an opening long past, or from a room with no opening.
-			next := limit
-			for ms := range counts {
-				if ms > w.Ms && ms < next {
-					next = ms
-				}
-			}
-			w = Place{Ms: next}
-			continue
+		for i < len(counts) && counts[i].ms < w.Ms {
+			i++
+		}
+		if i == len(counts) || counts[i].ms >= limit {
+			// Nothing waits before the limit: go straight to it.
+			w = Place{Ms: limit}
+			break
+		}
+		if counts[i].ms > w.Ms {
+			w = Place{Ms: counts[i].ms}
 		}
 		if budget <= 0 {
 			break
 		}
+		n := counts[i].n
 		left := ^w.TB // tie-break space not yet passed in this millisecond
 		rem := float64(n) * float64(left) / (1 << 64)
 		if budget < rem {
@@ -53,18 +52,21 @@ func advance(counts map[int64]uint32, w Place, budget float64, limit int64) (Pla
 			if adv < float64(left) && uint64(adv) <= left {
 				w.TB += uint64(adv)
 				passed += budget
-				return w, 0, passed
+				return w, 0, passed, i
 			}
 		}
 		budget -= rem
 		passed += rem
-		delete(counts, w.Ms)
+		i++
 		w = Place{Ms: w.Ms + 1}
 	}
 	if w.Ms >= limit {
 		budget = 0
 	}
-	return w, max(budget, 0), passed
+	for i < len(counts) && counts[i].ms < w.Ms {
+		i++
+	}
+	return w, max(budget, 0), passed, i
 }
 
 // mergeHistories is the pointwise maximum of two histories (each a step
@@ -145,21 +147,10 @@ func (g *Gate) adopt(shared []Checkpoint, passed float64) {
 	}
 	g.history.Store(&h)
 	g.passed += max(passed, 0)
-	for ms := range g.counts {
-		if ms < g.w.Ms {
-			delete(g.counts, ms)
-		}
-	}
-	for ms := range g.remote {
-		if ms < g.w.Ms {
-			delete(g.remote, ms)
-		}
-	}
-	for idh, p := range g.seen {
-		if p.Before(g.w) {
-			delete(g.seen, idh)
-		}
-	}
+	g.counts = g.counts.from(g.w.Ms)
+	g.remote = g.remote.from(g.w.Ms)
+	g.forgetPassed()
+	g.publish()
 }
 
 // pending copies this edge's counts at or after the watermark's
@@ -168,10 +159,8 @@ func (g *Gate) pending() map[int64]uint32 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := make(map[int64]uint32, len(g.counts))
-	for ms, n := range g.counts {
-		if ms >= g.w.Ms {
-			out[ms] = n
-		}
+	for _, c := range g.counts.from(g.w.Ms) {
+		out[c.ms] = c.n
 	}
 	return out
 }
@@ -179,14 +168,11 @@ func (g *Gate) pending() map[int64]uint32 {
 // setRemote replaces the other edges' counts, which Ahead and Queued add
 // to this edge's own.
 func (g *Gate) setRemote(m map[int64]uint32) {
+	l := countsOf(m)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for ms := range m {
-		if ms < g.w.Ms {
-			delete(m, ms)
-		}
-	}
-	g.remote = m
+	g.remote = l.from(g.w.Ms)
+	g.publish()
 }
 
 // restartTicking makes the next tick count from now: a coordinated gate
@@ -208,6 +194,7 @@ func (g *Gate) holding() bool { return g.clock.NowMs() < g.cfg.HoldUntilMs }
 const (
 	arrivalsV1 = 1
 	historyV1  = 1
+	historyV2  = 2 // historyV1 with the writer's stamp
 )
 
 // errEncoding is returned for a value that is not a valid encoding.
@@ -281,7 +268,20 @@ func parseArrivals(b []byte, fromMs int64, into map[int64]uint32) (stampMs int64
 // passed, n, then n checkpoints (ms delta, watermark ms delta, tie-break
 // as 8 bytes: hash values do not shrink as varints).
 func appendHistory(dst []byte, passed float64, h []Checkpoint) []byte {
-	dst = append(dst, historyV1)
+	return appendHistoryBody(append(dst, historyV1), passed, h)
+}
+
+// appendHistoryAt is appendHistory with the leader's clock when it wrote
+// it (Unix ms) after the version (2): the heartbeat of a leader whose
+// watermark cannot move changes the value, which Consul does not count
+// as a write when it is the same, so the followers hear it.
+func appendHistoryAt(dst []byte, stampMs int64, passed float64, h []Checkpoint) []byte {
+	dst = binary.AppendVarint(append(dst, historyV2), stampMs)
+	return appendHistoryBody(dst, passed, h)
+}
+
+// appendHistoryBody is the encodings' part after the version (and stamp).
+func appendHistoryBody(dst []byte, passed float64, h []Checkpoint) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(passed))
 	dst = binary.AppendUvarint(dst, uint64(len(h)))
 	var pms, pw int64
@@ -294,17 +294,29 @@ func appendHistory(dst []byte, passed float64, h []Checkpoint) []byte {
 	return dst
 }
 
-// parseHistory decodes appendHistory's encoding, refusing a history whose
-// watermark does not move forward.
+// parseHistory decodes appendHistory's and appendHistoryAt's encodings,
+// refusing a history whose watermark does not move forward.
 func parseHistory(b []byte) (passed float64, h []Checkpoint, err error) {
-	if len(b) < 9 || b[0] != historyV1 {
+	switch {
+	case len(b) > 0 && b[0] == historyV1:
+		b = b[1:]
+	case len(b) > 0 && b[0] == historyV2:
+		_, k := binary.Varint(b[1:])
+		if k <= 0 {
+			return 0, nil, fmt.Errorf("history: %w (stamp)", errEncoding)
+		}
+		b = b[1+k:]
+	default:
 		return 0, nil, fmt.Errorf("history: %w (version)", errEncoding)
 	}
-	passed = math.Float64frombits(binary.BigEndian.Uint64(b[1:9]))
+	if len(b) < 8 {
+		return 0, nil, fmt.Errorf("history: %w (passed)", errEncoding)
+	}
+	passed = math.Float64frombits(binary.BigEndian.Uint64(b[:8]))
 	if !(passed >= 0) || math.IsInf(passed, 0) {
 		return 0, nil, fmt.Errorf("history: %w (passed)", errEncoding)
 	}
-	b = b[9:]
+	b = b[8:]
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > uint64(len(b)) {
 		return 0, nil, fmt.Errorf("history: %w (length)", errEncoding)

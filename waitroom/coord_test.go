@@ -1,6 +1,7 @@
 package waitroom
 
 import (
+	"bytes"
 	"maps"
 	"math"
 	"slices"
@@ -81,9 +82,17 @@ func TestEncodings(t *testing.T) {
 	if err != nil || passed != 12.5 || !slices.Equal(h2, h) {
 		t.Fatalf("history round trip: %v %v %v", err, passed, h2)
 	}
+	passed, h2, err = parseHistory(appendHistoryAt(nil, 1_790_000_000_000, 12.5, h))
+	if err != nil || passed != 12.5 || !slices.Equal(h2, h) {
+		t.Fatalf("stamped history round trip: %v %v %v", err, passed, h2)
+	}
+	if a, b := appendHistoryAt(nil, 1, 2, h), appendHistoryAt(nil, 2, 2, h); bytes.Equal(a, b) {
+		t.Error("two stamps encode the same history alike: a leader's heartbeat would not be a write")
+	}
 	back := appendHistory(nil, 1, []Checkpoint{{Ms: 5, W: Place{Ms: 3}}, {Ms: 6, W: Place{Ms: 2}}})
 	for name, bad := range map[string][]byte{
 		"empty": nil, "version": {9}, "truncated": appendHistory(nil, 1, h)[:20], "goes back": back,
+		"stamp only": {historyV2, 0x80}, "stamped truncated": appendHistoryAt(nil, 5, 1, h)[:12],
 		"arrivals truncated": b[:len(b)-1], "arrivals trailing": append(slices.Clone(b), 0),
 	} {
 		var err error
@@ -103,6 +112,7 @@ func TestEncodings(t *testing.T) {
 // always the same bytes: a varint may be written long).
 func FuzzParseHistory(f *testing.F) {
 	f.Add(appendHistory(nil, 3, []Checkpoint{{Ms: 5, W: Place{Ms: 1, TB: 9}}}))
+	f.Add(appendHistoryAt(nil, 1_790_000_000_000, 3, []Checkpoint{{Ms: 5, W: Place{Ms: 1, TB: 9}}}))
 	f.Add(appendArrivals(nil, 7, map[int64]uint32{5: 1, 9: 2}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if passed, h, err := parseHistory(b); err == nil {

@@ -4,7 +4,9 @@
 // the identity they are bound to (token.go), the stricter path form a
 // room is matched on (match.go), and one edge's admission state: a
 // watermark over per-millisecond arrival counts, advanced at the room's
-// rate, with a history that says when each place was admitted (gate.go).
+// rate, with a history that says when each place was admitted (gate.go),
+// and the sorted counts and the view of them that a waiting page's
+// position reads without a lock (queue.go).
 //
 // The proxy asks it as it asks the rate limiter (proxy/waitroom.go): the
 // waiting page, the cookie and header, the admin controls and metrics live

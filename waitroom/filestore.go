@@ -14,8 +14,8 @@ import (
 	"sync"
 )
 
-// FileStore is a Store in files: one append-only file per key (room and
-// epoch) under Dir, a line "ms w_ms w_tb" per checkpoint. Each Append is
+// FileStore is a Store in files: one append-only file per key (room,
+// epoch and opening) under Dir, a line "ms w_ms w_tb" per checkpoint. Each Append is
 // one write(2) on an O_APPEND descriptor, so a crash loses at most the
 // line being written; no fsync, since a lost last checkpoint only means
 // the restarted gate re-admits from a moment earlier.
@@ -43,7 +43,10 @@ type FileStore struct {
 	dirOK bool // Dir was made or checked
 }
 
-var _ Store = (*FileStore)(nil)
+var (
+	_ Store     = (*FileStore)(nil)
+	_ compacter = (*FileStore)(nil)
+)
 
 // path is key's file: the key with "/" as "." and anything else
 // unsafe in a file name escaped.
@@ -74,14 +77,65 @@ func (s *FileStore) Append(key string, c Checkpoint) error {
 		s.files[key] = f
 	}
 	var b [64]byte
-	line := strconv.AppendInt(b[:0], c.Ms, 10)
+	if _, err := f.Write(appendCheckpoint(b[:0], c)); err != nil {
+		return fmt.Errorf("waitroom: appending to %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// appendCheckpoint appends c's line, "ms w_ms w_tb\n".
+func appendCheckpoint(line []byte, c Checkpoint) []byte {
+	line = strconv.AppendInt(line, c.Ms, 10)
 	line = append(line, ' ')
 	line = strconv.AppendInt(line, c.W.Ms, 10)
 	line = append(line, ' ')
 	line = strconv.AppendUint(line, c.W.TB, 10)
-	line = append(line, '\n')
-	if _, err := f.Write(line); err != nil {
-		return fmt.Errorf("waitroom: appending to %s: %w", f.Name(), err)
+	return append(line, '\n')
+}
+
+// Compact replaces key's history file with keep, whole: written to a new
+// file (0600, made with O_EXCL in Dir) and renamed over the old one, so a
+// crash leaves the old history or the new one. The gate calls it once it
+// has dropped as many checkpoints as it keeps, so the file stays within
+// about twice the claim window's checkpoints (review 18, 10). A process
+// sharing Dir (a handover, see above) that appends to the old file after
+// the rename appends to an unlinked file: those checkpoints are lost,
+// which costs what a crash costs, a restart re-admitting from a moment
+// earlier.
+func (s *FileStore) Compact(key string, keep []Checkpoint) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkDir(); err != nil {
+		return err
+	}
+	path := s.path(key)
+	buf := make([]byte, 0, 48*len(keep))
+	for _, c := range keep {
+		buf = appendCheckpoint(buf, c)
+	}
+	f, err := os.CreateTemp(s.Dir, ".history-*")
+	if err != nil {
+		return fmt.Errorf("waitroom: compacting admission history: %w", err)
+	}
+	_, err = f.Write(buf)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("waitroom: compacting admission history %s: %w", path, err)
+	}
+	// The open descriptor is the old file's: the next Append opens the
+	// new one (O_NOFOLLOW, as ever).
+	if old := s.files[key]; old != nil {
+		old.Close()
+		delete(s.files, key)
 	}
 	return nil
 }

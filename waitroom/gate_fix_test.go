@@ -1,6 +1,9 @@
 package waitroom
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // TestGateHoldNoBurstOnResume: a gate held (its room paused) for ten
 // minutes admits no more than Rate × dt in the first Tick after, not the
@@ -59,5 +62,110 @@ func TestGateJoinKeepsEarlierPlace(t *testing.T) {
 	}
 	if a := g.Ahead(other); a != 1 {
 		t.Errorf("ahead of the other visitor %v, want 1 (the identity's earlier place)", a)
+	}
+}
+
+// TestGateNewOpeningNewQueue: a gate made for a new opens_at (a reload or
+// restart with the config's opening changed) starts a fresh queue on the
+// same store: its watermark at the new opening and the new queue's
+// places waiting, not the old queue's history, whose watermark is past
+// the new opening (review 18, 14). The old opening's history stays its
+// own.
+func TestGateNewOpeningNewQueue(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	store := &FileStore{Dir: t.TempDir()}
+	defer store.Close()
+	c := newFakeClock(t0)
+	cfg := GateConfig{Room: "final", Epoch: 1, OpensAtMs: t0, Rate: 100}
+	g := mustGate(t, cfg, c, store)
+	for i := range 100 {
+		g.Join([16]byte{byte(i)}, Place{Ms: t0 + 1 + int64(i)*100, TB: uint64(i)})
+	}
+	tickTo(t, g, c, t0+60_000, 50)
+	h := *g.history.Load()
+	old := h[len(h)-1].W // where a gate on this history resumes
+	if old.Ms < t0+50_000 {
+		t.Fatalf("watermark %v after a minute, want near %d", old, t0+58_000)
+	}
+	cfg.OpensAtMs = t0 + 30_000
+	g2 := mustGate(t, cfg, c, store)
+	if w := g2.Watermark(); w != (Place{Ms: cfg.OpensAtMs}) {
+		t.Errorf("the new opening's watermark is %v, want the opening %d", w, cfg.OpensAtMs)
+	}
+	if s, _ := g2.Check(Place{Ms: cfg.OpensAtMs, TB: 1 << 63}); s != Waiting {
+		t.Errorf("a place of the new opening is %v, want waiting", s)
+	}
+	cfg.OpensAtMs = t0
+	if w := mustGate(t, cfg, c, store).Watermark(); w != old {
+		t.Errorf("the old opening's watermark is %v, want %v", w, old)
+	}
+}
+
+// TestGateRejoinPastMaxVisitors: with MaxVisitors 3 and 10 visitors
+// waiting, 7 are counted but not remembered; their refreshes (their
+// tokens, signed since the gate was made) count nobody again, so the
+// queue stays 10 and the last visitor's position with it (review 18, 8:
+// it grew by 7 a round). After a restart (counts lost) the first refresh
+// of each, with a token signed before, counts it once; the next, with the
+// token that answer carried, does not.
+func TestGateRejoinPastMaxVisitors(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	store := &MemStore{}
+	c := newFakeClock(t0)
+	cfg := GateConfig{Room: "r", Rate: 1, OpensAtMs: t0 - 1, MaxVisitors: 3}
+	g := mustGate(t, cfg, c, store)
+	ps := make([]Place, 10)
+	signed := make([]int64, 10)
+	for i := range ps {
+		c.ms.Add(1)
+		ps[i] = g.Join([16]byte{byte(i)}, Place{Ms: c.NowMs(), TB: uint64(i)})
+		signed[i] = c.NowMs()
+	}
+	refresh := func(g *Gate, round string) {
+		t.Helper()
+		for i, p := range ps {
+			c.ms.Add(1)
+			if got := g.Rejoin([16]byte{byte(i)}, p, signed[i]); got != p {
+				t.Fatalf("%s: visitor %d rejoined at %v, want its place %v", round, i, got, p)
+			}
+			signed[i] = c.NowMs() // the waiting page's new token
+		}
+		if q, a := g.Queued(), g.Ahead(ps[9]); q != 10 || a != 9 {
+			t.Errorf("%s: queue %v, %v ahead of the last, want 10 and 9", round, q, a)
+		}
+	}
+	for r := range 5 {
+		refresh(g, fmt.Sprintf("refresh %d", r))
+	}
+	c.ms.Add(1)
+	g2 := mustGate(t, cfg, c, store) // a restart: nothing counted
+	if q := g2.Queued(); q != 0 {
+		t.Fatalf("a restarted gate counts %v, want 0", q)
+	}
+	for r := range 3 {
+		refresh(g2, fmt.Sprintf("refresh %d after the restart", r))
+	}
+}
+
+// TestGateRejoinOtherEdgesPlace: a place another edge counted (its token
+// signed after this gate was made) is neither counted nor remembered
+// here, so when the identity then shows an earlier place, the move does
+// not take the count of another visitor of the same millisecond.
+func TestGateRejoinOtherEdgesPlace(t *testing.T) {
+	const t0 = 1_790_000_000_000
+	c := newFakeClock(t0)
+	g := mustGate(t, GateConfig{Room: "r", Rate: 1, OpensAtMs: t0 - 1}, c, &MemStore{})
+	c.ms.Add(10)
+	p := Place{Ms: c.NowMs(), TB: 5}
+	g.Join([16]byte{1}, Place{Ms: p.Ms, TB: 9}) // a visitor of this edge, the same millisecond
+	if got := g.Rejoin([16]byte{2}, p, c.NowMs()); got != p {
+		t.Fatalf("Rejoin = %v, want %v", got, p)
+	}
+	if q := g.Queued(); q != 1 {
+		t.Fatalf("queue %v after another edge's place, want 1 (this edge's own)", q)
+	}
+	g.Join([16]byte{2}, Place{Ms: t0, TB: 1}) // the identity's earlier place
+	if q := g.Queued(); q != 2 {
+		t.Errorf("queue %v after the earlier place, want 2: the other visitor's count kept", q)
 	}
 }
