@@ -11,15 +11,17 @@ import (
 
 // A coordinated room's admin control (pause, resume, close, rate) is the
 // room's, not one edge's: an operator who closes a sold-out room on one
-// edge closes it on all. It lives beside the history, under
-// Prefix/<room>/<epoch>/control, as JSON; any edge's admin API writes it,
+// edge closes it on all. It lives under Prefix/<room>/<epoch>/control (the
+// history is a folder deeper, by opening), as JSON; any edge's admin API writes it,
 // every edge follows it with a blocking query, and while the room is not
 // open its leader holds the watermark (SetHeld), so a pause earns no
 // burst on resume on any edge.
 
-// controlKey is the room's control in KV.
+// controlKey is the room's control in KV: by room and epoch, as the state
+// dir's control file, not by opening, so a sold-out room stays closed when
+// its opens_at is edited.
 func (c *Coordinator) controlKey() string {
-	return strings.TrimSuffix(c.historyKey, "history") + "control"
+	return fmt.Sprintf("%s/%s/%d/control", strings.TrimSuffix(c.cfg.Prefix, "/"), c.gate.cfg.Room, c.gate.cfg.Epoch)
 }
 
 // SaveControl writes the room's control for every edge.
