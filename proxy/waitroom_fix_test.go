@@ -413,7 +413,7 @@ var oldWaitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype 
 <p><span id="ahead">{{.Ahead}}</span> {{if eq .Ahead 1}}person is{{else}}people are{{end}} ahead of you.
 {{- if eq .Status "paused"}} The sale is paused for a moment; your place is kept.{{else}} Estimated wait: <span id="wait">{{.EstimatedWaitSeconds}}</span> s.{{end}}</p>
 </div>
-<p>This page refreshes itself every {{.RefreshSeconds}} seconds. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>
+<p>This page refreshes itself in {{.RefreshSeconds}} second{{if ne .RefreshSeconds 1}}s{{end}}. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>
 <p class="note">Queue {{.Room}}</p>
 {{- end}}
 </main></body></html>
