@@ -75,6 +75,9 @@ func RunCommand(args []string, stdout, stderr io.Writer) error {
 	if res.ExpectedCount > 0 {
 		expected = fmt.Sprintf(", %d expected answers (%s)", res.ExpectedCount, counts(res.Expected))
 	}
+	if res.Queued > 0 {
+		expected += fmt.Sprintf(", %d told to wait by a waiting room (429, not errors)", res.Queued)
+	}
 	fmt.Fprintf(stdout, "%s: %d requests, %.0f req/s, %d errors%s, p50 %s ms, p99 %s ms, p99.9 %s ms, max %s ms; generator %.1f µs/request\nreport: %s.{md,json,svg}\n",
 		sc.Name, res.Requests, res.Throughput, res.ErrorCount, expected, ms(l.P50), ms(l.P99), ms(l.P999), ms(l.Max), res.Generator.MicrosPerRequest, base)
 	return nil
