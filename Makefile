@@ -9,7 +9,7 @@ GOTESTFLAGS   ?=
 # Packages on the request path also run under the race detector.
 RACE_PKGS     := ./config/... ./balancer/... ./healthcheck/... ./proxy/... ./transport/... ./discovery/... ./ratelimit/...
 
-.PHONY: all build test test-go test-race lint fuzz deps consul demo demo-clean bench smoke stress hooks clean
+.PHONY: all build test test-go test-race lint fuzz deps consul demo demo-clean bench bench-waitroom smoke stress hooks clean
 
 all: build
 
@@ -75,6 +75,12 @@ bench: deps build
 	eval "$$($(BENCH_DB) scripts/mariadb-cluster.sh env)" && $(BIN) bench compare && \
 	  $(BENCH_DB) PODIUM_BIN=$(BIN) scripts/bench-sale.sh; \
 	  status=$$?; $(BENCH_DB) scripts/mariadb-cluster.sh stop; exit $$status
+
+# Issue 18's waiting-room figures: 20,000 visitors at a room admitting
+# 500/s, and the edge's CPU per waiting page against a cached listing hit
+# (bench-results/waitroom.md; scripts/bench-waitroom.sh -h).
+bench-waitroom: build
+	PODIUM_BIN=$(BIN) scripts/bench-waitroom.sh $(BENCH_WAITROOM_FLAGS)
 
 # Checks a running stack (make demo's by default): /ping on edge and
 # origins, one listing, one detail. No writes unless SMOKE_FLAGS="-write -game N".

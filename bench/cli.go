@@ -75,6 +75,9 @@ func RunCommand(args []string, stdout, stderr io.Writer) error {
 	if res.ExpectedCount > 0 {
 		expected = fmt.Sprintf(", %d expected answers (%s)", res.ExpectedCount, counts(res.Expected))
 	}
+	if res.Queued > 0 {
+		expected += fmt.Sprintf(", %d told to wait by a waiting room (429, not errors)", res.Queued)
+	}
 	fmt.Fprintf(stdout, "%s: %d requests, %.0f req/s, %d errors%s, p50 %s ms, p99 %s ms, p99.9 %s ms, max %s ms; generator %.1f µs/request\nreport: %s.{md,json,svg}\n",
 		sc.Name, res.Requests, res.Throughput, res.ErrorCount, expected, ms(l.P50), ms(l.P99), ms(l.P999), ms(l.Max), res.Generator.MicrosPerRequest, base)
 	return nil
@@ -241,4 +244,58 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// WaitroomCommand is `podium bench waitroom`: issue 18's load test and
+// cost figure of the waiting room, against an edge it starts. It writes
+// waitroom.md and waitroom.json and returns an error when a requirement
+// failed.
+func WaitroomCommand(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("podium bench waitroom", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o WaitroomOptions
+	fs.StringVar(&o.ResultsDir, "results", "bench-results", "directory for waitroom.md, waitroom.json and waitroom/ (configs, logs, state)")
+	fs.StringVar(&o.Podium, "podium", "", "podium binary for the edge (default: this binary)")
+	fs.IntVar(&o.Visitors, "visitors", DefaultRoomVisitors, "visitors, each with its own address")
+	fs.DurationVar(&o.Arrival, "arrival", DefaultRoomArrival, "the visitors arrive evenly over this")
+	fs.Float64Var(&o.AdmitPerSecond, "admit", DefaultRoomAdmitRate, "the room's admit_per_second")
+	fs.DurationVar(&o.Refresh, "refresh", DefaultRoomRefresh, "the room's refresh (Retry-After), whole seconds")
+	fs.Float64Var(&o.Jitter, "jitter", DefaultRoomJitter, "a visitor comes back after Retry-After × (1 + U[0, jitter])")
+	fs.IntVar(&o.Connections, "connections", DefaultRoomConnections, "client connections to the edge")
+	fs.IntVar(&o.Attacks, "attacks", 0, "requests of each attack: forged, copied, replayed (default visitors/40, at least 10)")
+	fs.Float64Var(&o.CostRate, "cost-rate", DefaultRoomCostRate, "paced rate of each cost round, req/s")
+	fs.DurationVar(&o.CostDuration, "cost-duration", DefaultRoomCostTime, "each cost round")
+	fs.IntVar(&o.CostRounds, "cost-rounds", DefaultRoomCostRounds, "interleaved rounds of listing and waiting page, the median reported")
+	fs.IntVar(&o.CostQueue, "cost-queue", 0, "identities waiting in the paused room while waiting pages are measured (default: visitors)")
+	fs.Float64Var(&o.MaxRatio, "max-ratio", DefaultRoomMaxRatio, "required: waiting-page CPU per request ÷ listing hit's at most this")
+	fs.BoolVar(&o.SkipCost, "skip-cost", false, "run the load figure alone")
+	fs.StringVar(&o.LoadCPU, "load-cpu", "0", "CPU list for the upstream (run this process there too: taskset -c 0)")
+	fs.StringVar(&o.ProxyCPU, "proxy-cpu", "1", "CPU list for the edge")
+	fs.StringVar(&o.Priority, "priority", PriorityNormal, "scheduling of the edge and upstream: realtime, nice or normal")
+	quiet := fs.Bool("quiet", false, "no progress lines")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q: flags only", fs.Args())
+	}
+	if !*quiet {
+		o.Log = stderr
+	}
+	o.Command = strings.TrimSpace("podium bench waitroom " + strings.Join(args, " "))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := Waitroom(ctx, o)
+	if err != nil {
+		return err
+	}
+	WriteWaitroomMarkdown(stdout, rep)
+	if f := rep.Failed(); len(f) > 0 {
+		names := make([]string, len(f))
+		for i, q := range f {
+			names[i] = q.Name + ": " + q.Got
+		}
+		return fmt.Errorf("waiting room bench: %d requirement(s) failed: %s", len(f), strings.Join(names, "; "))
+	}
+	return nil
 }

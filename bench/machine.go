@@ -10,11 +10,20 @@ import (
 func machineInfo(o CompareOptions) Machine {
 	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Versions: map[string]string{}}
 	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		// The machine's CPUs, not runtime.NumCPU's: a bench run under
+		// taskset -c 0 sees one.
+		n := 0
 		for _, line := range strings.Split(string(data), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			k, v, ok := strings.Cut(line, ":")
+			switch k = strings.TrimSpace(k); {
+			case ok && k == "model name" && m.CPU == "":
 				m.CPU = strings.TrimSpace(v)
-				break
+			case ok && k == "processor":
+				n++
 			}
+		}
+		if n > 0 {
+			m.CPUs = n
 		}
 	}
 	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {

@@ -49,6 +49,9 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 	if r.ExpectedCount > 0 {
 		fmt.Fprintf(&b, "%d answers were statuses the scenario expects (%s), counted apart, not as errors.\n\n", r.ExpectedCount, counts(r.Expected))
 	}
+	if r.Queued > 0 {
+		fmt.Fprintf(&b, "%d answers were a waiting room's 429 (with its Podium-Waiting-Room token): fans told to wait in the queue, counted apart, not as errors. Each client sent its token back on its next request, as a browser sends the room's cookie.\n\n", r.Queued)
+	}
 	if r.Retried > 0 {
 		f := r.FirstTry
 		fmt.Fprintf(&b, "The edge retried %d answers on another upstream (X-Podium-Retries). The %d answered at the first try: p50 %s ms, p90 %s ms, p99 %s ms, max %s ms.\n\n",

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"net/http"
 	"sort"
 	"strconv"
 	"time"
@@ -48,12 +49,16 @@ type Result struct {
 	ErrorCount int64            `json:"error_count"`
 	// Expected counts, by status, the answers >= 400 that the scenario
 	// names as right (MixEntry.Expect); they are in Statuses, not Errors.
-	Expected      map[string]int64  `json:"expected,omitempty"`
-	ExpectedCount int64             `json:"expected_count"`
-	BytesRead     int64             `json:"body_bytes_read"`
-	Streams       []StreamResult    `json:"streams"`
-	Timeline      []TimelinePoint   `json:"timeline"`
-	Percentile    []PercentilePoint `json:"percentiles"`
+	Expected      map[string]int64 `json:"expected,omitempty"`
+	ExpectedCount int64            `json:"expected_count"`
+	// Queued counts the 429s of a Podium waiting room (they carried its
+	// token, which the client sent back next time): fans told to wait,
+	// in Statuses, not Errors.
+	Queued     int64             `json:"waiting_room_queued"`
+	BytesRead  int64             `json:"body_bytes_read"`
+	Streams    []StreamResult    `json:"streams"`
+	Timeline   []TimelinePoint   `json:"timeline"`
+	Percentile []PercentilePoint `json:"percentiles"`
 	// UncorrectedPercentile is the distribution from the actual send (open
 	// mode only; in closed mode it is Percentile).
 	UncorrectedPercentile []PercentilePoint `json:"uncorrected_percentiles,omitempty"`
@@ -152,6 +157,9 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 			for code, n := range rec.statuses {
 				out.Statuses[strconv.Itoa(code)] += n
 				n -= rec.expected[code]
+				if code == http.StatusTooManyRequests {
+					n -= rec.queued
+				}
 				switch {
 				case n == 0:
 				case code >= 500:
@@ -167,6 +175,7 @@ func (r *runner) result(start, end time.Time, streams []*streamRun) *Result {
 				out.Errors[k] += n
 			}
 			res.BytesRead += rec.bytes
+			res.Queued += rec.queued
 		}
 		if n := sr.notSent.Load(); n > 0 {
 			out.Errors["not_sent"] += n

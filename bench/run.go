@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -139,6 +140,7 @@ func (r *runner) run(ctx context.Context) *Result {
 			timeline: newTimeline(interval, sc.Duration+r.opts.DrainGrace),
 			client:   r.newClient(st),
 		}
+		sr.roomTokens = make([]atomic.Pointer[[]byte], max(st.Clients, 1))
 		streams[i] = sr
 		sr.recorders = make([]*recorder, st.Connections)
 		var jobs chan job
@@ -251,7 +253,15 @@ type streamRun struct {
 	recorders []*recorder
 	timeline  *timeline
 	notSent   atomic.Int64
+	// roomTokens are the waiting room tokens (Podium-Waiting-Room) the
+	// edge gave each client of the stream (one slot without clients: the
+	// generator's own address), sent back on the client's next request,
+	// as a fan's browser sends the room's cookie back.
+	roomTokens []atomic.Pointer[[]byte]
 }
+
+// roomHeader carries a Podium edge's waiting room token, both ways.
+const roomHeader = "Podium-Waiting-Room"
 
 // worker owns one connection's request loop and its recorder; nothing in
 // it is shared, so the hot path takes no lock.
@@ -316,7 +326,7 @@ func (w *worker) closed(ctx context.Context) {
 // report shows how much queueing the correction uncovered.
 func (w *worker) do(req *fasthttp.Request, resp *fasthttp.Response, seq uint64, intended time.Time) {
 	mi := w.pick()
-	w.build(req, mi, seq)
+	client := w.build(req, mi, seq)
 	resp.Reset()
 	sent := time.Now()
 	err := w.sr.client.Do(req, resp)
@@ -326,7 +336,13 @@ func (w *worker) do(req *fasthttp.Request, resp *fasthttp.Response, seq uint64, 
 		status = resp.StatusCode()
 	}
 	retried := err == nil && len(resp.Header.Peek(retriesHeader)) > 0
-	failed := w.rec.record(mi, intended.Sub(w.start), done.Sub(intended), done.Sub(sent), status, err, int64(len(resp.Body())), retried)
+	queued := false
+	if tok := resp.Header.Peek(roomHeader); err == nil && len(tok) > 0 {
+		t := bytes.Clone(tok)
+		w.sr.roomTokens[client].Store(&t)
+		queued = status == fasthttp.StatusTooManyRequests
+	}
+	failed := w.rec.record(mi, intended.Sub(w.start), done.Sub(intended), done.Sub(sent), status, err, int64(len(resp.Body())), retried, queued)
 	if w.r.sc.Mode == ModeOpen {
 		_ = w.rec.lag.RecordValue(micros(sent.Sub(intended)))
 	}
@@ -358,7 +374,8 @@ func (w *worker) pick() int {
 // build fills req for mix entry mi. Request and header values are written
 // into req's own buffers; the only allocations are the small strings of
 // paths and keys.
-func (w *worker) build(req *fasthttp.Request, mi int, seq uint64) {
+// It returns the index of the client it sends as (its roomTokens slot).
+func (w *worker) build(req *fasthttp.Request, mi int, seq uint64) (client int) {
 	sc, st, m := w.r.sc, w.sr.stream, &w.sr.stream.Mix[mi]
 	req.Reset()
 	req.URI().SetScheme(w.r.base.Scheme)
@@ -391,8 +408,13 @@ func (w *worker) build(req *fasthttp.Request, mi int, seq uint64) {
 		req.SetBodyString(fmt.Sprintf(`{"quantity":%d,"email":"fan-%s-%x-%d@example.com"}`, m.Quantity, w.r.opts.RunID, w.rng.Uint32(), seq))
 	}
 	if st.Clients > 0 {
-		req.Header.Set("X-Forwarded-For", clientIP(int(seq%uint64(st.Clients))))
+		client = int(seq % uint64(st.Clients))
+		req.Header.Set("X-Forwarded-For", clientIP(client))
 	}
+	if t := w.sr.roomTokens[client].Load(); t != nil {
+		req.Header.SetBytesV(roomHeader, *t)
+	}
+	return client
 }
 
 // clientIP returns the n-th address of 198.18.0.0/15 (RFC 2544's benchmark
@@ -489,6 +511,7 @@ type recorder struct {
 	ops      []opRecord
 	statuses map[int]int64
 	expected map[int]int64 // statuses >= 400 the op's mix entry expects
+	queued   int64         // 429s of a waiting room: a fan told to wait, not an error
 	kinds    map[string]int64
 	bytes    int64
 
@@ -533,8 +556,10 @@ func newRecorder(mix []MixEntry, tl *timeline) *recorder {
 const retriesHeader = "X-Podium-Retries"
 
 // record counts one answer and says whether it failed: a transport error,
-// or a status >= 400 that the op's mix entry does not expect.
-func (rec *recorder) record(mi int, at, latency, service time.Duration, status int, err error, n int64, retried bool) (failed bool) {
+// or a status >= 400 that the op's mix entry does not expect. queued is a
+// waiting room's 429 (it carried the room's token): the fan waits in the
+// queue, which is the room working, never a failure.
+func (rec *recorder) record(mi int, at, latency, service time.Duration, status int, err error, n int64, retried, queued bool) (failed bool) {
 	v := micros(latency)
 	_ = rec.latency.RecordValue(v)
 	if retried {
@@ -552,7 +577,9 @@ func (rec *recorder) record(mi int, at, latency, service time.Duration, status i
 	} else {
 		rec.statuses[status]++
 		rec.bytes += n
-		if status >= 400 {
+		if queued {
+			rec.queued++
+		} else if status >= 400 {
 			if op.mix.expects(status) {
 				rec.expected[status]++
 			} else {

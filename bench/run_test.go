@@ -139,7 +139,7 @@ func TestHistogramMergeIsExact(t *testing.T) {
 		v := int64(math.Exp(rng.Float64() * math.Log(float64(histMaxMicros))))
 		d := time.Duration(v) * time.Microsecond
 		_ = one.RecordValue(micros(d))
-		parts[i%len(parts)].record(0, time.Duration(i%10)*time.Second, d, d, 200, nil, 0, false)
+		parts[i%len(parts)].record(0, time.Duration(i%10)*time.Second, d, d, 200, nil, 0, false, false)
 	}
 	merged := newLatencyHistogram()
 	for _, p := range parts {
@@ -402,7 +402,7 @@ func TestRecorderLeavesRetriedOutOfFirstTry(t *testing.T) {
 		if i%10 == 0 {
 			d, retried = 500*time.Millisecond, true
 		}
-		rec.record(0, 0, d, d, 200, nil, 0, retried)
+		rec.record(0, 0, d, d, 200, nil, 0, retried, false)
 	}
 	if got := rec.latency.TotalCount(); got != 100 {
 		t.Errorf("latency holds %d answers, want 100", got)

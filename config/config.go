@@ -3,7 +3,9 @@
 // and say what is allowed (edge.yaml:14: healthcheck.interval: must be > 0,
 // got 0s).
 //
-// The package is a leaf: it imports nothing of Podium's.
+// The package is a leaf but for waitroom, whose parsers (room paths, key
+// files) it uses so that a bad value is refused with its file and line; it
+// imports nothing else of Podium's.
 package config
 
 import (
@@ -75,7 +77,11 @@ func (e *Error) Error() string {
 
 // validator collects problems, finding each key's line in the parsed tree.
 type validator struct {
-	root     *yaml.Node
+	root *yaml.Node
+	// dir is the config file's directory, which relative file names in
+	// it (a waiting room's key_file) are read from; "" for a config not
+	// loaded from a file.
+	dir      string
 	problems []Problem
 }
 

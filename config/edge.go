@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -101,8 +102,22 @@ type Edge struct {
 	RateLimits     map[string]RateLimit `yaml:"ratelimits"`
 	RateLimitAllow []string             `yaml:"ratelimit_allow"`
 	Outlier        Outlier              `yaml:"outlier"`
-	trusted        []netip.Prefix       // parsed TrustedProxies
-	allow          []netip.Prefix       // parsed RateLimitAllow
+	// WaitingRooms queue visitors in front of the paths they guard
+	// (issue 18); none by default.
+	WaitingRooms []WaitingRoom `yaml:"waiting_rooms"`
+	// WaitingRoomStore says where the rooms' admission state lives: the
+	// state dir (one edge), or Consul (many edges, waitroom_store.go).
+	WaitingRoomStore WaitingRoomStore `yaml:"waiting_room_store"`
+	// WaitingRoomStateDir holds each room's admission history and admin
+	// controls (files per room and epoch), so a restarted edge keeps the
+	// queue's order, refuses spent places and keeps a closed room closed.
+	// Required when waiting_rooms are set: a shared default (under /tmp)
+	// let another local user plant a history or a symlink, and two edges
+	// on one host share files. The edge creates it 0700 and refuses one
+	// owned by another user or writable by group or others.
+	WaitingRoomStateDir string         `yaml:"waiting_room_state_dir"`
+	trusted             []netip.Prefix // parsed TrustedProxies
+	allow               []netip.Prefix // parsed RateLimitAllow
 	// routesEmbedded: Routes are DefaultRoutes, not written by the user, so
 	// a policy they name that ratelimits lacks falls back (see validate).
 	routesEmbedded bool
@@ -480,7 +495,7 @@ func Load(file string, data []byte) (*Edge, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &validator{root: root}
+	v := &validator{root: root, dir: filepath.Dir(file)}
 	cfg.validate(v)
 	if len(v.problems) > 0 {
 		return nil, &Error{File: file, Problems: v.problems}
@@ -522,6 +537,10 @@ func policyNames(m map[string]RateLimit) string {
 	}
 	return strings.Join(names, ", ")
 }
+
+// WaitingRoomStatePath is the directory waiting rooms keep their state
+// in: waiting_room_state_dir, made absolute relative to the config file.
+func (c *Edge) WaitingRoomStatePath() string { return c.WaitingRoomStateDir }
 
 // TrustedPrefixes returns the parsed trusted_proxies.
 func (c *Edge) TrustedPrefixes() []netip.Prefix { return c.trusted }

@@ -48,6 +48,27 @@ func TestLoadFileBad(t *testing.T) {
 		{"respond-cache.bad.yaml", []string{":4: routes[0].respond: the edge answers this route itself", "remove them"}},
 		{"zero-write-timeout.bad.yaml", []string{":2: timeouts.write: must be > 0, got 0s"}},
 		{"error-limit.bad.yaml", []string{":2: access_log.error_limit: per_client and total must be > 0", "got per_client 0"}},
+		{"wr-no-key-file.bad.yaml", []string{"wr-no-key-file.bad.yaml:2: waiting_rooms[0].key_file: is required"}},
+		// The key file's own error names the key file and its line.
+		{"wr-key-broken.bad.yaml", []string{"wr-key-broken.bad.yaml:5: waiting_rooms[0].key_file: testdata/wr-broken.keys:3: unknown directive \"sing\""}},
+		{"wr-key-missing.bad.yaml", []string{":2: waiting_rooms[0].key_file: reading key file: open testdata/nothing-here.keys"}},
+		{"wr-bad-path.bad.yaml", []string{":5: waiting_rooms[0].paths[1]: room path \"/games/1*/buy\": * must be a whole segment"}},
+		{"wr-dup-name.bad.yaml", []string{":3: waiting_rooms[1].name: \"final\" is used by an earlier room"}},
+		{"wr-dup-path.bad.yaml", []string{":3: waiting_rooms[1].paths[0]: \"/Games//*/buy/\" is already guarded by room \"final\""}},
+		{"wr-rate.bad.yaml", []string{":4: waiting_rooms[0].admit_per_second: must be a number of visitors a second, > 0", "got 0"}},
+		{"wr-max-active.bad.yaml", []string{":5: waiting_rooms[0].max_active: needs session"}},
+		{"wr-opens-at.bad.yaml", []string{":5: waiting_rooms[0].opens_at: must be an RFC 3339 time", `"26 July 2024 10:00"`}},
+		{"wr-refresh.bad.yaml", []string{":5: waiting_rooms[0].refresh: must be 1s..1m0s, got 2m0s"}},
+		{"wr-store-no-consul.bad.yaml", []string{"wr-store-no-consul.bad.yaml:4: waiting_room_store.consul: needs discovery.consul"}},
+		{"wr-store-prefix.bad.yaml", []string{"wr-store-prefix.bad.yaml:5: waiting_room_store.prefix: must be a Consul KV folder"}},
+		{"wr-unknown-key.bad.yaml", []string{"line 4", "unknown key admit_per_sec"}},
+		{"wr-name.bad.yaml", []string{":2: waiting_rooms[0].name: must be 1 to 64 letters, digits, _ or -", `"the final"`}},
+		{"wr-epoch.bad.yaml", []string{"line 2", "cannot unmarshal", "-1"}},
+		{"wr-rate-high.bad.yaml", []string{":4: waiting_rooms[0].admit_per_second: must be a number of visitors a second, > 0 and at most 1000000", "got 2e+06"}},
+		{"wr-max-active-negative.bad.yaml", []string{":5: waiting_rooms[0].max_active: must be >= 0", "got -3"}},
+		{"wr-session-short.bad.yaml", []string{":6: waiting_rooms[0].session: must be at least 1s, got 500ms"}},
+		{"wr-no-paths.bad.yaml", []string{":3: waiting_rooms[0].paths: must list at least one path"}},
+		{"wr-no-state-dir.bad.yaml", []string{"wr-no-state-dir.bad.yaml:2: waiting_rooms: need waiting_room_state_dir"}},
 	}
 	seen := map[string]bool{}
 	for _, tt := range tests {
@@ -115,6 +136,22 @@ func TestLoadFileGood(t *testing.T) {
 		{"read_body", cfg.Timeouts.ReadBody.D(), 5 * time.Second},
 		{"max_conns", cfg.UpstreamPool.MaxConns, 64},
 		{"access_log", cfg.AccessLog.Enabled, false},
+		{"rooms", len(cfg.WaitingRooms), 2},
+		{"room paths", len(cfg.WaitingRooms[0].Patterns()), 2},
+		{"room path form", cfg.WaitingRooms[0].Patterns()[1].RoomForm(), "/api/games/*/buy"},
+		{"room rate", cfg.WaitingRooms[0].AdmitPerSecond, 500.0},
+		{"room max_active", cfg.WaitingRooms[0].MaxActive, 2000},
+		{"room session", cfg.WaitingRooms[0].Session.D(), 5 * time.Minute},
+		{"room opens_at", cfg.WaitingRooms[0].OpensAtTime().Equal(time.Date(2024, 7, 26, 10, 0, 0, 0, time.UTC)), true},
+		{"room key file, from the config's directory", cfg.WaitingRooms[0].KeyFile, filepath.Join("testdata", "wr.keys")},
+		{"room keys read", cfg.WaitingRooms[0].Keys() != nil, true},
+		{"room refresh", cfg.WaitingRooms[0].Refresh.D(), 3 * time.Second},
+		{"room epoch", cfg.WaitingRooms[0].Epoch, uint32(7)},
+		{"default refresh", cfg.WaitingRooms[1].Refresh.D(), DefaultWaitingRoomRefresh},
+		{"default session", cfg.WaitingRooms[1].Session.D(), DefaultWaitingRoomSession},
+		{"default epoch", cfg.WaitingRooms[1].Epoch, uint32(DefaultWaitingRoomEpoch)},
+		{"no opening", cfg.WaitingRooms[1].OpensAtTime().IsZero(), true},
+		{"state dir", cfg.WaitingRoomStatePath(), "/var/lib/podium/waitroom"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -211,7 +248,7 @@ func TestRedactedRoundTrips(t *testing.T) {
 			t.Fatalf("%s: the /config output does not load back: %v\n%s", f, err, out)
 		}
 		// Unset and empty lists print alike; everything else must match.
-		if diff := cmp.Diff(cfg, again, cmpopts.IgnoreUnexported(Edge{}), cmpopts.EquateEmpty()); diff != "" {
+		if diff := cmp.Diff(cfg, again, cmpopts.IgnoreUnexported(Edge{}, WaitingRoom{}), cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("%s: round trip changed the config (-before +after):\n%s", f, diff)
 		}
 		if out2, _ := again.Redacted(); string(out2) != string(out) {

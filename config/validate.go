@@ -51,6 +51,8 @@ func (c *Edge) validate(v *validator) {
 	c.Retries.validate(v)
 	c.Outlier.validate(v)
 	c.AccessLog.validate(v)
+	c.validateWaitingRooms(v)
+	c.validateWaitingRoomStore(v)
 }
 
 func (d Discovery) validate(v *validator) {

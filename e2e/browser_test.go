@@ -39,7 +39,9 @@ type browser struct {
 	ctx context.Context
 }
 
-func newBrowser(t *testing.T) *browser {
+// newBrowser starts Chromium with the flags above and extra (for example
+// JavaScript off: chromedp.Flag("blink-settings", "scriptEnabled=false")).
+func newBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
 	// Not t.TempDir: Chromium's helper processes may still write to the
 	// profile for a moment after the browser is closed, and TempDir's
@@ -64,6 +66,7 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.UserDataDir(profile),
 		chromedp.WindowSize(1280, 900),
 	}
+	opts = append(opts, extra...)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelCtx := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
 	t.Cleanup(func() {

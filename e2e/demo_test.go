@@ -67,6 +67,10 @@ func TestDemo(t *testing.T) {
 		}
 	}
 
+	// The waiting room the banner tells of: on the buy paths, watched at
+	// the admin listener's /rooms, with a key of this demo's own.
+	d.checkRoom(t)
+
 	// (a) kill -9 origin 2.
 	// Found as a user would (pgrep -f), not through the demo's bookkeeping.
 	victim := demoOrigin{addr: d.originAddr(2), pid: d.originPid(t, d.originAddr(2))}
@@ -150,7 +154,9 @@ func TestDemo(t *testing.T) {
 		// and the first /metrics poll that showed the edge holding the
 		// origin down (polled every 50 ms, so the window ends at most one
 		// poll and one scrape after the real transition).
-		if r.start.Before(caughtAt) && r.end.After(killAt) {
+		// A purchase's times are those of its last try; the waiting
+		// room's own failures are never discounted.
+		if r.start.Before(caughtAt) && r.end.After(killAt) && !r.roomFailure {
 			discounted = append(discounted, r)
 			if !r.ok() {
 				discountedFailed = append(discountedFailed, r)
@@ -184,6 +190,13 @@ func TestDemo(t *testing.T) {
 	}
 	if inA == 0 || inB == 0 {
 		t.Errorf("no load measured after the kill (%d) or during the scaling (%d)", inA, inB)
+	}
+	// Every client's first purchase waits in the room (a new arrival
+	// always does, for the settle time), and is let in on its return.
+	t.Logf("waiting room: %d of %d purchases queued (%d answers 429 from the room), %d of them then let in and sold",
+		ld.queued.Load(), ld.purchases(), ld.roomAnswers.Load(), ld.letIn.Load())
+	if ld.queued.Load() == 0 || ld.letIn.Load() == 0 {
+		t.Errorf("no purchase waited in the demo's waiting room and then bought: does deploy/edge/demo.yaml still guard /api/games/*/buy?")
 	}
 
 	// (c) Ctrl-C: SIGINT to the demo's process group, as a terminal sends.
@@ -292,6 +305,49 @@ func startDemo(t *testing.T) *demo {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return d
+}
+
+// checkRoom checks the demo's waiting room: the banner's hint to watch
+// it, the room open in the admin listener's /rooms, and the key file the
+// demo generated (0600, not the public key checked in beside demo.yaml).
+func (d *demo) checkRoom(t *testing.T) {
+	t.Helper()
+	admin := strings.TrimPrefix(d.adminURL, "http://")
+	for _, hint := range []string{"curl -s " + admin + "/rooms", "curl -s -X POST " + admin + "/rooms/sale/pause",
+		"curl -s -X POST " + admin + "/rooms/sale/close", "'" + admin + "/rooms/sale/rate?admit_per_second="} {
+		if !strings.Contains(d.out.String(), hint) {
+			t.Errorf("the banner lacks the waiting room hint %q", hint)
+		}
+	}
+	resp, err := d.client.Get(d.adminURL + "/rooms")
+	if err != nil {
+		t.Fatalf("GET /rooms: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var v struct {
+		Rooms []struct{ Name, Status string } `json:"rooms"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil || resp.StatusCode != http.StatusOK || len(v.Rooms) != 1 ||
+		v.Rooms[0].Name != "sale" || v.Rooms[0].Status != "open" {
+		t.Errorf("GET %s/rooms: %d %v %.300s; want the room sale, open", d.adminURL, resp.StatusCode, err, body)
+	}
+	keys := filepath.Join(d.state, "demo", "demo-waitroom.keys")
+	fi, err := os.Stat(keys)
+	if err != nil {
+		t.Fatalf("the demo's waiting room keys: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", keys, fi.Mode().Perm())
+	}
+	mine, _ := os.ReadFile(keys)
+	public, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "edge", "demo-waitroom.keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(mine, public) || !bytes.Contains(mine, []byte("\nid ")) || !bytes.Contains(mine, []byte("\nsign 1 ")) {
+		t.Errorf("the demo's key file %s is the public one, or not a key file:\n%s", keys, mine)
+	}
 }
 
 // demoPortRun finds n consecutive free loopback ports (internal/testport):
@@ -758,11 +814,16 @@ func (d *demo) cleanup(t *testing.T) {
 type demoLoad struct {
 	mu      sync.Mutex
 	res     []demoResult
+	tokens  map[string]string // the waiting room's token of each client (X-Forwarded-For)
 	done    atomic.Int64
 	skipped atomic.Int64
 	buys    atomic.Int64
-	quit    chan struct{}
-	wg      sync.WaitGroup
+	// queued counts the purchases the waiting room answered 429 at least
+	// once, letIn those of them that then went through, roomAnswers all
+	// its 429s.
+	queued, letIn, roomAnswers atomic.Int64
+	quit                       chan struct{}
+	wg                         sync.WaitGroup
 }
 
 type demoResult struct {
@@ -771,6 +832,11 @@ type demoResult struct {
 	status     int
 	body       string // the start of a failed answer's body
 	err        error
+	// roomFailure: the waiting room did not let a purchase in, or broke
+	// its protocol (a 429 without Retry-After), which no origin's death
+	// explains.
+	roomFailure bool
+	tries       int // purchases: requests sent, the room's 429s included
 }
 
 func (r demoResult) ok() bool {
@@ -788,12 +854,16 @@ func (r demoResult) String() string {
 	if r.err != nil {
 		outcome = r.err.Error()
 	}
-	return fmt.Sprintf("%s at %s took %v: %s", r.what, r.start.Format("15:04:05.000"), r.end.Sub(r.start).Round(time.Millisecond), outcome)
+	tries := ""
+	if r.tries > 1 {
+		tries = fmt.Sprintf(" (try %d; the room answered the ones before 429)", r.tries)
+	}
+	return fmt.Sprintf("%s at %s took %v%s: %s", r.what, r.start.Format("15:04:05.000"), r.end.Sub(r.start).Round(time.Millisecond), tries, outcome)
 }
 
 func startDemoLoad(t *testing.T, edgeURL string, game int64) *demoLoad {
 	t.Helper()
-	ld := &demoLoad{quit: make(chan struct{})}
+	ld := &demoLoad{quit: make(chan struct{}), tokens: map[string]string{}}
 	client := &http.Client{
 		Timeout:   15 * time.Second,
 		Transport: &http.Transport{MaxIdleConnsPerHost: demoLoadWorkers},
@@ -834,21 +904,29 @@ func startDemoLoad(t *testing.T, edgeURL string, game int64) *demoLoad {
 }
 
 func (ld *demoLoad) one(client *http.Client, edgeURL string, game, run, seq int64) {
-	var req *http.Request
+	xff := fmt.Sprintf("10.77.0.%d", seq%64+1)
+	var r demoResult
 	switch {
 	case seq%40 == 0:
-		// One fan per purchase: the origin caps the seats one email may hold.
-		req, _ = http.NewRequest(http.MethodPost, fmt.Sprintf("%s/api/games/%d/buy", edgeURL, game),
-			strings.NewReader(fmt.Sprintf(`{"quantity":1,"email":"fan%d-%x@demo-e2e.example"}`, seq, run)))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", fmt.Sprintf("demo-e2e-%x-%d", run, seq))
 		ld.buys.Add(1)
+		var ok bool
+		if r, ok = ld.purchase(client, edgeURL, game, run, seq, xff); !ok {
+			return // the load stopped while it waited in the room
+		}
 	case seq%3 == 0:
-		req, _ = http.NewRequest(http.MethodGet, fmt.Sprintf("%s/api/games/%d?n=%d", edgeURL, game, seq), nil)
+		r = ld.get(client, fmt.Sprintf("%s/api/games/%d?n=%d", edgeURL, game, seq), xff)
 	default:
-		req, _ = http.NewRequest(http.MethodGet, fmt.Sprintf("%s/api/games?limit=5&n=%d", edgeURL, seq), nil)
+		r = ld.get(client, fmt.Sprintf("%s/api/games?limit=5&n=%d", edgeURL, seq), xff)
 	}
-	req.Header.Set("X-Forwarded-For", fmt.Sprintf("10.77.0.%d", seq%64+1))
+	ld.mu.Lock()
+	ld.res = append(ld.res, r)
+	ld.mu.Unlock()
+	ld.done.Add(1)
+}
+
+func (ld *demoLoad) get(client *http.Client, url, xff string) demoResult {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("X-Forwarded-For", xff)
 	r := demoResult{start: time.Now(), what: req.Method + " " + req.URL.RequestURI()}
 	resp, err := client.Do(req)
 	if err == nil {
@@ -861,10 +939,84 @@ func (ld *demoLoad) one(client *http.Client, edgeURL string, game, run, seq int6
 		}
 	}
 	r.end, r.err = time.Now(), err
-	ld.mu.Lock()
-	ld.res = append(ld.res, r)
-	ld.mu.Unlock()
-	ld.done.Add(1)
+	return r
+}
+
+// demoRoomTries bounds the answers one purchase may get from the
+// waiting room: a new fan waits the settle time (2 s) and is let in on
+// its first return (Retry-After, the room's 3 s refresh) unless a queue
+// has formed, which this load's 4 purchases a second do not make.
+const demoRoomTries = 10
+
+// purchase buys one ticket as a real API client of the demo's waiting
+// room does: it sends the room's token it holds for its client (the
+// Podium-Waiting-Room header of the last answer), and on 429 waits
+// Retry-After and tries again with the token it was given. The result
+// spans every try. ok is false when the load stopped while it waited.
+func (ld *demoLoad) purchase(client *http.Client, edgeURL string, game, run, seq int64, xff string) (r demoResult, ok bool) {
+	// One fan per purchase: the origin caps the seats one email may hold.
+	body := fmt.Sprintf(`{"quantity":1,"email":"fan%d-%x@demo-e2e.example"}`, seq, run)
+	url := fmt.Sprintf("%s/api/games/%d/buy", edgeURL, game)
+	r = demoResult{what: "POST " + strings.TrimPrefix(url, edgeURL)}
+	defer func() { r.end = time.Now() }()
+	for try := 1; ; try++ {
+		r.start, r.tries = time.Now(), try
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", fmt.Sprintf("demo-e2e-%x-%d", run, seq))
+		req.Header.Set("X-Forwarded-For", xff)
+		ld.mu.Lock()
+		tok := ld.tokens[xff]
+		ld.mu.Unlock()
+		if tok != "" {
+			req.Header.Set("Podium-Waiting-Room", tok)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			r.err = err
+			return r, true
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		r.status, r.err = resp.StatusCode, err
+		if !r.ok() {
+			r.body = string(b[:min(len(b), 200)])
+		}
+		// A place token (429) or an admission (the purchase went on).
+		room := resp.Header.Get("Podium-Waiting-Room")
+		if room != "" {
+			ld.mu.Lock()
+			ld.tokens[xff] = room
+			ld.mu.Unlock()
+		}
+		if err != nil || resp.StatusCode != http.StatusTooManyRequests || room == "" {
+			// The rate limiter's 429 has no room token: a failure here.
+			if try > 1 && r.ok() {
+				ld.letIn.Add(1)
+			}
+			return r, true
+		}
+		ld.roomAnswers.Add(1)
+		if try == 1 {
+			ld.queued.Add(1)
+		}
+		ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if err != nil || ra < 1 || ra > 60 {
+			r.err = fmt.Errorf("the waiting room's 429 has Retry-After %q, want 1..60 seconds", resp.Header.Get("Retry-After"))
+			r.roomFailure = true
+			return r, true
+		}
+		if try == demoRoomTries {
+			r.err = fmt.Errorf("still waiting in the room after %d tries: %s", try, r.body)
+			r.roomFailure = true
+			return r, true
+		}
+		select {
+		case <-ld.quit:
+			return r, false
+		case <-time.After(time.Duration(ra) * time.Second): // what Retry-After asks of a client
+		}
+	}
 }
 
 func (ld *demoLoad) count() int64     { return ld.done.Load() }

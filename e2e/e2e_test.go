@@ -38,6 +38,7 @@ func TestStack(t *testing.T) {
 		{"contract", func(t *testing.T) { testContract(t, s, ss, buyGame, soldOutGame) }},
 		{"smoke", func(t *testing.T) { testSmoke(t, s, buyGame) }},
 		{"bench scenarios", func(t *testing.T) { testBenchScenarios(t, s, ss) }},
+		{"waiting room", func(t *testing.T) { testWaitingRoom(t, s, pickRoomGame(t, s, buyGame, soldOutGame)) }},
 		{"purchase retried only with a key", func(t *testing.T) { testPurchaseRetry(t, s, buyGame) }},
 		{"browser with every origin down", func(t *testing.T) { testBrowserOriginsDown(t, s) }},
 	}

@@ -23,6 +23,12 @@ import (
 // client's last write in a later read that must see it.
 const GTIDHeader = "X-Podium-GTID"
 
+// SoldOutHeader says, on the answer to a purchase or a buy page, that the
+// game has no seat left. The edge's waiting room reads it to stop queueing
+// fans for a game they can no longer buy (proxy/waitroom.go). It is set
+// only when no seat is left, never for "fewer seats left than asked".
+const SoldOutHeader = "X-Podium-Sold-Out"
+
 // GTIDCookie is GTIDHeader's twin for the pages.
 const GTIDCookie = "podium_gtid"
 
@@ -379,6 +385,9 @@ func (s *Server) apiBuy(w http.ResponseWriter, r *http.Request) {
 	}
 	if out.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(out.RetryAfter))
+	}
+	if out.SoldOut {
+		w.Header().Set(SoldOutHeader, "true")
 	}
 	writeJSON(w, out.Status, out.Body)
 }

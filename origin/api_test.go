@@ -129,6 +129,11 @@ func TestSoldOutSaysHowManyRemain(t *testing.T) {
 				t.Errorf("409 body %s: remaining should be %d", r.Body, tt.left)
 			}
 		}
+		// The edge's waiting room stops queueing for the game on this
+		// header: only "no seat left" may carry it.
+		if got, want := r.Header.Get(SoldOutHeader), map[bool]string{true: "true"}[tt.status == 409 && tt.left == 0]; got != want {
+			t.Errorf("buying %d (%d left): %s %q, want %q", tt.qty, tt.left, SoldOutHeader, got, want)
+		}
 	}
 }
 

@@ -281,6 +281,9 @@ func (s *Server) pageBuyForm(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if g.SoldOut {
+		w.Header().Set(SoldOutHeader, "true")
+	}
 	s.renderBuyForm(w, r, http.StatusOK, pageData{Game: g, Quantity: 1})
 }
 
@@ -383,6 +386,9 @@ func (s *Server) pageBuy(w http.ResponseWriter, r *http.Request) {
 	}
 	if out.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(out.RetryAfter))
+	}
+	if out.SoldOut {
+		w.Header().Set(SoldOutHeader, "true")
 	}
 	if out.GTID != "" {
 		// Read-your-writes for the next pages: they wait for this commit.

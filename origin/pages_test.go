@@ -184,10 +184,21 @@ func TestBuyFormFlow(t *testing.T) {
 			if tt.status == 422 && !strings.Contains(string(r.Body), `role="alert"`) {
 				t.Error("the form error is not shown next to the form")
 			}
+			if got, want := r.Header.Get(SoldOutHeader), map[bool]string{true: "true"}[tt.name == "sold out"]; got != want {
+				t.Errorf("%s %q, want %q", SoldOutHeader, got, want)
+			}
 		})
 	}
 	if remaining, sold, _, _ := gameState(t, game); remaining != 0 || sold != 3 {
 		t.Errorf("remaining %d sold %d, want 0 and 3", remaining, sold)
+	}
+	// The buy form of a sold-out game says so to the edge; one with seats
+	// left does not.
+	for g, want := range map[int64]string{game: "true", createGame(t, 3): ""} {
+		r := do(t, "GET", fmt.Sprintf("%s/games/%d/buy", s.URL, g), "")
+		if got := r.Header.Get(SoldOutHeader); r.Status != http.StatusOK || got != want {
+			t.Errorf("GET /games/%d/buy: %d %s %q, want 200 %q", g, r.Status, SoldOutHeader, got, want)
+		}
 	}
 }
 

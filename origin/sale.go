@@ -1030,7 +1030,7 @@ func soldOutRefusal(p purchaseRequest, remaining int64) purchaseOutcome {
 	if remaining > 0 {
 		msg = fmt.Sprintf("not enough seats: %d requested, %d left for game %d; order at most %d", p.Quantity, remaining, p.GameID, remaining)
 	}
-	return purchaseOutcome{Status: http.StatusConflict, Result: "sold_out", Body: jsonBody(errorBody{
+	return purchaseOutcome{Status: http.StatusConflict, Result: "sold_out", SoldOut: remaining == 0, Body: jsonBody(errorBody{
 		Error: msg, RequestID: p.RequestID, Remaining: &remaining,
 	})}
 }

@@ -209,6 +209,9 @@ type purchaseOutcome struct {
 	RetryAfter int
 	// Result is the metrics label of the outcome.
 	Result string
+	// SoldOut is true when the purchase was refused because the game has
+	// no seat left (SoldOutHeader).
+	SoldOut bool
 }
 
 func jsonBody(v any) []byte {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -43,6 +44,10 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			}
 			return
 		}
+		if path := string(ctx.Path()); strings.HasPrefix(path, "/rooms/") {
+			p.adminRoom(ctx, strings.TrimPrefix(path, "/rooms/"))
+			return
+		}
 		switch string(ctx.Path()) {
 		case "/metrics":
 			metrics(ctx)
@@ -52,6 +57,8 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			p.adminPurge(ctx)
 		case "/upstreams":
 			p.adminUpstreams(ctx)
+		case "/rooms":
+			p.adminRooms(ctx)
 		case "/config":
 			out, err := p.state.Load().cfg.Redacted()
 			if err != nil {
@@ -62,7 +69,7 @@ func (p *Proxy) AdminHandler() fasthttp.RequestHandler {
 			ctx.SetBody(out)
 		case "/":
 			ctx.SetContentType("text/plain; charset=utf-8")
-			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n  /upstreams  each upstream's health, last probe and its error, ejection (JSON; ?format=text for a line each)\n  POST /cache/purge?prefix=/api/games  drop cached entries by path prefix\n  /debug/pprof/  Go profiles\n")
+			ctx.SetBodyString("podium edge admin\n  /metrics  Prometheus metrics\n  /ping     pong, or 503 draining\n  /config   the running config\n  /rooms    each waiting room: status, rate, queue, watermark (JSON)\n  POST /rooms/NAME/pause|resume|close, POST /rooms/NAME/rate?admit_per_second=N\n  /upstreams  each upstream's health, last probe and its error, ejection (JSON; ?format=text for a line each)\n  POST /cache/purge?prefix=/api/games  drop cached entries by path prefix\n  /debug/pprof/  Go profiles\n")
 		default:
 			ctx.SetStatusCode(fasthttp.StatusNotFound)
 			ctx.SetContentType("text/plain; charset=utf-8")
@@ -290,4 +297,80 @@ func loopbackHost(h []byte) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
+}
+
+// adminRooms lists the waiting rooms (GET /rooms).
+func (p *Proxy) adminRooms(ctx *fasthttp.RequestCtx) {
+	now := p.clock.NowMs()
+	views := []roomView{}
+	for _, rs := range p.state.Load().rooms {
+		views = append(views, rs.view(now))
+	}
+	writeJSON(ctx, map[string]any{"rooms": views})
+}
+
+// adminRoom changes one room: POST /rooms/NAME/pause, /resume, /close
+// (sold out) and /rate?admit_per_second=N. The change is saved in the
+// state dir per room and epoch, so a restart keeps it; a reload keeps
+// it too, except that a changed admit_per_second replaces an admin rate
+// and a changed epoch or opening starts the room anew.
+func (p *Proxy) adminRoom(ctx *fasthttp.RequestCtx, rest string) {
+	fail := func(status int, msg string) {
+		ctx.SetStatusCode(status)
+		writeJSON(ctx, map[string]string{"error": msg})
+	}
+	name, action, _ := strings.Cut(rest, "/")
+	var rs *roomState
+	for _, r := range p.state.Load().rooms {
+		if r.cfg.Name == name {
+			rs = r
+		}
+	}
+	if rs == nil {
+		fail(fasthttp.StatusNotFound, fmt.Sprintf("no waiting room %q; GET /rooms lists them", name))
+		return
+	}
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set("Allow", "POST")
+		fail(fasthttp.StatusMethodNotAllowed, "use POST /rooms/"+name+"/pause, /resume, /close or /rate?admit_per_second=N")
+		return
+	}
+	rt := rs.rt
+	switch action {
+	case "pause":
+		rt.status.Store(roomPaused)
+	case "resume":
+		rt.status.Store(roomOpen)
+		rt.soldOut.clear() // the operator knows better than the marks
+	case "close":
+		rt.status.Store(roomClosed)
+	case "rate":
+		v := string(ctx.QueryArgs().Peek("admit_per_second"))
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(r > 0) || r > 1e6 {
+			fail(fasthttp.StatusBadRequest, fmt.Sprintf("admit_per_second must be a number of visitors a second, > 0 and at most 1000000, got %q", v))
+			return
+		}
+		if err := rt.gate.SetRate(r); err != nil {
+			fail(fasthttp.StatusBadRequest, err.Error())
+			return
+		}
+	default:
+		fail(fasthttp.StatusNotFound, fmt.Sprintf("no action %q; use pause, resume, close or rate?admit_per_second=N", action))
+		return
+	}
+	p.log.Info("waiting room changed by the admin API", "room", name, "action", action, "status", roomStatusNames[rt.status.Load()], "admit_per_second", rt.gate.Rate())
+	if err := p.saveControl(rt); err != nil {
+		p.log.Error("waiting room: the admin API's change holds on this edge until it restarts: saving it failed", "room", name, "error", err.Error())
+		fail(fasthttp.StatusInternalServerError, "applied on this edge, but not saved, so a restart loses it: "+err.Error())
+		return
+	}
+	sctx, cancel := context.WithTimeout(p.bg, shareControlTimeout)
+	defer cancel()
+	if err := p.shareControl(sctx, rt); err != nil {
+		p.log.Error("waiting room: the admin API's change holds on this edge only: sharing it with the room's other edges failed", "room", name, "error", err.Error())
+		fail(fasthttp.StatusServiceUnavailable, "applied and saved on this edge, but not on the room's other edges (Consul): "+err.Error()+"; try again")
+		return
+	}
+	writeJSON(ctx, rs.view(p.clock.NowMs()))
 }

@@ -5,6 +5,7 @@
 package proxy
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/podium-edge/podium/config"
@@ -47,5 +48,19 @@ func TestCachedHitAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(2000, func() { s.serve(t, p) }); n != 0 {
 		t.Errorf("a cached hit allocates %v times, want 0", n)
+	}
+}
+
+// TestWaitingPageAllocs: a waiting visitor's refresh, 20,000 queued ahead, (token checked,
+// position, new token, the page) allocates nothing.
+func TestWaitingPageAllocs(t *testing.T) {
+	p, raw := roomBenchEdge(t)
+	s := newRawServer(raw)
+	s.serve(t, p)
+	if !bytes.Contains(s.ctx.Response.Body(), []byte(`id="position">20001<`)) {
+		t.Fatalf("not the waiting page of the last of 20,001: %s", s.ctx.Response.Body())
+	}
+	if n := testing.AllocsPerRun(2000, func() { s.serve(t, p) }); n != 0 {
+		t.Errorf("a waiting page allocates %v times, want 0", n)
 	}
 }

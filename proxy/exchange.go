@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/podium-edge/podium/balancer"
+	"github.com/podium-edge/podium/waitroom"
 	"github.com/valyala/fasthttp"
 )
 
@@ -40,6 +41,10 @@ type exchange struct {
 
 	peer    netip.Addr // the socket peer
 	trusted bool       // the peer is a trusted proxy: its X-Forwarded-For counts
+	// clientAddr is client()'s answer once clientSet: X-Forwarded-For is
+	// parsed once a request, for the rate limit and the waiting room.
+	clientAddr netip.Addr
+	clientSet  bool
 
 	// host is the upstream that answered, or the last one tried; nil when
 	// no upstream was asked. upstreamTime is how long it took and retries
@@ -47,6 +52,22 @@ type exchange struct {
 	host         *balancer.Host
 	upstreamTime time.Duration
 	retries      int
+
+	// admitRoom, when set, is the waiting room that admitted this request
+	// with the token admitTok: finish sets its cookie and header on the
+	// answer, whatever the origin (or the edge's own error) answered.
+	admitRoom *roomState
+	admitTok  [waitroom.TokenLen]byte
+	// guardRoom is the waiting room guarding the request's path, and
+	// guardKey the game it is about there (waitroom_soldout.go): finish
+	// marks the game sold out when the origin's answer says so.
+	// The key is in guardKeyBuf[:guardKeyLen], or in guardKeyLong when it
+	// did not fit: a slice of x's own array kept in x would move x to the
+	// heap, and a waiting page allocates nothing.
+	guardRoom    *roomState
+	guardKeyBuf  [24]byte
+	guardKeyLen  int
+	guardKeyLong []byte
 
 	// quiet is set for a request that is counted but never logged: the
 	// edge's own /ping, which load balancers ask every few seconds.
@@ -72,6 +93,12 @@ func (x *exchange) finish(end time.Time) {
 		return
 	}
 	x.finished = true
+	if rs := x.admitRoom; rs != nil {
+		x.setRoomToken(rs, x.admitTok[:], int64(rs.session/time.Second))
+	}
+	if x.guardRoom != nil {
+		x.noteSoldOut()
+	}
 	status := x.ctx.Response.StatusCode()
 	x.route.counts.done(x.method, status, x.ctx.Time(), end)
 	if !x.quiet {

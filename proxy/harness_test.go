@@ -123,6 +123,13 @@ func startEdge(t testing.TB, ups []*testUpstream, weights []int, opts ...edgeOpt
 // included) going to log; nil logs nowhere, or to the test log with -v.
 func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slog.Logger, opts ...edgeOption) *testEdge {
 	t.Helper()
+	return startEdgeWith(t, ups, weights, log, New, opts...)
+}
+
+// startEdgeWith is startEdgeLogging with the Proxy built by build (the
+// waiting room tests' fake clock).
+func startEdgeWith(t testing.TB, ups []*testUpstream, weights []int, log *slog.Logger, build func(*config.Edge, *slog.Logger) (*Proxy, error), opts ...edgeOption) *testEdge {
+	t.Helper()
 	cfg := config.DefaultEdge()
 	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Discovery.Static = nil
@@ -152,7 +159,7 @@ func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slo
 			log = slog.New(slog.NewTextHandler(&testWriter{t}, nil))
 		}
 	}
-	p, err := New(cfg, log)
+	p, err := build(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +196,12 @@ func startEdgeLogging(t testing.TB, ups []*testUpstream, weights []int, log *slo
 	}
 	done := make(chan struct{})
 	go func() { p.Server().Serve(p.WrapListener(ln)); close(done) }()
-	t.Cleanup(func() { cancel(); p.Server().Shutdown(); <-done; p.Close() })
+	// Shutdown closes only the listeners Serve has registered: one called
+	// before the Serve goroutine got that far (a test that never sent the
+	// edge a request, under -race) returned at once and Serve then
+	// accepted forever (TestWaitingRoomControlSurvivesRestart hung 1 in
+	// ~10 -race runs). Closing ln as well ends Serve either way.
+	t.Cleanup(func() { cancel(); p.Server().Shutdown(); ln.Close(); <-done; p.Close() })
 	e := &testEdge{p: p, addr: ln.Addr().String(), prober: pr, changes: changes}
 	e.waitHealthy(t, len(ups))
 	return e

@@ -190,6 +190,10 @@ type Metrics struct {
 	staleConns           prometheus.Counter
 	logDropped           *prometheus.CounterVec
 
+	roomAdmittedTotal *prometheus.CounterVec
+	roomWait          *prometheus.HistogramVec
+	roomRefusedTotal  *prometheus.CounterVec
+
 	cacheHit, cacheMiss, cacheStale prometheus.Counter
 	cacheStaleOnError               prometheus.Counter
 	cacheRevalidated                prometheus.Counter
@@ -330,6 +334,21 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 		Name: "podium_edge_cache_purged_entries_total",
 		Help: "Entries removed by purchases, unsafe methods and the admin purge.",
 	})
+	m.roomAdmittedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podium_edge_waitroom_admitted_total",
+		Help: "Visitors a waiting room admitted (place exchanged for an admission), by room.",
+	}, []string{"room"})
+	m.roomWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "podium_edge_waitroom_wait_seconds",
+		Help: "Time from a visitor's place (arrival, or the opening for the pre-queue) to admission, by room.",
+		// A second to two hours: an on-sale queue is minutes long.
+		Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200},
+	}, []string{"room"})
+	m.roomRefusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podium_edge_waitroom_tokens_refused_total",
+		Help: "Waiting room tokens refused, by room and reason (bad_mac: forged or altered; copied: another visitor's; spent: admitted too long ago; expired, malformed, stale_epoch, unknown_kid, wrong_room). The visitor is placed anew.",
+	}, []string{"room", "reason"})
+	reg.MustRegister(m.roomAdmittedTotal, m.roomWait, m.roomRefusedTotal)
 	reg.MustRegister(lookups, m.cacheStaleOnError, m.cacheRevalidated, m.cacheCoalesced, m.cachePurged)
 	if store != nil {
 		reg.MustRegister(&storeCollector{store: store,
@@ -442,5 +461,62 @@ func (c *limitsCollector) Collect(ch chan<- prometheus.Metric) {
 		name := l.Policy().Name
 		ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(st.Clients), name)
 		ch <- prometheus.MustNewConstMetric(c.evicted, prometheus.CounterValue, float64(st.Evicted), name)
+	}
+}
+
+// roomAdmitted counts an admission to room after waitSeconds.
+func (m *Metrics) roomAdmitted(room string, waitSeconds float64) {
+	m.roomAdmittedTotal.WithLabelValues(room).Inc()
+	m.roomWait.WithLabelValues(room).Observe(waitSeconds)
+}
+
+// roomRefused counts a token room refused, by why.
+func (m *Metrics) roomRefused(room, reason string) {
+	m.roomRefusedTotal.WithLabelValues(room, reason).Inc()
+}
+
+var (
+	roomQueueDesc = prometheus.NewDesc("podium_edge_waitroom_queue_length",
+		"Visitors waiting in a waiting room on this edge (estimated from its per-millisecond counts), by room.", []string{"room"}, nil)
+	roomWaitDesc = prometheus.NewDesc("podium_edge_waitroom_estimated_wait_seconds",
+		"Estimated wait of the last visitor in a waiting room: its queue over the measured admission rate, by room.", []string{"room"}, nil)
+	// roomCoordUpDesc is reported only for rooms coordinated through
+	// Consul (waiting_room_store.consul).
+	roomCoordUpDesc = prometheus.NewDesc("podium_edge_waitroom_coordination_up",
+		"1 while this edge follows its waiting room's leader through Consul; 0 while it admits alone at its share of the rate (Consul unreachable or no leader heard), by room.", []string{"room"}, nil)
+)
+
+// roomCollector reports the rooms of the config in force.
+type roomCollector struct {
+	p           *Proxy
+	queue, wait *prometheus.Desc
+}
+
+func (c *roomCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.queue
+	ch <- c.wait
+	ch <- roomCoordUpDesc
+}
+
+// Collect implements prometheus.Collector. A closed (sold out) room
+// reports no queue and no wait: its queue is frozen, nobody in it will be
+// admitted, and reporting it kept PodiumWaitingRoomWaitLong firing for
+// ever after a sell-out (review 18, 12).
+func (c *roomCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, rs := range c.p.state.Load().rooms {
+		var q, wait float64
+		if rs.rt.status.Load() != roomClosed {
+			q = rs.rt.gate.Queued()
+			wait = q / rs.rt.measuredRate()
+		}
+		ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, q, rs.cfg.Name)
+		ch <- prometheus.MustNewConstMetric(c.wait, prometheus.GaugeValue, wait, rs.cfg.Name)
+		if co := rs.rt.coord; co != nil {
+			up := 0.0
+			if co.Up() {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(roomCoordUpDesc, prometheus.GaugeValue, up, rs.cfg.Name)
+		}
 	}
 }

@@ -22,10 +22,12 @@ type state struct {
 	allow   *ratelimit.AllowList
 	// responds are the routes the edge answers itself (see directResponse).
 	responds []directResponse
+	// rooms are the waiting rooms (waitroom.go), in config order.
+	rooms []*roomState
 }
 
-func (p *Proxy) newState(cfg *config.Edge, prev *state) *state {
-	st := &state{cfg: cfg, trusted: cfg.TrustedPrefixes(), allow: ratelimit.NewAllowList(cfg.AllowPrefixes())}
+func (p *Proxy) newState(cfg *config.Edge, prev *state, rooms []*roomState) *state {
+	st := &state{cfg: cfg, trusted: cfg.TrustedPrefixes(), allow: ratelimit.NewAllowList(cfg.AllowPrefixes()), rooms: rooms}
 	for _, r := range cfg.Routes {
 		rt := newRoute(r)
 		// Counters are per route name and outlive reloads, so a reload
@@ -130,13 +132,28 @@ func (p *Proxy) Reload(cfg *config.Edge) (needRestart []string, err error) {
 			needRestart = append(needRestart, fmt.Sprintf("%s (running %v, file says %v)", k.key, k.old, k.new))
 		}
 	}
+	if cfg.WaitingRoomStatePath() != boot.WaitingRoomStatePath() {
+		needRestart = append(needRestart, fmt.Sprintf("waiting_room_state_dir (running %s, file says %s)", boot.WaitingRoomStatePath(), cfg.WaitingRoomStatePath()))
+	}
+	if !reflect.DeepEqual(cfg.WaitingRoomStore, boot.WaitingRoomStore) {
+		needRestart = append(needRestart, fmt.Sprintf("waiting_room_store (running %+v, file says %+v)", boot.WaitingRoomStore, cfg.WaitingRoomStore))
+	}
+	// Rooms keep their queues; keys, rates and pages switch now. A room
+	// whose epoch or opening changed starts a new queue. Every room is
+	// built before anything changes, so a room that fails leaves the
+	// running config whole.
+	plan, err := p.prepareRooms(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("waiting rooms: %w", err)
+	}
 	// Policies whose settings did not change keep their buckets: a reload
 	// must not hand every client a fresh burst.
 	if err := p.limits.Reconfigure(policies(cfg)); err != nil {
 		return nil, fmt.Errorf("rate limits: %w", err)
 	}
+	rooms := plan.commit(p)
 	p.pool.Configure(poolSettings(cfg))
-	p.state.Store(p.newState(cfg, p.state.Load()))
+	p.state.Store(p.newState(cfg, p.state.Load(), rooms))
 	p.metrics.ObserveReload(true, len(needRestart) > 0)
 	return needRestart, nil
 }

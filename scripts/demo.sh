@@ -8,8 +8,12 @@
 # Starts: the Consul agent (:8500), a MariaDB primary and two replicas
 # (:3307-3309), three origins (:9001-9003) registered in Consul, the edge on
 # :8080 (admin :9901) discovering them, and Prometheus (:9090) scraping edge
-# and origins. A second run reuses the state dir (data, Consul's catalog,
-# Prometheus's TSDB). Logs go to <state>/demo/*.log.
+# and origins. The edge runs deploy/edge/demo.yaml's copy in
+# <state>/demo/edge.yaml, whose waiting room "sale" guards the buy pages and
+# the purchase API with keys generated on the first run
+# (<state>/demo/demo-waitroom.keys) and its state in <state>/demo/waitroom.
+# A second run reuses the state dir (data, Consul's catalog, Prometheus's
+# TSDB, the room's keys and admission history). Logs go to <state>/demo/*.log.
 #
 # The demo supervises its origins, so that failures can be watched, not
 # merely suffered:
@@ -576,16 +580,28 @@ mkdir -p "$prom_dir/targets" "$state/prometheus"
 read_want
 supervise_origins
 
-# The edge's Consul address is in its config file, and the edge has no flag
-# for it: on another Consul port it runs a copy of demo.yaml with that port.
-edge_cfg=deploy/edge/demo.yaml
-if [[ $consul_port != 8500 ]]; then
-	tmpl=$(<"$edge_cfg")
-	[[ $tmpl == *127.0.0.1:8500* ]] || die "$edge_cfg no longer names 127.0.0.1:8500; cannot point it at Consul on :$consul_port"
-	edge_cfg=$logs/edge.yaml
-	printf '# Written by scripts/demo.sh from deploy/edge/demo.yaml, for Consul on :%s.\n%s\n' \
-		"$consul_port" "${tmpl//127.0.0.1:8500/127.0.0.1:$consul_port}" >"$edge_cfg"
+# The edge runs a copy of demo.yaml in $logs: its waiting room's key file
+# and state dir are relative to the config file, so they are this state
+# dir's, not the checked-in public demo key's; and the Consul address is in
+# the file (the edge has no flag for it), so the copy names the demo's port.
+tmpl=$(<deploy/edge/demo.yaml)
+[[ $tmpl == *127.0.0.1:8500* ]] || die "deploy/edge/demo.yaml no longer names 127.0.0.1:8500; cannot point it at Consul on :$consul_port"
+[[ $tmpl == *"key_file: demo-waitroom.keys"* ]] || die "deploy/edge/demo.yaml no longer reads key_file demo-waitroom.keys; cannot give its waiting room this demo's key"
+# The room's signing keys (waitroom/keys.go): made once per state dir, so a
+# restarted demo keeps every visitor's place; make demo-clean wipes them.
+room_keys=$logs/demo-waitroom.keys
+if [[ ! -s $room_keys ]]; then
+	hex32() { od -An -v -tx1 -N32 /dev/urandom | tr -d ' \n'; }
+	(
+		umask 077
+		printf '# The waiting room keys of this demo, written by scripts/demo.sh.\nid %s\nsign 1 %s\n' "$(hex32)" "$(hex32)" >"$room_keys.tmp"
+	)
+	mv -f "$room_keys.tmp" "$room_keys"
+	say "waiting room keys generated: $room_keys"
 fi
+edge_cfg=$logs/edge.yaml
+printf '# Written by scripts/demo.sh from deploy/edge/demo.yaml, for Consul on :%s.\n%s\n' \
+	"$consul_port" "${tmpl//127.0.0.1:8500/127.0.0.1:$consul_port}" >"$edge_cfg"
 setsid "$bin" edge -config "$edge_cfg" -listen ":$edge_port" -admin "127.0.0.1:$admin_port" \
 	</dev/null >"$logs/edge.log" 2>&1 &
 edge_pid=$!
@@ -637,7 +653,13 @@ cat <<MSG
     Prometheus    http://127.0.0.1:$prom_port/alerts
     Consul UI     http://127.0.0.1:$consul_port/ui/
     logs          $logs/
+  Waiting room "sale" on the buy pages and /api/games/*/buy (deploy/edge/demo.yaml):
+    watch it      curl -s 127.0.0.1:$admin_port/rooms
+    pause         curl -s -X POST 127.0.0.1:$admin_port/rooms/sale/pause    (and .../resume)
+    rate          curl -s -X POST '127.0.0.1:$admin_port/rooms/sale/rate?admit_per_second=5'
+    sold out      curl -s -X POST 127.0.0.1:$admin_port/rooms/sale/close    (.../resume reopens it)
   Try a ticket drop:  bin/podium bench run -target http://127.0.0.1:$edge_port -scenario ticket-drop
+    (its purchases queue in the room: watch queue_length in /rooms)
   Kill an origin (kill -9 PID; pids in $viewfile): the demo restarts it.
   Scale from another terminal:  $scale_cmd   (1..$max_origins origins)
   Ctrl-C stops everything.

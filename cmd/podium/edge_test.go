@@ -191,4 +191,28 @@ func TestEdgeCheck(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || len(out) != 0 {
 		t.Errorf("-check on a bad config: err %v, stdout %q; want exit 1 and no config", err, out)
 	}
+
+	// A waiting room: its key file, named relative to the config, is read
+	// by -check and printed as the path read, so the printed config loads
+	// from anywhere; a broken key file names itself and its line.
+	keys := "id " + strings.Repeat("01", 32) + "\nsign 1 " + strings.Repeat("02", 32) + "\n"
+	os.WriteFile(filepath.Join(dir, "final.keys"), []byte(keys), 0o600)
+	os.WriteFile(path, []byte("waiting_rooms:\n  - {name: final, paths: [/api/games/*/buy], admit_per_second: 50, key_file: final.keys}\nwaiting_room_state_dir: state\n"), 0o644)
+	out, err = exec.Command(bin, "edge", "-check", "-config", path).Output()
+	if err != nil || !strings.Contains(string(out), "key_file: "+filepath.Join(dir, "final.keys")) || !strings.Contains(string(out), "refresh: 5s") ||
+		!strings.Contains(string(out), "waiting_room_state_dir: "+filepath.Join(dir, "state")) {
+		t.Fatalf("-check on a waiting room: err %v, want the key file's path and the defaults in:\n%s", err, out)
+	}
+	elsewhere := filepath.Join(t.TempDir(), "effective.yaml")
+	os.WriteFile(elsewhere, out, 0o644)
+	if again, err := exec.Command(bin, "edge", "-check", "-config", elsewhere).Output(); err != nil || string(again) != string(out) {
+		t.Errorf("-check on its printed waiting room, from another directory: err %v, same %v", err, string(again) == string(out))
+	}
+	os.WriteFile(filepath.Join(dir, "final.keys"), []byte(keys+"sign 1 "+strings.Repeat("03", 32)+"\n"), 0o600)
+	cmd = exec.Command(bin, "edge", "-check", "-config", path)
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	if _, err := cmd.Output(); err == nil || !strings.Contains(stderr.String(), "edge.yaml:2: waiting_rooms[0].key_file: "+filepath.Join(dir, "final.keys")+":3: kid 1 is listed twice") {
+		t.Errorf("-check on a broken key file: err %v, stderr %q", err, stderr.String())
+	}
 }
