@@ -67,6 +67,7 @@ func TestLoadFileBad(t *testing.T) {
 		{"wr-rate-high.bad.yaml", []string{":4: waiting_rooms[0].admit_per_second: must be a number of visitors a second, > 0 and at most 1000000", "got 2e+06"}},
 		{"wr-max-active-negative.bad.yaml", []string{":5: waiting_rooms[0].max_active: must be >= 0", "got -3"}},
 		{"wr-session-short.bad.yaml", []string{":6: waiting_rooms[0].session: must be at least 1s, got 500ms"}},
+		{"wr-session-refresh.bad.yaml", []string{":6: waiting_rooms[0].session: must be at least twice refresh (30s)", "got 45s"}},
 		{"wr-no-paths.bad.yaml", []string{":3: waiting_rooms[0].paths: must list at least one path"}},
 		{"wr-no-state-dir.bad.yaml", []string{"wr-no-state-dir.bad.yaml:2: waiting_rooms: need waiting_room_state_dir"}},
 	}

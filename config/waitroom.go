@@ -147,6 +147,12 @@ func (c *Edge) validateWaitingRooms(v *validator) {
 		}
 		if w.Refresh.D() < MinWaitingRoomRefresh || w.Refresh.D() > MaxWaitingRoomRefresh {
 			v.addf(key+".refresh", "must be %s..%s, got %s", MinWaitingRoomRefresh, MaxWaitingRoomRefresh, w.Refresh)
+		} else if w.Session.D() >= time.Second && w.Session.D() < 2*w.Refresh.D() {
+			// A visitor let in claims the admission on their next visit,
+			// up to 1.25 refreshes later; the claim lasts the session (at
+			// most 5 minutes). Shorter, and nearly every place passed is
+			// spent before its visitor comes back.
+			v.addf(key+".session", "must be at least twice refresh (%s): a visitor let in comes back up to 1.25 refreshes later to claim it, got %s", w.Refresh, w.Session)
 		}
 		if w.Epoch == 0 {
 			w.Epoch = DefaultWaitingRoomEpoch

@@ -338,12 +338,13 @@ func (p *Proxy) adminRoom(ctx *fasthttp.RequestCtx, rest string) {
 	rt := rs.rt
 	switch action {
 	case "pause":
-		rt.status.Store(roomPaused)
+		rt.setStatus(roomPaused, p.clock.NowMs())
 	case "resume":
-		rt.status.Store(roomOpen)
+		rt.setStatus(roomOpen, p.clock.NowMs())
 		rt.soldOut.clear() // the operator knows better than the marks
+		rt.marksCleared.Store(p.clock.NowMs())
 	case "close":
-		rt.status.Store(roomClosed)
+		rt.setStatus(roomClosed, p.clock.NowMs())
 	case "rate":
 		v := string(ctx.QueryArgs().Peek("admit_per_second"))
 		r, err := strconv.ParseFloat(v, 64)

@@ -346,7 +346,7 @@ func NewMetrics(pool *balancer.Pool, store *cache.Store, active *atomic.Int64, l
 	}, []string{"room"})
 	m.roomRefusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podium_edge_waitroom_tokens_refused_total",
-		Help: "Waiting room tokens refused, by room and reason (bad_mac: forged or altered; copied: another visitor's; spent: admitted too long ago; expired, malformed, stale_epoch, unknown_kid, wrong_room). The visitor is placed anew.",
+		Help: "Waiting room tokens refused, by room and reason (bad_mac: forged or altered; copied: another visitor's; spent: admitted too long ago; expired, malformed, stale_epoch, unknown_kid, wrong_room; stale_opening: a place of an earlier opens_at). The visitor is placed anew.",
 	}, []string{"room", "reason"})
 	reg.MustRegister(m.roomAdmittedTotal, m.roomWait, m.roomRefusedTotal)
 	reg.MustRegister(lookups, m.cacheStaleOnError, m.cacheRevalidated, m.cacheCoalesced, m.cachePurged)

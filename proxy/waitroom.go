@@ -73,10 +73,18 @@ type roomRuntime struct {
 	gate   *waitroom.Gate
 	coord  *waitroom.Coordinator // nil unless coordinated through Consul (waitroom_consul.go)
 	status atomic.Int32
-	// configRate is the admit_per_second the runtime last applied from a
-	// config, so that a reload that leaves it alone keeps a rate the
-	// admin API set.
-	configRate float64
+	// configRateBits is the admit_per_second the runtime last applied
+	// from a config (float64 bits: a reload writes it while the admin
+	// API and the shared control's watch read it), so that a reload that
+	// leaves it alone keeps a rate the admin API set.
+	configRateBits atomic.Uint64
+	// marksCleared is when (Unix ms) the admin API's resume last dropped
+	// the sold-out marks: shared with the other edges in the control, so
+	// they drop theirs too.
+	marksCleared atomic.Int64
+	// pause is the room's pauses, so that a place passed before one
+	// keeps its claim for as long as the room was paused (setStatus).
+	pause pauseClock
 
 	ewma       atomic.Uint64 // float64 bits: places the watermark passed a second
 	lastPassed float64       // the ticker's own; read and written only by tick
@@ -173,12 +181,13 @@ func (p *Proxy) prepareRooms(cfg *config.Edge) (*roomPlan, error) {
 				ClaimWindowMs: min(waitroom.DefaultClaimWindowMs, wc.Session.D().Milliseconds()),
 				// Held after start, whether or not a history was found:
 				// visitors may hold places an earlier process issued.
-				HoldUntilMs: now + (wc.Refresh.D() + holdMargin).Milliseconds(),
+				HoldUntilMs: now + (maxVisitAfter(wc.Refresh.D()) + holdMargin).Milliseconds(),
 			}, p.clock, p.gateStore())
 			if err != nil {
 				return nil, err
 			}
-			rt = &roomRuntime{name: wc.Name, epoch: wc.Epoch, opens: opens, gate: gate, configRate: wc.AdmitPerSecond, lastTickMs: now}
+			rt = &roomRuntime{name: wc.Name, epoch: wc.Epoch, opens: opens, gate: gate, lastTickMs: now}
+			rt.configRateBits.Store(math.Float64bits(wc.AdmitPerSecond))
 			rt.lastPassed = gate.Passed()
 			if err := p.loadControl(rt); err != nil {
 				return nil, err
@@ -187,7 +196,7 @@ func (p *Proxy) prepareRooms(cfg *config.Edge) (*roomPlan, error) {
 				return nil, err
 			}
 			plan.created = append(plan.created, rt)
-		} else if rt.configRate != wc.AdmitPerSecond {
+		} else if rt.configRate() != wc.AdmitPerSecond {
 			if r := wc.AdmitPerSecond; !(r > 0) || math.IsInf(r, 0) {
 				return nil, fmt.Errorf("waiting room %s: admit_per_second %v: want a positive number of visitors a second", wc.Name, r)
 			}
@@ -212,7 +221,7 @@ func (plan *roomPlan) commit(p *Proxy) []*roomState {
 			p.log.Error("waiting room: a rate checked before commit was refused", "room", rt.name, "error", err.Error())
 			continue
 		}
-		rt.configRate = r
+		rt.configRateBits.Store(math.Float64bits(r))
 	}
 	for _, rs := range plan.rooms {
 		rs.rt.maxActive.Store(int64(rs.cfg.MaxActive))
@@ -342,7 +351,7 @@ func (p *Proxy) loadControl(rt *roomRuntime) error {
 	if err != nil || !ok {
 		return err
 	}
-	if err := rt.applyControl(c); err != nil {
+	if err := rt.applyControl(c, p.clock.NowMs()); err != nil {
 		return err
 	}
 	p.log.Info("waiting room: the admin API's last change kept", "room", rt.name, "status", c.Status, "admit_per_second", rt.gate.Rate())
@@ -350,15 +359,25 @@ func (p *Proxy) loadControl(rt *roomRuntime) error {
 }
 
 // applyControl sets rt's status, and its rate unless the config's
-// admit_per_second changed since the control was saved.
-func (rt *roomRuntime) applyControl(c waitroom.Control) error {
+// admit_per_second changed since the control was saved, and drops the
+// sold-out marks when a resume on another edge dropped its own since.
+func (rt *roomRuntime) applyControl(c waitroom.Control, now int64) error {
+	if c.MarksClearedMs > rt.marksCleared.Load() {
+		rt.marksCleared.Store(c.MarksClearedMs)
+		rt.soldOut.clear()
+	}
 	for i, name := range roomStatusNames {
 		if name == c.Status {
-			rt.status.Store(int32(i))
+			rt.setStatus(int32(i), now)
 		}
 	}
-	if c.Rate > 0 && c.ConfigRate == rt.configRate {
-		return rt.gate.SetRate(c.Rate)
+	if cr := rt.configRate(); c.ConfigRate == cr {
+		// Rate 0 is the config's rate: an admin who set the rate back
+		// must bring every edge back, not leave them at the old one.
+		if c.Rate > 0 {
+			return rt.gate.SetRate(c.Rate)
+		}
+		return rt.gate.SetRate(cr)
 	}
 	return nil
 }
@@ -369,10 +388,53 @@ func (p *Proxy) saveControl(rt *roomRuntime) error {
 	return p.roomStore.SaveControl(rt.controlKey(), rt.control())
 }
 
+// pauseClock keeps the time a room spent paused. Guarded by mu.
+type pauseClock struct {
+	mu      sync.Mutex
+	since   int64 // when the current pause began; 0 when not paused
+	lastEnd int64 // when the last pause ended
+	totalMs int64 // every pause's length, up to lastEnd
+}
+
+// setStatus sets rt's status at now, keeping the time paused.
+func (rt *roomRuntime) setStatus(st int32, now int64) {
+	pc := &rt.pause
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	old := rt.status.Swap(st)
+	switch {
+	case old != roomPaused && st == roomPaused:
+		pc.since = now
+	case old == roomPaused && st != roomPaused && pc.since != 0:
+		pc.totalMs += max(now-pc.since, 0)
+		pc.lastEnd, pc.since = now, 0
+	}
+}
+
+// claimKept says whether a place the watermark passed at passedMs, and
+// which Check calls spent at now, still holds its claim because the room
+// was paused since: a pause earns nobody a burst, and costs nobody the
+// admission they had (the page said their place is kept).
+func (rt *roomRuntime) claimKept(passedMs, now int64) bool {
+	pc := &rt.pause
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	held := pc.totalMs
+	end := pc.lastEnd
+	if pc.since != 0 {
+		held += now - pc.since
+		end = now
+	}
+	return passedMs < end && now-passedMs-held < rt.gate.ClaimWindowMs()
+}
+
+// configRate is the admit_per_second rt last applied from a config.
+func (rt *roomRuntime) configRate() float64 { return math.Float64frombits(rt.configRateBits.Load()) }
+
 // control is rt's status and admin rate, as saved and shared.
 func (rt *roomRuntime) control() waitroom.Control {
-	c := waitroom.Control{Status: roomStatusNames[rt.status.Load()], ConfigRate: rt.configRate}
-	if r := rt.gate.Rate(); r != rt.configRate {
+	c := waitroom.Control{Status: roomStatusNames[rt.status.Load()], ConfigRate: rt.configRate(), MarksClearedMs: rt.marksCleared.Load()}
+	if r := rt.gate.Rate(); r != c.ConfigRate {
 		c.Rate = r
 	}
 	return c
@@ -557,9 +619,19 @@ func (x *exchange) waitingRoom(path []byte) bool {
 	}
 	var place waitroom.Place
 	switch {
+	case reason == waitroom.Valid && staleOpening(tok.Place, rt.opens, now+rt.gate.SettleMs()):
+		// A place of another opening (opens_at edited): it was never
+		// counted in this queue, and its place means nothing here. The
+		// visitor is placed anew: into the pre-queue's draw when the
+		// new opening is still to come.
+		p.metrics.roomRefused(rs.cfg.Name, "stale_opening")
+		place = rt.gate.Join(idh, rs.room.PlaceForHash(identity, idh, now))
 	case reason == waitroom.Valid:
 		place = tok.Place
 		s, passedMs := rt.gate.Check(place)
+		if s == waitroom.Spent && rt.claimKept(passedMs, now) {
+			s = waitroom.Admitted
+		}
 		if s == waitroom.Spent {
 			p.metrics.roomRefused(rs.cfg.Name, "spent")
 			place = rt.gate.Join(idh, rs.room.PlaceForHash(identity, idh, now))
@@ -588,6 +660,15 @@ func (x *exchange) waitingRoom(path []byte) bool {
 	}
 	x.waitPage(rs, idh, place, now, status)
 	return false
+}
+
+// staleOpening says whether place p belongs to another opening than
+// opens (the room's opens_at in Unix ms, math.MinInt64/2 without one): a
+// place of this queue is at the opening (the pre-queue) or after it, and
+// not after latest (now and the clocks' skew): a place later than that is
+// an old pre-queue's of a later opening.
+func staleOpening(p waitroom.Place, opens, latest int64) bool {
+	return p.Ms < opens || p.Ms > max(opens, latest)
 }
 
 // stripRoomTokens removes the rooms' cookies and token header from a
@@ -706,6 +787,14 @@ func nextVisit(refresh, wait int64, status int32) int64 {
 		s += rand.Int64N(2*spread+1) - spread
 	}
 	return s
+}
+
+// maxVisitAfter is the longest a waiting visitor is told to stay away
+// (nextVisit): the hold after a start must cover it, or a visitor still
+// away when the hold ends is passed uncounted, free of the rate.
+func maxVisitAfter(refresh time.Duration) time.Duration {
+	s := int64(refresh / time.Second)
+	return time.Duration(s+s/4) * time.Second
 }
 
 // soldOut answers 409: the room is closed and admits nobody.

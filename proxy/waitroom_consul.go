@@ -101,7 +101,7 @@ func (p *Proxy) startCoordinator(rt *roomRuntime) {
 // edge (this one's included), and saves it in the state dir like one made
 // here, so a restart while Consul is away keeps it.
 func (p *Proxy) sharedControl(rt *roomRuntime, c waitroom.Control) {
-	if err := rt.applyControl(c); err != nil {
+	if err := rt.applyControl(c, p.clock.NowMs()); err != nil {
 		p.log.Warn("waiting room: ignored the shared control", "room", rt.name, "error", err.Error())
 		return
 	}

@@ -47,6 +47,12 @@ func TestWaitingRoomControlShared(t *testing.T) {
 		t.Fatalf("rate on edge 1: %d %s", code, body)
 	}
 	until("rate", func() bool { return rt2.gate.Rate() == 42 })
+	// Back to the config's rate (10): every edge goes back, not only the
+	// one asked (its control carries rate 0, "the config's").
+	if code, body := post(admin1, "/rooms/final/rate?admit_per_second=10"); code != 200 {
+		t.Fatalf("rate back on edge 1: %d %s", code, body)
+	}
+	until("rate back to the config's", func() bool { return rt2.gate.Rate() == 10 })
 	if code, body := post(admin2, "/rooms/final/close"); code != 200 {
 		t.Fatalf("close on edge 2: %d %s", code, body)
 	}
@@ -55,6 +61,15 @@ func TestWaitingRoomControlShared(t *testing.T) {
 	if v := e1.visit(t, "GET", "/games/1/buy", "203.0.113.6", "", false); v.status != http.StatusConflict {
 		t.Errorf("edge 1 after close on edge 2: %d, want 409 sold out", v.status)
 	}
+
+	// A resume on edge 1 drops the sold-out marks of edge 2 too.
+	rt2.soldOut.mark([]byte("45/"), e2.clock.NowMs())
+	if code, body := post(admin1, "/rooms/final/resume"); code != 200 {
+		t.Fatalf("resume on edge 1: %d %s", code, body)
+	}
+	until("resume's marks", func() bool { return len(rt2.soldOut.list(e2.clock.NowMs())) == 0 && rt2.status.Load() == roomOpen })
+	post(admin1, "/rooms/final/close")
+	until("close again", func() bool { return rt2.status.Load() == roomClosed })
 
 	agent.Stop()
 	code, body := post(admin1, "/rooms/final/resume")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestNextVisit: a waiting visitor comes back after the refresh, spread
@@ -26,6 +27,9 @@ func TestNextVisit(t *testing.T) {
 		seen := map[int64]bool{}
 		for range 2000 {
 			s := nextVisit(tt.refresh, tt.wait, tt.status)
+			if limit := int64(maxVisitAfter(time.Duration(tt.refresh)*time.Second) / time.Second); s > limit {
+				t.Fatalf("nextVisit(%d, ...) = %d, beyond the %d s the hold after a restart covers", tt.refresh, s, limit)
+			}
 			if s < tt.lo || s > tt.hi {
 				t.Fatalf("nextVisit(%d, %d, %d) = %d, want %d..%d", tt.refresh, tt.wait, tt.status, s, tt.lo, tt.hi)
 			}

@@ -305,6 +305,11 @@ type Control struct {
 	// ConfigRate: an edited config wins.
 	Rate       float64 `json:"rate"`
 	ConfigRate float64 `json:"config_rate"`
+	// MarksClearedMs is when an admin's resume last dropped the room's
+	// sold-out marks (Unix ms): an edge that has not dropped them since
+	// does. Shared through Consul only; the state dir does not keep it
+	// (the marks are not kept either).
+	MarksClearedMs int64 `json:"marks_cleared_ms,omitempty"`
 }
 
 // controlPath is key's control file.
