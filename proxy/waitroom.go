@@ -890,8 +890,8 @@ func appendWaitingPage(b []byte, info *waitInfo) []byte {
 		b = append(b, " The sale is paused for a moment; your place is kept."...)
 	} else {
 		b = append(b, ` Estimated wait: <span id="wait">`...)
-		b = strconv.AppendInt(b, info.EstimatedWaitSeconds, 10)
-		b = append(b, "</span> s."...)
+		b = appendWait(b, info.EstimatedWaitSeconds)
+		b = append(b, "</span>."...)
 	}
 	b = append(b, "</p>\n</div>\n<p>This page refreshes itself in "...)
 	b = strconv.AppendInt(b, info.RefreshSeconds, 10)
@@ -904,6 +904,28 @@ func appendWaitingPage(b []byte, info *waitInfo) []byte {
 	b = append(b, info.Room...)
 	b = append(b, "</p>"...)
 	return append(b, pageTail...)
+}
+
+// appendWait appends a wait of s seconds as a fan reads it: "45 s",
+// "about 3 min", "about 1 h 05 min" (rounded up to the minute past one).
+func appendWait(b []byte, s int64) []byte {
+	if s < 60 {
+		b = strconv.AppendInt(b, max(s, 0), 10)
+		return append(b, " s"...)
+	}
+	m := (s + 59) / 60
+	b = append(b, "about "...)
+	if m < 60 {
+		b = strconv.AppendInt(b, m, 10)
+		return append(b, " min"...)
+	}
+	b = strconv.AppendInt(b, m/60, 10)
+	b = append(b, " h "...)
+	if m%60 < 10 {
+		b = append(b, '0')
+	}
+	b = strconv.AppendInt(b, m%60, 10)
+	return append(b, " min"...)
 }
 
 // writeJSON writes v as the JSON body: the admin API's answers.

@@ -399,7 +399,16 @@ func TestWaitingRoomControlSurvivesRestart(t *testing.T) {
 // oldWaitingTemplate is the page as html/template wrote it before the
 // page was written by hand (review 18, 5): appendWaitingPage must write
 // the same bytes.
-var oldWaitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+var oldWaitingTemplate = template.Must(template.New("waiting").Funcs(template.FuncMap{"wait": func(s int64) string {
+	switch m := (s + 59) / 60; {
+	case s < 60:
+		return fmt.Sprintf("%d s", s)
+	case m < 60:
+		return fmt.Sprintf("about %d min", m)
+	default:
+		return fmt.Sprintf("about %d h %02d min", m/60, m%60)
+	}
+}}).Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 {{- if ne .Status "sold_out"}}<meta http-equiv="refresh" content="{{.RefreshSeconds}}">{{end}}
 <title>{{if eq .Status "sold_out"}}Sold out{{else}}You are in the queue{{end}} · Podium</title>
 <style>body{font-family:system-ui,sans-serif;margin:0;color:#1d2433}header{background:#14213d;color:#fff;padding:1rem 1.5rem;font-weight:700;font-size:1.2rem}main{max-width:36rem;margin:3rem auto;padding:0 1rem}h1{font-size:1.6rem}.card{border:1px solid #d8dce6;border-radius:.5rem;padding:1rem 1.5rem}.big{font-size:2.2rem;font-weight:700;margin:.2rem 0}p.note{color:#667;font-size:.85rem}a{color:#0b57d0}</style></head>
@@ -411,7 +420,7 @@ var oldWaitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype 
 <div class="card" role="status">
 <p>Your position</p><p class="big" id="position">{{.Position}}</p>
 <p><span id="ahead">{{.Ahead}}</span> {{if eq .Ahead 1}}person is{{else}}people are{{end}} ahead of you.
-{{- if eq .Status "paused"}} The sale is paused for a moment; your place is kept.{{else}} Estimated wait: <span id="wait">{{.EstimatedWaitSeconds}}</span> s.{{end}}</p>
+{{- if eq .Status "paused"}} The sale is paused for a moment; your place is kept.{{else}} Estimated wait: <span id="wait">{{wait .EstimatedWaitSeconds}}</span>.{{end}}</p>
 </div>
 <p>This page refreshes itself in {{.RefreshSeconds}} second{{if ne .RefreshSeconds 1}}s{{end}}. Keep it open: reloading it or opening it in more tabs keeps your place but does not move you ahead.</p>
 <p class="note">Queue {{.Room}}</p>
@@ -425,6 +434,8 @@ var oldWaitingTemplate = template.Must(template.New("waiting").Parse(`<!doctype 
 func TestWaitingPageAsTemplate(t *testing.T) {
 	for _, info := range []waitInfo{
 		{Room: "final", Status: "waiting", Position: 13, Ahead: 12, EstimatedWaitSeconds: 7, RefreshSeconds: 5},
+		{Room: "final", Status: "waiting", Position: 9000, Ahead: 8999, EstimatedWaitSeconds: 61, RefreshSeconds: 5},
+		{Room: "final", Status: "waiting", Position: 90000, Ahead: 89999, EstimatedWaitSeconds: 3900, RefreshSeconds: 30},
 		{Room: "semi-2_b", Status: "waiting", Position: 2, Ahead: 1, EstimatedWaitSeconds: 1, RefreshSeconds: 60},
 		{Room: "final", Status: "paused", Position: 1, Ahead: 0, EstimatedWaitSeconds: 3, RefreshSeconds: 1},
 		{Room: "final", Status: "sold_out"},

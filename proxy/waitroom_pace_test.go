@@ -77,3 +77,15 @@ func TestWaitingRoomEstimateAtStart(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendWait: the waiting page says a wait as a fan reads it.
+func TestAppendWait(t *testing.T) {
+	for s, want := range map[int64]string{
+		-1: "0 s", 0: "0 s", 59: "59 s", 60: "about 1 min", 61: "about 2 min", 3540: "about 59 min",
+		3541: "about 1 h 00 min", 3600: "about 1 h 00 min", 3900: "about 1 h 05 min", 36000: "about 10 h 00 min",
+	} {
+		if got := string(appendWait(nil, s)); got != want {
+			t.Errorf("appendWait(%d) = %q, want %q", s, got, want)
+		}
+	}
+}
