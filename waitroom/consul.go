@@ -615,7 +615,7 @@ func (c *Coordinator) signal() {
 // watch follows the shared history with blocking queries.
 func (c *Coordinator) watch(ctx context.Context) {
 	first := true
-	c.watchKey(ctx, c.historyKey, "history", func(pair *api.KVPair) {
+	c.watchKey(ctx, c.historyKey, "history", time.Minute, func(pair *api.KVPair) {
 		wasFirst := first
 		first = false
 		total, h, err := parseHistory(pair.Value)
@@ -634,12 +634,14 @@ func (c *Coordinator) watch(ctx context.Context) {
 
 // watchKey calls onPair with key's pair each time it is written, until
 // ctx ends, following Consul's blocking-query rules; errors are retried
-// every retryEvery. what names the key in the debug log.
-func (c *Coordinator) watchKey(ctx context.Context, key, what string, onPair func(*api.KVPair)) {
+// every retryEvery. A blocking query returns after wait even when nothing
+// changed, and the key is read again then: a write whose wake-up was
+// missed is seen within wait. what names the key in the debug log.
+func (c *Coordinator) watchKey(ctx context.Context, key, what string, wait time.Duration, onPair func(*api.KVPair)) {
 	kv := c.cfg.Client.KV()
 	var index, seen uint64
 	for ctx.Err() == nil {
-		pair, meta, err := kv.Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx))
+		pair, meta, err := kv.Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
 		if err != nil {
 			if ctx.Err() == nil {
 				c.log.Debug("waiting room: watching the shared "+what+" failed", "error", err.Error())
