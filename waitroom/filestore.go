@@ -113,22 +113,7 @@ func (s *FileStore) Compact(key string, keep []Checkpoint) error {
 	for _, c := range keep {
 		buf = appendCheckpoint(buf, c)
 	}
-	f, err := os.CreateTemp(s.Dir, ".history-*")
-	if err != nil {
-		return fmt.Errorf("waitroom: compacting admission history: %w", err)
-	}
-	_, err = f.Write(buf)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err := replaceFile(s.Dir, ".history-*", path, buf); err != nil {
 		return fmt.Errorf("waitroom: compacting admission history %s: %w", path, err)
 	}
 	// The open descriptor is the old file's: the next Append opens the
@@ -328,11 +313,21 @@ func (s *FileStore) SaveControl(key string, c Control) error {
 	}
 	path := s.controlPath(key)
 	line := fmt.Appendf(nil, "%s %s %s\n", c.Status, strconv.FormatFloat(c.Rate, 'g', -1, 64), strconv.FormatFloat(c.ConfigRate, 'g', -1, 64))
-	f, err := os.CreateTemp(s.Dir, ".control-*")
-	if err != nil {
-		return fmt.Errorf("waitroom: saving room control: %w", err)
+	if err := replaceFile(s.Dir, ".control-*", path, line); err != nil {
+		return fmt.Errorf("waitroom: saving room control %s: %w", path, err)
 	}
-	_, err = f.Write(line)
+	return nil
+}
+
+// replaceFile replaces path with data whole: written to a new file in dir
+// (named by pattern, 0600 as os.CreateTemp makes it), synced, and renamed
+// over path, so a crash leaves the old file or the new one, never half.
+func replaceFile(dir, pattern, path string, data []byte) error {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -344,9 +339,8 @@ func (s *FileStore) SaveControl(key string, c Control) error {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return fmt.Errorf("waitroom: saving room control %s: %w", path, err)
 	}
-	return nil
+	return err
 }
 
 // LoadControl returns key's control, and false when none was saved.
